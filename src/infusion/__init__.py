@@ -1,0 +1,1 @@
+"""infusion: generative Markov-chain transition operators (Infusion Training and baselines)."""
