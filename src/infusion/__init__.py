@@ -1,1 +1,34 @@
-"""infusion: generative Markov-chain transition operators (Infusion Training and baselines)."""
+"""infusion: generative models learned as the transition operator of a Markov chain.
+
+Infusion Training (Bordes, Honari & Vincent, ICLR 2017) and the methods it is measured against,
+sharing one operator, one sampler, one trainer and one set of evaluations. The public API is
+re-exported here lazily, so ``import infusion`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "config", "preset": "config", "override": "config", "PRESETS": "config",
+    "ConfigError": "config",
+    "ChainModel": "operator", "TransitionOperator": "operator",
+    "FactorialGaussianPrior": "operator",
+    "infuse": "chain", "infusion_rates": "chain", "sample_chain": "chain", "Samples": "chain",
+    "train": "train", "compute_step_statistics": "train",
+    "load_model": "checkpoint", "export": "checkpoint",
+    "sample_to_file": "sample",
+    "load_mnist": "data", "toy": "data",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'infusion' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))

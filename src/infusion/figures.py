@@ -1,0 +1,131 @@
+"""Figures: image grids and PNGs (Pillow), sampling chains (paper Fig. 1), training curves.
+
+Images come in model space, (N, C, H, W) floats in [0, 1]; 2-D toy data, (N, 2), is drawn
+as a scatter plot instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write
+
+
+def to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def make_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile (N, C, H, W) images in [0, 1] into one uint8 (H', W', C) array, ``nrow`` per row."""
+    x = to_numpy(images).astype(np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"make_grid expects (N, C, H, W) images, got shape {x.shape}")
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    rows = int(math.ceil(n / nrow))
+    grid = np.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, np.float32)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        grid[:, top:top + h, left:left + w] = x[i]
+    return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def save_png(path: str | Path, array: np.ndarray, scale: int = 1) -> Path:
+    """Write a uint8 (H, W, C) or (H, W) array as PNG, optionally enlarged ``scale`` times."""
+    from PIL import Image
+
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    img = Image.fromarray(a)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return path
+
+
+def save_grid(path: str | Path, images, nrow: int | None = None, scale: int = 2) -> Path:
+    """A sample grid as PNG; 2-D points are drawn as a scatter plot instead."""
+    x = to_numpy(images)
+    if x.ndim == 2 or (x.ndim == 4 and x.shape[2:] == (1, 1)):
+        return save_scatter(path, x.reshape(len(x), -1))
+    return save_png(path, make_grid(x, nrow), scale)
+
+
+def save_chain_figure(path: str | Path, trajectory, every: int = 1, scale: int = 2) -> Path:
+    """Sampling chains (paper Fig. 1): one row per chain, one column per step.
+
+    ``trajectory``: (steps+1, N, C, H, W); columns are steps 0, every, 2·every, …, last.
+    For 2-D data, one scatter panel per shown step.
+    """
+    tr = to_numpy(trajectory)
+    cols = sorted(set(range(0, tr.shape[0], every)) | {tr.shape[0] - 1})
+    if tr.ndim == 3 or (tr.ndim == 5 and tr.shape[3:] == (1, 1)):
+        pts = tr.reshape(tr.shape[0], tr.shape[1], -1)
+        return _scatter_panels(path, [pts[c] for c in cols], [f"t={c}" for c in cols])
+    n = tr.shape[1]
+    tiles = np.stack([tr[c, i] for i in range(n) for c in cols])  # row-major: chain i, step c
+    return save_png(path, make_grid(tiles, nrow=len(cols)), scale)
+
+
+def save_scatter(path: str | Path, points, title: str = "", reference=None) -> Path:
+    """A 2-D scatter plot of (N, 2) points in [0, 1]², optionally over ``reference`` points."""
+    return _scatter_panels(path, [to_numpy(points)], [title], reference)
+
+
+def _scatter_panels(path, panels: Sequence[np.ndarray], titles: Sequence[str], reference=None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8), squeeze=False)
+    for ax, pts, title in zip(axes[0], panels, titles):
+        if reference is not None:
+            ref = to_numpy(reference)
+            ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.8")
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, c="tab:blue")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xticks=[], yticks=[], title=title)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def save_curves(path: str | Path, metrics_file: str | Path, keys: Sequence[str] = ("train_loss", "valid_loss")) -> Path:
+    """Training curve(s) from ``metrics.jsonl``: one line per key against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "epoch" in r]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key in keys:
+        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=key)
+    ax.set(xlabel="epoch", ylabel="loss (nats / example)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def _save_fig(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+    return path
