@@ -8,8 +8,8 @@ Each sample's noise comes from its own seed, so sample i is the same at any batc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -38,7 +38,7 @@ def infuse(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha}: an infusion rate must lie in [0, 1]")
-    kw = dict(generator=generator, device=x.device, dtype=x.dtype)
+    kw = {"generator": generator, "device": x.device, "dtype": x.dtype}
     mask = torch.rand(x.shape, **kw) < alpha
     from_target = x + target_std * torch.randn(x.shape, **kw)
     from_model = mean + std * torch.randn(x.shape, **kw)

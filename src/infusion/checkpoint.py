@@ -72,7 +72,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     p = resolve(path)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt, truncated or not a torch file
+    except Exception as e:  # noqa: BLE001 — corrupt, truncated or not a torch file
         raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {type(e).__name__}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise CheckpointError(f"{str(p)!r} is not an infusion checkpoint (format {FORMAT})")
@@ -82,8 +82,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 def build_model(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
     """The :class:`ChainModel` and :class:`Config` stored in a loaded checkpoint."""
+    from .methods import build_method
+
     cfg = from_dict(ckpt["config"])
-    model = ChainModel(tuple(ckpt["shape"]), cfg.method.T, cfg.model)
+    model = build_method(cfg.method).build_model(tuple(ckpt["shape"]), cfg.model)
     model.load_state_dict(ckpt["model"])
     return model.to(device), cfg
 

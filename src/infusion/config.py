@@ -87,7 +87,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     preset: str = ""
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raise :class:`ConfigError` naming the first nonsensical setting."""
         m, t, mo = self.method, self.train, self.model
         checks = [
@@ -139,8 +139,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Finishes within 10 minutes on 2 CPU cores and gives recognisable digits.
     "mnist-demo": {
         "model": {"hidden": (1024, 1024)},
-        "method": {"T": 10, "omega": 0.02},
-        "train": {"epochs": 6, "batch_size": 256, "patience": 0, "max_minutes": 8.0,
+        "method": {"T": 10, "alpha0": 0.02, "omega": 0.02},
+        "train": {"epochs": 8, "batch_size": 256, "patience": 0, "max_minutes": 8.0,
                   "valid_examples": 2000},
         "sample": {"steps": 20},
     },
@@ -148,8 +148,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "spiral": {
         "data": {"name": "spiral", "toy_size": 8000},
         "model": {"hidden": (128, 128)},
-        "method": {"T": 10, "omega": 0.03},
-        "train": {"epochs": 30, "batch_size": 256, "lr": 3e-3, "patience": 0,
+        "method": {"T": 20, "omega": 0.05},
+        "train": {"epochs": 40, "batch_size": 256, "lr": 3e-3, "patience": 0,
                   "valid_examples": 2000},
         "sample": {"n": 2000},
     },

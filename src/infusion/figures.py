@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ def make_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float = 
     if x.ndim != 4:
         raise ValueError(f"make_grid expects (N, C, H, W) images, got shape {x.shape}")
     n, c, h, w = x.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / nrow))
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
     grid = np.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, np.float32)
     for i in range(n):
         r, k = divmod(i, nrow)
@@ -99,8 +99,10 @@ def _scatter_panels(path, panels: Sequence[np.ndarray], titles: Sequence[str], r
     return _save_fig(fig, path)
 
 
-def save_curves(path: str | Path, metrics_file: str | Path, keys: Sequence[str] = ("train_loss", "valid_loss")) -> Path:
-    """Training curve(s) from ``metrics.jsonl``: one line per key against the epoch."""
+def save_curves(path: str | Path, metrics_file: str | Path,
+                panels: Sequence[Sequence[str]] = (("train_loss", "valid_loss"), ("valid_bound",))
+                ) -> Path:
+    """Training curves from ``metrics.jsonl``: one panel per group of keys, against the epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,14 +110,17 @@ def save_curves(path: str | Path, metrics_file: str | Path, keys: Sequence[str] 
 
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "epoch" in r]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key in keys:
-        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3, label=key)
-    ax.set(xlabel="epoch", ylabel="loss (nats / example)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    panels = [keys for keys in panels if any(r.get(k) is not None for r in rows for k in keys)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.5),
+                             squeeze=False)
+    for ax, keys in zip(axes[0], panels):
+        for key in keys:
+            pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=key)
+        ax.set(xlabel="epoch", ylabel="nats / example")
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save_fig(fig, path)
 

@@ -35,7 +35,7 @@ class FactorialGaussianPrior(nn.Module):
         self.register_buffer("var", torch.ones(d))
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, var_floor: float = 1e-5) -> "FactorialGaussianPrior":
+    def fit(self, x: torch.Tensor, var_floor: float = 1e-5) -> FactorialGaussianPrior:
         """Set the moments from training data x (N, d) in model space."""
         x = x.reshape(x.shape[0], -1).double()
         self.mean.copy_(x.mean(0).to(self.mean.dtype))

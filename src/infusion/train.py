@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -114,18 +114,25 @@ def compute_step_statistics(model: ChainModel, method, data: Data, batch_size: i
 
 
 @torch.no_grad()
-def validation_loss(model: ChainModel, method, data: Data, cfg: Config) -> float | None:
-    """Mean per-example loss on the first ``train.valid_examples`` validation examples, with
-    batch statistics and fixed noise so epochs are comparable."""
+def validate(model: ChainModel, method, data: Data, cfg: Config) -> dict[str, float]:
+    """Validation loss and stochastic lower bound (SPEC §7, one draw per example) on the first
+    ``train.valid_examples`` validation examples, nats per example.
+
+    Batch statistics are used, as the paper does during training (appendix A.1), and the noise
+    is the same every epoch so epochs are comparable.
+    """
     n = min(cfg.train.valid_examples, len(data.valid))
     if n < 2:
-        return None
-    g = torch.Generator(device=data.valid.device).manual_seed(cfg.train.seed + 1)
-    total, count = 0.0, 0
-    for idx in batches(n, cfg.train.batch_size):
-        losses = method.loss(model, data.model_space(data.valid[idx], g), g)
-        total, count = total + float(losses.sum()), count + len(idx)
-    return total / count
+        return {}
+    out = {}
+    for name, fn in (("valid_loss", method.loss), ("valid_bound", method.log_weight)):
+        g = torch.Generator(device=data.valid.device).manual_seed(cfg.train.seed + 1)
+        total, count = 0.0, 0
+        for idx in batches(n, cfg.train.batch_size):
+            total += float(fn(model, data.model_space(data.valid[idx], g), g).sum())
+            count += len(idx)
+        out[name] = total / count
+    return out
 
 
 def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, device: str = "auto",
@@ -155,10 +162,10 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
                          lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
 
     data = load_data(cfg, dev)
+    method = build_method(cfg.method)
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
         torch.manual_seed(cfg.train.seed)
-        model = ChainModel(data.shape, cfg.method.T, cfg.model).to(dev)
-    method = build_method(cfg.method)
+        model = method.build_model(data.shape, cfg.model).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     g = torch.Generator(device=dev).manual_seed(cfg.train.seed)  # chain noise, dequantisation
     shuffle = torch.Generator().manual_seed(cfg.train.seed + 3)  # minibatch order
@@ -188,16 +195,17 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
             opt.step()
             step += 1
             seen += len(idx)
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             rate = seen * cfg.method.T / max(time.time() - t0, 1e-9)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.1f}", ex_steps_s=f"{rate:,.0f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.1f}", ex_steps_s=f"{rate:,.0f}")
         if bar is not None:
             bar.close()
         epoch += 1
         train_time = time.time() - t0
-        valid = validation_loss(model, method, data, cfg)
+        scores = validate(model, method, data, cfg)
+        valid = -scores["valid_bound"] if "valid_bound" in scores else None  # lower is better
         improved = valid is not None and valid < best
         if improved:
             best, bad = valid, 0
@@ -205,12 +213,13 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
         else:
             bad += 1
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
-               "valid_loss": valid, "example_steps_per_s": seen * cfg.method.T / train_time,
+               **scores, "example_steps_per_s": seen * cfg.method.T / train_time,
                "epoch_seconds": train_time}
         with metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        log(f"epoch {epoch}: train loss {row['train_loss']:.2f}, valid loss "
-            f"{valid if valid is None else round(valid, 2)}, {row['example_steps_per_s']:,.0f} example-steps/s")
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+        log(f"epoch {epoch}: train_loss {row['train_loss']:.2f}, {shown}, "
+            f"{row['example_steps_per_s']:,.0f} example-steps/s")
         stopped_early = tc.patience > 0 and bad >= tc.patience
         out_of_time = tc.max_minutes > 0 and (time.time() - start) / 60 >= tc.max_minutes
         finished = stopped_early or epoch >= tc.epochs

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from ..chain import infuse, infusion_rates
-from ..config import MethodConfig
+from ..chain import infuse, infusion_rates, log_q_mixture
+from ..config import MethodConfig, ModelConfig
 from ..operator import ChainModel, normal_log_prob
 
 
@@ -25,6 +25,10 @@ class Infusion:
         self.T = cfg.T
         self.rates = infusion_rates(cfg.T, cfg.alpha0, cfg.omega)  # α(0) … α(T-1)
         self.target_std = math.sqrt(cfg.target_var)
+
+    def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> ChainModel:
+        """The model this method trains: prior + operator with T batch-norm slots."""
+        return ChainModel(shape, self.T, cfg)
 
     def step_weight(self, t: int) -> float:
         """η(t)/η₀ = t/T (footnote 3), or 1."""
@@ -61,3 +65,29 @@ class Infusion:
                 states.append(z)
         states.append(mean)
         return states
+
+    def log_weight(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None,
+                   isotropic: bool = False) -> torch.Tensor:
+        """One draw of the log-weight ℓ of SPEC §7 (paper eqs. 2–3), x: (B, d) -> (B,).
+
+        ℓ = log p(0)(z̃0) + Σ_{t<T} log p(t)(z̃t | z̃t-1) + log p(T)(x | z̃T-1)
+            − log q(0)(z̃0 | x) − Σ_{t<T} log q(t)(z̃t | z̃t-1, x),   z̃ ~ q(· | x).
+        ``isotropic``: the final transition's variance replaced by its mean over dimensions
+        (Table 2, "+ isotropic"). Uses whatever batch-norm mode the model is in.
+        """
+        prior = model.prior
+        z = self.start(model, x, generator)
+        log_p = prior.log_prob(z)
+        log_q = log_q_mixture(z, prior.mean.expand_as(x), prior.var.expand_as(x), x,
+                              self.rates[0], self.cfg.target_var)
+        for t in range(1, self.T + 1):
+            mean, var = model(z, t)
+            if t == self.T:
+                if isotropic:
+                    var = var.mean(-1, keepdim=True).expand_as(var)
+                return log_p + normal_log_prob(x, mean, var) - log_q
+            z_next = infuse(mean, var.sqrt(), x, self.rates[t], generator, self.target_std)
+            log_p = log_p + normal_log_prob(z_next, mean, var)
+            log_q = log_q + log_q_mixture(z_next, mean, var, x, self.rates[t], self.cfg.target_var)
+            z = z_next
+        raise AssertionError("unreachable")

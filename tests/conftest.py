@@ -1,0 +1,54 @@
+"""Shared fixtures: an isolated cache, a tiny fake MNIST, and a small trained spiral model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from infusion import config, data
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """A fake MNIST cache with 64/32/32 random 'digits' (strokes on a blank canvas)."""
+    monkeypatch.setenv("INFUSION_CACHE", str(tmp_path / "cache"))
+    sizes = {"train": 64, "valid": 32, "test": 32}
+    monkeypatch.setattr(data, "_SPLIT_SIZES", sizes)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s, n in sizes.items():
+        x = np.zeros((n, 1, 28, 28), np.uint8)
+        for i in range(n):
+            r = rng.integers(4, 20)
+            x[i, 0, r:r + 8, 6:22] = rng.integers(100, 256)
+        arrays[f"{s}_x"], arrays[f"{s}_y"] = x, rng.integers(0, 10, n).astype(np.int64)
+    path = data.cache_dir() / "mnist" / "mnist-uint8.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data._write_cache(path, arrays)
+    return arrays
+
+
+def tiny_config(**sections) -> config.Config:
+    """A seconds-long spiral config, with section overrides as dicts."""
+    base = {
+        "data": {"name": "spiral", "toy_size": 512},
+        "model": {"hidden": (32, 32)},
+        "method": {"T": 4, "omega": 0.2},
+        "train": {"epochs": 2, "batch_size": 64, "patience": 0, "valid_examples": 128},
+        "sample": {"n": 16, "chains": 2},
+    }
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    return config.from_dict(base).validate()
+
+
+@pytest.fixture(scope="session")
+def spiral_run(tmp_path_factory):
+    """The `spiral` preset trained once for the session (about 20 s on 2 cores)."""
+    from infusion.train import train
+
+    run = tmp_path_factory.mktemp("spiral")
+    torch.manual_seed(123)  # must not matter: training uses its own generators
+    train(config.preset("spiral"), run, progress=False, log=lambda s: None)
+    return run
