@@ -21,6 +21,10 @@ _EXPORTS = {
     "load_model": "checkpoint", "export": "checkpoint",
     "sample_to_file": "sample",
     "load_mnist": "data", "toy": "data",
+    "log_weights": "likelihood", "estimate_likelihood": "likelihood",
+    "parzen_log_prob": "likelihood", "parzen_estimate": "likelihood",
+    "EvalSettings": "evaluate", "frechet_distance": "metrics", "get_extractor": "metrics",
+    "register_extractor": "metrics",
 }
 
 

@@ -76,13 +76,19 @@ class Samples:
     trajectory_means: torch.Tensor | None = None
 
 
-def sample_noise(seeds: Sequence[int], steps: int, d: int) -> torch.Tensor:
-    """Standard normal noise (B, steps+1, d), row i drawn from a generator seeded by seeds[i]."""
-    out = torch.empty(len(seeds), steps + 1, d)
+def sample_noise(seeds: Sequence[int], steps: int, d: int, aux: bool = False) -> torch.Tensor:
+    """Standard normal noise (B, steps+1, d), row i drawn from a generator seeded by seeds[i].
+
+    ``aux``: a second (steps+1, d) block is drawn after the first from the same generator and
+    appended on the last axis, (B, steps+1, 2d); the first d columns are unchanged.
+    """
+    out = torch.empty(len(seeds), steps + 1, 2 * d if aux else d)
     g = torch.Generator()
     for i, s in enumerate(seeds):
         g.manual_seed(int(s))
-        out[i] = torch.randn(steps + 1, d, generator=g)
+        out[i, :, :d] = torch.randn(steps + 1, d, generator=g)
+        if aux:
+            out[i, :, d:] = torch.randn(steps + 1, d, generator=g)
     return out
 
 
@@ -97,17 +103,25 @@ def sample_chain(
     batch_size: int = 500,
     clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
     return_trajectory: bool = False,
+    start: torch.Tensor | None = None,
 ) -> Samples:
     """Run the sampling chain of SPEC §2: z(0) ~ p(0), z(t) ~ p(t)(· | z(t-1)), t = 1..T'.
 
     Sample i uses the seed ``seed + i`` (or ``seeds[i]``), so it does not depend on the batch.
-    ``steps`` = T' defaults to the training T; T' > T reuses step T's batch norm.
+    ``steps`` = T' defaults to the training T; T' > T reuses step T's batch norm. T' < T needs
+    a model with ``respaced(T')`` (diffusion, SPEC §13), which is then run instead.
     ``clamp = (mask, values)``, each (N, d) or (d,): dimensions where mask is true are set to
     ``values`` at z(0) and after every transition (inpainting, SPEC §9).
+    ``start`` (N, d) or (N, *shape): z(0) = start instead of a prior draw (chains from data).
+    A model with ``aux_noise = True`` (a transition that draws internal noise, e.g. the GSN
+    corruption of SPEC §12) is called as ``model(z, t, aux)`` with a second per-sample
+    standard-normal block, so its samples too depend only on their own seeds.
     Uses the stored per-step batch-norm statistics (SPEC §6); raises if they are missing.
     Results are on the CPU, float32.
     """
     steps = model.T if steps is None else int(steps)
+    if steps < model.T and hasattr(model, "respaced"):  # e.g. diffusion on a shorter schedule
+        model = model.respaced(steps)
     if steps < model.T:
         raise ValueError(f"steps={steps}: sampling needs T' >= the training T={model.T} (SPEC §2)")
     if not model.stats_ready:
@@ -118,15 +132,21 @@ def sample_chain(
     if len(seeds) != n:
         raise ValueError(f"got {len(seeds)} seeds for n={n} samples")
     device = model.prior.mean.device
+    if start is not None:
+        start = torch.as_tensor(start).reshape(-1, model.d)
+        if start.shape[0] != n:
+            raise ValueError(f"start has {start.shape[0]} rows for n={n} samples")
+    aux = bool(getattr(model, "aux_noise", False))
     was_training = model.training
     model.eval()
     try:
         parts: list[tuple[torch.Tensor, ...]] = []
         for lo in range(0, n, batch_size):
             idx = slice(lo, min(n, lo + batch_size))
-            noise = sample_noise(seeds[idx], steps, model.d).to(device)
+            noise = sample_noise(seeds[idx], steps, model.d, aux).to(device)
             mask, values = _clamp_rows(clamp, idx, model.d, device)
-            parts.append(_run(model, noise, steps, mask, values, return_trajectory))
+            z0 = None if start is None else start[idx].to(device=device, dtype=noise.dtype)
+            parts.append(_run(model, noise, steps, mask, values, return_trajectory, z0))
     finally:
         model.train(was_training)
     cat = [torch.cat(p, dim=1 if k >= 2 else 0) for k, p in enumerate(zip(*parts))]
@@ -149,15 +169,21 @@ def _clamp_rows(clamp, idx: slice, d: int, device) -> tuple[torch.Tensor | None,
     return mask.to(device), values.to(device)
 
 
-def _run(model, noise, steps, mask, values, keep):
-    """One batch of the chain; noise (B, steps+1, d)."""
-    z = model.prior.sample(noise[:, 0])
-    mean = model.prior.mean.expand_as(z)
+def _run(model, noise, steps, mask, values, keep, z0=None):
+    """One batch of the chain; noise (B, steps+1, d), or (B, steps+1, 2d) with aux noise."""
+    d = model.d
+    aux = noise[..., d:] if noise.shape[-1] > d else None
+    noise = noise[..., :d]
+    if z0 is None:
+        z = model.prior.sample(noise[:, 0])
+        mean = model.prior.mean.expand_as(z)
+    else:
+        z, mean = z0, z0
     if mask is not None:
         z, mean = torch.where(mask, values, z), torch.where(mask, values, mean)
     states, means = ([z.cpu()], [mean.cpu()]) if keep else (None, None)
     for t in range(1, steps + 1):
-        mean, var = model(z, t)
+        mean, var = model(z, t) if aux is None else model(z, t, aux[:, t])
         z = mean + var.sqrt() * noise[:, t]
         if mask is not None:
             z, mean = torch.where(mask, values, z), torch.where(mask, values, mean)

@@ -20,13 +20,17 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set (SPEC §1). ``name`` is ``mnist`` or a 2-D toy (``spiral``, ``circle``,
-    ``gaussians``). ``n_train`` > 0 keeps only the first n training examples (quick runs)."""
+    """Which data set (SPEC §1). ``name`` is ``mnist``, a 2-D toy (``spiral``, ``circle``,
+    ``gaussians``) or an image set of :mod:`infusion.datasets` (``cifar10``, ``svhn``,
+    ``celeba``, ``tfd``, ``folder``). ``n_train`` > 0 keeps only the first n training examples
+    (quick runs)."""
 
     name: str = "mnist"
     n_train: int = 0
     toy_size: int = 20000  # points per split for 2-D toys
     seed: int = 0  # seed of the toy generator
+    path: str = ""  # user-supplied source: celeba zip/folder, TFD .mat, folder of images
+    image_size: int = 0  # folder: side of the square centre crops (0 = 64)
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,22 @@ class MethodConfig:
     alpha0: float = 0.0  # infusion rate of q(0)
     omega: float = 0.01  # α(t) = α(t-1) + ω, clipped to [0, 1]
     target_var: float = 1e-4  # variance of the narrow Gaussian at the target (footnote 1)
-    loss: str = "denoising"  # "denoising" (SPEC §4)
+    loss: str = "denoising"  # "denoising" (SPEC §4) or "bound" (lower-bound-based, SPEC §5)
     step_weight: str = "linear"  # "linear": t/T (footnote 3); "uniform": 1
+    # Variational walkback (SPEC §11; method.T = heated steps L, temperatures base^0..base^(L-1))
+    vw_alpha: float = 0.5  # a in μ = (1-a)·s + a·F_μ(s)
+    vw_schedule: str = "double"  # temperature ×2 per heated step; "sqrt2": ×√2 (appendix F)
+    vw_n1: int = 5  # N1: n ~ U{0..N1} initial temperature-1 steps of a heating trajectory
+    vw_extra: int = 5  # extra temperature-1 sampling steps (= the n of the eq. 10 estimate)
+    vw_sigma_offset: float = 0.0  # σ = T·softplus(F_σ(s) + offset)
+    vw_sigma_max: float = 0.5  # σ_max: noise std of the hottest step (caps σ at σ_max/T_max)
+    vw_prior_momentum: float = 0.99  # p* moments: moving average over the hottest states s_K
+    # GSN / denoising-autoencoder walkback (SPEC §12; method.T = walkback steps k)
+    gsn_noise: str = "gaussian"  # corruption: "gaussian" or "salt_pepper"
+    gsn_noise_level: float = 0.2  # Gaussian std, or salt-and-pepper probability per dimension
+    # Diffusion (SPEC §13; method.T = diffusion steps)
+    diff_schedule: str = "linear"  # betas: "linear" (Ho et al., scaled by 1000/T) or "cosine"
+    diff_loss: str = "noise"  # "noise": ε-prediction (+ 1e-3 × bound for σ); "bound": the bound
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,16 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable
     valid_examples: int = 10000  # validation examples scored each epoch
     checkpoint_every: int = 1  # epochs
+    # Paper figures: infusion chains for fixed validation targets recorded after these epochs
+    # (0 = before training; Fig. 2), and a train-set lower bound beside the valid one (Fig. 3).
+    record_chains_at: tuple[int, ...] = ()
+    record_chains_n: int = 8  # targets in each recorded chain
+    train_bound_examples: int = 0  # training examples scored each epoch (0 = off)
+    # Speed (issue 6): bf16 autocast ("auto": on CUDA only), torch.compile of the operator
+    # network, and an exponential moving average of the weights used for sampling (0 = off).
+    precision: str = "auto"  # "auto", "fp32" or "bf16"
+    compile: bool = False
+    ema: float = 0.0  # EMA decay per optimiser step, e.g. 0.999
 
 
 @dataclass(frozen=True)
@@ -105,9 +133,26 @@ class Config:
             (0.0 <= m.alpha0 <= 1.0, f"method.alpha0={m.alpha0}: an infusion rate must lie in [0, 1]"),
             (-1.0 <= m.omega <= 1.0, f"method.omega={m.omega}: expected in [-1, 1]"),
             (m.target_var > 0, f"method.target_var={m.target_var}: expected > 0"),
-            (m.loss in ("denoising",), f"method.loss={m.loss!r}: expected 'denoising'"),
+            (m.loss in ("denoising", "bound"),
+             f"method.loss={m.loss!r}: expected 'denoising' or 'bound'"),
             (m.step_weight in ("linear", "uniform"),
              f"method.step_weight={m.step_weight!r}: expected 'linear' or 'uniform'"),
+            (0.0 < m.vw_alpha <= 1.0, f"method.vw_alpha={m.vw_alpha}: expected in (0, 1]"),
+            (m.vw_schedule in ("double", "sqrt2"),
+             f"method.vw_schedule={m.vw_schedule!r}: expected 'double' or 'sqrt2'"),
+            (m.vw_n1 >= 0, f"method.vw_n1={m.vw_n1}: expected >= 0"),
+            (m.vw_sigma_max > 0, f"method.vw_sigma_max={m.vw_sigma_max}: expected > 0"),
+            (m.vw_extra >= 0, f"method.vw_extra={m.vw_extra}: expected >= 0"),
+            (0.0 <= m.vw_prior_momentum < 1.0,
+             f"method.vw_prior_momentum={m.vw_prior_momentum}: expected in [0, 1)"),
+            (m.gsn_noise in ("gaussian", "salt_pepper"),
+             f"method.gsn_noise={m.gsn_noise!r}: expected 'gaussian' or 'salt_pepper'"),
+            (m.gsn_noise_level > 0 and (m.gsn_noise != "salt_pepper" or m.gsn_noise_level <= 1),
+             f"method.gsn_noise_level={m.gsn_noise_level}: expected > 0 (<= 1 for salt_pepper)"),
+            (m.diff_schedule in ("linear", "cosine"),
+             f"method.diff_schedule={m.diff_schedule!r}: expected 'linear' or 'cosine'"),
+            (m.diff_loss in ("noise", "bound"),
+             f"method.diff_loss={m.diff_loss!r}: expected 'noise' or 'bound'"),
             (t.epochs >= 0, f"train.epochs={t.epochs}: expected >= 0"),
             (t.batch_size >= 2, f"train.batch_size={t.batch_size}: batch norm needs >= 2"),
             (t.lr > 0, f"train.lr={t.lr}: expected > 0"),
@@ -115,6 +160,15 @@ class Config:
             (t.max_minutes >= 0, f"train.max_minutes={t.max_minutes}: expected >= 0"),
             (t.valid_examples >= 0, f"train.valid_examples={t.valid_examples}: expected >= 0"),
             (t.checkpoint_every >= 1, f"train.checkpoint_every={t.checkpoint_every}: expected >= 1"),
+            (all(e >= 0 for e in t.record_chains_at),
+             f"train.record_chains_at={t.record_chains_at}: expected epochs >= 0"),
+            (t.record_chains_n >= 1, f"train.record_chains_n={t.record_chains_n}: expected >= 1"),
+            (t.precision in ("auto", "fp32", "bf16"),
+             f"train.precision={t.precision!r}: expected 'auto', 'fp32' or 'bf16'"),
+            (0.0 <= t.ema < 1.0, f"train.ema={t.ema}: expected a decay in [0, 1) (0 = off)"),
+            (self.data.image_size >= 0, f"data.image_size={self.data.image_size}: expected >= 0"),
+            (t.train_bound_examples >= 0,
+             f"train.train_bound_examples={t.train_bound_examples}: expected >= 0"),
             (self.sample.steps >= 0, f"sample.steps={self.sample.steps}: expected >= 0"),
             (self.sample.steps == 0 or self.sample.steps >= m.T,
              f"sample.steps={self.sample.steps}: sampling needs T' >= T={m.T} (SPEC §2)"),
@@ -127,22 +181,45 @@ class Config:
         return self
 
 
-DATA_NAMES = ("mnist", "spiral", "circle", "gaussians")
-NET_NAMES = ("mlp",)
-METHOD_NAMES = ("infusion",)
+DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
+              "folder")
+NET_NAMES = ("mlp", "conv")
+METHOD_NAMES = ("infusion", "walkback", "gsn", "diffusion")
 
 # Presets: only what differs from the defaults above.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The paper (SPEC §2–4, §10): 2×1200 MLP, T = 15, α(0) = 0, ω = 0.01, Adam 1e-3, batch 512,
-    # early stopping on the validation score.
-    "mnist": {},
+    # early stopping on the validation score. Records what Figs. 2 and 3 draw (paper_figures).
+    "mnist": {"train": {"record_chains_at": (0, 1, 2, 3, 4, 5, 10, 20, 50, 100),
+                        "train_bound_examples": 10000}},
     # Finishes within 10 minutes on 2 CPU cores and gives recognisable digits.
     "mnist-demo": {
         "model": {"hidden": (1024, 1024)},
         "method": {"T": 10, "alpha0": 0.02, "omega": 0.02},
         "train": {"epochs": 8, "batch_size": 256, "patience": 0, "max_minutes": 8.0,
-                  "valid_examples": 2000},
+                  "valid_examples": 2000, "record_chains_at": (0, 1, 2, 4, 8),
+                  "train_bound_examples": 2000},
         "sample": {"steps": 20},
+    },
+    # CIFAR-10 (paper §4): Salimans et al.'s generator (fc, 3 transposed convs), T = 20, ω = 0.02.
+    "cifar10": {
+        "data": {"name": "cifar10"},
+        "model": {"net": "conv", "hidden": (512, 256, 128)},
+        "method": {"T": 20, "omega": 0.02},
+        "train": {"valid_examples": 5000},
+    },
+    # CelebA 64×64 (paper §4): one more transposed convolution, T = 15, ω = 0.01.
+    "celeba": {
+        "data": {"name": "celeba"},
+        "model": {"net": "conv", "hidden": (512, 256, 128, 64)},
+        "train": {"valid_examples": 5000},
+    },
+    # SVHN (used by Variational Walkback): the CIFAR-10 network and schedule.
+    "svhn": {
+        "data": {"name": "svhn"},
+        "model": {"net": "conv", "hidden": (512, 256, 128)},
+        "method": {"T": 20, "omega": 0.02},
+        "train": {"valid_examples": 5000},
     },
     # 2-D spiral: trains in seconds.
     "spiral": {
@@ -151,6 +228,45 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "method": {"T": 20, "omega": 0.05},
         "train": {"epochs": 40, "batch_size": 256, "lr": 3e-3, "patience": 0,
                   "valid_examples": 2000},
+        "sample": {"n": 2000},
+    },
+    # Baselines on the same network, data and trainer (SPEC §11–13). MNIST: the paper's
+    # 2×1200 MLP and Adam 1e-3, batch 512.
+    "mnist-walkback": {  # 8 doubling levels, n ~ U{0..5}, sampled with 5 extra T=1 steps
+        "method": {"name": "walkback", "T": 8, "vw_n1": 5, "vw_extra": 5},
+        "sample": {"steps": 13},
+    },
+    "mnist-gsn": {  # walkback k = 4 with salt-and-pepper corruption; a 100-step chain
+        "method": {"name": "gsn", "T": 4, "gsn_noise": "salt_pepper", "gsn_noise_level": 0.4},
+        "sample": {"steps": 100},
+    },
+    "mnist-diffusion": {  # T = 1000 linear betas, noise-prediction loss; the bound walks 1000
+        "method": {"name": "diffusion", "T": 1000},  # steps, so fewer validation examples
+        "train": {"valid_examples": 500},
+    },
+    # 2-D spiral baselines: each trains in well under a minute on one CPU core.
+    "spiral-walkback": {
+        "data": {"name": "spiral", "toy_size": 8000},
+        "model": {"hidden": (128, 128)},
+        "method": {"name": "walkback", "T": 6, "vw_n1": 5, "vw_extra": 5},
+        "train": {"epochs": 20, "batch_size": 256, "lr": 3e-3, "patience": 0,
+                  "valid_examples": 2000},
+        "sample": {"n": 2000, "steps": 11},
+    },
+    "spiral-gsn": {
+        "data": {"name": "spiral", "toy_size": 8000},
+        "model": {"hidden": (128, 128)},
+        "method": {"name": "gsn", "T": 4, "gsn_noise_level": 0.1},
+        "train": {"epochs": 30, "batch_size": 256, "lr": 3e-3, "patience": 0,
+                  "valid_examples": 2000},
+        "sample": {"n": 2000, "steps": 50},
+    },
+    "spiral-diffusion": {
+        "data": {"name": "spiral", "toy_size": 8000},
+        "model": {"hidden": (128, 128)},
+        "method": {"name": "diffusion", "T": 100},  # one step per example: more epochs; the
+        "train": {"epochs": 80, "batch_size": 256, "lr": 3e-3, "patience": 0,  # bound walks
+                  "valid_examples": 500},  # all 100 steps, so fewer validation examples
         "sample": {"n": 2000},
     },
 }

@@ -1,4 +1,4 @@
-"""Network bodies shared by every method: the MLP of SPEC §2 and per-step batch norm.
+"""Network bodies shared by every method: the MLP and conv generator of SPEC §2, per-step BN.
 
 A network maps a flat state ``z`` (B, d) and a step index ``t`` (1-based) to the two raw heads
 ``(a_μ, a_σ)``, each (B, d). All weights are shared across steps except batch norm, which has
@@ -8,8 +8,31 @@ batch-norm slots reuse the last one (SPEC §2: sampling with T' > T reuses step 
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+
+def batch_moments(h: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature batch mean and biased variance of h (B, F) or per channel of (B, F, H, W).
+
+    With ``reduce`` (a differentiable sum over processes, each holding a shard of the batch)
+    the moments are those of the whole batch: mean = Σx/N, then var = Σ(x - mean)²/N.
+    """
+    dims = (0,) + tuple(range(2, h.dim()))
+    if reduce is None:
+        if h.shape[0] < 2:
+            raise ValueError("batch statistics need a batch of at least 2 examples")
+        return h.mean(dims), h.var(dims, unbiased=False)
+    count = reduce(h.new_tensor([float(h.shape[0])]))  # the trainer's batches hold >= 2
+    n = count * math.prod(h.shape[2:])  # values per feature: examples × spatial positions
+    mean = reduce(h.sum(dims)) / n
+    var = reduce((h - mean.view((1, -1) + (1,) * (h.dim() - 2))).square().sum(dims)) / n
+    return mean, var
 
 
 class StepBatchNorm(nn.Module):
@@ -33,6 +56,9 @@ class StepBatchNorm(nn.Module):
         self.register_buffer("stat_ready", torch.zeros((), dtype=torch.bool))
         self.collecting = False
         self._sum_mean = self._sum_var = self._count = None
+        # A differentiable sum across processes (set by distributed.shard_model), so that a
+        # batch split over processes is normalised with the whole batch's statistics.
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def has_stats(self) -> bool:
@@ -44,20 +70,21 @@ class StepBatchNorm(nn.Module):
             raise ValueError(f"step index t={t}: steps are numbered from 1")
         return min(t, self.steps) - 1
 
-    def forward(self, h: torch.Tensor, t: int) -> torch.Tensor:  # h: (B, F)
+    def forward(self, h: torch.Tensor, t: int) -> torch.Tensor:  # h: (B, F) or (B, F, H, W)
         k = self.slot(t)
+        x = h.float()  # statistics in fp32, also under bf16 autocast
         if self.training or self.collecting or not self.has_stats:
-            if h.shape[0] < 2:
-                raise ValueError("batch statistics need a batch of at least 2 examples")
-            mean = h.mean(0)
-            var = h.var(0, unbiased=False)
+            mean, var = batch_moments(x, self.reduce)
             if self.collecting:
                 self._sum_mean[k] += mean.detach().double()
                 self._sum_var[k] += var.detach().double()
                 self._count[k] += 1
         else:
             mean, var = self.stat_mean[k], self.stat_var[k]
-        return (h - mean) * torch.rsqrt(var + self.eps) * self.weight[k] + self.bias[k]
+        view = (1, -1) + (1,) * (h.dim() - 2)  # per feature, or per channel of a feature map
+        out = ((x - mean.view(view)) * torch.rsqrt(var.view(view) + self.eps)
+               * self.weight[k].view(view) + self.bias[k].view(view))
+        return out.to(h.dtype)
 
     def start_collect(self) -> None:
         shape = self.stat_mean.shape
@@ -104,11 +131,93 @@ class MLP(nn.Module):
         return self.head_mu(h), self.head_sigma(h)
 
 
+class StepEmbeddingMLP(MLP):
+    """The MLP of SPEC §2 conditioned on a per-example step index (diffusion, SPEC §13).
+
+    Same layers, heads and batch norm as :class:`MLP`; in addition a sinusoidal embedding of
+    t (``embed`` features) is mapped by one linear layer per hidden layer and added to that
+    layer's pre-activation, so one batch may mix steps. ``t`` is an int or a (B,) tensor.
+    """
+
+    def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
+                 embed: int = 64) -> None:
+        super().__init__(d, hidden, steps, batch_norm)
+        if embed < 2 or embed % 2:
+            raise ValueError(f"embed={embed}: expected an even number >= 2")
+        self.embed = embed
+        self.step_proj = nn.ModuleList(nn.Linear(embed, h) for h in hidden)
+
+    def step_features(self, t: torch.Tensor) -> torch.Tensor:
+        """Sinusoidal features (B, embed) of steps t (B,), frequencies 1 … 1/10000."""
+        half = self.embed // 2
+        freqs = torch.exp(-torch.arange(half, device=t.device) * (9.2103404 / max(half - 1, 1)))
+        arg = t.float()[:, None] * freqs[None]
+        return torch.cat([torch.sin(arg), torch.cos(arg)], 1)
+
+    def forward(self, z: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = torch.as_tensor(t, device=z.device).reshape(-1).expand(z.shape[0])
+        feats = self.step_features(steps)
+        h = z
+        for linear, proj, norm in zip(self.linears, self.step_proj, self.norms):
+            h = linear(h) + proj(feats)
+            h = norm(h, 1) if isinstance(norm, StepBatchNorm) else h  # one shared slot
+            h = torch.relu(h)
+        return self.head_mu(h), self.head_sigma(h)
+
+
+class ConvGenerator(nn.Module):
+    """CIFAR-10 / CelebA operator body, SPEC §2 (paper §4; the generator of Salimans et al. 2016).
+
+    The flat state z(t-1) (B, C·H·W) goes through one fully connected layer to a 4×4 map of
+    ``hidden[0]`` channels, then transposed convolutions (5×5, stride 2) that double the side
+    and step through ``hidden[1:]`` channels, then two transposed-convolution heads with C
+    channels for a_μ and a_σ: ``len(hidden)`` doublings in all, so the images are square with
+    side 4·2^len(hidden) (CIFAR-10: (512, 256, 128) → 32; CelebA: (512, 256, 128, 64) → 64).
+    Per-step batch norm (per unit after the linear layer, per channel after each transposed
+    convolution) and ReLU inside, as in the MLP.
+    """
+
+    def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True) -> None:
+        super().__init__()
+        side = 4 * 2 ** len(hidden)
+        if d % (side * side):
+            raise ValueError(f"conv net with hidden={tuple(hidden)} makes {side}×{side} images, "
+                             f"but the data have d={d} values, not a multiple of {side * side}; "
+                             f"use one channel width per doubling of 4×4 up to the image side")
+        self.channels, self.side, self.hidden = d // (side * side), side, tuple(hidden)
+        self.fc = nn.Linear(d, 16 * hidden[0])
+        widths = list(hidden)
+        self.deconvs = nn.ModuleList(_deconv(a, b) for a, b in itertools.pairwise(widths))
+        norm = (lambda f: StepBatchNorm(f, steps)) if batch_norm else (lambda f: nn.Identity())
+        self.norms = nn.ModuleList([norm(16 * hidden[0])] + [norm(w) for w in widths[1:]])
+        self.head_mu = _deconv(widths[-1], self.channels)
+        self.head_sigma = _deconv(widths[-1], self.channels)
+
+    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b = z.shape[0]
+        h = torch.relu(_norm(self.norms[0], self.fc(z), t))  # (B, 16·hidden[0])
+        h = h.view(b, self.hidden[0], 4, 4)
+        for deconv, norm in zip(self.deconvs, self.norms[1:]):
+            h = torch.relu(_norm(norm, deconv(h), t))  # side doubles
+        return self.head_mu(h).reshape(b, -1), self.head_sigma(h).reshape(b, -1)
+
+
+def _deconv(c_in: int, c_out: int) -> nn.ConvTranspose2d:
+    """5×5 transposed convolution, stride 2: side s -> 2s (Salimans et al.'s Deconv2DLayer)."""
+    return nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1)
+
+
+def _norm(norm: nn.Module, h: torch.Tensor, t: int) -> torch.Tensor:
+    return norm(h, t) if isinstance(norm, StepBatchNorm) else h
+
+
 def build_net(kind: str, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True) -> nn.Module:
-    """The network body named by ``model.net``."""
+    """The network body named by ``model.net``: ``mlp`` (MNIST/TFD) or ``conv`` (CIFAR-10/CelebA)."""
     if kind == "mlp":
         return MLP(d, hidden, steps, batch_norm)
-    raise ValueError(f"unknown network {kind!r}; available: mlp")
+    if kind == "conv":
+        return ConvGenerator(d, hidden, steps, batch_norm)
+    raise ValueError(f"unknown network {kind!r}; available: mlp, conv")
 
 
 def step_norms(module: nn.Module) -> list[StepBatchNorm]:

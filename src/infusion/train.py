@@ -10,6 +10,7 @@ A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +21,10 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
-from . import figures
+from . import datasets, distributed, figures
 from .config import Config, from_dict, override, to_dict
 from .data import dequantize, load_mnist, toy
+from .ema import EMA
 from .methods import build_method
 from .nets import step_norms
 from .operator import ChainModel
@@ -59,6 +61,9 @@ def load_data(cfg: Config, device: torch.device | str = "cpu") -> Data:
     dc = cfg.data
     if dc.name == "mnist":
         train, valid = load_mnist("train").images, load_mnist("valid").images
+    elif dc.name in datasets.NAMES:  # natural images, uint8 (N, C, H, W)
+        train, valid = (datasets.load_images(dc.name, s, path=dc.path, image_size=dc.image_size)
+                        .images for s in ("train", "valid"))
     else:
         train = toy(dc.name, dc.toy_size, dc.seed).images
         valid = toy(dc.name, max(2, dc.toy_size // 5), dc.seed + 1).images
@@ -119,19 +124,63 @@ def validate(model: ChainModel, method, data: Data, cfg: Config) -> dict[str, fl
     ``train.valid_examples`` validation examples, nats per example.
 
     Batch statistics are used, as the paper does during training (appendix A.1), and the noise
-    is the same every epoch so epochs are comparable.
+    is the same every epoch so epochs are comparable. With ``train.train_bound_examples`` the
+    same bound on the first training examples is added as ``train_bound`` (paper Fig. 3).
     """
     n = min(cfg.train.valid_examples, len(data.valid))
     if n < 2:
         return {}
+    jobs = [("valid_loss", method.loss, data.valid, n, 1)]
+    if hasattr(method, "log_weight"):  # methods without a likelihood (GSN, SPEC §12) have none
+        jobs.append(("valid_bound", method.log_weight, data.valid, n, 1))
+    n_train = min(cfg.train.train_bound_examples, len(data.train))
+    if n_train >= 2 and hasattr(method, "log_weight"):
+        jobs.append(("train_bound", method.log_weight, data.train, n_train, 2))
     out = {}
-    for name, fn in (("valid_loss", method.loss), ("valid_bound", method.log_weight)):
-        g = torch.Generator(device=data.valid.device).manual_seed(cfg.train.seed + 1)
+    for name, fn, split, count_max, seed_offset in jobs:
+        g = torch.Generator(device=split.device).manual_seed(cfg.train.seed + seed_offset)
         total, count = 0.0, 0
-        for idx in batches(n, cfg.train.batch_size):
-            total += float(fn(model, data.model_space(data.valid[idx], g), g).sum())
+        for idx in batches(count_max, cfg.train.batch_size):
+            total += float(fn(model, data.model_space(split[idx], g), g).sum())
             count += len(idx)
         out[name] = total / count
+    return out
+
+
+@torch.no_grad()
+def record_infusion_chains(model: ChainModel, method, data: Data, cfg: Config, epoch: int,
+                           run_dir: str | Path) -> Path | None:
+    """Paper Fig. 2: infusion chains for fixed validation targets at this point of training.
+
+    Runs the method's infusion chain (SPEC §3) on the first validation batch with batch
+    statistics, as in training, and the same noise at every epoch; keeps the first
+    ``train.record_chains_n`` rows. Writes ``infusion_chains/epoch-NNNN.npz`` with ``chain``
+    (T+1, n, *shape) = z̃(0) … z̃(T-1), μ_T and ``targets`` (n, *shape). None if the method
+    has no infusion chain.
+    """
+    if not hasattr(method, "infusion_chain"):
+        return None
+    n_batch = min(len(data.valid), cfg.train.batch_size)
+    k = min(cfg.train.record_chains_n, n_batch)
+    g = torch.Generator(device=data.valid.device).manual_seed(cfg.train.seed + 11)
+    was_training = model.training
+    model.train()
+    try:
+        x = data.model_space(data.valid[:n_batch], g)
+        states = method.infusion_chain(model, x, g)
+    finally:
+        model.train(was_training)
+    chain = torch.stack([s[:k] for s in states]).float().cpu().numpy()
+    arrays = {"chain": chain.reshape(len(states), k, *data.shape),
+              "targets": x[:k].float().cpu().numpy().reshape(k, *data.shape),
+              "epoch": np.array(epoch)}
+    out = Path(run_dir) / "infusion_chains" / f"epoch-{epoch:04d}.npz"
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+
+    ckpt_io.atomic_write(out, write)
     return out
 
 
@@ -145,7 +194,9 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
     """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    dev = resolve_device(device)
+    ctx, dev = distributed.setup(resolve_device(device))  # one process, or one of torchrun's
+    if not ctx.main:  # rank 0 alone logs, shows progress and writes files
+        log, progress = (lambda _: None), False
     state = None
     if resume:
         state = ckpt_io.load(training_state_file(run_dir), map_location=dev)
@@ -157,16 +208,19 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
         raise RunError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to "
                        "continue it or choose another --run-dir")
     cfg.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_io.atomic_write(run_dir / "config.json",
-                         lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
+    if ctx.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.atomic_write(run_dir / "config.json",
+                             lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
 
-    data = load_data(cfg, dev)
+    with distributed.main_first(ctx):  # rank 0 fills the data cache, the others then read it
+        data = load_data(cfg, dev)
     method = build_method(cfg.method)
     with torch.random.fork_rng(devices=[]):  # weight init from the run's seed, global RNG untouched
         torch.manual_seed(cfg.train.seed)
         model = method.build_model(data.shape, cfg.model).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None  # weights for sampling
     g = torch.Generator(device=dev).manual_seed(cfg.train.seed)  # chain noise, dequantisation
     shuffle = torch.Generator().manual_seed(cfg.train.seed + 3)  # minibatch order
     epoch, step, best, bad, stopped_early = 0, 0, float("inf"), 0, False
@@ -179,20 +233,31 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
         shuffle.set_state(state["rng"]["shuffle"].cpu())
         epoch, step, best, bad = state["epoch"], state["step"], state["best"], state["bad_epochs"]
         stopped_early = state["stopped_early"]
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+    if cfg.train.compile:
+        model.op.net.compile()  # in place: the state dict keeps its names
+    net = distributed.shard_model(model, ctx, dev)  # what computes the losses
+    autocast = mixed_precision(model, dev, cfg.train.precision)
 
     tc = cfg.train
     start = time.time()
     metrics = run_dir / "metrics.jsonl"
+    if epoch == 0 and 0 in tc.record_chains_at:
+        record_infusion_chains(net, method, data, cfg, 0, run_dir)
     while not stopped_early and epoch < tc.epochs:
         model.train()
         t0, seen, loss_sum = time.time(), 0, 0.0
         bar = _bar(progress, -(-len(data.train) // tc.batch_size), f"epoch {epoch + 1}/{tc.epochs}")
         for idx in batches(len(data.train), tc.batch_size, shuffle):
             x = data.model_space(data.train[idx], g)
-            loss = method.loss(model, x, g).mean()
+            with autocast():
+                loss = method.loss(net, x, g).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             seen += len(idx)
             loss_sum += float(loss.detach()) * len(idx)
@@ -204,43 +269,56 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
             bar.close()
         epoch += 1
         train_time = time.time() - t0
-        scores = validate(model, method, data, cfg)
-        valid = -scores["valid_bound"] if "valid_bound" in scores else None  # lower is better
-        improved = valid is not None and valid < best
-        if improved:
-            best, bad = valid, 0
-            ckpt_io.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
-        else:
-            bad += 1
+        with ema.applied(model) if ema is not None else contextlib.nullcontext():
+            scores = validate(net, method, data, cfg)  # the weights that will be sampled
+            if epoch in tc.record_chains_at:
+                record_infusion_chains(net, method, data, cfg, epoch, run_dir)
+            # lower is better; a method without a bound is early-stopped on its validation loss
+            valid = -scores["valid_bound"] if "valid_bound" in scores else scores.get("valid_loss")
+            improved = valid is not None and valid < best
+            if improved and ctx.main:
+                ckpt_io.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+        best, bad = (valid, 0) if improved else (best, bad + 1)
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
                **scores, "example_steps_per_s": seen * cfg.method.T / train_time,
                "epoch_seconds": train_time}
-        with metrics.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if ctx.main:
+            with metrics.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
         log(f"epoch {epoch}: train_loss {row['train_loss']:.2f}, {shown}, "
             f"{row['example_steps_per_s']:,.0f} example-steps/s")
         stopped_early = tc.patience > 0 and bad >= tc.patience
         out_of_time = tc.max_minutes > 0 and (time.time() - start) / 60 >= tc.max_minutes
+        out_of_time = distributed.agree(ctx, out_of_time)  # every process stops together
         finished = stopped_early or epoch >= tc.epochs
         if stopped_early:
             log(f"early stop: no validation improvement for {bad} epochs")
         if out_of_time and not finished:
             log(f"stopping after {tc.max_minutes} minutes (train.max_minutes); --resume continues")
-        if epoch % tc.checkpoint_every == 0 or finished or out_of_time:
+        if ctx.main and (epoch % tc.checkpoint_every == 0 or finished or out_of_time):
             _save_training_state(ckpt_dir, cfg, model, opt, g, shuffle, data.shape, epoch, step,
-                                 best, bad, stopped_early)
+                                 best, bad, stopped_early, ema)
         if out_of_time:
             break
 
-    return finalize(run_dir, cfg, model, method, data, progress=progress, log=log)
+    final = ckpt_dir / "final.pt"
+    if ctx.main:  # rank 0 alone: statistics pass, final checkpoint, figures
+        model = net.unshard() if net is not model else model
+        final = finalize(run_dir, cfg, model, method, data, progress=progress, log=log, ema=ema)
+    distributed.finish(ctx)
+    return final
 
 
 def finalize(run_dir: Path, cfg: Config, model: ChainModel, method, data: Data, *,
-             progress: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Best weights, SPEC §6 statistics, ``final.pt``, samples and figures. Returns its path."""
+             progress: bool = True, log: Callable[[str], None] = print,
+             ema: EMA | None = None) -> Path:
+    """Best weights (the EMA's when ``train.ema`` > 0), SPEC §6 statistics, ``final.pt``,
+    samples and figures. Returns its path."""
     ckpt_dir = run_dir / "checkpoints"
     best_file, epoch = ckpt_dir / "best.pt", None
+    if ema is not None:
+        ema.copy_to(model)  # best.pt, if any, holds EMA weights too
     if best_file.exists():
         best = ckpt_io.load(best_file, map_location=data.train.device)
         model.load_state_dict(best["model"])
@@ -275,10 +353,11 @@ def write_figures(run_dir: Path, model: ChainModel, cfg: Config, log: Callable[[
 
 
 def _save_training_state(ckpt_dir, cfg, model, opt, g, shuffle, shape, epoch, step, best, bad,
-                         stopped_early):
+                         stopped_early, ema=None):
     """Write ``epoch-NNNN.pt``, point ``latest`` at it, and remove older epoch files."""
     name = f"epoch-{epoch:04d}.pt"
-    ckpt_io.save(ckpt_dir / name, {
+    extra = {"ema": ema.state_dict()} if ema is not None else {}
+    ckpt_io.save(ckpt_dir / name, {**extra,
         "model": model.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg),
         "shape": list(shape), "epoch": epoch, "step": step, "best": best, "bad_epochs": bad,
         "stopped_early": stopped_early, "rng": {"chain": g.get_state(), "shuffle": shuffle.get_state()},
@@ -295,6 +374,17 @@ def training_state_file(run_dir: Path) -> Path:
     if not found:
         raise RunError(f"nothing to resume in {str(run_dir)!r}: no checkpoints/epoch-*.pt")
     return found[-1]
+
+
+def mixed_precision(model: ChainModel, device: torch.device, precision: str) -> Callable:
+    """A context factory for the training step: bf16 autocast where ``train.precision`` asks
+    for it ("auto": on CUDA only), else nothing. The network's heads are cast back to fp32
+    so μ, σ² and the Gaussian log-densities (σ² ≥ 1e-4) are computed in full precision."""
+    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not on:
+        return contextlib.nullcontext
+    model.op.net.register_forward_hook(lambda _m, _i, out: tuple(o.float() for o in out))
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _bar(progress: bool, total: int, desc: str):

@@ -1,9 +1,11 @@
-"""Infusion training, SPEC §3–4 (Bordes, Honari & Vincent 2017, Algorithm 1).
+"""Infusion training, SPEC §3–5 (Bordes, Honari & Vincent 2017, Algorithm 1).
 
 The training chain starts from z̃(0) ~ q(0)(· | x) and at every step infuses the target x into
 the model's own transition: per dimension, with probability α(t) the next state is drawn from a
 narrow Gaussian at x instead of from p(t)(· | z̃(t-1)). Each step is trained to denoise towards
-x, weighted by t/T (footnote 3); no gradient flows between steps.
+x, weighted by t/T (footnote 3); no gradient flows between steps. The lower-bound-based
+variant (``method.loss = "bound"``, SPEC §5) instead maximises the bound ℓ of SPEC §7 with
+gradients through the chain's Gaussian draws.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..operator import ChainModel, normal_log_prob
 
 
 class Infusion:
-    """Denoising-based infusion training (SPEC §4)."""
+    """Infusion training: denoising-based (SPEC §4) or lower-bound-based (SPEC §5)."""
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
@@ -41,6 +43,22 @@ class Infusion:
         return infuse(mean, std, x, self.rates[0], generator, self.target_std)
 
     def loss(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Per-example loss, x: (B, d) -> (B,): ``method.loss`` "denoising" (SPEC §4) or "bound" (§5)."""
+        if self.cfg.loss == "bound":
+            return self.bound_loss(model, x, generator)
+        return self.denoising_loss(model, x, generator)
+
+    def bound_loss(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Lower-bound-based infusion training, SPEC §5: −ℓ of SPEC §7 for one draw, (B,).
+
+        The very computation of :meth:`log_weight`: each z̃(t) = μ_t + σ_t·ε (where the mask
+        keeps the model's component) carries gradients into every earlier step
+        (reparametrisation); the Bernoulli mask is a comparison and is not differentiated.
+        """
+        return -self.log_weight(model, x, generator)
+
+    def denoising_loss(self, model: ChainModel, x: torch.Tensor,
+                       generator: torch.Generator | None) -> torch.Tensor:
         """Per-example loss L = Σ_t (t/T)·(−log N(x; μ_t, σ²_t)), x: (B, d) -> (B,). SPEC §4."""
         z = self.start(model, x, generator)
         total = x.new_zeros(x.shape[0])

@@ -1,0 +1,162 @@
+"""Infusion versus diffusion on MNIST — the comparison the infusion paper makes (SPEC §10, §13):
+sample quality against the number of sampling steps, with walkback and GSN as further rows.
+
+Every method is trained by the shared trainer on the same network (``--hidden``), the same
+data and the same budget (``--epochs`` and ``--minutes`` per method, no early stopping), from
+its preset (``mnist``, ``mnist-diffusion``, ``mnist-walkback``, ``mnist-gsn``). Then each is
+sampled by the shared sampler at several step counts — diffusion respaced to 5, 10, 15, 30,
+100 and 1000 steps, infusion at T and 2T (the paper's 15 and 30), walkback at its cooling
+steps plus extra temperature-1 steps, GSN with a long chain — and scored on the final means by
+
+* the Fréchet distance of the project's MNIST classifier features against test images
+  (``infusion.metrics``, extractor ``mnist-cnn``; lower is better), and
+* the Parzen-window test log-likelihood, σ chosen on validation data (SPEC §8;
+  ``infusion.likelihood``; nats, higher is better).
+
+Writes ``compare_mnist.md`` and ``compare_mnist.json`` into ``--out``. The paper's budget:
+
+    python experiments/compare_mnist.py --out runs/compare_mnist            # GPU: hours
+
+A reduced budget that runs on a 2-core CPU (numbers not comparable with the paper's):
+
+    OMP_NUM_THREADS=1 python experiments/compare_mnist.py --reduced --out runs/compare_mnist_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from infusion import config
+from infusion.chain import sample_chain
+from infusion.checkpoint import load_model
+from infusion.data import load_mnist
+from infusion.train import resolve_device, train
+
+PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "walkback": "mnist-walkback",
+           "gsn": "mnist-gsn"}
+DIFFUSION_STEPS = (5, 10, 15, 30, 100, 1000)
+REDUCED = {"hidden": "256,256", "epochs": 1, "minutes": 2.0, "n_train": 5000, "samples": 500,
+           "test": 500, "valid": 500, "diffusion_T": 1000}
+
+
+def step_counts(method: str, cfg: config.Config, requested: tuple[int, ...]) -> list[int]:
+    """Sampling step counts of one method's rows."""
+    T = cfg.method.T
+    if method == "diffusion":
+        return [s for s in requested if s <= T]
+    if method == "infusion":
+        return sorted({T, 2 * T} | {s for s in requested if T <= s <= 2 * T})
+    if method == "walkback":
+        return [T + cfg.method.vw_extra]
+    return [cfg.sample.steps or T]  # gsn: one long chain
+
+
+def sample_model(model, method: str, steps: int, n: int, seed: int) -> tuple[torch.Tensor, float]:
+    """Final means (n, 1, 28, 28) of ``steps`` sampling steps, and the seconds it took."""
+    if method == "diffusion":
+        model = model.respaced(steps)
+    t0 = time.time()
+    out = sample_chain(model, n, steps, seed=seed, batch_size=500)
+    return out.means.clamp(0, 1), time.time() - t0
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/compare_mnist")
+    p.add_argument("--methods", default=",".join(PRESETS))
+    p.add_argument("--reduced", action="store_true", help=f"CPU budget: {REDUCED}")
+    p.add_argument("--hidden", default="1200,1200", help="the shared MLP's hidden widths")
+    p.add_argument("--epochs", type=int, default=200, help="epochs per method (same for all)")
+    p.add_argument("--minutes", type=float, default=0.0, help="wall-time cap per method (0: none)")
+    p.add_argument("--n-train", type=int, default=0, help="training examples (0: all 50,000)")
+    p.add_argument("--samples", type=int, default=10000, help="samples per row (Parzen: 10,000)")
+    p.add_argument("--test", type=int, default=10000, help="test images scored")
+    p.add_argument("--valid", type=int, default=10000, help="validation images for Parzen σ")
+    p.add_argument("--diffusion-T", type=int, default=1000, help="diffusion training steps")
+    p.add_argument("--steps", default=",".join(map(str, DIFFUSION_STEPS)))
+    p.add_argument("--no-fid", action="store_true", help="skip the classifier Fréchet distance")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.reduced:
+        for k, v in REDUCED.items():
+            setattr(a, k, v)
+    methods = a.methods.split(",")
+    for m in methods:
+        if m not in PRESETS:
+            p.error(f"unknown method {m!r}; available: {', '.join(PRESETS)}")
+    requested = tuple(int(s) for s in a.steps.split(","))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(a.device)
+
+    # lazy: the colleagues' evaluation modules
+    from infusion.likelihood import parzen_estimate
+
+    test = load_mnist("test").images[: a.test]
+    valid = load_mnist("valid").images[: a.valid]
+    test_unit = torch.from_numpy(test).float() / 256
+    extractor = None
+    if not a.no_fid:
+        from infusion.metrics import get_extractor, sample_quality
+
+        extractor = get_extractor("mnist-cnn")
+
+    rows, t_all = [], time.time()
+    for m in methods:
+        cfg = config.preset(PRESETS[m])
+        sets = [f"model.hidden={a.hidden}", f"train.epochs={a.epochs}",
+                f"train.max_minutes={a.minutes}", f"data.n_train={a.n_train}",
+                "train.patience=0", f"train.seed={a.seed}", f"sample.n={min(100, a.samples)}"]
+        if m == "diffusion":
+            sets.append(f"method.T={a.diffusion_T}")
+        cfg = config.override(cfg, sets)
+        run_dir = out / "runs" / m
+        final = run_dir / "checkpoints" / "final.pt"
+        t0 = time.time()
+        if not final.exists():
+            train(cfg, run_dir, device=str(device), progress=False, log=lambda s: None)
+        train_s = time.time() - t0
+        model, cfg = load_model(final, device)
+        for steps in step_counts(m, cfg, requested):
+            means, sample_s = sample_model(model, m, steps, a.samples, a.seed)
+            parzen = parzen_estimate(means.reshape(len(means), -1), valid, test)
+            row = {"method": m, "steps": steps, "parzen": parzen.mean, "parzen_se": parzen.stderr,
+                   "parzen_sigma": parzen.extra["sigma"], "sample_seconds": sample_s,
+                   "train_seconds": train_s, "samples": len(means)}
+            if extractor is not None:
+                q = sample_quality(extractor, means, test_unit, metrics=("fid",))
+                row["fid"] = q["fid"]["value"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    settings = {k: v for k, v in vars(a).items()}
+    total = time.time() - t_all
+    (out / "compare_mnist.json").write_text(json.dumps({"settings": settings, "rows": rows,
+                                                        "seconds": total}, indent=2))
+    write_table(out / "compare_mnist.md", rows, settings, total, str(device))
+    print(f"wrote {out / 'compare_mnist.md'} ({total:.0f} s)")
+
+
+def write_table(path: Path, rows, settings: dict, seconds: float, device: str) -> None:
+    head = "| method | sampling steps | classifier FD ↓ | Parzen (nats) ↑ | σ | sample s |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        fid = f"{r['fid']:.2f}" if "fid" in r else "—"
+        lines.append(f"| {r['method']} | {r['steps']} | {fid} | {r['parzen']:.1f} ± "
+                     f"{r['parzen_se']:.1f} | {r['parzen_sigma']:.3f} | {r['sample_seconds']:.1f} |")
+    budget = ", ".join(f"{k}={settings[k]}" for k in ("hidden", "epochs", "minutes", "n_train",
+                                                         "samples", "test", "diffusion_T"))
+    path.write_text("# MNIST: sample quality against sampling steps\n\n"
+                    f"Same network and budget for every method ({budget}); device {device}; "
+                    f"total {seconds:.0f} s. FD: Fréchet distance of the project's MNIST "
+                    "classifier features against test images; Parzen: SPEC §8 on the final "
+                    "means, σ chosen on validation images.\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,470 @@
+"""Natural-image data sets of SPEC §1: CIFAR-10, SVHN, CelebA 64×64, TFD and any image folder.
+
+Every set is cached once as ``<cache>/<name>/<name>-uint8.npz`` (uint8 images (N, C, H, W),
+int64 labels where the set has them, splits ``train``/``valid``/``test``) next to a
+``.sha256`` record that is verified on every load, exactly like MNIST in :mod:`infusion.data`.
+
+Sources:
+  * ``cifar10``: the python tarball from cs.toronto.edu (sha256-verified download, or a copy
+    placed at ``<cache>/cifar10/cifar-10-python.tar.gz`` or given as ``path``). train = the
+    first 45,000 of the 50,000 training images, valid = the last 5,000, test = the official
+    10,000.
+  * ``svhn``: ``train_32x32.mat`` and ``test_32x32.mat`` from ufldl.stanford.edu (verified;
+    or placed in ``<cache>/svhn/`` or in the directory ``path``). valid = the last 10% of
+    the official training set; label 10 (digit 0) becomes 0.
+  * ``celeba``: the aligned images (``img_align_celeba.zip`` or its extracted folder, which
+    CelebA distributes through Google Drive only, so the user supplies it as ``path``); the
+    centre 108×108 of each 178×218 image (the DCGAN convention) resized to 64×64; the official
+    partition by file number (train 1–162,770, valid –182,637, test the rest).
+  * ``tfd``: the Toronto Face Database (not public) as the user's ``TFD_48x48.mat`` (``images``
+    (N, 48, 48) and ``folds`` (N, 5), the pylearn2 layout); fold 0: train = unlabelled +
+    training examples (folds 0 and 1), valid = 2, test = 3.
+  * ``folder``: every image under the directory ``path`` (recursively), centre-cropped to a
+    square and resized to ``image_size`` (default 64), RGB unless every image is greyscale;
+    a fixed permutation (seed 0) puts 10% in valid and 10% in test. The cache is keyed by the
+    folder's listing (names, sizes, times), so a changed folder is read afresh.
+
+Archives are checked member by member before anything is read out of them: a member whose
+path is absolute or climbs out of the target directory (``..``), or that is a link or a
+device, makes the whole archive refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import pickle
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .data import SPLITS, DataError, Split, _ArraysOnly, _download, _sha256, _write_cache, cache_dir
+
+NAMES = ("cifar10", "svhn", "celeba", "tfd", "folder")
+SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "celeba": (3, 64, 64), "tfd": (1, 48, 48)}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A file at a canonical address, with its sha256 and size in bytes."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+# Module-level so that tests can point them at small local files.
+CIFAR10 = Remote("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                 "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170_498_071)
+CIFAR10_VALID = 5_000  # the last 5,000 of the 50,000 training images
+SVHN = {  # md5s e26dedcc434d2e4c54c9b2d4a06d8373 and eb5a983be6a315427106f1b164d9cef3
+    "train": Remote("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
+                    "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8", 182_040_794),
+    "test": Remote("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
+                   "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b", 64_275_384),
+}
+CELEBA_CROP, CELEBA_SIZE = 108, 64
+CELEBA_LAST = {"train": 162_770, "valid": 182_637}  # list_eval_partition.txt, by file number
+CELEBA_MD5 = "00d2c5bc6d35e252742224ab0c1e8fcb"  # img_align_celeba.zip as distributed
+
+
+def load_images(name: str, split: str, *, path: str | Path = "", image_size: int = 0,
+                cache: str | Path | None = None, timeout: float = 30.0,
+                log: Callable[[str], object] = print) -> Split:
+    """One split ("train", "valid", "test") of data set ``name``: uint8 images (N, C, H, W) and
+    int64 labels (or None), from the verified cache, filled from the source on first use."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    npz = ensure(name, path=path, image_size=image_size, cache=cache, timeout=timeout, log=log)
+    return read_cache(npz, split)
+
+
+def ensure(name: str, *, path: str | Path = "", image_size: int = 0,
+           cache: str | Path | None = None, timeout: float = 30.0,
+           log: Callable[[str], object] = print) -> Path:
+    """Make sure the cache holds data set ``name`` (verified) and return the npz's path."""
+    if name not in NAMES:
+        raise DataError(f"unknown image data set {name!r}: expected one of {', '.join(NAMES)}")
+    root = (Path(cache) if cache is not None else cache_dir()) / name
+    if name == "folder":
+        npz = root / f"folder-{_folder_key(path, image_size or 64)}.npz"
+    else:
+        npz = root / f"{name}-uint8.npz"
+    if npz.exists() or npz.with_name(npz.name + ".sha256").exists():
+        read_cache(npz, None)
+        return npz
+    root.mkdir(parents=True, exist_ok=True)
+    build = {"cifar10": lambda: _cifar10(root, path, timeout, log),
+             "svhn": lambda: _svhn(root, path, timeout, log),
+             "celeba": lambda: _celeba(path, log),
+             "tfd": lambda: _tfd(path),
+             "folder": lambda: _folder(path, image_size or 64, log)}[name]
+    arrays = build()
+    for s in SPLITS:
+        _check_images(arrays[f"{s}_x"], f"{name} {s} split")
+    _write_cache(npz, arrays)
+    log(f"{name}: cached at {npz}")
+    return npz
+
+
+def read_cache(npz: Path, split: str | None) -> Split | None:
+    """Verify the cache file against its sha256 record, then load one split (None: check only)."""
+    fix = f"delete {npz} (and {npz.name}.sha256) and run again to rebuild it"
+    record = npz.with_name(npz.name + ".sha256")
+    try:
+        expected = record.read_text().split()[0]
+    except (OSError, IndexError) as e:
+        raise DataError(f"cache {npz}: its checksum record {record} is missing or unreadable "
+                        f"({e}; an interrupted write?): {fix}") from None
+    if _sha256(npz) != expected:
+        raise DataError(f"cache {npz} is corrupt (sha256 differs from {record}): {fix}")
+    if split is None:
+        return None
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            x = z[f"{split}_x"]
+            y = z[f"{split}_y"] if f"{split}_y" in z.files else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"cache {npz} is unreadable ({e}): {fix}") from None
+    _check_images(x, npz)
+    return Split(x, y)
+
+
+def _check_images(x: np.ndarray, where: object) -> None:
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise DataError(f"{where}: images are {x.dtype}{x.shape}, expected uint8 (N, 1|3, H, W)")
+
+
+# ----------------------------------------------------------------------------- archives
+
+
+def _unsafe_reason(name: str, kind: str) -> str | None:
+    """Why an archive member may not be extracted (None if it may)."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or (p.parts and p.parts[0].endswith(":")):
+        return "an absolute path"
+    if ".." in p.parts:
+        return "a path that climbs out of the target directory"
+    if kind not in ("file", "dir"):
+        return f"a {kind}"
+    return None
+
+
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    return ("file" if m.isfile() else "dir" if m.isdir() else "symlink" if m.issym()
+            else "hard link" if m.islnk() else "device or fifo")
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "dir" if info.is_dir() else "file"
+
+
+def check_archive(path: str | Path) -> list[str]:
+    """The member names of a tar or zip archive, after checking that every member is a plain
+    file or directory inside the target directory; DataError naming the first one that is not."""
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                members = [(i.filename, _zip_kind(i)) for i in zf.infolist()]
+        else:
+            with tarfile.open(path) as tf:
+                members = [(m.name, _tar_kind(m)) for m in tf.getmembers()]
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path} is not a readable tar or zip archive ({e})") from None
+    for name, kind in members:
+        reason = _unsafe_reason(name, kind)
+        if reason:
+            raise DataError(f"{path}: refusing the archive, member {name!r} is {reason}")
+    return [n for n, k in members if k == "file"]
+
+
+def safe_extract(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a tar or zip archive into dest after :func:`check_archive` (all members are
+    checked before anything is written); every written path is confirmed to lie under dest."""
+    archive, dest = Path(archive), Path(dest)
+    files = check_archive(archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    with _reader(archive) as read:
+        for name in files:
+            target = (root / name).resolve()
+            if root not in target.parents:
+                raise DataError(f"{archive}: refusing member {name!r} (it resolves outside {dest})")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(read(name))
+    return dest
+
+
+@contextlib.contextmanager
+def _reader(archive: Path) -> Iterator[Callable[[str], bytes]]:
+    """A function reading one member's bytes out of a zip or tar archive."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            yield zf.read
+    else:
+        with tarfile.open(archive) as tf:
+            yield lambda name: tf.extractfile(name).read()
+
+
+def _fetch(remote: Remote, dest: Path, timeout: float, log: Callable[[str], object]) -> Path:
+    """dest if it already holds the verified file, else a verified download of it."""
+    if dest.is_file():
+        if _sha256(dest) == remote.sha256:
+            return dest
+        raise DataError(f"{dest} does not match the sha256 of {remote.url} ({remote.sha256}): "
+                        "delete it to download afresh")
+    log(f"downloading {remote.url} ({remote.size / 1e6:.0f} MB)")
+    try:
+        _download(remote.url, dest, remote.sha256, timeout=timeout, max_bytes=remote.size)
+    except DataError as e:
+        raise DataError(f"could not download {remote.url} ({e}). If this machine is offline, "
+                        f"copy the file there by hand to {dest} (sha256 {remote.sha256})") from None
+    return dest
+
+
+def _given(path: str | Path, remote: Remote) -> Path:
+    """A user-supplied copy of a remote file, checked against its sha256."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.path={str(path)!r}: no such file")
+    if _sha256(p) != remote.sha256:
+        raise DataError(f"data.path={str(path)!r} is not {remote.url} (sha256 differs from "
+                        f"{remote.sha256})")
+    return p
+
+
+def _split_off_valid(x: np.ndarray, y: np.ndarray | None, n_valid: int,
+                     test: tuple[np.ndarray, np.ndarray | None]) -> dict[str, np.ndarray]:
+    """Cache arrays: the last n_valid training examples become the validation split."""
+    parts = {"train": (x[:-n_valid], None if y is None else y[:-n_valid]),
+             "valid": (x[-n_valid:], None if y is None else y[-n_valid:]), "test": test}
+    out = {}
+    for s, (xs, ys) in parts.items():
+        out[f"{s}_x"] = np.ascontiguousarray(xs, np.uint8)
+        if ys is not None:
+            out[f"{s}_y"] = np.asarray(ys, np.int64).reshape(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _cifar10(root: Path, path: str | Path, timeout: float, log) -> dict[str, np.ndarray]:
+    """CIFAR-10 python tarball -> 45k/5k/10k uint8 (N, 3, 32, 32) with labels."""
+    tarball = _given(path, CIFAR10) if path else _fetch(CIFAR10, root / "cifar-10-python.tar.gz",
+                                                         timeout, log)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        safe_extract(tarball, tmp)
+        batches = Path(tmp) / "cifar-10-batches-py"
+        train = [_cifar_batch(batches / f"data_batch_{i}") for i in range(1, 6)]
+        test = _cifar_batch(batches / "test_batch")
+    x = np.concatenate([b[0] for b in train])
+    y = np.concatenate([b[1] for b in train])
+    out = _split_off_valid(x, y, min(CIFAR10_VALID, max(1, len(x) // 10)), test)
+    if not path:
+        tarball.unlink()  # the cache holds everything; the 170 MB tarball is no longer needed
+    return out
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch: {b'data': uint8 (n, 3072), b'labels': [n ints]}."""
+    try:
+        with open(path, "rb") as f:
+            d = _ArraysOnly(f, encoding="bytes").load()
+        x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], np.int64)
+    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        raise DataError(f"{path.name} in the CIFAR-10 tarball is not a CIFAR batch ({e})") from None
+    if len(x) != len(y):
+        raise DataError(f"{path.name}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def _svhn(root: Path, path: str | Path, timeout: float, log) -> dict[str, np.ndarray]:
+    """SVHN cropped digits (.mat) -> train/valid (last 10%)/test uint8 (N, 3, 32, 32)."""
+    loaded = {}
+    for split, remote in SVHN.items():
+        fname = remote.url.rsplit("/", 1)[1]
+        mat = (_given(Path(path) / fname, remote) if path
+               else _fetch(remote, root / fname, timeout, log))
+        loaded[split] = _svhn_mat(mat)
+    x, y = loaded["train"]
+    out = _split_off_valid(x, y, max(1, len(x) // 10), loaded["test"])
+    if not path:
+        for remote in SVHN.values():
+            (root / remote.url.rsplit("/", 1)[1]).unlink()
+    return out
+
+
+def _svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """X (32, 32, 3, N) uint8 and y (N, 1) in 1..10 -> (N, 3, 32, 32) and labels 0..9."""
+    mat = _loadmat(path)
+    try:
+        x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+    except KeyError as e:
+        raise DataError(f"{path}: no {e} array; not an SVHN *_32x32.mat file") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+        raise DataError(f"{path}: X is {x.dtype}{x.shape}, expected uint8 (32, 32, 3, {len(y)})")
+    return x.transpose(3, 2, 0, 1), y.astype(np.int64) % 10
+
+
+def _loadmat(path: Path) -> dict:
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise DataError("reading .mat files needs scipy (pip install scipy)") from None
+    try:
+        return loadmat(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise DataError(f"{path} is not a readable MATLAB .mat file ({e})") from None
+
+
+def _tfd(path: str | Path) -> dict[str, np.ndarray]:
+    """The user's TFD_48x48.mat: images (N, 48, 48) and folds (N, 5); fold 0 splits it."""
+    if not path:
+        raise DataError("the Toronto Face Database is not public: pass the path of your "
+                        "TFD_48x48.mat as data.path (e.g. --set data.path=/data/TFD_48x48.mat)")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.path={str(path)!r}: no such file")
+    mat = _loadmat(p)
+    if "images" not in mat or "folds" not in mat:
+        raise DataError(f"{p}: expected arrays 'images' (N, H, W) and 'folds' (N, 5), found "
+                        f"{sorted(k for k in mat if not k.startswith('__'))}")
+    x, folds = np.asarray(mat["images"]), np.asarray(mat["folds"])
+    if x.ndim != 3 or folds.ndim != 2 or len(folds) != len(x) or x.dtype != np.uint8:
+        raise DataError(f"{p}: images {x.dtype}{x.shape} and folds {folds.shape} do not match "
+                        "the TFD layout (uint8 (N, H, W), (N, 5))")
+    fold = folds[:, 0]
+    out = {}
+    for s, ids in (("train", (0, 1)), ("valid", (2,)), ("test", (3,))):
+        out[f"{s}_x"] = np.ascontiguousarray(x[np.isin(fold, ids)][:, None])
+    return out
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _folder_key(path: str | Path, size: int) -> str:
+    """A short hash of the folder's listing (names, sizes, mtimes) and the crop size."""
+    if not path:
+        raise DataError("data.name=folder needs data.path, the directory of images")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.path={str(path)!r}: no such directory")
+    h = hashlib.sha256(f"{folder.resolve()}|{size}".encode())
+    for p in _image_files(folder):
+        st = p.stat()
+        h.update(f"|{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def centre_crop(img, crop: int | None, size: int):
+    """The centre square of side ``crop`` (default: the shorter side) resized to size×size."""
+    from PIL import Image
+
+    w, h = img.size
+    c = min(w, h) if crop is None else min(crop, w, h)
+    left, top = (w - c) // 2, (h - c) // 2
+    img = img.crop((left, top, left + c, top + c))
+    return img if c == size else img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int | None,
+            size: int, mode: str, desc: str, log) -> np.ndarray:
+    """Decode, crop and resize images into a uint8 (n, C, size, size) array."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    c = 3 if mode == "RGB" else 1
+    out = np.empty((n, c, size, size), np.uint8)
+    for i, (name, read) in enumerate(tqdm(items, total=n, desc=desc, leave=False)):
+        try:
+            with Image.open(io.BytesIO(read())) as img:
+                arr = np.asarray(centre_crop(img.convert(mode), crop, size), np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataError(f"{name}: not a readable image ({e})") from None
+        out[i] = arr.reshape(size, size, c).transpose(2, 0, 1)
+    return out
+
+
+def _folder(path: str | Path, size: int, log) -> dict[str, np.ndarray]:
+    """Every image under a directory -> centre crops, split 80/10/10 by a fixed permutation."""
+    from PIL import Image
+
+    folder = Path(path).expanduser()
+    files = _image_files(folder)
+    if len(files) < 3:
+        raise DataError(f"data.path={str(path)!r} holds {len(files)} images "
+                        f"({', '.join(IMAGE_SUFFIXES)}); need at least 3 (train, valid, test)")
+    grey = all(Image.open(p).mode in ("1", "L", "I;16", "I") for p in files)
+    x = _decode(((str(p), p.read_bytes) for p in files), len(files), None, size,
+                "L" if grey else "RGB", f"reading {folder}", log)
+    order = np.random.default_rng(0).permutation(len(files))
+    k = max(1, len(files) // 10)
+    parts = {"test": order[:k], "valid": order[k:2 * k], "train": order[2 * k:]}
+    return {f"{s}_x": x[np.sort(idx)] for s, idx in parts.items()}
+
+
+def _celeba(path: str | Path, log) -> dict[str, np.ndarray]:
+    """CelebA aligned images (zip or folder) -> 64×64 centre crops, official partition."""
+    if not path:
+        raise DataError(
+            "CelebA is distributed through Google Drive only, so it cannot be fetched here. "
+            "Download img_align_celeba.zip from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
+            "('Align&Cropped Images') and pass it, or the folder it extracts to, as data.path "
+            "(e.g. --set data.path=~/Downloads/img_align_celeba.zip)")
+    p = Path(path).expanduser()
+    with contextlib.ExitStack() as stack:
+        if p.is_dir():
+            files = {f.name: f.read_bytes for f in _image_files(p)}
+        elif p.is_file() and zipfile.is_zipfile(p):
+            names = [n for n in check_archive(p) if n.lower().endswith(IMAGE_SUFFIXES)]
+            zf = stack.enter_context(zipfile.ZipFile(p))
+            files = {PurePosixPath(n).name: (lambda n=n: zf.read(n)) for n in names}
+            if _md5(p) != CELEBA_MD5:
+                log(f"note: {p} is not byte-identical to the distributed img_align_celeba.zip "
+                    f"(md5 {CELEBA_MD5}); using its images as they are")
+        else:
+            raise DataError(f"data.path={str(path)!r}: expected img_align_celeba.zip or the "
+                            "folder it extracts to")
+        try:
+            numbered = sorted((int(Path(n).stem), n) for n in files)
+        except ValueError:
+            raise DataError(f"{p}: CelebA images are named by number (000001.jpg …); found "
+                            f"{sorted(files)[:3]}") from None
+        if not numbered:
+            raise DataError(f"{p}: no images found")
+        out = {}
+        for s in SPLITS:
+            names = [n for k, n in numbered if _celeba_split(k) == s]
+            out[f"{s}_x"] = _decode(((n, files[n]) for n in names), len(names), CELEBA_CROP,
+                                    CELEBA_SIZE, "RGB", f"CelebA {s}", log)
+    return out
+
+
+def _celeba_split(k: int) -> str:
+    """The official partition of CelebA image number k."""
+    return "train" if k <= CELEBA_LAST["train"] else "valid" if k <= CELEBA_LAST["valid"] else "test"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,232 @@
+"""Diffusion, SPEC §13 (Sohl-Dickstein et al. 2015; Ho et al. 2020; Nichol & Dhariwal 2021).
+
+Forward: a fixed Gaussian diffusion q(x_k | x_{k-1}) = N(√(1-β_k)·x_{k-1}, β_k), k = 1..T
+(``method.T``), so q(x_k | x_0) = N(√ᾱ_k·x_0, 1-ᾱ_k) and p(x_T) = N(0, I) is the prior.
+Betas: ``linear`` (Ho et al.'s 1e-4 … 0.02 for T = 1000, scaled by 1000/T so any T reaches
+noise) or ``cosine`` (Nichol & Dhariwal). Data stay in the model space [0, 1] of SPEC §1.
+
+Reverse: p(x_{k-1} | x_k) = N(μ, σ²) on the same MLP body as every method (SPEC §2), made step
+aware by a sinusoidal step embedding added to each hidden layer
+(:class:`~infusion.nets.StepEmbeddingMLP`) because one training batch mixes steps; without
+batch norm (``model.batch_norm`` is ignored), since a batch of the reverse chain shares one
+step while a training batch mixes them, so batch statistics would differ between the two. Head a_μ predicts the noise ε, μ = (x_k − β_k/√(1-ᾱ_k)·ε̂)/√α_k; head a_σ
+interpolates the log-variance, log σ² = v·log β_k + (1-v)·log β̃_k with v = sigmoid(a_σ) and
+β̃_k the forward posterior's variance.
+
+Training (``method.diff_loss``): ``bound``, the variational bound estimated with one uniform
+step per example, T·L_k + KL(q(x_T | x) ‖ p(x_T)) (L_1 = −log p(x | x_1), L_k = KL of the
+posterior q(x_{k-1} | x_k, x) to p(x_{k-1} | x_k)); or ``noise``, ‖ε − ε̂‖² plus 1e-3 times T·L_k
+with μ detached, which trains σ (Nichol & Dhariwal's hybrid). ``log_weight`` is one draw of
+log p(x, x_{1:T}) − log q(x_{1:T} | x) over a forward path: the bound and IS estimates of the
+shared likelihood code. Sampling with fewer steps: :meth:`DiffusionModel.respaced` (the
+schedule restricted to evenly spaced steps, betas recomputed from ᾱ), run by the shared
+sampler; sampler steps past T repeat the last reverse step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import MethodConfig, ModelConfig
+from ..nets import StepEmbeddingMLP, step_norms
+from ..operator import FactorialGaussianPrior, normal_log_prob
+
+HYBRID_WEIGHT = 1e-3  # weight of the bound in the "noise" loss (Nichol & Dhariwal 2021)
+
+
+def make_betas(kind: str, T: int) -> np.ndarray:
+    """β_1 … β_T (float64) of the forward diffusion."""
+    if T < 1:
+        raise ValueError(f"diffusion steps T={T}: expected >= 1")
+    if kind == "linear":
+        scale = 1000.0 / T
+        return np.linspace(1e-4 * scale, min(0.02 * scale, 0.999), T, dtype=np.float64)
+    if kind == "cosine":
+        s = 0.008
+        f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * math.pi / 2) ** 2
+        return np.clip(1 - f[1:] / f[:-1], 0, 0.999)
+    raise ValueError(f"unknown beta schedule {kind!r}: expected 'linear' or 'cosine'")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A reverse-chain schedule: ᾱ_1..ᾱ_S and the network's step index of each (1-based)."""
+
+    alpha_bar: np.ndarray  # (S,) float64, decreasing
+    net_index: np.ndarray  # (S,) int64
+
+    @staticmethod
+    def from_betas(betas: np.ndarray) -> Schedule:
+        return Schedule(np.cumprod(1 - betas), np.arange(1, len(betas) + 1))
+
+    def respace(self, steps: int) -> Schedule:
+        """``steps`` evenly spaced steps of this schedule, always keeping the last (ᾱ ≈ 0)."""
+        S = len(self.alpha_bar)
+        if not 1 <= steps <= S:
+            raise ValueError(f"steps={steps}: a respaced diffusion needs 1..{S} steps")
+        keep = np.unique(np.round(np.linspace(0, S - 1, steps)).astype(np.int64))
+        if len(keep) < steps:  # rounding collided; fall back to the last ``steps`` indices
+            keep = np.arange(S - steps, S)
+        return Schedule(self.alpha_bar[keep], self.net_index[keep])
+
+
+class StandardNormalPrior(FactorialGaussianPrior):
+    """p(x_T) = N(0, I); ``fit`` keeps it (the diffusion's prior is not fitted to data)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__(d)
+        self.mean.zero_()
+
+    def fit(self, x: torch.Tensor, var_floor: float = 1e-5) -> StandardNormalPrior:
+        return self
+
+
+class DiffusionModel(nn.Module):
+    """The learned reverse chain of a Gaussian diffusion (SPEC §13), same surface as ChainModel.
+
+    ``T`` = the number of reverse steps of this schedule; the shared sampler's step t runs
+    reverse step k = T − t + 1 (clamped at 1). :meth:`respaced` gives a model with fewer steps
+    sharing the network and prior.
+    """
+
+    def __init__(self, shape: tuple[int, ...], schedule: Schedule, cfg: ModelConfig | None = None,
+                 *, net: nn.Module | None = None, prior: FactorialGaussianPrior | None = None) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.d = math.prod(self.shape)
+        self.schedule = schedule
+        self.T = len(schedule.alpha_bar)
+        if net is None:
+            if cfg is None:
+                raise ValueError("DiffusionModel needs a ModelConfig or a network")
+            # no batch norm: a training batch mixes steps but a reverse chain's batch shares
+            # one, so batch statistics would differ between the two (measured: the validation
+            # bound, scored in batch-statistics mode, was best after epoch 1 and kept the model
+            # untrained); the step embedding alone conditions on the step
+            net = StepEmbeddingMLP(self.d, tuple(cfg.hidden), 1, batch_norm=False)
+        self.net = net
+        self.prior = prior if prior is not None else StandardNormalPrior(self.d)
+        ab = schedule.alpha_bar
+        ab_prev = np.r_[1.0, ab[:-1]]
+        betas = 1 - ab / ab_prev
+        post_var = betas * (1 - ab_prev) / (1 - ab)  # β̃_k; β̃_1 = 0
+        log_min = np.log(np.r_[post_var[1], post_var[1:]] if self.T > 1 else betas)
+        for name, v in (("alpha_bar", ab), ("alpha_bar_prev", ab_prev), ("betas", betas),
+                        ("post_var", post_var), ("log_var_min", log_min)):
+            self.register_buffer(name, torch.tensor(v, dtype=torch.float32), persistent=False)
+        self.register_buffer("net_index", torch.tensor(schedule.net_index), persistent=False)
+
+    def respaced(self, steps: int) -> DiffusionModel:
+        """The same network and prior run on ``steps`` evenly spaced steps of the schedule."""
+        if steps == self.T:
+            return self
+        view = DiffusionModel(self.shape, self.schedule.respace(steps), net=self.net,
+                              prior=self.prior)
+        return view.to(self.alpha_bar.device).train(self.training)
+
+    def _at(self, name: str, k: torch.Tensor) -> torch.Tensor:
+        return getattr(self, name)[k - 1][:, None]  # (B, 1)
+
+    def predict(self, x: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network outputs at reverse step k (B,): predicted noise ε̂ and v = sigmoid(a_σ)."""
+        a_mu, a_sigma = self.net(x, self.net_index[k - 1])
+        return a_mu, torch.sigmoid(a_sigma)
+
+    def reverse_from(self, x: torch.Tensor, k: torch.Tensor, eps_hat: torch.Tensor,
+                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ²) of p(x_{k-1} | x_k) from the network outputs."""
+        beta, ab = self._at("betas", k), self._at("alpha_bar", k)
+        mean = (x - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()
+        log_var = v * beta.log() + (1 - v) * self._at("log_var_min", k)
+        return mean, log_var.exp()
+
+    def transition(self, x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ²) of p(x_{k-1} | x_k); k an int or a (B,) tensor in 1..T."""
+        k = torch.as_tensor(k, device=x.device).reshape(-1).expand(x.shape[0])
+        return self.reverse_from(x, k, *self.predict(x, k))
+
+    def posterior(self, x0: torch.Tensor, xk: torch.Tensor, k: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(x_{k-1} | x_k, x_0) = N(μ̃, β̃)."""
+        beta, ab, ab_prev = (self._at(n, k) for n in ("betas", "alpha_bar", "alpha_bar_prev"))
+        mean = (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * xk) / (1 - ab)
+        return mean, self._at("post_var", k).expand_as(x0)
+
+    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transition(z, max(1, self.T - t + 1))
+
+    @property
+    def stats_ready(self) -> bool:
+        return all(n.has_stats for n in step_norms(self))
+
+
+def gaussian_kl(m1, v1, m2, v2) -> torch.Tensor:
+    """KL(N(m1, v1) ‖ N(m2, v2)) summed over the last dimension, (B,)."""
+    return 0.5 * (torch.log(v2 / v1) + (v1 + (m1 - m2).square()) / v2 - 1).sum(-1)
+
+
+class Diffusion:
+    """Gaussian diffusion with a learned reverse chain, SPEC §13."""
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+        self.T = cfg.T
+        self.betas = make_betas(cfg.diff_schedule, cfg.T)
+
+    def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> DiffusionModel:
+        return DiffusionModel(shape, Schedule.from_betas(self.betas), cfg)
+
+    def prior_kl(self, model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:
+        """KL(q(x_T | x) ‖ p(x_T)), (B,)."""
+        ab = model.alpha_bar[-1]
+        return gaussian_kl(ab.sqrt() * x, (1 - ab).expand_as(x), model.prior.mean.expand_as(x),
+                           model.prior.var.expand_as(x))
+
+    def step_term(self, model: DiffusionModel, x: torch.Tensor, xk: torch.Tensor, k: torch.Tensor,
+                  mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """L_1 = −log p(x | x_1) where k = 1, else KL(q(x_{k-1} | x_k, x) ‖ p(x_{k-1} | x_k))."""
+        post_mean, post_var = model.posterior(x, xk, k)
+        kl = gaussian_kl(post_mean, post_var.clamp_min(1e-20), mean, var)
+        return torch.where(k == 1, -normal_log_prob(x, mean, var), kl)
+
+    def loss(self, model: DiffusionModel, x: torch.Tensor,
+             generator: torch.Generator | None) -> torch.Tensor:
+        """Per-example loss, (B, d) -> (B,): the bound estimate or the noise-prediction loss."""
+        B, T = x.shape[0], model.T
+        k = torch.randint(1, T + 1, (B,), generator=generator, device=x.device)
+        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        ab = model._at("alpha_bar", k)
+        xk = ab.sqrt() * x + (1 - ab).sqrt() * eps
+        if self.cfg.diff_loss == "bound":
+            mean, var = model.transition(xk, k)
+            return T * self.step_term(model, x, xk, k, mean, var) + self.prior_kl(model, x)
+        eps_hat, v = model.predict(xk, k)
+        mean, var = model.reverse_from(xk, k, eps_hat.detach(), v)
+        simple = (eps - eps_hat).square().sum(-1)
+        return simple + HYBRID_WEIGHT * T * self.step_term(model, x, xk, k, mean, var)
+
+    @torch.no_grad()
+    def log_weight(self, model: DiffusionModel, x: torch.Tensor, generator: torch.Generator | None,
+                   isotropic: bool = False) -> torch.Tensor:
+        """One draw of ℓ = log p(x_T) + Σ_k log p(x_{k-1} | x_k) − Σ_k log q(x_k | x_{k-1}), (B,),
+        over a forward path x_1..x_T ~ q(· | x) (SPEC §13 and the shared estimates of SPEC §7).
+        ``isotropic``: the last step's (x_1 → x) variance replaced by its mean over dimensions.
+        """
+        ell = x.new_zeros(x.shape[0])
+        prev = x
+        for k in range(1, model.T + 1):
+            beta = model.betas[k - 1]
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            xk = (1 - beta).sqrt() * prev + beta.sqrt() * noise
+            ell = ell - normal_log_prob(xk, (1 - beta).sqrt() * prev, beta.expand_as(x))
+            mean, var = model.transition(xk, k)
+            if isotropic and k == 1:
+                var = var.mean(-1, keepdim=True).expand_as(var)
+            ell = ell + normal_log_prob(prev, mean, var)
+            prev = xk
+        return ell + model.prior.log_prob(prev)

@@ -1,0 +1,231 @@
+"""Variational walkback, SPEC §11 (Goyal, Ke, Ganguli & Bengio 2017, Algorithm 1, eq. 10, app. F, H).
+
+The operator at temperature T is p_T(s' | s) = N(μ, σ²) with μ = (1-a)·s + a·F_μ(s) and
+σ = T·softplus(F_σ(s)); F_μ and F_σ are the two heads of the shared MLP body (SPEC §2), with
+one batch-norm slot per temperature level (the paper's appendix I: batch norm not shared
+across steps). A training trajectory heats a data point with the operator itself: n ~ U{0..N1}
+steps at temperature 1, then the temperature grows by ×2 (or ×√2, appendix F) per step over
+L = ``method.T`` levels, so step t of K = n + L uses level max(0, t-n-1), temperature
+base^level. The loss is the walk back, −Σ_t log p_{T_t}(s_{t-1} | s_t) − log p*(s_K), with no
+gradient through the draws. p* (the model's ``prior``) starts at the data's moments (the trainer
+fits it) and is moved, during training steps, towards the moments of the hottest states s_K.
+
+Sampling cools: the shared sampler's step t runs at level max(0, L - t), so steps 1..L go from
+the hottest level down to temperature 1 and every further step (``method.vw_extra`` of them in
+the presets) is a temperature-1 step. The eq. 10 estimate (``log_weight``) scores exactly that
+chain with n = ``vw_extra``. :func:`reversibility` is the appendix H measure.
+
+Where the released code (github.com/anirudh9119/walkback_nips17) differs, we follow the paper
+(SPEC §11): it scores each state under its own mean and trains with L1/L2 reconstruction
+losses, and uses near-zero noise for CIFAR; here each step is the Gaussian log-density of the
+previous state, as Algorithm 1 and the bound of eq. 5 require, so that eq. 10 is a likelihood.
+Choices the paper leaves open: the temperature-1 noise σ is learned, so the number of heated
+levels is the setting ``method.T`` rather than ceil(log2(σ²_max/σ²)), and σ is capped at
+σ_max/T_max (``vw_sigma_max``; T_max = base^(L-1)) so that the hottest step's noise is at most
+σ_max, which is Algorithm 1's T_max = σ²_max/σ² read the other way round. Without the cap the
+learned σ and the heating feed each other (the walk back fits any σ the heating used) and the
+heated states ran away (p* variance ~10⁴ on the spiral after 15 epochs, measured). Parameters are
+updated once per minibatch on the summed steps (the paper reports online per-step updates as
+slightly better) because the shared trainer makes one step per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import MethodConfig, ModelConfig
+from ..nets import build_net, step_norms
+from ..operator import FactorialGaussianPrior, normal_log_prob
+
+
+class WalkbackModel(nn.Module):
+    """Temperature-scaled Gaussian operator and its start distribution p* (SPEC §11).
+
+    Same surface as :class:`~infusion.operator.ChainModel`: ``prior`` (p*), ``T`` (= L heated
+    levels = batch-norm slots), ``shape``, ``d``, ``forward(z, t)`` for the shared sampler.
+    """
+
+    def __init__(self, shape: tuple[int, ...], T: int, cfg: ModelConfig, alpha: float = 0.5,
+                 base: float = 2.0, sigma_offset: float = 0.0, sigma_max: float = 0.5) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.d = math.prod(self.shape)
+        self.T, self.alpha, self.base, self.sigma_offset = T, alpha, base, sigma_offset
+        # Tmax = σ²_max/σ² read the other way: the temperature-1 noise σ is at most σ_max/T_max
+        self.sigma_cap = sigma_max / self.temperature(T - 1)
+        self.prior = FactorialGaussianPrior(self.d)
+        self.net = build_net(cfg.net, self.d, tuple(cfg.hidden), T, cfg.batch_norm)
+
+    def temperature(self, level: int) -> float:
+        return self.base ** level
+
+    def level(self, t: int) -> int:
+        """Temperature level of the sampler's step t (1-based): cooling, then temperature 1."""
+        return max(0, self.T - t)
+
+    def transition(self, s: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """p_T(· | s) at temperature base^level: (μ, σ²), each (B, d)."""
+        if not 0 <= level < self.T:
+            raise ValueError(f"temperature level {level}: expected 0..{self.T - 1}")
+        f_mu, f_sigma = self.net(s, level + 1)
+        mean = (1 - self.alpha) * s + self.alpha * f_mu
+        sigma = F.softplus(f_sigma + self.sigma_offset).clamp(1e-6, self.sigma_cap)
+        std = self.temperature(level) * sigma
+        return mean, std.square()
+
+    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transition(z, self.level(t))
+
+    @property
+    def stats_ready(self) -> bool:
+        return all(n.has_stats for n in step_norms(self))
+
+
+class Walkback:
+    """Variational walkback training (Algorithm 1), the eq. 10 estimate, SPEC §11."""
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+        self.T = cfg.T
+        self.base = 2.0 if cfg.vw_schedule == "double" else math.sqrt(2.0)
+
+    def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> WalkbackModel:
+        return WalkbackModel(shape, self.T, cfg, self.cfg.vw_alpha, self.base,
+                             self.cfg.vw_sigma_offset, self.cfg.vw_sigma_max)
+
+    def levels(self, n: int) -> list[int]:
+        """Temperature level of heating steps t = 1..n+L: n+1 steps at level 0, then 1..L-1."""
+        return [max(0, t - n - 1) for t in range(1, n + self.T + 1)]
+
+    @torch.no_grad()
+    def heat(self, model: WalkbackModel, x: torch.Tensor, n: int,
+             generator: torch.Generator | None) -> list[torch.Tensor]:
+        """A heating trajectory s_0 = x, s_t ~ p_{T_t}(· | s_{t-1}): the K+1 states, no gradient.
+
+        Batch norm does not collect statistics here: the stored per-level statistics describe
+        the operator's inputs on the walk back (and in sampling), s_t at level T_t.
+        """
+        states = [x]
+        with _not_collecting(model):
+            for level in self.levels(n):
+                mean, var = model.transition(states[-1], level)
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                states.append(mean + var.sqrt() * noise)
+        return states
+
+    def loss(self, model: WalkbackModel, x: torch.Tensor,
+             generator: torch.Generator | None) -> torch.Tensor:
+        """Per-example −[Σ_t log p_{T_t}(s_{t-1} | s_t) + log p*(s_K)], x: (B, d) -> (B,).
+
+        One n ~ U{0..N1} per minibatch (so a batch shares each step's temperature and batch
+        norm slot). In a training step (gradients enabled, train mode) p* moves towards the
+        moments of s_K.
+        """
+        n = int(torch.randint(0, self.cfg.vw_n1 + 1, (), generator=generator,
+                              device=x.device))
+        states = self.heat(model, x, n, generator)
+        total = -model.prior.log_prob(states[-1])
+        for t, level in enumerate(self.levels(n), start=1):
+            mean, var = model.transition(states[t], level)
+            total = total - normal_log_prob(states[t - 1], mean, var)
+        if torch.is_grad_enabled() and model.training:
+            self.update_prior(model, states[-1])
+        return total
+
+    @torch.no_grad()
+    def update_prior(self, model: WalkbackModel, hot: torch.Tensor) -> None:
+        """p* ← moving average (``vw_prior_momentum``) of the batch moments of s_K (Algorithm 1)."""
+        m = self.cfg.vw_prior_momentum
+        prior = model.prior
+        prior.mean.mul_(m).add_((1 - m) * hot.mean(0))
+        prior.var.mul_(m).add_((1 - m) * hot.var(0, unbiased=False).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def log_weight(self, model: WalkbackModel, x: torch.Tensor, generator: torch.Generator | None,
+                   isotropic: bool = False) -> torch.Tensor:
+        """One draw of the eq. 10 log-weight over a heated path with n = ``vw_extra``, (B,):
+
+        ℓ = Σ_t [log p_{T_t}(s_{t-1} | s_t) − log q_{T_t}(s_t | s_{t-1})] + log p*(s_K),
+        q being the same operator run forwards (heating). Its mean over draws is the bound of
+        eq. 5 and its log-mean-exp the importance-sampling estimate, for the chain that the
+        sampler runs with T + vw_extra steps. ``isotropic``: the last step's (s_1 → x)
+        variance replaced by its mean over dimensions (SPEC §7).
+        """
+        n = self.cfg.vw_extra
+        states = self.heat(model, x, n, generator)
+        ell = model.prior.log_prob(states[-1])
+        for t, level in enumerate(self.levels(n), start=1):
+            mean_q, var_q = model.transition(states[t - 1], level)
+            ell = ell - normal_log_prob(states[t], mean_q, var_q)
+            mean_p, var_p = model.transition(states[t], level)
+            if isotropic and t == 1:
+                var_p = var_p.mean(-1, keepdim=True).expand_as(var_p)
+            ell = ell + normal_log_prob(states[t - 1], mean_p, var_p)
+        return ell
+
+
+@torch.no_grad()
+def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 50, seed: int = 0,
+                  level: int = 0) -> dict[str, float]:
+    """Departure from detailed balance of p_T (VW appendix H), nats per step.
+
+    Runs ``n_chains`` chains from p* through the cooling steps, ``burn_in`` steps at
+    ``level``, then ``steps`` more, and averages over steps and chains
+    kl = ln p_T(s_{t+1} | s_t) − ln p_T(s_t | s_{t+1})   (0 for a reversible operator) and
+    entropy = −ln p_T(s_{t+1} | s_t) (the chain's entropy rate). Returns ``kl``, its standard
+    error over chains ``kl_se``, ``entropy`` and ``ratio`` = kl / entropy (the paper's 3.6%).
+    ``model`` needs ``prior.sample``, ``d``, ``T`` and ``transition(s, level)``; it is put in
+    eval mode (stored batch-norm statistics) and restored.
+    """
+    g = torch.Generator(device=model.prior.mean.device).manual_seed(seed)
+    dev = model.prior.mean.device
+
+    def draw(mean, var):
+        return mean + var.sqrt() * torch.randn(mean.shape, generator=g, device=dev)
+
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        s = model.prior.sample(torch.randn(n_chains, model.d, generator=g, device=dev))
+        for lev in range(model.T - 1, 0, -1):  # cool down to temperature 1
+            s = draw(*model.transition(s, lev))
+        for _ in range(burn_in):
+            s = draw(*model.transition(s, level))
+        kl = torch.zeros(n_chains, dtype=torch.float64, device=dev)
+        ent = torch.zeros(n_chains, dtype=torch.float64, device=dev)
+        mean, var = model.transition(s, level)
+        for _ in range(steps):
+            s_next = draw(mean, var)
+            fwd = normal_log_prob(s_next, mean, var)
+            mean, var = model.transition(s_next, level)
+            bwd = normal_log_prob(s, mean, var)
+            kl += (fwd - bwd).double()
+            ent -= fwd.double()
+            s = s_next
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+    kl, ent = kl / steps, ent / steps
+    kl_mean, ent_mean = float(kl.mean()), float(ent.mean())
+    se = float(kl.std() / math.sqrt(n_chains)) if n_chains > 1 else float("nan")
+    return {"kl": kl_mean, "kl_se": se, "entropy": ent_mean,
+            "ratio": kl_mean / ent_mean if ent_mean != 0 else float("nan")}
+
+
+@contextmanager
+def _not_collecting(model):
+    """Pause the SPEC §6 statistics collection of every per-step batch norm in ``model``."""
+    norms = [n for n in step_norms(model) if n.collecting]
+    for n in norms:
+        n.collecting = False
+    try:
+        yield
+    finally:
+        for n in norms:
+            n.collecting = True

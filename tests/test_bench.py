@@ -1,0 +1,99 @@
+"""Speed features (issue 6): ``infusion bench``, the EMA of the weights, mixed precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infusion import cli, config
+from infusion.bench import bench, matmul_peak
+from infusion.ema import EMA
+from infusion.train import mixed_precision, train
+
+from .conftest import tiny_config
+
+
+def test_bench_counts_the_mlp_flops_exactly():
+    cfg = config.override(config.preset("spiral"), ["model.hidden=16,8", "method.T=3"])
+    r = bench(cfg, torch.device("cpu"), steps=1, batch_size=32, min_seconds=0.05, matmul_n=256)
+    B, T, d, h1, h2 = 32, 3, 2, 16, 8
+    # forward 2·(d·h1 + h1·h2 + 2·h2·d) per example-step; backward twice that, except the
+    # first layer, whose input (the detached z) needs no gradient
+    per = 2 * (2 * d * h1 + 3 * h1 * h2 + 3 * 2 * h2 * d)
+    assert r["flops_per_train_step"] == B * T * per
+    assert r["train_example_steps_per_s"] > 0 and r["sample_images_per_s"] > 0
+    assert r["peak_memory_mib"] > 0 and r["matmul_peak_fp32_tflops"] > 0
+    assert r["fraction_of_peak"] == pytest.approx(r["achieved_tflops"] / r["matmul_peak_fp32_tflops"])
+    assert r["train_example_steps_per_s"] == pytest.approx(B * T / r["train_step_s"])
+
+
+def test_matmul_peak_is_a_rate():
+    assert 1e8 < matmul_peak(torch.device("cpu"), n=256, min_seconds=0.05) < 1e14
+
+
+def test_bench_cli_prints_figures_beside_the_peak(capsys):
+    code = cli.main(["bench", "--preset", "spiral", "--steps", "1", "--batch-size", "16",
+                     "--set", "model.hidden=8,8", "--set", "method.T=2", "--matmul-size", "256"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for words in ("example-steps/s", "images/s", "peak memory", "matmul peak",
+                  "of the fp32 matmul peak", "min estimated"):
+        assert words in out
+
+
+def test_ema_update_and_warm_up():
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema = EMA(net, decay=0.99)
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    ema.update(net)  # warm-up rate (1 + 0)/(10 + 0) = 0.1: 0.1·1 + 0.9·2
+    assert torch.allclose(ema.shadow["weight"], torch.tensor([[1.9]]))
+    assert ema.rate() == (1 + 1) / (10 + 1)
+    with ema.applied(net):
+        assert torch.allclose(net.weight, torch.tensor([[1.9]]))
+    assert torch.allclose(net.weight, torch.tensor([[2.0]]))
+
+
+def test_ema_is_saved_resumed_and_sampled(tmp_path):
+    sets = {"train": {"ema": 0.9, "valid_examples": 0}}  # no validation: final = last EMA
+    train(tiny_config(**sets), tmp_path / "straight", progress=False, log=lambda s: None)
+    one = tiny_config(train={**sets["train"], "epochs": 1})
+    train(one, tmp_path / "resumed", progress=False, log=lambda s: None)
+    train(None, tmp_path / "resumed", resume=True, overrides=["train.epochs=2"],
+          progress=False, log=lambda s: None)
+
+    def load(run, name):
+        return torch.load(tmp_path / run / "checkpoints" / name, weights_only=True)
+
+    state = load("straight", "epoch-0002.pt")
+    assert state["ema"]["updates"] == state["step"] > 0
+    final = load("straight", "final.pt")["model"]
+    for k, v in state["ema"]["shadow"].items():
+        assert torch.equal(final[k], v), k  # the final checkpoint holds the EMA weights
+        assert not torch.equal(state["model"][k], v), k  # which differ from the raw weights
+    resumed = load("resumed", "final.pt")["model"]
+    for k in final:
+        assert torch.equal(resumed[k], final[k]), k  # resuming continued the same average
+
+
+def test_bf16_autocast_keeps_the_heads_in_fp32():
+    from infusion.methods import build_method
+
+    cfg = tiny_config(train={"precision": "bf16"})
+    model = build_method(cfg.method).build_model((2,), cfg.model)
+    ctx = mixed_precision(model, torch.device("cpu"), "bf16")
+    z = torch.rand(8, 2)
+    with ctx():
+        a_mu, _ = model.op.net(z, 1)
+        inner = model.op.net.linears[0](z)
+    assert inner.dtype == torch.bfloat16 and a_mu.dtype == torch.float32
+    with mixed_precision(model, torch.device("cpu"), "auto")():
+        assert model.op.net.linears[0](z).dtype == torch.float32
+
+
+def test_bf16_training_runs(tmp_path):
+    cfg = tiny_config(train={"precision": "bf16", "epochs": 1})
+    train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").is_file()

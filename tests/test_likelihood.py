@@ -1,0 +1,237 @@
+"""Likelihood estimates (SPEC §7) on a chain with a closed-form marginal, Parzen window (SPEC §8),
+and the per-step statistics pass (SPEC §6) checked end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from infusion import likelihood as lik
+from infusion.config import MethodConfig
+from infusion.methods.infusion import Infusion
+from infusion.operator import FactorialGaussianPrior
+
+
+class LinearGaussianChain(nn.Module):
+    """z(0) ~ N(m0, v0), z(t) = a_t·z(t-1) + b_t + sqrt(v_t)·ε: x = z(T) is Gaussian."""
+
+    def __init__(self, d=4, T=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.T, self.d = T, d
+        self.prior = FactorialGaussianPrior(d)
+        self.prior.mean.copy_(torch.rand(d, generator=g))
+        self.prior.var.copy_(0.1 + 0.2 * torch.rand(d, generator=g))
+        self.register_buffer("a", 0.3 + 0.5 * torch.rand(T, d, generator=g))
+        self.register_buffer("b", 0.3 * torch.rand(T, d, generator=g))
+        self.register_buffer("v", 0.02 + 0.05 * torch.rand(T, d, generator=g))
+        self.stats_ready = True
+
+    def forward(self, z, t):
+        return self.a[t - 1] * z + self.b[t - 1], self.v[t - 1].expand_as(z)
+
+    def marginal(self):
+        m, s = self.prior.mean.double(), self.prior.var.double()
+        for t in range(self.T):
+            m = self.a[t].double() * m + self.b[t].double()
+            s = self.a[t].double() ** 2 * s + self.v[t].double()
+        return m, s
+
+    def exact_log_prob(self, x):
+        m, s = self.marginal()
+        return (-0.5 * (math.log(2 * math.pi) + s.log() + (x.double() - m) ** 2 / s)).sum(-1)
+
+    def draw(self, n, seed):
+        m, s = self.marginal()
+        g = torch.Generator().manual_seed(seed)
+        return (m + s.sqrt() * torch.randn(n, self.d, generator=g, dtype=torch.float64)).float()
+
+
+def _setup(T=3):
+    model = LinearGaussianChain(T=T).double()
+    method = Infusion(MethodConfig(T=T, alpha0=0.1, omega=0.2, target_var=1e-2))
+    x = model.draw(40, seed=1).double()
+    return model, method, x, model.exact_log_prob(x)
+
+
+def test_bound_below_and_importance_sampling_converges_to_exact_log_p():
+    model, method, x, exact = _setup()
+    g = torch.Generator().manual_seed(2)
+    lw = lik.log_weights(model, method, x, 2000, g, batch_size=8192)
+    assert lw.shape == (40, 2000) and lw.dtype == torch.float64
+    lb, se = lik.lower_bound(lw), lw.std(1) / math.sqrt(2000)
+    # E ℓ = log p − KL(q ‖ posterior) <= log p, per example
+    assert bool((lb <= exact + 4 * se).all())
+    gap = (exact - lb).mean().item()
+    assert gap > 0.5  # the bound is visibly loose on this chain ...
+    is_1000 = lik.importance_sampling(lw[:, :1000])
+    err_1000 = (is_1000 - exact).abs().mean().item()
+    assert err_1000 < 0.1 * gap  # ... and IS with k = 1000 is close to the exact log p
+    is_10 = lik.importance_sampling(lw[:, :10])
+    assert is_10.mean() < is_1000.mean() <= exact.mean() + 0.05
+    assert lik.lower_bound(lw[:, :1]).mean() < is_10.mean()  # IS at k = 1 is the bound
+
+
+def test_estimate_likelihood_reports_mean_stderr_and_spread():
+    model, method, x, exact = _setup()
+    res = lik.estimate_likelihood(model, method, x, 200, seed=3, repeats=3, batch_size=500,
+                                  ks=[1, 10, 500])
+    assert set(res) == {"lb", "is", "is@1", "is@10"}
+    lb, is_ = res["lb"], res["is"]
+    assert lb.per_example.shape == (3, 40)
+    assert lb.mean == pytest.approx(lb.per_example.mean())
+    assert lb.stderr == pytest.approx(lb.per_example.mean(0).std(ddof=1) / math.sqrt(40))
+    assert lb.spread == pytest.approx(lb.per_example.mean(1).std(ddof=1))
+    assert lb.mean < res["is@10"].mean < is_.mean < exact.mean().item() + 0.05
+    assert res["is@1"].summary()["k"] == 1
+    assert res["is@1"].mean == pytest.approx(
+        float(np.mean([lik.importance_sampling(torch.tensor(p)[:, None]).mean() for p in
+                       res["is@1"].per_example])))
+    assert lik.Estimate.from_array(np.ones(5)).spread is None  # one repeat: no spread
+
+
+def test_isotropic_output_changes_only_the_final_variance():
+    model, method, x, _ = _setup()
+    a = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64)
+    b = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64, isotropic=True)
+    assert not torch.allclose(a, b)
+    model.v[-1] = 0.04  # the same final variance in every dimension: nothing to change
+    a = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64)
+    b = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64, isotropic=True)
+    assert torch.allclose(a, b)
+
+
+class _Recorder:
+    """A stand-in method: ℓ = Σ x + noise·0; records the batch sizes it was called with."""
+
+    def __init__(self):
+        self.rows, self.seen = [], []
+
+    def log_weight(self, model, x, generator, isotropic=False):
+        self.rows.append(len(x))
+        self.seen.append(x.clone())
+        return x.sum(-1) + 0 * torch.rand(len(x), generator=generator, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("k,batch", [(1, 7), (5, 7), (13, 4), (3, 1000)])
+def test_log_weights_layout_and_bounded_batches(k, batch):
+    x = torch.randn(11, 3, generator=torch.Generator().manual_seed(0))
+    rec = _Recorder()
+    lw = lik.log_weights(nn.Linear(1, 1), rec, x, k, torch.Generator(), batch_size=batch)
+    assert lw.shape == (11, k)
+    assert torch.allclose(lw, x.double().sum(-1, keepdim=True).expand(11, k))
+    assert max(rec.rows) <= batch and sum(rec.rows) == 11 * k
+
+
+def test_data_is_dequantised_afresh_and_stats_are_required(tiny_mnist):
+    raw = torch.from_numpy(tiny_mnist["test_x"][:6])
+    rec = _Recorder()
+    model = nn.Linear(1, 1)
+    lik.estimate_likelihood(model, rec, raw, 2, seed=0, repeats=2, batch_size=100)
+    first, second = (x.reshape(6, 2, -1) for x in rec.seen)  # (example, draw, d)
+    k = raw.reshape(6, 1, -1).float()
+    for x in (first, second):
+        assert bool(((x >= k / 256) & (x < (k + 1) / 256)).all())
+    assert torch.equal(first[:, 0], first[:, 1])  # both draws of an example score one point
+    assert not torch.equal(first, second)  # each repeat dequantises afresh
+    points = torch.rand(5, 2)
+    rec = _Recorder()
+    lik.estimate_likelihood(model, rec, points, 1)
+    assert torch.equal(rec.seen[0], points)  # continuous data are used as they are
+    model.stats_ready = False
+    with pytest.raises(RuntimeError, match="statistics"):
+        lik.log_weights(model, rec, points, 1, None)
+    with pytest.raises(ValueError, match="log_weight"):
+        lik.log_weights(nn.Linear(1, 1), object(), points, 1, None)
+
+
+# ----------------------------------------------------------------------------- Parzen
+def _numpy_parzen(samples, x, sigma):
+    """An independent implementation: the formula of SPEC §8 in numpy, no chunks."""
+    s, x = np.asarray(samples, np.float64), np.asarray(x, np.float64)
+    d2 = ((x[:, None, :] - s[None, :, :]) ** 2).sum(-1)
+    a = -d2 / (2 * sigma**2)
+    m = a.max(1, keepdims=True)
+    lme = (m[:, 0] + np.log(np.exp(a - m).sum(1))) - np.log(len(s))
+    return lme - 0.5 * x.shape[1] * np.log(2 * np.pi * sigma**2)
+
+
+def test_parzen_one_sample_is_a_gaussian_density():
+    g = torch.Generator().manual_seed(0)
+    s, x, sigma = torch.rand(1, 6, generator=g), torch.rand(9, 6, generator=g), 0.3
+    expected = torch.distributions.Normal(s.double(), sigma).log_prob(x.double()).sum(-1)
+    assert torch.allclose(lik.parzen_log_prob(s, x, sigma), expected, atol=1e-10)
+
+
+def test_parzen_matches_independent_implementation_chunked_or_not():
+    g = torch.Generator().manual_seed(1)
+    s, x = torch.rand(300, 20, generator=g), torch.rand(70, 20, generator=g)
+    ref = _numpy_parzen(s, x, 0.17)
+    for chunk in (7, 64, 4096):
+        got = lik.parzen_log_prob(s, x, 0.17, chunk=chunk).numpy()
+        assert np.allclose(got, ref, atol=1e-8)
+    grid = lik.parzen_log_prob(s, x, [0.1, 0.17, 0.5], chunk=50)
+    assert grid.shape == (3, 70)
+    assert np.allclose(grid[1].numpy(), ref, atol=1e-8)
+    assert np.allclose(grid[2].numpy(), _numpy_parzen(s, x, 0.5), atol=1e-8)
+    with pytest.raises(ValueError, match="dimensions"):
+        lik.parzen_log_prob(s, x[:, :3], 0.1)
+
+
+def test_sigma_selection_finds_the_kernel_width_and_grid_has_paper_value():
+    assert 0.17 in lik.SIGMA_GRID
+    assert all(any(math.isclose(v, s) for s in lik.SIGMA_GRID) for v in np.logspace(-1, 0, 10))
+    g = torch.Generator().manual_seed(2)
+    centres = 10 * torch.rand(400, 5, generator=g)  # far apart: kernels do not overlap
+    valid = centres + 0.1 * torch.randn(400, 5, generator=g)
+    best, table = lik.select_sigma(centres, valid, [0.03, 0.1, 0.3, 1.0])
+    assert best == 0.1 and set(table) == {0.03, 0.1, 0.3, 1.0}
+    raw = torch.randint(0, 256, (20, 1, 2, 2), dtype=torch.uint8)
+    est = lik.parzen_estimate(torch.rand(30, 1, 2, 2), raw[:10], raw[10:], grid=[0.2, 0.5])
+    assert est.extra["sigma"] in (0.2, 0.5) and est.per_example.shape == (1, 10)
+    with pytest.raises(ValueError, match="at least one sample"):
+        lik.parzen_log_prob(torch.zeros(0, 4), torch.zeros(1, 4), 1.0)
+    assert torch.equal(lik.parzen_points(raw), raw.reshape(20, -1).float() / 256)  # no noise
+
+
+# ----------------------------------------------------------------------------- SPEC §6
+def test_step_statistics_are_exact_averages_of_batch_moments():
+    from infusion.methods import build_method
+    from infusion.nets import step_norms
+    from infusion.train import batches, compute_step_statistics, load_data
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(data={"name": "spiral", "toy_size": 150})
+    data = load_data(cfg)
+    method = build_method(cfg.method)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = method.build_model(data.shape, cfg.model)
+    norm = step_norms(model)[0]
+    # Manual pass: the same batches and noise, batch statistics, recording the first hidden
+    # layer's pre-norm activations at every step.
+    seen: list[torch.Tensor] = []
+    hook = model.op.net.linears[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    g = torch.Generator().manual_seed(5)
+    model.train()
+    with torch.no_grad():
+        n_batches = 0
+        for idx in batches(len(data.train), 64):
+            method.loss(model, data.model_space(data.train[idx], g), g)
+            n_batches += 1
+    hook.remove()
+    T = cfg.method.T
+    per_step = [[h for j, h in enumerate(seen) if j % T == t] for t in range(T)]
+    mean = torch.stack([torch.stack([h.double().mean(0) for h in hs]).mean(0) for hs in per_step])
+    var = torch.stack([torch.stack([h.double().var(0, unbiased=False) for h in hs]).mean(0)
+                       for hs in per_step])
+    assert len(seen) == n_batches * T and len(per_step[0][-1]) == 150 - 2 * 64  # uneven last batch
+    compute_step_statistics(model, method, data, batch_size=64, seed=5)
+    assert model.stats_ready
+    assert torch.allclose(norm.stat_mean.double(), mean, atol=1e-5)
+    assert torch.allclose(norm.stat_var.double(), var, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,137 @@
+"""Sample-quality metrics with known answers; the classifier and the extractor plug-ins."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from infusion import metrics as mt
+
+
+def _exact_moments(n, mean, cov, seed):
+    """n points whose sample mean and (ddof=1) covariance are exactly ``mean`` and ``cov``."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, len(mean)))
+    z -= z.mean(0)
+    w, v = np.linalg.eigh(np.cov(z, rowvar=False))
+    z = z @ v @ np.diag(w**-0.5) @ v.T  # whitened: identity sample covariance
+    return mean + z @ np.linalg.cholesky(cov).T
+
+
+def test_frechet_distance_known_answers():
+    a = np.random.default_rng(0).standard_normal((400, 6)) @ np.diag([1, 2, 3, 0.1, 0.5, 1])
+    assert mt.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    # Gaussians with commuting covariances: FD = ‖μ1 − μ2‖² + Σ (√s1 − √s2)².
+    s1, s2 = np.array([1.0, 2.0, 0.5, 3.0]), np.array([0.2, 2.5, 1.0, 1.0])
+    m1, m2 = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0, 3.5])
+    expected = ((m1 - m2) ** 2).sum() + ((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum()
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((4, 4)))  # a rotation
+    for rot in (np.eye(4), q):  # also with full, non-diagonal covariances
+        x = _exact_moments(300, m1 @ rot, rot.T @ np.diag(s1) @ rot, 2)
+        y = _exact_moments(500, m2 @ rot, rot.T @ np.diag(s2) @ rot, 3)
+        assert mt.frechet_distance(torch.tensor(x), y) == pytest.approx(expected, rel=1e-7)
+    with pytest.raises(ValueError, match="feature sets"):
+        mt.frechet_distance(a, a[:, :3])
+
+
+def test_classifier_score_and_coverage():
+    sure = torch.full((1000, 10), -50.0)
+    sure[torch.arange(1000), torch.arange(1000) % 10] = 50.0  # confident, balanced
+    mean, std = mt.classifier_score(sure, splits=10)
+    assert mean == pytest.approx(10.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
+    one_class = torch.zeros(100, 10)
+    one_class[:, 3] = 50
+    assert mt.classifier_score(one_class, 5)[0] == pytest.approx(1.0)
+    assert mt.classifier_score(torch.zeros(100, 10), 5)[0] == pytest.approx(1.0)  # undecided
+    cov = mt.class_coverage(sure)
+    assert cov["histogram"] == [100] * 10 and cov["classes_covered"] == 10
+    assert cov["entropy"] == pytest.approx(math.log(10)) and cov["confident_fraction"] == 1.0
+    cov = mt.class_coverage(one_class)
+    assert cov["entropy"] == pytest.approx(0.0) and cov["classes_covered"] == 1
+    assert mt.class_coverage(torch.zeros(7, 10))["confident_fraction"] == 0.0
+    with pytest.raises(ValueError, match="splits"):
+        mt.classifier_score(sure[:3], 10)
+
+
+def test_nearest_neighbours_chunked_equal_brute_force():
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.rand(53, 12, generator=g), torch.rand(201, 12, generator=g)
+    d_ref, i_ref = torch.cdist(q.double(), r.double()).min(1)
+    for chunk in (5, 64, 1000):
+        d, i = mt.nearest_neighbours(q, r, chunk=chunk)
+        assert torch.equal(i, i_ref) and torch.allclose(d.double(), d_ref, atol=1e-5)
+
+
+def test_memorisation_detects_copies_and_writes_figures(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(300, 1, 6, 6, generator=g)
+    test = torch.rand(40, 1, 6, 6, generator=g)
+    copies = train[torch.arange(0, 60, 3)]  # 20 memorised samples
+    res = mt.memorisation(copies, train, test, out_dir=tmp_path, chunk=64)
+    assert res["sample_to_train"]["median"] == pytest.approx(0.0, abs=1e-3)
+    assert res["fraction_below_test_1st_percentile"] == 1.0
+    assert res["test_to_train"]["median"] > 0.5
+    for f in res["figures"]:
+        assert (tmp_path / f.split("/")[-1]).stat().st_size > 0
+    fresh = mt.memorisation(torch.rand(20, 1, 6, 6, generator=g), train, test)
+    assert fresh["fraction_below_test_1st_percentile"] < 0.2 and "figures" not in fresh
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, still supported
+def test_extractor_plugins(tmp_path):
+    with pytest.raises(ValueError, match="unknown feature extractor"):
+        mt.get_extractor("nope")
+    with pytest.raises(FileNotFoundError, match="TorchScript"):
+        mt.get_extractor("inception", path=str(tmp_path / "absent.pt"))
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            f = x.mean((2, 3))
+            return f, torch.cat([f, -f], 1)
+
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(Tiny()).save(str(path))
+    ext = mt.get_extractor("inception", path=str(path))
+    assert isinstance(ext, mt.FeatureExtractor)
+    images = torch.rand(5, 1, 8, 8)
+    assert ext.features(images).shape == (5, 3)  # grey repeated to 3 channels, resized
+    assert ext.logits(images).shape == (5, 6)
+    mt.register_extractor("tiny-test", lambda: ext)
+    assert "tiny-test" in mt.extractor_names()
+
+
+def test_sample_quality_with_a_random_extractor():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ext = mt.ModuleExtractor(mt.MnistCNN((4, 8), 16), "random", batch_size=7)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(40, 1, 28, 28, generator=g), torch.rand(30, 1, 28, 28, generator=g)
+    res = mt.sample_quality(ext, a, a, splits=4)
+    assert res["fid"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert 1.0 <= res["score"]["value"] <= 10.0
+    assert sum(res["coverage"]["histogram"]) == 40
+    assert mt.sample_quality(ext, a, b, ["fid"])["fid"]["value"] > 0
+    assert set(mt.sample_quality(ext, a, b, ["coverage"])) == {"coverage"}
+
+
+def test_classifier_trains_deterministically_and_is_cached_verified(tiny_mnist):
+    s = mt.ClassifierSettings(channels=(4, 8), hidden=16, epochs=1, batch_size=16)
+    net1, acc1 = mt.train_classifier(s)
+    net2, acc2 = mt.train_classifier(s)
+    assert 0.0 <= acc1 <= 1.0 and acc1 == acc2
+    for p1, p2 in zip(net1.parameters(), net2.parameters()):
+        assert torch.equal(p1, p2)
+    logs: list[str] = []
+    _net3, info = mt.load_or_train_classifier(s, log=logs.append)
+    assert logs and info["test_accuracy"] == acc1 and s.cache_name() in info["path"]
+    net4, info4 = mt.load_or_train_classifier(s, log=logs.append)  # from the cache
+    assert len(logs) == 2 and info4["test_accuracy"] == acc1
+    for p1, p4 in zip(net1.parameters(), net4.parameters()):
+        assert torch.equal(p1, p4)
+    with open(info["path"], "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(RuntimeError, match="sha256"):
+        mt.load_or_train_classifier(s)

@@ -1,0 +1,67 @@
+"""The paper's figures from one run directory (Figs. 1, 2, 3, 4, 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from infusion.cli import main
+
+from .conftest import tiny_config
+
+
+def _train(run, **train):
+    from infusion.train import train as fit
+
+    cfg = tiny_config(data={"name": "mnist"}, model={"hidden": (24,)},
+                      method={"T": 3, "alpha0": 0.1, "omega": 0.3},
+                      train={"epochs": 2, "batch_size": 32, "valid_examples": 32, **train},
+                      sample={"n": 12, "chains": 2})
+    fit(cfg, run, progress=False, log=lambda s: None)
+    return cfg
+
+
+def test_figures_from_a_run(tiny_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    _train(run, record_chains_at=(0, 2), record_chains_n=4, train_bound_examples=32)
+    rc = main(["figures", "--run-dir", str(run), "--n", "4", "--device", "cpu"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    names = ["fig1_sampling_chains", "fig2_infusion_chains", "fig3_bound_curves",
+             "fig4_nearest_neighbours", "fig7_constant_vs_increasing"]
+    for name in names:
+        path = run / "figures" / f"{name}.png"
+        assert f"{name}: {path}" in printed
+        assert Image.open(path).size[0] > 50
+    # Fig. 1: 4 chains × (T' = T = 3 steps + z(0)) columns of 28 px + 2 px padding, ×2.
+    assert Image.open(run / "figures" / "fig1_sampling_chains.png").size == (2 * (4 * 30 + 2),
+                                                                            2 * (4 * 30 + 2))
+
+
+def test_missing_records_are_skipped_with_a_reason(tiny_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    _train(run)  # no recorded chains, no train bound
+    assert main(["figures", "--run-dir", str(run), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "fig2_infusion_chains: skipped:" in printed and "record_chains_at" in printed
+    assert (run / "figures" / "fig3_bound_curves.png").exists()  # valid bound alone
+    assert main(["figures", "--run-dir", str(tmp_path / "nope")]) == 2
+
+
+def test_constant_and_increasing_chains_share_noise_but_not_rates(tiny_mnist, tmp_path):
+    from infusion.checkpoint import load_model
+    from infusion.paper_figures import constant_vs_increasing_chains
+
+    run = tmp_path / "run"
+    cfg = _train(run)
+    model, _ = load_model(run)
+    x = torch.rand(4, 784, generator=torch.Generator().manual_seed(0))
+    (t1, inc, tg), (t2, const, _) = constant_vs_increasing_chains(model, cfg, x, seed=1)
+    assert "increasing" in t1 and "constant" in t2
+    assert inc.shape == const.shape == (cfg.method.T + 1, 4, 1, 28, 28)
+    np.testing.assert_array_equal(tg.reshape(4, -1), x.numpy())
+    # Rates 0.1, 0.4, 0.7 versus a constant 0.4: the share of pixels at the target differs.
+    near = [np.mean(np.abs(c[1:-1].reshape(2, 4, -1) - x.numpy()) < 0.05, axis=(1, 2))
+            for c in (inc, const)]
+    assert near[0][1] > near[1][1]  # step 2: α = 0.7 against 0.4

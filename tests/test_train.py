@@ -1,0 +1,157 @@
+"""Training, sampling, checkpoints and resume (SPEC §2, §4, §6; DESIGN.md conventions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from infusion import checkpoint, config
+from infusion.chain import sample_chain
+from infusion.data import toy
+from infusion.methods import build_method
+from infusion.train import RunError, load_data, train
+
+from .conftest import tiny_config
+
+QUIET = {"progress": False, "log": lambda s: None}
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_on_toy_data(tmp_path):
+    cfg = tiny_config(train={"epochs": 6})
+    train(cfg, tmp_path / "run", **QUIET)
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 6
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.5
+    assert rows[-1]["valid_bound"] > rows[0]["valid_bound"]
+
+
+def test_spiral_samples_lie_near_the_spiral(spiral_run):
+    s = np.load(spiral_run / "samples.npz")["samples"].reshape(-1, 2)
+    ref = toy("spiral", 4000, 11).images
+
+    def median_nn(points):
+        d = torch.cdist(torch.from_numpy(points), torch.from_numpy(ref)).min(1).values
+        return d.median().item()
+
+    # A Gaussian with the data's moments is what a model that learned nothing would give.
+    rng = np.random.default_rng(0)
+    blob = (ref.mean(0) + rng.standard_normal(s.shape) * ref.std(0)).astype(np.float32)
+    assert median_nn(s) < 0.02  # the spiral arms are ~0.1 apart
+    assert median_nn(s) < 0.4 * median_nn(blob)
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(spiral_run):
+    model, _ = checkpoint.load_model(spiral_run)
+    a = sample_chain(model, 12, seed=5, batch_size=12)
+    b = sample_chain(model, 12, seed=5, batch_size=5)
+    c = sample_chain(model, 4, seed=9)  # seeds 9..12 = samples 4..7 of the first call
+    # Equal up to float rounding: BLAS may sum in another order for another batch size.
+    assert torch.allclose(a.samples, b.samples, atol=1e-5) and torch.allclose(a.means, b.means, atol=1e-5)
+    assert torch.allclose(a.samples[4:8], c.samples, atol=1e-5)
+    assert not torch.equal(a.samples[0], a.samples[1])
+    longer = sample_chain(model, 3, steps=model.T * 2, seed=0, return_trajectory=True)
+    assert longer.states.shape == (model.T * 2 + 1, 3, 2)
+    with pytest.raises(ValueError, match="T' >= the training T"):
+        sample_chain(model, 2, steps=model.T - 1)
+
+
+def test_sampling_requires_step_statistics():
+    cfg = tiny_config()
+    method = build_method(cfg.method)
+    model = method.build_model((2,), cfg.model)
+    with pytest.raises(RuntimeError, match="SPEC §6"):
+        sample_chain(model, 4)
+
+
+def test_checkpoint_round_trip(spiral_run, tmp_path):
+    model, cfg = checkpoint.load_model(spiral_run / "checkpoints" / "final.pt")
+    assert cfg.preset == "spiral" and model.stats_ready
+    ckpt = torch.load(spiral_run / "checkpoints" / "final.pt", weights_only=True)
+    again, _ = checkpoint.build_model(ckpt)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    out = checkpoint.export(model, cfg, tmp_path / "export")
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(out / "model.safetensors"))
+    assert torch.equal(tensors["prior.mean"], model.prior.mean)
+    assert json.loads((out / "config.json").read_text())["config"]["preset"] == "spiral"
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    cfg = tiny_config(train={"epochs": 3})
+    train(cfg, tmp_path / "straight", **QUIET)
+    half = config.override(cfg, ["train.epochs=2"])
+    train(half, tmp_path / "resumed", **QUIET)
+    with pytest.raises(RunError, match="--resume"):
+        train(half, tmp_path / "resumed", **QUIET)
+    train(None, tmp_path / "resumed", resume=True, overrides=["train.epochs=3"], **QUIET)
+    assert [r["train_loss"] for r in _rows(tmp_path / "resumed")] == \
+        [r["train_loss"] for r in _rows(tmp_path / "straight")]
+    a = checkpoint.load(tmp_path / "straight")["model"]
+    b = checkpoint.load(tmp_path / "resumed")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_minutes_stops_and_leaves_a_resumable_run(tmp_path):
+    cfg = tiny_config(train={"epochs": 50, "max_minutes": 1e-6})
+    train(cfg, tmp_path / "run", **QUIET)
+    assert len(_rows(tmp_path / "run")) == 1
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").exists()
+    train(None, tmp_path / "run", resume=True, overrides=["train.max_minutes=0", "train.epochs=2"],
+          **QUIET)
+    assert len(_rows(tmp_path / "run")) == 2
+
+
+def test_training_on_image_data(tiny_mnist, tmp_path):
+    cfg = tiny_config(data={"name": "mnist"}, train={"epochs": 1, "batch_size": 16})
+    data = load_data(cfg)
+    assert data.pixels and data.shape == (1, 28, 28) and data.train.dtype == torch.uint8
+    final = train(cfg, tmp_path / "run", **QUIET)
+    model, _ = checkpoint.load_model(final)
+    s = sample_chain(model, 3)
+    assert s.means.shape == (3, 1, 28, 28)
+    assert (tmp_path / "run" / "samples.png").exists() and (tmp_path / "run" / "chains.png").exists()
+
+
+def test_early_stopping(tmp_path):
+    cfg = tiny_config(train={"epochs": 40, "patience": 1, "lr": 0.5})  # a diverging lr
+    train(cfg, tmp_path / "run", **QUIET)
+    assert len(_rows(tmp_path / "run")) < 40
+
+
+def test_bad_settings_give_clear_errors():
+    with pytest.raises(config.ConfigError, match="unknown preset 'nope'"):
+        config.preset("nope")
+    with pytest.raises(config.ConfigError, match=r"method.alpha0=1.5.*\[0, 1\]"):
+        config.override(config.preset("mnist"), ["method.alpha0=1.5"])
+    with pytest.raises(config.ConfigError, match="expected int"):
+        config.override(config.preset("mnist"), ["train.epochs=three"])
+    with pytest.raises(config.ConfigError, match="unknown setting train.epoch"):
+        config.override(config.preset("mnist"), ["train.epoch=3"])
+    with pytest.raises(config.ConfigError, match="section.key=value"):
+        config.override(config.preset("mnist"), ["epochs"])
+    cfg = config.override(config.preset("mnist"), ["model.hidden=64x32", "model.batch_norm=false"])
+    assert cfg.model.hidden == (64, 32) and cfg.model.batch_norm is False
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read"):
+        checkpoint.load(bad)
+    torch.save({"hello": 1}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not an infusion checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="run directory"):
+        checkpoint.load(tmp_path)
