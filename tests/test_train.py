@@ -85,6 +85,18 @@ def test_checkpoint_round_trip(spiral_run, tmp_path):
     assert json.loads((out / "config.json").read_text())["config"]["preset"] == "spiral"
 
 
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        checkpoint.atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left
+
+
 def test_resume_continues_the_same_run(tmp_path):
     cfg = tiny_config(train={"epochs": 3})
     train(cfg, tmp_path / "straight", **QUIET)

@@ -1,4 +1,4 @@
-"""Command line: ``infusion train | sample | demo | data | presets``.
+"""Command line: ``infusion train | demo | sample | inpaint | figures | evaluate | data | bench | presets``.
 
 Every user error (bad config, unknown preset, missing checkpoint, corrupt data) is printed as
 one ``error: …`` line and exits with status 2, without a traceback.
@@ -159,7 +159,9 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infusion", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="infusion", description=(
+        "Generative models learned as the transition operator of a Markov chain: "
+        "infusion training and its baselines."))
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, run_dir_default=None):

@@ -132,17 +132,22 @@ def _check(name: str, x: np.ndarray, y: np.ndarray, where: object) -> None:
                         f"expected int64({n},) in 0..9")
 
 
-def _read_cache(npz: Path, splits: Sequence[str] = SPLITS) -> dict[str, Split]:
-    """Verify the cache file's recorded sha256, then load and validate the given splits."""
-    fix = f"delete {npz} (and {npz.name}.sha256) and run again to fetch MNIST afresh"
+def verify_record(npz: Path, label: str, fix: str) -> None:
+    """Check a cache file against its ``.sha256`` record; DataError naming both otherwise."""
     record = npz.with_name(npz.name + ".sha256")
     try:
         expected = record.read_text().split()[0]
     except (OSError, IndexError) as e:
-        raise DataError(f"MNIST cache {npz}: its checksum record {record} is missing or "
+        raise DataError(f"{label} {npz}: its checksum record {record} is missing or "
                         f"unreadable ({e}; an interrupted write?): {fix}") from None
     if _sha256(npz) != expected:
-        raise DataError(f"MNIST cache {npz} is corrupt (sha256 differs from {record}): {fix}")
+        raise DataError(f"{label} {npz} is corrupt (sha256 differs from {record}): {fix}")
+
+
+def _read_cache(npz: Path, splits: Sequence[str] = SPLITS) -> dict[str, Split]:
+    """Verify the cache file's recorded sha256, then load and validate the given splits."""
+    fix = f"delete {npz} (and {npz.name}.sha256) and run again to fetch MNIST afresh"
+    verify_record(npz, "MNIST cache", fix)
     try:
         with np.load(npz, allow_pickle=False) as z:
             out = {s: Split(z[f"{s}_x"], z[f"{s}_y"]) for s in splits}

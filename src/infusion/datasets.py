@@ -45,7 +45,17 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .data import SPLITS, DataError, Split, _ArraysOnly, _download, _sha256, _write_cache, cache_dir
+from .data import (
+    SPLITS,
+    DataError,
+    Split,
+    _ArraysOnly,
+    _download,
+    _sha256,
+    _write_cache,
+    cache_dir,
+    verify_record,
+)
 
 NAMES = ("cifar10", "svhn", "celeba", "tfd", "folder")
 SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "celeba": (3, 64, 64), "tfd": (1, 48, 48)}
@@ -118,14 +128,7 @@ def ensure(name: str, *, path: str | Path = "", image_size: int = 0,
 def read_cache(npz: Path, split: str | None) -> Split | None:
     """Verify the cache file against its sha256 record, then load one split (None: check only)."""
     fix = f"delete {npz} (and {npz.name}.sha256) and run again to rebuild it"
-    record = npz.with_name(npz.name + ".sha256")
-    try:
-        expected = record.read_text().split()[0]
-    except (OSError, IndexError) as e:
-        raise DataError(f"cache {npz}: its checksum record {record} is missing or unreadable "
-                        f"({e}; an interrupted write?): {fix}") from None
-    if _sha256(npz) != expected:
-        raise DataError(f"cache {npz} is corrupt (sha256 differs from {record}): {fix}")
+    verify_record(npz, "cache", fix)
     if split is None:
         return None
     try:
