@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import os
 import pickle
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +15,8 @@ import torch
 
 from infusion import data
 from infusion.data import DataError
+
+from .fake_images import serve
 
 SMALL = {"train": 8, "valid": 4, "test": 5}
 # The cache this machine really uses, read before any test points INFUSION_CACHE elsewhere.
@@ -225,24 +224,14 @@ def test_pkl_rejects_inexact_values_and_foreign_objects(tmp_path, small):
 
 # --- downloads, against a local HTTP server ------------------------------------------------
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def served(tmp_path, monkeypatch):
     """A directory served over HTTP on 127.0.0.1 (random port) in a thread; yields (dir, url)."""
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with serve(root) as url:
+        yield root, url + "/"
 
 
 def test_download_verifies_and_renames(tmp_path, served):
