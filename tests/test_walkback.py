@@ -10,6 +10,7 @@ import torch
 
 from infusion import config
 from infusion.config import ModelConfig
+from infusion.data import toy
 from infusion.likelihood import importance_sampling, log_weights, lower_bound
 from infusion.methods import build_method
 from infusion.methods.walkback import Walkback, reversibility
@@ -96,7 +97,7 @@ def test_prior_moves_to_hot_moments_in_training_only():
 def test_short_run_lowers_loss():
     m = _method()
     model = _model(m, seed=1)
-    x = torch.from_numpy(__import__("infusion.data", fromlist=["toy"]).toy("circle", 256, 0).images)
+    x = torch.from_numpy(toy("circle", 256, 0).images)
     model.prior.fit(x)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
