@@ -52,3 +52,22 @@ def spiral_run(tmp_path_factory):
     torch.manual_seed(123)  # must not matter: training uses its own generators
     train(config.preset("spiral"), run, progress=False, log=lambda s: None)
     return run
+
+
+def short_fit(method, model, x, steps: int, batch: int | None = None, lr: float = 3e-3):
+    """Adam on ``method.loss`` for ``steps`` minibatches of ``x``; returns the mean loss on all
+    of ``x`` (fixed noise) before and after, for "a short run lowers the loss" tests."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+
+    def score():
+        with torch.no_grad():
+            return float(method.loss(model, x, torch.Generator().manual_seed(5)).mean())
+
+    before = score()
+    for _ in range(steps):
+        xb = x if batch is None else x[torch.randperm(len(x), generator=g)[:batch]]
+        opt.zero_grad()
+        method.loss(model, xb, g).mean().backward()
+        opt.step()
+    return before, score()

@@ -12,7 +12,7 @@ from infusion.methods import build_method
 from infusion.methods.gsn import GSN, corrupt
 from infusion.operator import normal_log_prob
 
-from .conftest import tiny_config
+from .conftest import short_fit, tiny_config
 
 
 def _setup(**kw):
@@ -68,19 +68,8 @@ def test_short_run_lowers_loss_and_samples():
     # a tight cluster at (0.3, 0.7), std 0.03: a chain from the broad prior must find it
     x = torch.tensor([0.3, 0.7]) + 0.03 * torch.randn(512, 2, generator=torch.Generator().manual_seed(1))
     model.prior.fit(x)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-
-    def score():
-        with torch.no_grad():
-            return float(method.loss(model, x, torch.Generator().manual_seed(5)).mean())
-
-    first = score()
-    for _ in range(150):
-        opt.zero_grad()
-        method.loss(model, x[torch.randperm(512, generator=g)[:128]], g).mean().backward()
-        opt.step()
-    assert score() < first - 1.0
+    first, last = short_fit(method, model, x, steps=150, batch=128)
+    assert last < first - 1.0
     from infusion.train import Data, compute_step_statistics
 
     data = Data(x, x, (2,), pixels=False)

@@ -16,7 +16,7 @@ from infusion.methods import build_method
 from infusion.methods.walkback import Walkback, reversibility
 from infusion.operator import normal_log_prob
 
-from .conftest import tiny_config
+from .conftest import short_fit, tiny_config
 
 
 def _method(**kw) -> Walkback:
@@ -99,19 +99,8 @@ def test_short_run_lowers_loss():
     model = _model(m, seed=1)
     x = torch.from_numpy(toy("circle", 256, 0).images)
     model.prior.fit(x)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-
-    def score():
-        with torch.no_grad():
-            return float(m.loss(model, x, torch.Generator().manual_seed(5)).mean())
-
-    first = score()
-    for _ in range(60):
-        opt.zero_grad()
-        m.loss(model, x, g).mean().backward()
-        opt.step()
-    assert score() < first - 1.0
+    first, last = short_fit(m, model, x, steps=60)
+    assert last < first - 1.0
 
 
 def _linear_gaussian_model(m, a=0.5, b=-1.0):
