@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from infusion.chain import sample_chain
-from infusion.cli import load_for_sampling
+from infusion.train import load_ready_model
 
 
 def measure(checkpoint: str, steps: list[int] | None = None, n: int = 5000, n_reference: int = 10000,
@@ -32,7 +32,7 @@ def measure(checkpoint: str, steps: list[int] | None = None, n: int = 5000, n_re
     from infusion.data import load_mnist, to_unit
     from infusion.metrics import get_extractor, sample_quality
 
-    model, cfg = load_for_sampling(checkpoint, device)
+    model, cfg = load_ready_model(checkpoint, device, log=log)
     if cfg.data.name != "mnist":
         raise ValueError(f"classifier metrics need MNIST; the model was trained on {cfg.data.name!r}")
     T = cfg.method.T

@@ -41,6 +41,18 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def save_npz(path: str | Path, **arrays) -> Path:
+    """Atomically write numpy arrays as an ``.npz`` file."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(Path(path), write)
+    return Path(path)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

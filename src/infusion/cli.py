@@ -71,20 +71,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def load_for_sampling(checkpoint: str, device: str = "auto"):
-    """Model from a checkpoint or run directory, with SPEC §6 statistics (computed if missing)."""
-    from .checkpoint import load_model
-    from .methods import build_method
-    from .train import compute_step_statistics, load_data, resolve_device
+    """:func:`infusion.train.load_ready_model`, telling stderr when statistics are computed."""
+    from .train import load_ready_model
 
-    dev = resolve_device(device)
-    model, cfg = load_model(checkpoint, dev)
-    if not model.stats_ready:
-        print("checkpoint has no per-step batch-norm statistics; computing them (SPEC §6)",
-              file=sys.stderr)
-        data = load_data(cfg, dev)
-        compute_step_statistics(model, build_method(cfg.method), data, cfg.train.batch_size,
-                                cfg.train.seed + 5)
-    return model.eval(), cfg
+    return load_ready_model(checkpoint, device, log=lambda s: print(s, file=sys.stderr))
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:

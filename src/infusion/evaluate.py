@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import likelihood as lik
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, save_npz
 
 METRICS = ("lb", "is", "is-iso", "parzen", "fid", "score", "coverage", "memorisation")
 DEFAULT_METRICS = ("lb", "is", "parzen", "fid", "score", "coverage", "memorisation")
@@ -177,8 +177,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
 def _load(source, cfg, dev, progress):
     """(model on dev with SPEC §6 statistics, cfg, checkpoint path or None, notes)."""
     from .checkpoint import load_model, resolve
-    from .methods import build_method
-    from .train import compute_step_statistics, load_data
+    from .train import ensure_step_statistics
 
     notes = []
     if isinstance(source, (str, Path)):
@@ -188,11 +187,9 @@ def _load(source, cfg, dev, progress):
         if cfg is None:
             raise ValueError("evaluate(model, ...) needs cfg= (the model's Config)")
         model, path = source.to(dev), None
-    if not getattr(model, "stats_ready", True):
+    if ensure_step_statistics(model, cfg, dev, progress):
         notes.append("the checkpoint had no per-step batch-norm statistics; they were computed "
                      "here with the SPEC §6 pass")
-        compute_step_statistics(model, build_method(cfg.method), load_data(cfg, dev),
-                                cfg.train.batch_size, cfg.train.seed + 5, progress)
     return model.eval(), cfg, path, notes
 
 
@@ -253,13 +250,7 @@ def _draw(model, cfg, s: EvalSettings, path: Path, progress: bool, log) -> torch
     if bar is not None:
         bar.close()
     means = torch.cat(parts)
-    arr = means.numpy().astype(np.float32)
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, means=arr)
-
-    atomic_write(path, write)
+    save_npz(path, means=means.numpy().astype(np.float32))
     return means
 
 
@@ -329,11 +320,8 @@ def _write(out: Path, report: dict, per_example: dict[str, np.ndarray]) -> None:
     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(markdown(report)))
     if per_example:
-        def write(tmp: Path) -> None:
-            with tmp.open("wb") as f:
-                np.savez(f, **{k.replace("-", "_"): v for k, v in per_example.items()})
-
-        atomic_write(out.with_name("per_example.npz"), write)
+        save_npz(out.with_name("per_example.npz"),
+                 **{k.replace("-", "_"): v for k, v in per_example.items()})
 
 
 def markdown(report: dict) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from . import figures
 from .chain import sample_chain
-from .checkpoint import atomic_write
+from .checkpoint import save_npz
 from .config import DataConfig
 from .operator import ChainModel
 
@@ -137,11 +137,7 @@ def save_inpainting(out_dir: str | Path, result: Inpainting, labels: torch.Tenso
     if labels is not None:
         arrays["labels"] = np.asarray(labels)
 
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(out / "inpaint.npz", write)
+    save_npz(out / "inpaint.npz", **arrays)
     return save_inpainting_figure(out / "inpaint.png", result), out / "inpaint.npz"
 
 

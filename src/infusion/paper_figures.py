@@ -138,14 +138,13 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
 
     Returns ``{figure: path}`` for those written and ``{figure: "skipped: why"}`` for the rest.
     """
-    from .cli import load_for_sampling
-    from .train import load_data
+    from .train import load_data, load_ready_model
 
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {str(run)!r} does not exist")
     out = Path(out_dir) if out_dir is not None else run / "figures"
-    model, cfg = load_for_sampling(str(run), device)
+    model, cfg = load_ready_model(run, device)
     steps = cfg.sample.steps or cfg.method.T
     done: dict[str, Path | str] = {}
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import figures
 from .chain import sample_chain
-from .checkpoint import atomic_write
+from .checkpoint import save_npz
 from .operator import ChainModel
 
 
@@ -22,10 +22,6 @@ def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None
     res = sample_chain(model, n, steps, seed, batch_size=batch_size)
     arrays = {"samples": res.samples.numpy().astype(np.float32),
               "means": res.means.numpy().astype(np.float32)}
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(out, write)
+    save_npz(out, **arrays)
     figures.save_grid(out.with_suffix(".png"), arrays["means"][:grid_max])
     return out

@@ -118,6 +118,28 @@ def compute_step_statistics(model: ChainModel, method, data: Data, batch_size: i
         n.finish_collect()
 
 
+def ensure_step_statistics(model: ChainModel, cfg: Config, device: torch.device | str,
+                           progress: bool = False) -> bool:
+    """Run the SPEC §6 pass on the training set if ``model`` lacks per-step statistics (e.g. a
+    mid-training checkpoint); returns whether it had to."""
+    if getattr(model, "stats_ready", True):
+        return False
+    compute_step_statistics(model, build_method(cfg.method), load_data(cfg, device),
+                            cfg.train.batch_size, cfg.train.seed + 5, progress)
+    return True
+
+
+def load_ready_model(checkpoint: str | Path, device: str = "auto",
+                     log: Callable[[str], None] = print) -> tuple[ChainModel, Config]:
+    """Checkpoint file or run directory -> (model in eval mode with SPEC §6 statistics, config)."""
+    dev = resolve_device(device)
+    model, cfg = ckpt_io.load_model(checkpoint, dev)
+    if not getattr(model, "stats_ready", True):
+        log("checkpoint has no per-step batch-norm statistics; computing them (SPEC §6)")
+        ensure_step_statistics(model, cfg, dev)
+    return model.eval(), cfg
+
+
 @torch.no_grad()
 def validate(model: ChainModel, method, data: Data, cfg: Config) -> dict[str, float]:
     """Validation loss and stochastic lower bound (SPEC §7, one draw per example) on the first
@@ -174,14 +196,7 @@ def record_infusion_chains(model: ChainModel, method, data: Data, cfg: Config, e
     arrays = {"chain": chain.reshape(len(states), k, *data.shape),
               "targets": x[:k].float().cpu().numpy().reshape(k, *data.shape),
               "epoch": np.array(epoch)}
-    out = Path(run_dir) / "infusion_chains" / f"epoch-{epoch:04d}.npz"
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-
-    ckpt_io.atomic_write(out, write)
-    return out
+    return ckpt_io.save_npz(Path(run_dir) / "infusion_chains" / f"epoch-{epoch:04d}.npz", **arrays)
 
 
 def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, device: str = "auto",
