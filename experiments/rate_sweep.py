@@ -100,21 +100,11 @@ def config_for(p: Point, s: dict, seed: int) -> C.Config:
 def test_bound(run: Path, n: int, seed: int = 0) -> float:
     """Mean test lower bound (SPEC §7, one draw per example) with the stored statistics."""
     from infusion.data import load_mnist
+    from infusion.likelihood import estimate_likelihood
 
     model, cfg = load_model(run)
     method = build_method(cfg.method)
     images = torch.from_numpy(np.ascontiguousarray(load_mnist("test").images[:n]))
-    try:
-        from infusion.likelihood import estimate_likelihood
-    except ImportError:  # the colleague's module absent: the same estimate by hand
-        from infusion.data import dequantize
-
-        g = torch.Generator().manual_seed(seed)
-        model.eval()
-        with torch.no_grad():
-            x = dequantize(images, g).reshape(n, -1)
-            return float(torch.cat([method.log_weight(model, x[i:i + 500], g)
-                                    for i in range(0, n, 500)]).mean())
     return estimate_likelihood(model, method, images, k=1, seed=seed)["lb"].mean
 
 
@@ -284,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"grid {_grid_text(REDUCED_GRID)}; settings {REDUCED}")
     ap.add_argument("--only", help="restrict to schedule:T pairs, e.g. increasing:5,constant:10")
     ap.add_argument("--epochs", type=int, help="override the number of epochs")
+    ap.add_argument("--n-train", type=int, help="override the number of training examples (0 = all)")
+    ap.add_argument("--hidden", type=int, nargs="+", help="override the hidden layer widths")
+    ap.add_argument("--batch-size", type=int, help="override the minibatch size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
@@ -292,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     grid = REDUCED_GRID if args.reduced else PAPER_GRID
     settings = dict(REDUCED if args.reduced else FULL)
-    if args.epochs:
-        settings["epochs"] = args.epochs
+    for key in ("epochs", "n_train", "batch_size"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.hidden:
+        settings["hidden"] = tuple(args.hidden)
     if args.only:
         wanted = {(k.split(":")[0], int(k.split(":")[1])) for k in args.only.split(",")}
         unknown = wanted - set(grid)

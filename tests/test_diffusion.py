@@ -55,24 +55,27 @@ def test_noise_loss_trains_sigma_only_through_the_bound_term():
     method, model = _setup(diff_loss="noise")
     x = torch.rand(16, 2)
     g = torch.Generator().manual_seed(0)
+    y = model.to_diffusion(x)
     k = torch.randint(1, model.T + 1, (16,), generator=g)
     eps = torch.randn(x.shape, generator=g)
     ab = model._at("alpha_bar", k)
-    xk = ab.sqrt() * x + (1 - ab).sqrt() * eps
+    xk = ab.sqrt() * y + (1 - ab).sqrt() * eps
     eps_hat, v = model.predict(xk, k)
     _, var = model.reverse_from(xk, k, eps_hat, v)
     # gradient of the loss wrt ε̂ is the simple loss's alone: μ is detached in the bound term
     eps_hat.retain_grad()
     loss = (eps - eps_hat).square().sum(-1) + 1e-3 * model.T * method.step_term(
-        model, x, xk, k, model.reverse_from(xk, k, eps_hat.detach(), v)[0], var)
+        model, y, xk, k, model.reverse_from(xk, k, eps_hat.detach(), v)[0], var)
     loss.sum().backward()
     assert torch.allclose(eps_hat.grad, -2 * (eps - eps_hat.detach()), atol=1e-6)
     ref = method.loss(model, x, torch.Generator().manual_seed(0))
     assert torch.allclose(ref, loss.detach(), atol=1e-5)
 
 
-def _oracle(model, m: float, s2: float):
-    """Make ``model`` the exact reversal of q for data N(m, s2) per dimension."""
+def _oracle(model, mx: float, vx: float):
+    """Make ``model`` the exact reversal of q for model-space data N(mx, vx) per dimension,
+    i.e. diffusion-space data N(m, s2) = N((mx − ½)·scale, vx·scale²)."""
+    m, s2 = (mx - 0.5) * model.scale, vx * model.scale**2
     ab = model.alpha_bar.double()
     ab_prev = model.alpha_bar_prev.double()
     v = ab * s2 + 1 - ab  # var(x_k)
@@ -88,15 +91,18 @@ def _oracle(model, m: float, s2: float):
         return mean.float(), var.expand_as(x).float()
 
     model.transition = transition
-    model.prior.mean.fill_(float(ab[-1].sqrt() * m))
-    model.prior.var.fill_(float(v[-1]))
+    model.prior.mean.fill_(float(ab[-1].sqrt() * m / model.scale + 0.5))  # model space
+    model.prior.var.fill_(float(v[-1] / model.scale**2))
     return model
 
 
-def test_bound_is_exact_for_the_exact_reverse_chain():
+@pytest.mark.parametrize("scale", [1.0, 2.0, 4.0])
+def test_bound_is_exact_for_the_exact_reverse_chain(scale):
     """p(x_{0:T}) = q(x_{0:T}) when each reverse step is q's exact reversal and p(x_T) = q(x_T),
-    so every draw of ℓ is log N(x; m, s²); the training bound agrees in expectation."""
-    method, model = _setup(T=10, batch_norm=False, diff_loss="bound")
+    so every draw of ℓ is log N(x; m, s²) in model space whatever the diffusion space's scale;
+    the training bound agrees in expectation."""
+    method, model = _setup(T=10, batch_norm=False, diff_loss="bound", diff_data_scale=scale)
+    assert model.scale == scale
     m, s2 = 0.4, 0.05
     _oracle(model, m, s2)
     x = torch.tensor([[0.4, 0.1], [0.7, 0.5], [0.2, 0.9]])
@@ -111,8 +117,8 @@ def test_bound_is_exact_for_the_exact_reverse_chain():
 def test_bound_is_below_log_density_for_a_mismatched_prior():
     method, model = _setup(T=5, batch_norm=False)
     _oracle(model, 0.4, 0.05)
-    model.prior.mean.zero_()
-    model.prior.var.fill_(1.0)  # standard normal prior: q(x_T) != p(x_T)
+    model.prior.mean.fill_(0.5)
+    model.prior.var.fill_(1 / model.scale**2)  # N(0, I) in diffusion space: q(x_T) != p(x_T)
     x = torch.tensor([[0.4, 0.1]])
     lw = log_weights(model.eval(), method, x, 3000, torch.Generator().manual_seed(0))
     exact_q = float(normal_log_prob(x, torch.full((2,), 0.4), torch.full((2,), 0.05)))

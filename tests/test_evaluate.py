@@ -66,6 +66,11 @@ def test_methods_without_log_weight_are_skipped(toy_run, tmp_path, monkeypatch):
     assert "log_weight" in rep["skipped"]["lb"] and "log_weight" in rep["skipped"]["is"]
 
 
+def test_reversibility_is_skipped_for_infusion(toy_run, tmp_path):
+    rep = ev.evaluate(toy_run, "reversibility", tmp_path / "r.json", SMALL, **QUIET)
+    assert rep["metrics"] == {} and "walkback" in rep["skipped"]["reversibility"]
+
+
 def test_checkpoint_without_statistics_gets_them(toy_run, tmp_path):
     epoch_file = next((toy_run / "checkpoints").glob("epoch-*.pt"))
     rep = ev.evaluate(epoch_file, ["lb"], tmp_path / "r.json", SMALL, **QUIET)
@@ -80,7 +85,8 @@ def test_image_report_with_classifier_metrics(tiny_mnist, tmp_path):
     rep = ev.evaluate(final, "all", None, s, **QUIET)
     out = tmp_path / "run" / "eval"
     m = rep["metrics"]
-    assert set(m) == set(ev.METRICS)
+    assert set(m) == set(ev.METRICS) - {"reversibility"}  # an infusion run
+    assert "walkback" in rep["skipped"]["reversibility"]
     assert m["lb"]["n"] == 32 and m["lb"]["mean"] < m["is"]["mean"]
     assert m["is-iso"]["isotropic"] is True
     assert m["fid"]["value"] > 0 and m["fid"]["n_reference"] == 32

@@ -108,3 +108,53 @@ def test_cli_inpaint_end_to_end(mnist_run, tmp_path, capsys):
     assert rc == 2
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+class _MeanBrightnessClassifier:
+    """A fake extractor with known readings: class = round(10 × mean brightness), clipped."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        cls = (x.reshape(len(x), -1).mean(1) * 10).round().clamp(0, 9).long()
+        return torch.nn.functional.one_hot(cls, 10).float()
+
+
+def _result(originals, completions, mask):
+    from infusion.inpaint import Inpainting
+
+    return Inpainting(originals, mask, originals, completions, completions)
+
+
+def test_classifier_consistency_known_answers():
+    from infusion.inpaint import classifier_consistency
+
+    mask = torch.zeros(1, 2, 2, dtype=torch.bool)
+    mask[0, 0] = True  # the top row observed
+    originals = torch.stack([torch.full((1, 2, 2), 0.3), torch.full((1, 2, 2), 0.6)])
+    # image 0: completions read 3, 3, 5 (2 of 3 right); image 1: 6, 6, 6 (all right)
+    completions = torch.stack([torch.stack([torch.full((1, 2, 2), v) for v in row])
+                               for row in ((0.3, 0.31, 0.5), (0.6, 0.6, 0.62))])
+    s = classifier_consistency(_result(originals, completions, mask), torch.tensor([3, 6]),
+                               _MeanBrightnessClassifier())
+    assert s["completions"] == pytest.approx(5 / 6)
+    assert s["originals"] == 1.0
+    assert s["masked"] == 0.0  # bottom row black: means 0.15 and 0.3 read 1 or 2 and 3, not 3 and 6
+    assert s["chains_agree"] == 0.5 and s["classes_per_image"] == 1.5
+    with pytest.raises(ValueError, match="labels"):
+        classifier_consistency(_result(originals, completions, mask), torch.tensor([3]),
+                               _MeanBrightnessClassifier())
+
+
+def test_cli_inpaint_classify_writes_scores(mnist_run, tmp_path, capsys, monkeypatch):
+    import json
+
+    from infusion import metrics
+
+    monkeypatch.setitem(metrics._REGISTRY, "fake-brightness", lambda **kw: _MeanBrightnessClassifier())
+    out = tmp_path / "inp"
+    assert main(["inpaint", "--checkpoint", str(mnist_run), "--mask", "top", "--chains", "2",
+                 "--n", "3", "--out", str(out), "--device", "cpu",
+                 "--classify", "fake-brightness"]) == 0
+    scores = json.loads((out / "inpaint_scores.json").read_text())
+    assert scores["images"] == 3 and scores["chains"] == 2 and scores["mask"] == "top"
+    assert 0 <= scores["completions"] <= 1 and 1 <= scores["classes_per_image"] <= 2
+    assert "of completions read as the true digit" in capsys.readouterr().out

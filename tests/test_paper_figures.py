@@ -29,11 +29,12 @@ def test_figures_from_a_run(tiny_mnist, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     names = ["fig1_sampling_chains", "fig2_infusion_chains", "fig3_bound_curves",
-             "fig4_nearest_neighbours", "fig7_constant_vs_increasing"]
+             "fig4_nearest_neighbours", "fig7_constant_vs_increasing", "likelihood_vs_k"]
     for name in names:
         path = run / "figures" / f"{name}.png"
         assert f"{name}: {path}" in printed
         assert Image.open(path).size[0] > 50
+    assert "reversibility: skipped:" in printed and "walkback" in printed  # an infusion run
     # Fig. 1: 4 chains × (T' = T = 3 steps + z(0)) columns of 28 px + 2 px padding, ×2.
     assert Image.open(run / "figures" / "fig1_sampling_chains.png").size == (2 * (4 * 30 + 2),
                                                                             2 * (4 * 30 + 2))

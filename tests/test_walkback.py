@@ -188,5 +188,24 @@ def test_spiral_preset_trains_and_samples(tmp_path):
     out = sample_chain(model, 10, 5, seed=0)
     assert torch.isfinite(out.samples).all()
     assert (tmp_path / "chains.png").exists()
-    rev = reversibility(model, n_chains=8, steps=20, burn_in=5)
+    rev = reversibility(model, n_chains=8, steps=20, burn_in=5, trace=True)
     assert math.isfinite(rev["kl"])
+    assert len(rev["running_ratio"]) == 20 and rev["running_ratio"][-1] == pytest.approx(rev["ratio"])
+
+
+def test_walkback_figures_and_reversibility_come_from_the_shared_paths(tmp_path):
+    from infusion import evaluate as ev
+    from infusion.paper_figures import make_figures
+    from infusion.train import train
+
+    cfg = config.override(tiny_config(method={"name": "walkback", "T": 3, "vw_n1": 1,
+                                              "vw_extra": 2}), ["sample.steps=5"])
+    train(cfg, tmp_path, progress=False, log=lambda s: None)
+    done = make_figures(tmp_path, log=lambda s: None)
+    for name in ("likelihood_vs_k", "reversibility"):
+        assert done[name] == tmp_path / "figures" / f"{name}.png" and done[name].stat().st_size > 0
+    rep = ev.evaluate(tmp_path, "reversibility", tmp_path / "r.json", progress=False,
+                      log=lambda s: None)
+    r = rep["metrics"]["reversibility"]
+    assert math.isfinite(r["ratio"]) and r["entropy"] != 0
+    assert "reversibility" in (tmp_path / "r.md").read_text()

@@ -89,6 +89,21 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     png, npz = save_inpainting(args.out, res, labels)
     print(f"inpainted {args.n} {args.split} images x {args.chains} chains ({steps} steps, mask "
           f"{args.mask}): figure {png}, arrays {npz}")
+    if args.classify:
+        from .checkpoint import atomic_write
+        from .inpaint import classifier_consistency
+        from .metrics import get_extractor
+
+        if labels is None:
+            raise SystemExit(f"--classify needs labelled images; {cfg.data.name} has none")
+        scores = classifier_consistency(res, labels, get_extractor(args.classify))
+        scores.update(mask=args.mask, steps=steps, classifier=args.classify)
+        path = Path(args.out) / "inpaint_scores.json"
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(scores, indent=1)))
+        print(f"classifier {args.classify}: {scores['completions']:.1%} of completions read as "
+              f"the true digit (full images {scores['originals']:.1%}, observed part alone "
+              f"{scores['masked']:.1%}); {scores['classes_per_image']:.2f} classes per image "
+              f"across chains -> {path}")
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -193,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--steps", type=int, default=0, help="sampling steps T' (>= training T)")
     ip.add_argument("--seed", type=int, default=0, help="chain k of image i uses SEED+i*K+k")
     ip.add_argument("--out", default="inpaint", help="output directory (inpaint.png, inpaint.npz)")
+    ip.add_argument("--classify", metavar="EXTRACTOR",
+                    help="score the completions with an independent classifier (e.g. mnist-cnn; "
+                         "writes inpaint_scores.json)")
     ip.add_argument("--device", default="auto")
     ip.set_defaults(func=cmd_inpaint)
 
@@ -208,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "of a checkpoint, as report.json + report.md")
     e.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     e.add_argument("--metrics", default="default",
-                   help="comma list of lb,is,is-iso,parzen,fid,score,coverage,memorisation; "
-                   "'default' = all but is-iso, 'all'")
+                   help="comma list of lb,is,is-iso,parzen,fid,score,coverage,memorisation,"
+                   "reversibility (walkback); 'default' = all but is-iso and reversibility, 'all'")
     e.add_argument("--out", help="report .json (default: RUN_DIR/eval/report.json)")
     e.add_argument("--k", type=int, default=100, help="IS draws per example")
     e.add_argument("--is-examples", type=int, default=1000, help="test examples for IS (0 = all)")

@@ -24,7 +24,8 @@ import torch
 from . import likelihood as lik
 from .checkpoint import atomic_write, save_npz
 
-METRICS = ("lb", "is", "is-iso", "parzen", "fid", "score", "coverage", "memorisation")
+METRICS = ("lb", "is", "is-iso", "parzen", "fid", "score", "coverage", "memorisation",
+           "reversibility")
 DEFAULT_METRICS = ("lb", "is", "parzen", "fid", "score", "coverage", "memorisation")
 _LIKELIHOOD = {"lb", "is", "is-iso"}
 _SAMPLES = {"parzen", "fid", "score", "coverage", "memorisation"}
@@ -167,6 +168,17 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
             log(f"memorisation: {min(s.memo_samples or len(means), len(means))} samples "
                 f"against {len(splits['train'])} training images")
             report["metrics"]["memorisation"] = _memorisation(means, splits, s, out_dir, progress)
+
+    if "reversibility" in metrics:
+        if cfg.method.name != "walkback":
+            report["skipped"]["reversibility"] = (f"method {cfg.method.name!r}: the appendix H "
+                                                  "measure is for walkback's temperature-1 operator")
+        else:
+            from .methods.walkback import reversibility
+
+            with timer("reversibility"):
+                log("reversibility (VW appendix H): 100 chains, 50 burn-in + 1000 steps")
+                report["metrics"]["reversibility"] = reversibility(model, seed=s.seed)
 
     report["seconds"]["total"] = time.time() - t_start
     _write(out, report, per_example)
@@ -370,6 +382,11 @@ def markdown(report: dict) -> str:
                      f"{c['sample_to_train']['median']:.3f}", "", "",
                      (f"test → train median {c['test_to_train']['median']:.3f}; samples below "
                      f"the test 1st percentile: {c['fraction_below_test_1st_percentile']:.3f}"), ""))
+    if "reversibility" in m:
+        c = m["reversibility"]
+        rows.append(("reversibility KL / entropy (VW app. H)", f"{c['ratio']:.4f}", "", "",
+                     f"KL {c['kl']:.3f} ± {c['kl_se']:.3f} nats/step, entropy {c['entropy']:.1f}; "
+                     "VW paper 0.036", ""))
     lines = [f"# Evaluation of {report.get('checkpoint') or 'a model'}", "",
              (f"data {report.get('data')}, method {report.get('method')}, preset "
              f"{report.get('preset') or '-'}; seed {s['seed']}; "

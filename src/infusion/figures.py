@@ -125,6 +125,26 @@ def save_curves(path: str | Path, metrics_file: str | Path,
     return _save_fig(fig, path)
 
 
+def save_line_plot(path: str | Path, x: Sequence[float], lines: dict[str, Sequence[float]],
+                   xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> Path:
+    """One panel of labelled lines against ``x``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, ys in lines.items():
+        ax.plot(list(x), list(ys), marker="o" if len(x) <= 30 else None, ms=3, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
 def _save_fig(fig, path) -> Path:
     import matplotlib.pyplot as plt
 

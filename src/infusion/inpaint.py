@@ -91,6 +91,12 @@ class Inpainting:
     samples: torch.Tensor
     trajectory: torch.Tensor | None = None
 
+    def head(self, n: int) -> Inpainting:
+        """The first ``n`` images' part of this result."""
+        traj = None if self.trajectory is None else self.trajectory[:, :n]
+        return Inpainting(self.originals[:n], self.mask, self.starts[:n], self.completions[:n],
+                          self.samples[:n], traj)
+
 
 def inpaint(model: ChainModel, images: torch.Tensor, mask: torch.Tensor, chains: int = 5,
             steps: int | None = None, seed: int = 0, return_trajectory: bool = False,
@@ -139,6 +145,34 @@ def save_inpainting(out_dir: str | Path, result: Inpainting, labels: torch.Tenso
 
     save_npz(out / "inpaint.npz", **arrays)
     return save_inpainting_figure(out / "inpaint.png", result), out / "inpaint.npz"
+
+
+def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) -> dict[str, float]:
+    """How an independent classifier (a ``metrics`` extractor with ``logits``) reads the
+    completions, for the SPEC §9 check that they are consistent digits.
+
+    ``completions``: fraction of completions read as the image's label; ``originals``: the
+    same for the full images (the ceiling); ``masked``: for the observed part alone with the
+    free pixels black (the floor the chains must beat); ``chains_agree``: fraction of images
+    whose K completions all get one class; ``classes_per_image``: mean number of distinct classes
+    among an image's K completions (> 1 shows the chains do not all make the same guess).
+    """
+    n, k = result.completions.shape[:2]
+    labels = torch.as_tensor(labels).reshape(-1)[:n].long()
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} inpainted images")
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        return extractor.logits(x.float()).argmax(1).cpu()
+
+    comp = read(result.completions.reshape(n * k, *result.completions.shape[2:])).reshape(n, k)
+    masked = torch.where(result.mask, result.originals, torch.zeros_like(result.originals))
+    distinct = torch.tensor([len(set(row.tolist())) for row in comp], dtype=torch.float64)
+    return {"completions": float((comp == labels[:, None]).double().mean()),
+            "originals": float((read(result.originals) == labels).double().mean()),
+            "masked": float((read(masked) == labels).double().mean()),
+            "chains_agree": float((distinct == 1).double().mean()),
+            "classes_per_image": float(distinct.mean()), "images": n, "chains": k}
 
 
 def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,6 +7,10 @@
   ``metrics.jsonl`` (``train_bound`` needs ``train.train_bound_examples`` > 0).
 * Fig. 4: samples with the nearest training image (``metrics.save_neighbour_figure``).
 * Fig. 7: infusion chains for the same targets under a constant and an increasing rate.
+* ``likelihood_vs_k``: the importance-sampling estimate of SPEC §7 (for walkback its eq. 10,
+  for diffusion the IS form of its bound) against the number of proposal draws k, from the
+  shared ``likelihood`` code, for every method that defines a likelihood.
+* ``reversibility`` (walkback runs): the appendix H measure, KL / entropy, as the chain runs.
 
 :func:`make_figures` draws all of them into ``<run>/figures/`` and says which it had to skip.
 """
@@ -78,6 +82,8 @@ def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tenso
     from .methods import build_method
 
     mc = cfg.method
+    if mc.name != "infusion":
+        raise ValueError(f"infusion chains belong to infusion runs, this is {mc.name!r}")
     rates = infusion_rates(mc.T, mc.alpha0, mc.omega)
     constant = float(np.mean(rates)) if constant is None else constant
     out = []
@@ -168,7 +174,51 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
     attempt("fig7_constant_vs_increasing", lambda: chain_panels(
         out / "fig7_constant_vs_increasing.png",
         constant_vs_increasing_chains(model, cfg, targets, seed)))
+    attempt("likelihood_vs_k", lambda: likelihood_vs_k(
+        out / "likelihood_vs_k.png", model, cfg, data.valid[:LIKELIHOOD_EXAMPLES], seed=seed))
+    attempt("reversibility", lambda: reversibility_figure(
+        out / "reversibility.png", model, cfg, seed=seed))
     return done
+
+
+LIKELIHOOD_EXAMPLES = 200  # validation examples of the likelihood-against-k figure
+
+
+def likelihood_vs_k(path: str | Path, model, cfg: Config, raw: torch.Tensor, k_max: int = 64,
+                    seed: int = 0) -> Path:
+    """The IS estimate (SPEC §7) on ``raw`` validation data against the number of draws k, and
+    the stochastic lower bound (the mean single-draw ℓ), through ``likelihood.estimate_likelihood``.
+    The estimate rises with k towards log p(x); how far it rises shows how loose the bound is."""
+    from .likelihood import estimate_likelihood
+    from .methods import build_method
+
+    method = build_method(cfg.method)
+    if not hasattr(method, "log_weight"):
+        raise ValueError(f"method {cfg.method.name!r} defines no likelihood")
+    ks = [2**i for i in range(int(np.log2(k_max)))]
+    est = estimate_likelihood(model, method, raw, k_max, seed=seed, ks=ks)
+    ks.append(k_max)
+    curve = [est[f"is@{c}"].mean for c in ks[:-1]] + [est["is"].mean]
+    return figures.save_line_plot(
+        path, ks, {"IS estimate": curve, "lower bound (mean ℓ)": [est["lb"].mean] * len(ks)},
+        "proposal draws k", "nats / example",
+        title=f"{cfg.method.name}: {len(raw)} validation examples", logx=True)
+
+
+def reversibility_figure(path: str | Path, model, cfg: Config, n_chains: int = 100,
+                         steps: int = 1000, seed: int = 0) -> Path:
+    """The running reversibility ratio KL / entropy of VW appendix H along temperature-1 chains
+    (``methods.walkback.reversibility``); the paper reports 3.6%."""
+    from .methods.walkback import reversibility
+
+    if cfg.method.name != "walkback":
+        raise ValueError(f"the reversibility measure (VW appendix H) is for walkback runs, this "
+                         f"is {cfg.method.name!r}")
+    r = reversibility(model, n_chains, steps, seed=seed, trace=True)
+    return figures.save_line_plot(
+        path, range(1, steps + 1), {"KL / entropy": r["running_ratio"]},
+        "temperature-1 steps after burn-in", "nats / nats",
+        title=f"{n_chains} chains: {r['ratio']:.2%} (VW appendix H: 3.6%)")
 
 
 def _fig4(out: Path, run: Path, data, cfg: Config) -> Path:

@@ -223,6 +223,8 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
         raise RunError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to "
                        "continue it or choose another --run-dir")
     cfg.validate()
+    if dev.type == "cpu" and cfg.train.cpu_threads:
+        torch.set_num_threads(cfg.train.cpu_threads)  # process-wide, as torch has it
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.atomic_write(run_dir / "config.json",

@@ -3,7 +3,11 @@
 Forward: a fixed Gaussian diffusion q(x_k | x_{k-1}) = N(√(1-β_k)·x_{k-1}, β_k), k = 1..T
 (``method.T``), so q(x_k | x_0) = N(√ᾱ_k·x_0, 1-ᾱ_k) and p(x_T) = N(0, I) is the prior.
 Betas: ``linear`` (Ho et al.'s 1e-4 … 0.02 for T = 1000, scaled by 1000/T so any T reaches
-noise) or ``cosine`` (Nichol & Dhariwal). Data stay in the model space [0, 1] of SPEC §1.
+noise) or ``cosine`` (Nichol & Dhariwal). The diffusion runs in y = (x − ½)·s
+(``method.diff_data_scale`` s, default 2: the model space [0, 1] of SPEC §1 onto [−1, 1] as in
+Ho et al.), so that the data's spread is comparable to the unit noise it diffuses into; the
+model itself reads and writes the model space x (the shared sampler's states, the prior
+N(½, 1/s²)), and densities of x are those of y plus d·log s.
 
 Reverse: p(x_{k-1} | x_k) = N(μ, σ²) on the same MLP body as every method (SPEC §2), made step
 aware by a sinusoidal step embedding added to each hidden layer
@@ -75,14 +79,15 @@ class Schedule:
         return Schedule(self.alpha_bar[keep], self.net_index[keep])
 
 
-class StandardNormalPrior(FactorialGaussianPrior):
-    """p(x_T) = N(0, I); ``fit`` keeps it (the diffusion's prior is not fitted to data)."""
+class DiffusionPrior(FactorialGaussianPrior):
+    """p(x_T): N(0, I) in diffusion space, i.e. N(½, 1/s²) in model space; ``fit`` keeps it
+    (the diffusion's prior is not fitted to data)."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, scale: float = 1.0) -> None:
         super().__init__(d)
-        self.mean.zero_()
+        self.var.fill_(1.0 / scale**2)
 
-    def fit(self, x: torch.Tensor, var_floor: float = 1e-5) -> StandardNormalPrior:
+    def fit(self, x: torch.Tensor, var_floor: float = 1e-5) -> DiffusionPrior:
         return self
 
 
@@ -91,15 +96,18 @@ class DiffusionModel(nn.Module):
 
     ``T`` = the number of reverse steps of this schedule; the shared sampler's step t runs
     reverse step k = T − t + 1 (clamped at 1). :meth:`respaced` gives a model with fewer steps
-    sharing the network and prior.
+    sharing the network and prior. :meth:`transition` works in diffusion space y = (x − ½)·scale,
+    :meth:`forward` (the shared sampler's step) in model space x.
     """
 
     def __init__(self, shape: tuple[int, ...], schedule: Schedule, cfg: ModelConfig | None = None,
-                 *, net: nn.Module | None = None, prior: FactorialGaussianPrior | None = None) -> None:
+                 *, net: nn.Module | None = None, prior: FactorialGaussianPrior | None = None,
+                 scale: float = 1.0) -> None:
         super().__init__()
         self.shape = tuple(shape)
         self.d = math.prod(self.shape)
         self.schedule = schedule
+        self.scale = float(scale)
         self.T = len(schedule.alpha_bar)
         if net is None:
             if cfg is None:
@@ -110,7 +118,7 @@ class DiffusionModel(nn.Module):
             # untrained); the step embedding alone conditions on the step
             net = StepEmbeddingMLP(self.d, tuple(cfg.hidden), 1, batch_norm=False)
         self.net = net
-        self.prior = prior if prior is not None else StandardNormalPrior(self.d)
+        self.prior = prior if prior is not None else DiffusionPrior(self.d, self.scale)
         ab = schedule.alpha_bar
         ab_prev = np.r_[1.0, ab[:-1]]
         betas = 1 - ab / ab_prev
@@ -126,7 +134,7 @@ class DiffusionModel(nn.Module):
         if steps == self.T:
             return self
         view = DiffusionModel(self.shape, self.schedule.respace(steps), net=self.net,
-                              prior=self.prior)
+                              prior=self.prior, scale=self.scale)
         return view.to(self.alpha_bar.device).train(self.training)
 
     def _at(self, name: str, k: torch.Tensor) -> torch.Tensor:
@@ -157,8 +165,18 @@ class DiffusionModel(nn.Module):
         mean = (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * xk) / (1 - ab)
         return mean, self._at("post_var", k).expand_as(x0)
 
+    def to_diffusion(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space x -> diffusion space y = (x − ½)·scale."""
+        return (x - 0.5) * self.scale
+
+    def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance (d,) of the prior p(x_T) in diffusion space (N(0, I) unless changed)."""
+        return self.to_diffusion(self.prior.mean), self.prior.var * self.scale**2
+
     def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transition(z, max(1, self.T - t + 1))
+        """Sampler step t in model space: (μ, σ²) of reverse step k = T − t + 1 mapped back."""
+        mean, var = self.transition(self.to_diffusion(z), max(1, self.T - t + 1))
+        return mean / self.scale + 0.5, var / self.scale**2
 
     @property
     def stats_ready(self) -> bool:
@@ -179,13 +197,15 @@ class Diffusion:
         self.betas = make_betas(cfg.diff_schedule, cfg.T)
 
     def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> DiffusionModel:
-        return DiffusionModel(shape, Schedule.from_betas(self.betas), cfg)
+        return DiffusionModel(shape, Schedule.from_betas(self.betas), cfg,
+                              scale=self.cfg.diff_data_scale)
 
-    def prior_kl(self, model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:
-        """KL(q(x_T | x) ‖ p(x_T)), (B,)."""
+    @staticmethod
+    def prior_kl(model: DiffusionModel, y: torch.Tensor) -> torch.Tensor:
+        """KL(q(y_T | y) ‖ p(y_T)) in diffusion space, (B,)."""
         ab = model.alpha_bar[-1]
-        return gaussian_kl(ab.sqrt() * x, (1 - ab).expand_as(x), model.prior.mean.expand_as(x),
-                           model.prior.var.expand_as(x))
+        mean, var = model.prior_moments()
+        return gaussian_kl(ab.sqrt() * y, (1 - ab).expand_as(y), mean.expand_as(y), var.expand_as(y))
 
     def step_term(self, model: DiffusionModel, x: torch.Tensor, xk: torch.Tensor, k: torch.Tensor,
                   mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -196,15 +216,18 @@ class Diffusion:
 
     def loss(self, model: DiffusionModel, x: torch.Tensor,
              generator: torch.Generator | None) -> torch.Tensor:
-        """Per-example loss, (B, d) -> (B,): the bound estimate or the noise-prediction loss."""
+        """Per-example loss, (B, d) -> (B,): the bound estimate (in nats of the model space x,
+        like ``log_weight``) or the noise-prediction loss."""
         B, T = x.shape[0], model.T
+        x = model.to_diffusion(x)
         k = torch.randint(1, T + 1, (B,), generator=generator, device=x.device)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         ab = model._at("alpha_bar", k)
         xk = ab.sqrt() * x + (1 - ab).sqrt() * eps
         if self.cfg.diff_loss == "bound":
             mean, var = model.transition(xk, k)
-            return T * self.step_term(model, x, xk, k, mean, var) + self.prior_kl(model, x)
+            return (T * self.step_term(model, x, xk, k, mean, var) + self.prior_kl(model, x)
+                    - model.d * math.log(model.scale))
         eps_hat, v = model.predict(xk, k)
         mean, var = model.reverse_from(xk, k, eps_hat.detach(), v)
         simple = (eps - eps_hat).square().sum(-1)
@@ -214,10 +237,12 @@ class Diffusion:
     def log_weight(self, model: DiffusionModel, x: torch.Tensor, generator: torch.Generator | None,
                    isotropic: bool = False) -> torch.Tensor:
         """One draw of ℓ = log p(x_T) + Σ_k log p(x_{k-1} | x_k) − Σ_k log q(x_k | x_{k-1}), (B,),
-        over a forward path x_1..x_T ~ q(· | x) (SPEC §13 and the shared estimates of SPEC §7).
+        over a forward path x_1..x_T ~ q(· | x) (SPEC §13 and the shared estimates of SPEC §7),
+        run in diffusion space and returned as a density of the model-space x (+ d·log scale).
         ``isotropic``: the last step's (x_1 → x) variance replaced by its mean over dimensions.
         """
-        ell = x.new_zeros(x.shape[0])
+        x = model.to_diffusion(x)
+        ell = x.new_full((x.shape[0],), model.d * math.log(model.scale))  # dy/dx = scale
         prev = x
         for k in range(1, model.T + 1):
             beta = model.betas[k - 1]
@@ -229,4 +254,5 @@ class Diffusion:
                 var = var.mean(-1, keepdim=True).expand_as(var)
             ell = ell + normal_log_prob(prev, mean, var)
             prev = xk
-        return ell + model.prior.log_prob(prev)
+        mean, var = model.prior_moments()
+        return ell + normal_log_prob(prev, mean.expand_as(prev), var.expand_as(prev))

@@ -171,7 +171,7 @@ class Walkback:
 
 @torch.no_grad()
 def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 50, seed: int = 0,
-                  level: int = 0) -> dict[str, float]:
+                  level: int = 0, trace: bool = False) -> dict:
     """Departure from detailed balance of p_T (VW appendix H), nats per step.
 
     Runs ``n_chains`` chains from p* through the cooling steps, ``burn_in`` steps at
@@ -180,7 +180,8 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
     entropy = −ln p_T(s_{t+1} | s_t) (the chain's entropy rate). Returns ``kl``, its standard
     error over chains ``kl_se``, ``entropy`` and ``ratio`` = kl / entropy (the paper's 3.6%).
     ``model`` needs ``prior.sample``, ``d``, ``T`` and ``transition(s, level)``; it is put in
-    eval mode (stored batch-norm statistics) and restored.
+    eval mode (stored batch-norm statistics) and restored. ``trace``: also ``running_ratio``, the
+    estimate of ``ratio`` after each of the ``steps`` (a list, for a convergence figure).
     """
     g = torch.Generator(device=model.prior.mean.device).manual_seed(seed)
     dev = model.prior.mean.device
@@ -199,6 +200,7 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
             s = draw(*model.transition(s, level))
         kl = torch.zeros(n_chains, dtype=torch.float64, device=dev)
         ent = torch.zeros(n_chains, dtype=torch.float64, device=dev)
+        running = []
         mean, var = model.transition(s, level)
         for _ in range(steps):
             s_next = draw(mean, var)
@@ -208,14 +210,19 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
             kl += (fwd - bwd).double()
             ent -= fwd.double()
             s = s_next
+            if trace:
+                running.append(float(kl.sum() / ent.sum()))
     finally:
         if hasattr(model, "train"):
             model.train(was_training)
     kl, ent = kl / steps, ent / steps
     kl_mean, ent_mean = float(kl.mean()), float(ent.mean())
     se = float(kl.std() / math.sqrt(n_chains)) if n_chains > 1 else float("nan")
-    return {"kl": kl_mean, "kl_se": se, "entropy": ent_mean,
-            "ratio": kl_mean / ent_mean if ent_mean != 0 else float("nan")}
+    out = {"kl": kl_mean, "kl_se": se, "entropy": ent_mean,
+           "ratio": kl_mean / ent_mean if ent_mean != 0 else float("nan")}
+    if trace:
+        out["running_ratio"] = running
+    return out
 
 
 @contextmanager
