@@ -117,7 +117,8 @@ def run_point(p: Point, s: dict, out: Path, seed: int, device: str, log) -> dict
     cfg = config_for(p, s, seed)
     if result_file.exists():
         row = json.loads(result_file.read_text())
-        if row.get("config") == C.to_dict(cfg):
+        # from_dict fills fields added since the row was written with their defaults
+        if "config" in row and C.to_dict(C.from_dict(row["config"])) == C.to_dict(cfg):
             log(f"{p.name}: reusing {result_file}")
             return row
         raise SystemExit(f"{run} holds a run with other settings; remove it or use another --out")

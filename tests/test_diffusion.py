@@ -40,9 +40,34 @@ def test_schedules_and_respacing():
         s.respace(101)
 
 
-def test_losses_shape_finite_and_gradients():
+def test_eps_and_x0_heads_give_the_posterior_mean_when_exact():
+    """With the true ε, x_0 or v as the prediction, every parametrisation gives the forward
+    posterior's mean μ̃(x_k, x_0): (x_k − β/√(1−ᾱ)·ε)/√α = μ̃ for x_0 = (x_k − √(1−ᾱ)ε)/√ᾱ,
+    and √ᾱ·x_k − √(1−ᾱ)·v = x_0 for v = √ᾱ·ε − √(1−ᾱ)·x_0."""
+    _, eps_model = _setup(T=50)
+    _, x0_model = _setup(T=50, diff_predict="x0")
+    _, v_model = _setup(T=50, diff_predict="v")
+    assert (eps_model.target, x0_model.target, v_model.target) == ("eps", "x0", "v")
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(64, 2, generator=g)
+    k = torch.randint(1, 51, (64,), generator=g)
+    eps = torch.randn(64, 2, generator=g)
+    ab = eps_model._at("alpha_bar", k)
+    yk = ab.sqrt() * y + (1 - ab).sqrt() * eps
+    v = torch.full_like(y, 0.5)
+    post = eps_model.posterior(y, yk, k)[0]
+    assert torch.allclose(eps_model.reverse_from(yk, k, eps, v)[0], post, atol=1e-4)
+    assert torch.allclose(x0_model.reverse_from(yk, k, y, v)[0], post, atol=1e-6)
+    v_true = ab.sqrt() * eps - (1 - ab).sqrt() * y
+    assert torch.allclose(v_model.reverse_from(yk, k, v_true, v)[0], post, atol=1e-4)
+    assert torch.allclose(eps_model.reverse_from(yk, k, eps, v)[1],
+                          x0_model.reverse_from(yk, k, y, v)[1])  # σ² does not depend on it
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_losses_shape_finite_and_gradients(target):
     for loss in ("noise", "bound"):
-        method, model = _setup(diff_loss=loss)
+        method, model = _setup(diff_loss=loss, diff_predict=target)
         x = torch.rand(16, 2)
         out = method.loss(model, x, torch.Generator().manual_seed(0))
         assert out.shape == (16,) and torch.isfinite(out).all()
@@ -123,6 +148,16 @@ def test_bound_is_below_log_density_for_a_mismatched_prior():
     lw = log_weights(model.eval(), method, x, 3000, torch.Generator().manual_seed(0))
     exact_q = float(normal_log_prob(x, torch.full((2,), 0.4), torch.full((2,), 0.05)))
     assert float(lower_bound(lw)) < float(importance_sampling(lw)) < exact_q + 0.5
+
+
+@pytest.mark.parametrize("target", ["x0", "v"])
+def test_short_run_with_other_heads_lowers_loss(target):
+    method, model = _setup(T=50, diff_predict=target)
+    x = torch.from_numpy(toy("circle", 512, 0).images)
+    first, last = short_fit(method, model, x, steps=300, batch=128)
+    assert last < first * 0.95  # v's loss keeps ε's unpredictable share at low noise
+    r = (sample_chain(model, 300, 50, seed=0).samples - 0.5).norm(dim=1)
+    assert float(r.median()) == pytest.approx(0.36, abs=0.08)  # the circle's radius
 
 
 def test_short_run_lowers_loss_and_respaced_sampling():

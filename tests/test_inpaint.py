@@ -158,3 +158,7 @@ def test_cli_inpaint_classify_writes_scores(mnist_run, tmp_path, capsys, monkeyp
     assert scores["images"] == 3 and scores["chains"] == 2 and scores["mask"] == "top"
     assert 0 <= scores["completions"] <= 1 and 1 <= scores["classes_per_image"] <= 2
     assert "of completions read as the true digit" in capsys.readouterr().out
+    rc = main(["inpaint", "--checkpoint", str(mnist_run), "--mask", "top", "--out",
+               str(tmp_path / "y"), "--classify", "no-such-reader"])
+    assert rc == 2 and "no-such-reader" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()  # refused before any work

@@ -190,7 +190,7 @@ def test_spiral_preset_trains_and_samples(tmp_path):
     assert (tmp_path / "chains.png").exists()
     rev = reversibility(model, n_chains=8, steps=20, burn_in=5, trace=True)
     assert math.isfinite(rev["kl"])
-    assert len(rev["running_ratio"]) == 20 and rev["running_ratio"][-1] == pytest.approx(rev["ratio"])
+    assert len(rev["running_kl"]) == 20 and rev["running_kl"][-1] == pytest.approx(rev["kl"])
 
 
 def test_walkback_figures_and_reversibility_come_from_the_shared_paths(tmp_path):

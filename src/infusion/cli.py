@@ -81,9 +81,17 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     """Complete test images whose observed part is clamped (SPEC §9, paper Fig. 5)."""
     from .inpaint import inpaint, load_images, parse_mask, save_inpainting
 
+    if args.classify:
+        from .metrics import extractor_names
+
+        if args.classify not in extractor_names():
+            raise ValueError(f"--classify {args.classify!r}: expected one of "
+                             f"{', '.join(extractor_names())}")
     model, cfg = load_for_sampling(args.checkpoint, args.device)
     mask = parse_mask(args.mask, model.shape)
     images, labels = load_images(cfg.data, args.split, args.n)
+    if args.classify and labels is None:
+        raise ValueError(f"--classify needs labelled images; {cfg.data.name} has none")
     steps = args.steps or cfg.sample.steps or cfg.method.T
     res = inpaint(model, images.to(model.prior.mean.device), mask, args.chains, steps, args.seed)
     png, npz = save_inpainting(args.out, res, labels)
@@ -94,8 +102,6 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         from .inpaint import classifier_consistency
         from .metrics import get_extractor
 
-        if labels is None:
-            raise SystemExit(f"--classify needs labelled images; {cfg.data.name} has none")
         scores = classifier_consistency(res, labels, get_extractor(args.classify))
         scores.update(mask=args.mask, steps=steps, classifier=args.classify)
         path = Path(args.out) / "inpaint_scores.json"

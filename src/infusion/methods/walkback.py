@@ -180,8 +180,10 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
     entropy = −ln p_T(s_{t+1} | s_t) (the chain's entropy rate). Returns ``kl``, its standard
     error over chains ``kl_se``, ``entropy`` and ``ratio`` = kl / entropy (the paper's 3.6%).
     ``model`` needs ``prior.sample``, ``d``, ``T`` and ``transition(s, level)``; it is put in
-    eval mode (stored batch-norm statistics) and restored. ``trace``: also ``running_ratio``, the
-    estimate of ``ratio`` after each of the ``steps`` (a list, for a convergence figure).
+    eval mode (stored batch-norm statistics) and restored. ``trace``: also ``running_kl``, the
+    estimate of ``kl`` after each of the ``steps`` (a list, for a convergence figure).
+    The entropy here is differential, so it is negative when the steps' noise is small (a
+    narrow 2-D operator); ``ratio`` reads as the paper's relative measure only when it is > 0.
     """
     g = torch.Generator(device=model.prior.mean.device).manual_seed(seed)
     dev = model.prior.mean.device
@@ -211,7 +213,7 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
             ent -= fwd.double()
             s = s_next
             if trace:
-                running.append(float(kl.sum() / ent.sum()))
+                running.append(float(kl.mean()) / (len(running) + 1))
     finally:
         if hasattr(model, "train"):
             model.train(was_training)
@@ -221,7 +223,7 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
     out = {"kl": kl_mean, "kl_se": se, "entropy": ent_mean,
            "ratio": kl_mean / ent_mean if ent_mean != 0 else float("nan")}
     if trace:
-        out["running_ratio"] = running
+        out["running_kl"] = running
     return out
 
 
