@@ -13,6 +13,8 @@ the test lower bound (SPEC §7, one proposal draw per test example), and writes:
 Finished grid points are reused when the script is run again with the same settings.
 
     python experiments/rate_sweep.py --reduced --out runs/rate-sweep-reduced
+    python experiments/rate_sweep.py --reduced --n-train 0 --hidden 512 --batch-size 100 \
+        --epochs 15 --out runs/rate-sweep-longer        # 83 min on one CPU core: the finding
     python experiments/rate_sweep.py --out runs/rate-sweep --device cuda     # the paper's grid
 """
 
