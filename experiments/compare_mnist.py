@@ -13,7 +13,8 @@ steps plus extra temperature-1 steps, GSN with a long chain — and scored on th
 * the Parzen-window test log-likelihood, σ chosen on validation data (SPEC §8;
   ``infusion.likelihood``; nats, higher is better).
 
-Writes ``compare_mnist.md`` and ``compare_mnist.json`` into ``--out``. The paper's budget:
+Writes ``compare_mnist.md``, ``compare_mnist.json`` and ``compare_mnist.png`` (quality against
+steps) into ``--out``. The paper's budget:
 
     python experiments/compare_mnist.py --out runs/compare_mnist            # GPU: hours
 
@@ -150,6 +151,7 @@ def main(argv=None) -> None:
     (out / "compare_mnist.json").write_text(json.dumps({"settings": settings, "rows": rows,
                                                         "seconds": total}, indent=2))
     write_table(out / "compare_mnist.md", rows, settings, total, str(device))
+    save_figure(out / "compare_mnist.png", rows)
     print(f"wrote {out / 'compare_mnist.md'} ({total:.0f} s)")
 
 
@@ -169,6 +171,28 @@ def write_table(path: Path, rows, settings: dict, seconds: float, device: str) -
                     f"total {seconds:.0f} s. FD: Fréchet distance of the project's MNIST "
                     "classifier features against test images; Parzen: SPEC §8 on the final "
                     "means, σ chosen on validation images.\n\n" + "\n".join(lines) + "\n")
+
+
+def save_figure(path: Path, rows) -> None:
+    """Sample quality against the number of sampling steps, a line (or point) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from infusion.figures import _save_fig
+
+    keys = [("parzen", "Parzen (nats) ↑")] + ([("fid", "classifier FD ↓")] if "fid" in rows[0] else [])
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys):
+        for m in dict.fromkeys(r["method"] for r in rows):
+            pts = [(r["steps"], r[key]) for r in rows if r["method"] == m]
+            ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set(xscale="log", xlabel="sampling steps", ylabel=label)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_fig(fig, path)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Sample quality needs no classifier: against 2,000 held-out points (a fresh seed)
   nats per point, higher is better),
 
 with a reference row "data" (2,000 further real points in place of samples). Writes
-``toy_suite.md`` (the table and the mean rank of each method), ``toy_samples.png``
+``toy_suite.md`` (the table and the mean rank of each method), ``toy_ranking.png`` (the MMD²
+bars), ``toy_samples.png``
 (methods × data sets), ``toy_chains.png`` (sampling chains on the spiral, VW appendix C
 style: the cloud of chains at several steps) and ``toy_suite.json``.
 
@@ -132,6 +133,7 @@ def main(argv=None) -> None:
     (out / "toy_suite.json").write_text(json.dumps({"rows": rows, "seconds": total}, indent=2))
     write_table(out / "toy_suite.md", rows, methods, datasets, total)
     save_samples_figure(out / "toy_samples.png", samples, methods + ["data"], datasets)
+    save_ranking_figure(out / "toy_ranking.png", rows, methods, datasets)
     if chains:
         save_chain_figure(out / "toy_chains.png", chains)
     print(f"wrote {out / 'toy_suite.md'} ({total:.0f} s)")
@@ -207,6 +209,28 @@ def save_chain_figure(path: Path, chains, columns: int = 6) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{m} t={t}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_ranking_figure(path: Path, rows, methods, datasets) -> None:
+    """MMD² of every method on every data set (grouped bars; lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(r["method"], r["data"]): r for r in rows}
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(datasets), 3.2))
+    for i, m in enumerate(methods):
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(datasets))]
+        ax.bar(xs, [1e3 * by[m, d]["mmd2"] for d in datasets], width, label=m)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("MMD² ×10³ (lower is better)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

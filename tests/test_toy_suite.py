@@ -54,7 +54,7 @@ def test_toy_suite_end_to_end(tmp_path):
     rows = json.loads((tmp_path / "toy_suite.json").read_text())["rows"]
     by = {r["method"]: r for r in rows}
     assert by["data"]["mmd2"] < by["gsn"]["mmd2"]  # real points beat a 1-epoch model
-    assert (tmp_path / "toy_samples.png").exists()
+    assert (tmp_path / "toy_samples.png").exists() and (tmp_path / "toy_ranking.png").exists()
 
 
 def test_compare_mnist_end_to_end(tiny_mnist, tmp_path):
@@ -67,3 +67,4 @@ def test_compare_mnist_end_to_end(tiny_mnist, tmp_path):
         ("diffusion", 5), ("diffusion", 20), ("walkback", 13)]
     assert all(math.isfinite(r["parzen"]) for r in rows)
     assert "| diffusion | 5 |" in (tmp_path / "compare_mnist.md").read_text()
+    assert (tmp_path / "compare_mnist.png").stat().st_size > 0
