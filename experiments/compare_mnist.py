@@ -132,15 +132,15 @@ def main(argv=None) -> None:
             train(cfg, run_dir, device=str(device), progress=False, log=lambda s: None)
             timing.write_text(f"{time.time() - t0:.3f}\n")
         train_s = float(timing.read_text())
-        log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         model, cfg = load_model(final, device)
         for steps in step_counts(m, cfg, requested):
             means, sample_s = sample_model(model, m, steps, a.samples, a.seed)
             parzen = parzen_estimate(means.reshape(len(means), -1), valid, test)
             row = {"method": m, "steps": steps, "parzen": parzen.mean, "parzen_se": parzen.stderr,
                    "parzen_sigma": parzen.extra["sigma"], "sample_seconds": sample_s,
-                   "train_seconds": train_s, "epochs": log[-1]["epoch"],
-                   "optimiser_steps": log[-1]["step"], "samples": len(means)}
+                   "train_seconds": train_s, "epochs": curve[-1]["epoch"],
+                   "optimiser_steps": curve[-1]["step"], "samples": len(means)}
             if extractor is not None:
                 q = sample_quality(extractor, means, test_unit, metrics=("fid",))
                 row["fid"] = q["fid"]["value"]
