@@ -18,8 +18,14 @@ import json
 import time
 from pathlib import Path
 
-from infusion.inpaint import (HALVES, classifier_consistency, inpaint, load_images, parse_mask,
-                              save_inpainting)
+from infusion.inpaint import (
+    HALVES,
+    classifier_consistency,
+    inpaint,
+    load_images,
+    parse_mask,
+    save_inpainting,
+)
 from infusion.metrics import get_extractor
 from infusion.train import load_ready_model
 
@@ -54,8 +60,8 @@ def main(argv=None) -> None:
                 "seed": a.seed}
     (out / "inpaint_mnist.json").write_text(json.dumps({"settings": settings, "rows": rows,
                                                         "seconds": seconds}, indent=1))
-    lines = ["| observed half | completions read as the true digit | full digits | observed "
-             "half alone | chains agree | classes per image |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [("| observed half | completions read as the true digit | full digits | observed "
+              "half alone | chains agree | classes per image |"), "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['mask']} | {r['completions']:.1%} | {r['originals']:.1%} | {r['masked']:.1%} "
               f"| {r['chains_agree']:.1%} | {r['classes_per_image']:.2f} |" for r in rows]
     (out / "inpaint_mnist.md").write_text(

@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--device", default="auto")
     ip.set_defaults(func=cmd_inpaint)
 
-    fg = sub.add_parser("figures", help="the paper's figures (1, 2, 3, 4, 7) from a run directory")
+    fg = sub.add_parser("figures", help="the paper's figures (1, 2, 3, 4, 7), likelihood against k "
+                        "and walkback reversibility, from a run directory")
     fg.add_argument("--run-dir", required=True)
     fg.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     fg.add_argument("--n", type=int, default=8, help="chains / targets per figure")

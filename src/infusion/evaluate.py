@@ -385,8 +385,8 @@ def markdown(report: dict) -> str:
     if "reversibility" in m:
         c = m["reversibility"]
         rows.append(("reversibility KL / entropy (VW app. H)", f"{c['ratio']:.4f}", "", "",
-                     f"KL {c['kl']:.3f} ± {c['kl_se']:.3f} nats/step, entropy {c['entropy']:.1f}; "
-                     "VW paper 0.036 (a ratio only for entropy > 0)", ""))
+                     (f"KL {c['kl']:.3f} ± {c['kl_se']:.3f} nats/step, entropy {c['entropy']:.1f}; "
+                      "VW paper 0.036 (a ratio only for entropy > 0)"), ""))
     lines = [f"# Evaluation of {report.get('checkpoint') or 'a model'}", "",
              (f"data {report.get('data')}, method {report.get('method')}, preset "
              f"{report.get('preset') or '-'}; seed {s['seed']}; "

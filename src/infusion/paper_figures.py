@@ -1,4 +1,5 @@
-"""The paper's figures from one run directory (paper Figs. 1–4, 7; thesis Fig. A.2).
+"""The paper's figures from one run directory (paper Figs. 1–4, 7; thesis Fig. A.2), and the
+likelihood and reversibility figures of the baselines (SPEC §7, §11).
 
 * Fig. 1: sampling chains (means μ(t) of SPEC §2, one row per chain).
 * Fig. 2: infusion chains (SPEC §3) for fixed validation targets as training progresses, from
