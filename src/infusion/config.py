@@ -200,8 +200,10 @@ METHOD_NAMES = ("infusion", "walkback", "gsn", "diffusion")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The paper (SPEC §2–4, §10): 2×1200 MLP, T = 15, α(0) = 0, ω = 0.01, Adam 1e-3, batch 512,
     # early stopping on the validation score. Records what Figs. 2 and 3 draw (paper_figures).
-    # Samples are drawn with 30 steps, as the paper does for MNIST (§4.2).
-    "mnist": {"train": {"record_chains_at": (0, 1, 2, 3, 4, 5, 10, 20, 50, 100),
+    # Samples are drawn with 30 steps, as the paper does for MNIST (§4.2). Trains until the
+    # validation bound has not improved for 20 epochs; the 1,500-epoch cap is the authors' code's.
+    "mnist": {"train": {"epochs": 1500, "patience": 20,
+                        "record_chains_at": (0, 1, 2, 3, 4, 5, 10, 20, 50, 100, 200, 500),
                         "train_bound_examples": 10000},
               "sample": {"steps": 30}},
     # Finishes within 10 minutes on 2 CPU cores and gives recognisable digits.

@@ -286,6 +286,7 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
             bar.close()
         epoch += 1
         train_time = time.time() - t0
+        t_valid = time.time()
         with ema.applied(model) if ema is not None else contextlib.nullcontext():
             scores = validate(net, method, data, cfg)  # the weights that will be sampled
             if epoch in tc.record_chains_at:
@@ -298,7 +299,7 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False, devi
         best, bad = (valid, 0) if improved else (best, bad + 1)
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
                **scores, "example_steps_per_s": seen * cfg.method.T / train_time,
-               "epoch_seconds": train_time}
+               "epoch_seconds": train_time, "valid_seconds": time.time() - t_valid}
         if ctx.main:
             with metrics.open("a") as f:
                 f.write(json.dumps(row) + "\n")
