@@ -35,7 +35,7 @@ import torch
 from infusion import config
 from infusion.chain import sample_chain
 from infusion.checkpoint import load_model
-from infusion.data import load_mnist
+from infusion.data import load_mnist, to_unit
 from infusion.likelihood import parzen_estimate
 from infusion.train import resolve_device, train
 
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
 
     test = load_mnist("test").images[: a.test]
     valid = load_mnist("valid").images[: a.valid]
-    test_unit = torch.from_numpy(test).float() / 256
+    test_unit = to_unit(torch.from_numpy(test))
     extractor = None
     if not a.no_fid:
         from infusion.metrics import get_extractor, sample_quality

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from infusion import config as config_mod
-from infusion.checkpoint import atomic_write
+from infusion.io import atomic_write
 from infusion.evaluate import PAPER_MNIST, EvalSettings, evaluate, machine
 from infusion.train import train
 

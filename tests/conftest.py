@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from infusion import config, data
+from infusion.data import mnist
 
 
 @pytest.fixture
@@ -14,7 +15,7 @@ def tiny_mnist(tmp_path, monkeypatch):
     """A fake MNIST cache with 64/32/32 random 'digits' (strokes on a blank canvas)."""
     monkeypatch.setenv("INFUSION_CACHE", str(tmp_path / "cache"))
     sizes = {"train": 64, "valid": 32, "test": 32}
-    monkeypatch.setattr(data, "_SPLIT_SIZES", sizes)
+    monkeypatch.setattr(mnist, "_SPLIT_SIZES", sizes)
     rng = np.random.default_rng(0)
     arrays = {}
     for s, n in sizes.items():
@@ -25,7 +26,7 @@ def tiny_mnist(tmp_path, monkeypatch):
         arrays[f"{s}_x"], arrays[f"{s}_y"] = x, rng.integers(0, 10, n).astype(np.int64)
     path = data.cache_dir() / "mnist" / "mnist-uint8.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    data._write_cache(path, arrays)
+    data.write_cache(path, arrays)
     return arrays
 
 

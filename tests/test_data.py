@@ -1,4 +1,5 @@
-"""Tests for infusion.data (SPEC §1): IDX/pickle parsing, the verified cache, sources, scaling."""
+"""Tests for infusion.data (SPEC §1): IDX/pickle parsing, the verified cache, sources, scaling,
+and the entrance (load_split, shape_of, load_data)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import os
 import pickle
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from infusion import data
-from infusion.data import DataError
+from infusion.config import DataConfig
+from infusion.data import DataError, fetch, mnist
 
 from .fake_images import serve
 
@@ -34,7 +37,7 @@ def _isolated(tmp_path, monkeypatch):
 def small(monkeypatch):
     """Shrink the 50k/10k/10k split so fake data sets of a few images go through the
     real assembly code."""
-    monkeypatch.setattr(data, "_SPLIT_SIZES", dict(SMALL))
+    monkeypatch.setattr(mnist, "_SPLIT_SIZES", dict(SMALL))
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -129,11 +132,11 @@ def test_idx_source_via_env_and_wrong_sizes(tmp_path, small, monkeypatch):
 
 
 def test_cache_writes_are_deterministic(tmp_path, small):
-    arrays = data._assemble(*fake_official().values(), where="test")
+    arrays = mnist._assemble(*fake_official().values(), where="test")
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    data._write_cache(a, arrays)
+    data.write_cache(a, arrays)
     time.sleep(1.1)  # a zip timestamp taken from the clock would now differ
-    data._write_cache(b, arrays)
+    data.write_cache(b, arrays)
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -195,7 +198,7 @@ def small_pixels(seed=0):
 def test_pkl_conversion_is_exact(tmp_path, small, protocol):
     k, y = small_pixels()
     write_pkl(tmp_path / "mnist.pkl.gz", k, y, protocol)
-    arrays = data._from_pkl(tmp_path / "mnist.pkl.gz")
+    arrays = mnist._from_pkl(tmp_path / "mnist.pkl.gz")
     for s in SMALL:
         assert arrays[f"{s}_x"].dtype == np.uint8 and np.array_equal(arrays[f"{s}_x"], k[s])
         assert arrays[f"{s}_y"].dtype == np.int64 and np.array_equal(arrays[f"{s}_y"], y[s])
@@ -215,11 +218,11 @@ def test_pkl_rejects_inexact_values_and_foreign_objects(tmp_path, small):
     with gzip.open(path, "wb") as f:
         pickle.dump(tuple(parts), f)
     with pytest.raises(DataError, match="not exact multiples of 1/256"):
-        data._from_pkl(path)
+        mnist._from_pkl(path)
     with gzip.open(path, "wb") as f:
         pickle.dump(os.getcwd, f)  # a pickle naming a callable must not be resolved
     with pytest.raises(DataError, match="refusing to load"):
-        data._from_pkl(path)
+        mnist._from_pkl(path)
 
 
 # --- downloads, against a local HTTP server ------------------------------------------------
@@ -241,15 +244,15 @@ def test_download_verifies_and_renames(tmp_path, served):
     sha = hashlib.sha256(payload).hexdigest()
     dest_dir = tmp_path / "dl"
     dest_dir.mkdir()
-    data._download(url + "f.bin", dest_dir / "f.bin", sha, timeout=5)
+    fetch.download(url + "f.bin", dest_dir / "f.bin", sha, timeout=5)
     assert (dest_dir / "f.bin").read_bytes() == payload and no_temp_files(dest_dir)
 
     with pytest.raises(DataError, match="does not match"):
-        data._download(url + "f.bin", dest_dir / "g.bin", "0" * 64, timeout=5)
+        fetch.download(url + "f.bin", dest_dir / "g.bin", "0" * 64, timeout=5)
     with pytest.raises(DataError, match="expected 1000 bytes"):
-        data._download(url + "f.bin", dest_dir / "g.bin", sha, timeout=5, max_bytes=1000)
+        fetch.download(url + "f.bin", dest_dir / "g.bin", sha, timeout=5, max_bytes=1000)
     with pytest.raises(DataError, match="404"):
-        data._download(url + "missing.bin", dest_dir / "g.bin", sha, timeout=5)
+        fetch.download(url + "missing.bin", dest_dir / "g.bin", sha, timeout=5)
     assert sorted(p.name for p in dest_dir.iterdir()) == ["f.bin"]  # nothing else left
 
 
@@ -259,7 +262,7 @@ def test_mirror_source_end_to_end(tmp_path, served, small, monkeypatch):
     write_idx_dir(root, arrays)
     sums = {n: (hashlib.sha256((root / f"{n}.gz").read_bytes()).hexdigest(),
                 (root / f"{n}.gz").stat().st_size) for n in arrays}
-    monkeypatch.setattr(data, "_IDX_GZ", sums)
+    monkeypatch.setattr(mnist, "_IDX_GZ", sums)
     # The first mirror is unreachable; the second serves the files.
     npz = data.ensure_mnist(sources=["http://127.0.0.1:9/", url], log=lambda s: None)
     got = data.load_mnist("test")
@@ -340,3 +343,74 @@ def test_real_mnist_if_cached():
     assert full.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     test = np.bincount(splits["test"].labels)
     assert test.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+# --- the entrance: load_split, shape_of, load_data, model space ------------------------------
+
+@pytest.mark.parametrize("name", data.TOYS)
+def test_load_split_toys_use_the_train_valid_test_seeds(name):
+    cfg = DataConfig(name=name, toy_size=50, seed=3, n_train=10)
+    got = {s: data.load_split(cfg, s) for s in data.SPLITS}
+    assert np.array_equal(got["train"].images, data.toy(name, 50, 3).images[:10])  # n_train
+    assert np.array_equal(got["valid"].images, data.toy(name, 10, 4).images)  # size // 5
+    assert np.array_equal(got["test"].images, data.toy(name, 10, 5).images)
+    tiny = DataConfig(name=name, toy_size=6, seed=0)
+    assert len(data.load_split(tiny, "valid").images) == 2  # at least two points
+
+
+def test_load_split_mnist_cuts_only_the_training_split(tiny_mnist):
+    cfg = DataConfig(name="mnist", n_train=5)
+    train, valid, test = (data.load_split(cfg, s) for s in data.SPLITS)
+    assert np.array_equal(train.images, tiny_mnist["train_x"][:5])
+    assert np.array_equal(train.labels, tiny_mnist["train_y"][:5])
+    assert np.array_equal(valid.images, tiny_mnist["valid_x"])
+    assert np.array_equal(test.labels, tiny_mnist["test_y"])
+
+
+def test_load_split_errors():
+    with pytest.raises(DataError, match="'moons'.*mnist, spiral"):
+        data.load_split(DataConfig(name="moons"), "train")
+    with pytest.raises(DataError, match="'training'.*train, valid, test"):
+        data.load_split(DataConfig(name="spiral"), "training")
+
+
+def test_shape_of_reads_nothing(tmp_path):
+    shapes = {n: data.shape_of(DataConfig(name=n, image_size=16))
+              for n in ("mnist", "spiral", "cifar10", "svhn", "celeba", "tfd", "folder")}
+    assert shapes == {"mnist": (1, 28, 28), "spiral": (2,), "cifar10": (3, 32, 32),
+                      "svhn": (3, 32, 32), "celeba": (3, 64, 64), "tfd": (1, 48, 48),
+                      "folder": (3, 16, 16)}
+    assert data.shape_of(DataConfig(name="folder")) == (3, 64, 64)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*"))
+
+
+def test_load_data_pixels_and_points(tiny_mnist):
+    d = data.load_data(SimpleNamespace(data=DataConfig(name="mnist", n_train=8)))
+    assert d.pixels and d.shape == (1, 28, 28) and d.train.dtype == torch.uint8
+    assert len(d.train) == 8 and len(d.valid) == 32
+    x = d.model_space(d.train, torch.Generator().manual_seed(0))
+    k = d.train.reshape(8, -1).float()
+    assert x.shape == (8, 784) and bool((x >= k / 256).all()) and bool((x < (k + 1) / 256).all())
+    pts = data.load_data(SimpleNamespace(data=DataConfig(name="circle", toy_size=40)))
+    assert not pts.pixels and pts.shape == (2,) and pts.train.dtype == torch.float32
+    assert torch.equal(pts.model_space(pts.train, None), pts.train)
+
+
+def test_model_space_maps():
+    k = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    x = data.to_model_space(k, torch.Generator().manual_seed(1))
+    assert torch.equal(x, data.dequantize(k, torch.Generator().manual_seed(1)).reshape(6, 16))
+    assert torch.equal(data.parzen_space(k), k.reshape(6, 16).float() / 256)  # no noise
+    p = torch.rand(5, 2)
+    assert torch.equal(data.to_model_space(p, None), p) and torch.equal(data.parzen_space(p), p)
+    assert torch.equal(data.parzen_space(k.numpy()), data.parzen_space(k))  # arrays too
+
+
+def test_fallback_source_is_quiet_when_a_later_one_works(tmp_path, small):
+    idx = write_idx_dir(tmp_path / "idx", fake_official())
+    logs: list[str] = []
+    data.ensure_mnist(idx_dir=idx, sources=["http://127.0.0.1:9/", "idx"], timeout=2.0,
+                      log=logs.append)
+    assert len(logs) == 2 and "127.0.0.1" not in " ".join(logs)  # no line per failed source
+    assert logs[-1].endswith("(from idx)")

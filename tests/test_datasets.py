@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from infusion import datasets
-from infusion.data import DataError
+from infusion.data import DataError, fetch
+from infusion.data import images as image_sets
 
 from .fake_images import celeba_zip, cifar_tarball, evil_tar, image_bytes, serve, sha256, svhn_mats
 
@@ -31,9 +31,9 @@ def test_cifar10_download_verify_cache(tmp_path, cache, monkeypatch):
     made = cifar_tarball(www / "cifar-10-python.tar.gz", per_batch=4)
     tarball = www / "cifar-10-python.tar.gz"
     with serve(www) as url:
-        monkeypatch.setattr(datasets, "CIFAR10", datasets.Remote(
+        monkeypatch.setattr(image_sets, "CIFAR10", fetch.Remote(
             f"{url}/cifar-10-python.tar.gz", sha256(tarball), tarball.stat().st_size))
-        train = datasets.load_images("cifar10", "train", log=_quiet)
+        train = image_sets.load_images("cifar10", "train", log=_quiet)
     # 5 batches of 4: the last 10% (2) of the 20 training images are the validation split
     rows = np.concatenate([made["rows"][f"data_batch_{i}"] for i in range(1, 6)])
     labels = np.concatenate([made["labels"][f"data_batch_{i}"] for i in range(1, 6)])
@@ -41,8 +41,8 @@ def test_cifar10_download_verify_cache(tmp_path, cache, monkeypatch):
     np.testing.assert_array_equal(train.images.reshape(18, -1), rows[:18])  # CHW row layout
     np.testing.assert_array_equal(train.labels, labels[:18])
     # the server is gone: the verified cache alone serves every split now
-    valid = datasets.load_images("cifar10", "valid", log=_quiet)
-    test = datasets.load_images("cifar10", "test", log=_quiet)
+    valid = image_sets.load_images("cifar10", "valid", log=_quiet)
+    test = image_sets.load_images("cifar10", "test", log=_quiet)
     np.testing.assert_array_equal(valid.images.reshape(2, -1), rows[18:])
     np.testing.assert_array_equal(test.images.reshape(4, -1), made["rows"]["test_batch"])
     npz = cache / "cifar10" / "cifar10-uint8.npz"
@@ -53,7 +53,7 @@ def test_cifar10_download_verify_cache(tmp_path, cache, monkeypatch):
         f.seek(200)
         f.write(b"\x00\x01\x02")
     with pytest.raises(DataError, match="corrupt"):
-        datasets.load_images("cifar10", "train", log=_quiet)
+        image_sets.load_images("cifar10", "train", log=_quiet)
 
 
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path, cache, monkeypatch):
@@ -61,10 +61,10 @@ def test_download_with_wrong_checksum_leaves_nothing(tmp_path, cache, monkeypatc
     www.mkdir()
     cifar_tarball(www / "cifar-10-python.tar.gz")
     with serve(www) as url:
-        monkeypatch.setattr(datasets, "CIFAR10", datasets.Remote(
+        monkeypatch.setattr(image_sets, "CIFAR10", fetch.Remote(
             f"{url}/cifar-10-python.tar.gz", "0" * 64, 10**9))
         with pytest.raises(DataError, match="sha256"):
-            datasets.load_images("cifar10", "train", log=_quiet)
+            image_sets.load_images("cifar10", "train", log=_quiet)
     assert sorted(p.name for p in (cache / "cifar10").iterdir()) == []
 
 
@@ -72,10 +72,10 @@ def test_offline_error_says_how_to_place_the_file(cache, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(datasets, "CIFAR10", datasets.Remote(
+    monkeypatch.setattr(image_sets, "CIFAR10", fetch.Remote(
         f"http://127.0.0.1:{port}/cifar-10-python.tar.gz", "0" * 64, 100))
     with pytest.raises(DataError, match="copy the file there by hand") as e:
-        datasets.load_images("cifar10", "train", timeout=2, log=_quiet)
+        image_sets.load_images("cifar10", "train", timeout=2, log=_quiet)
     assert str(cache / "cifar10" / "cifar-10-python.tar.gz") in str(e.value)
 
 
@@ -84,17 +84,17 @@ def test_svhn_mat_files(tmp_path, cache, monkeypatch):
     www.mkdir()
     made = svhn_mats(www, n_train=20, n_test=6)
     with serve(www) as url:
-        monkeypatch.setattr(datasets, "SVHN", {
-            s: datasets.Remote(f"{url}/{s}_32x32.mat", sha256(www / f"{s}_32x32.mat"),
+        monkeypatch.setattr(image_sets, "SVHN", {
+            s: fetch.Remote(f"{url}/{s}_32x32.mat", sha256(www / f"{s}_32x32.mat"),
                                (www / f"{s}_32x32.mat").stat().st_size) for s in ("train", "test")})
-        train = datasets.load_images("svhn", "train", log=_quiet)
+        train = image_sets.load_images("svhn", "train", log=_quiet)
     x, y = made["train"]
     assert train.images.shape == (18, 3, 32, 32)
     # X[row, col, channel, i] is pixel (channel, row, col) of image i; label 10 is digit 0
     np.testing.assert_array_equal(train.images[3, 1], x[:, :, 1, 3])
     np.testing.assert_array_equal(train.labels, y[:18, 0] % 10)
     assert set(np.unique(train.labels)) <= set(range(10))
-    test = datasets.load_images("svhn", "test", log=_quiet)
+    test = image_sets.load_images("svhn", "test", log=_quiet)
     np.testing.assert_array_equal(test.images[5, 2], made["test"][0][:, :, 2, 5])
 
 
@@ -102,7 +102,7 @@ def test_user_supplied_copy_is_verified(tmp_path, cache):
     bad = tmp_path / "cifar-10-python.tar.gz"
     cifar_tarball(bad)
     with pytest.raises(DataError, match="sha256 differs"):
-        datasets.load_images("cifar10", "train", path=bad, log=_quiet)
+        image_sets.load_images("cifar10", "train", path=bad, log=_quiet)
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
@@ -111,7 +111,7 @@ def test_malicious_tar_is_refused(tmp_path, kind):
     evil_tar(evil, kind)
     dest = tmp_path / "out" / "inner"
     with pytest.raises(DataError, match="refusing"):
-        datasets.safe_extract(evil, dest)
+        fetch.safe_extract(evil, dest)
     assert not (tmp_path / "out" / "evil.txt").exists()
     assert not dest.exists() or not any(dest.rglob("*"))  # nothing at all was extracted
 
@@ -122,16 +122,16 @@ def test_malicious_zip_is_refused(tmp_path):
         zf.writestr("img_align_celeba/000001.jpg", image_bytes((8, 8), (0, 0, 0), "JPEG"))
         zf.writestr("../../evil.jpg", b"x")
     with pytest.raises(DataError, match=r"refusing.*climbs out"):
-        datasets.safe_extract(evil, tmp_path / "out")
+        fetch.safe_extract(evil, tmp_path / "out")
     with pytest.raises(DataError, match="refusing"):
-        datasets.ensure("celeba", path=evil, log=_quiet)
+        image_sets.ensure("celeba", path=evil, log=_quiet)
     assert not (tmp_path.parent / "evil.jpg").exists()
 
 
 def test_safe_extract_of_a_good_archive(tmp_path):
     www = tmp_path / "c.tar.gz"
     cifar_tarball(www, per_batch=2)
-    out = datasets.safe_extract(www, tmp_path / "x")
+    out = fetch.safe_extract(www, tmp_path / "x")
     assert (out / "cifar-10-batches-py" / "test_batch").is_file()
 
 
@@ -140,18 +140,18 @@ def test_celeba_zip_crops_and_official_partition(tmp_path, cache):
     numbers = [1, 2, 3, 162_770, 162_771, 182_637, 182_638, 202_599]
     celeba_zip(z, numbers, size=(44, 54))
     notes = []
-    npz = datasets.ensure("celeba", path=z, log=notes.append)
+    npz = image_sets.ensure("celeba", path=z, log=notes.append)
     assert any("not byte-identical" in n for n in notes)
-    sizes = {s: datasets.read_cache(npz, s).images.shape for s in ("train", "valid", "test")}
+    sizes = {s: image_sets.read_cache(npz, s).images.shape for s in ("train", "valid", "test")}
     assert sizes == {"train": (4, 3, 64, 64), "valid": (2, 3, 64, 64), "test": (2, 3, 64, 64)}
-    train = datasets.read_cache(npz, "train").images
+    train = image_sets.read_cache(npz, "train").images
     # a uniform image stays uniform through crop and resize (JPEG: within a few levels)
     assert abs(int(train[0, 1].mean()) - 100) <= 3 and abs(int(train[0, 2].mean()) - 200) <= 3
 
 
 def test_celeba_without_path_explains(cache):
     with pytest.raises(DataError, match="Google Drive"):
-        datasets.load_images("celeba", "train", log=_quiet)
+        image_sets.load_images("celeba", "train", log=_quiet)
 
 
 def test_folder_of_images_centre_crops(tmp_path, cache):
@@ -163,7 +163,7 @@ def test_folder_of_images_centre_crops(tmp_path, cache):
         data = image_bytes(size, (0, 0, 255), "PNG", centre=(255, 0, 0), centre_side=side)
         (folder / ("sub" if i % 3 == 0 else "") / f"im{i:02d}.png").write_bytes(data)
     (folder / "notes.txt").write_text("not an image")
-    split = {s: datasets.load_images("folder", s, path=folder, image_size=16, log=_quiet)
+    split = {s: image_sets.load_images("folder", s, path=folder, image_size=16, log=_quiet)
              for s in ("train", "valid", "test")}
     assert [split[s].images.shape[0] for s in ("train", "valid", "test")] == [16, 2, 2]
     x = np.concatenate([split[s].images for s in split])
@@ -177,7 +177,7 @@ def test_folder_of_greyscale_images_has_one_channel(tmp_path, cache):
     folder.mkdir()
     for i in range(5):
         (folder / f"{i}.png").write_bytes(image_bytes((20, 20), 10 * i, "PNG", mode="L"))
-    x = datasets.load_images("folder", "train", path=folder, image_size=8, log=_quiet).images
+    x = image_sets.load_images("folder", "train", path=folder, image_size=8, log=_quiet).images
     assert x.shape == (3, 1, 8, 8)
 
 
@@ -189,10 +189,10 @@ def test_tfd_mat(tmp_path, cache):
     folds = np.zeros((12, 5), np.int64)
     folds[:, 0] = [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 1, 0]
     savemat(tmp_path / "TFD_48x48.mat", {"images": images, "folds": folds})
-    split = {s: datasets.load_images("tfd", s, path=tmp_path / "TFD_48x48.mat", log=_quiet)
+    split = {s: image_sets.load_images("tfd", s, path=tmp_path / "TFD_48x48.mat", log=_quiet)
              for s in ("train", "valid", "test")}
     np.testing.assert_array_equal(split["train"].images[:, 0], images[[0, 1, 2, 3, 4, 10, 11]])
     np.testing.assert_array_equal(split["valid"].images[:, 0], images[[5, 6]])
     np.testing.assert_array_equal(split["test"].images[:, 0], images[[7, 8, 9]])
     with pytest.raises(DataError, match="not public"):
-        datasets.ensure("tfd", cache=tmp_path / "other", log=_quiet)
+        image_sets.ensure("tfd", cache=tmp_path / "other", log=_quiet)

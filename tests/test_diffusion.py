@@ -166,7 +166,8 @@ def test_short_run_lowers_loss_and_respaced_sampling():
     x = torch.from_numpy(toy("circle", 512, 0).images)
     first, last = short_fit(method, model, x, steps=150, batch=128)
     assert last < first * 0.7
-    from infusion.train import Data, compute_step_statistics
+    from infusion.data import Data
+    from infusion.train import compute_step_statistics
 
     compute_step_statistics(model, method, Data(x, x, (2,), pixels=False), 128)
     for steps in (5, 50, 60):

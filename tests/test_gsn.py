@@ -70,7 +70,8 @@ def test_short_run_lowers_loss_and_samples():
     model.prior.fit(x)
     first, last = short_fit(method, model, x, steps=150, batch=128)
     assert last < first - 1.0
-    from infusion.train import Data, compute_step_statistics
+    from infusion.data import Data
+    from infusion.train import compute_step_statistics
 
     data = Data(x, x, (2,), pixels=False)
     compute_step_statistics(model, method, data, 128)

@@ -12,6 +12,7 @@ from torch import nn
 
 from infusion import likelihood as lik
 from infusion.config import MethodConfig
+from infusion.data import parzen_space
 from infusion.methods.infusion import Infusion
 from infusion.operator import FactorialGaussianPrior
 
@@ -195,14 +196,15 @@ def test_sigma_selection_finds_the_kernel_width_and_grid_has_paper_value():
     assert est.extra["sigma"] in (0.2, 0.5) and est.per_example.shape == (1, 10)
     with pytest.raises(ValueError, match="at least one sample"):
         lik.parzen_log_prob(torch.zeros(0, 4), torch.zeros(1, 4), 1.0)
-    assert torch.equal(lik.parzen_points(raw), raw.reshape(20, -1).float() / 256)  # no noise
+    assert torch.equal(parzen_space(raw), raw.reshape(20, -1).float() / 256)  # no noise
 
 
 # ----------------------------------------------------------------------------- SPEC §6
 def test_step_statistics_are_exact_averages_of_batch_moments():
     from infusion.methods import build_method
     from infusion.nets import step_norms
-    from infusion.train import batches, compute_step_statistics, load_data
+    from infusion.data import load_data
+    from infusion.train import batches, compute_step_statistics
 
     from .conftest import tiny_config
 

@@ -10,9 +10,10 @@ import torch
 
 from infusion import checkpoint, config
 from infusion.chain import sample_chain
-from infusion.data import toy
+from infusion.data import load_data, toy
+from infusion.io import atomic_write
 from infusion.methods import build_method
-from infusion.train import RunError, load_data, train
+from infusion.train import RunError, train
 
 from .conftest import tiny_config
 
@@ -90,7 +91,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
 
     mask = os.umask(0o022)
     try:
-        checkpoint.atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+        atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
     finally:
         os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644

@@ -20,29 +20,15 @@ from typing import Any
 
 import torch
 
-from . import datasets
 from .chain import sample_chain
 from .config import Config
-from .data import TOYS, dequantize
+from .data import TOYS, shape_of, to_model_space
 from .ema import EMA
 from .methods import build_method
 
-# Training-set sizes (SPEC §1 and :mod:`infusion.datasets`) for the full-run estimate.
+# Training-set sizes (SPEC §1 and :mod:`infusion.data`) for the full-run estimate.
 TRAIN_SIZES = {"mnist": 50_000, "cifar10": 45_000, "svhn": 65_932, "celeba": 162_770,
                "tfd": 0, "folder": 0}
-
-
-def data_shape(cfg: Config) -> tuple[int, ...]:
-    """The shape of one example of ``cfg.data`` (no data is read)."""
-    name = cfg.data.name
-    if name == "mnist":
-        return (1, 28, 28)
-    if name in TOYS:
-        return (2,)
-    if name == "folder":
-        side = cfg.data.image_size or 64
-        return (3, side, side)
-    return datasets.SHAPES[name]
 
 
 def _sync(device: torch.device) -> None:
@@ -88,10 +74,11 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
           ) -> dict[str, Any]:
     """Measure one preset on one device; returns a plain dict of the figures. ``matmul_n``:
     side of the peak-measuring matrices (default 2048 on the CPU, 8192 on CUDA)."""
-    from .train import Data, compute_step_statistics, mixed_precision
+    from .data import Data
+    from .train import compute_step_statistics, mixed_precision
 
     B = batch_size or cfg.train.batch_size
-    shape = data_shape(cfg)
+    shape = shape_of(cfg.data)
     method = build_method(cfg.method)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
@@ -104,8 +91,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
         raw = 0.05 + 0.9 * torch.rand(B, *shape, generator=g, device=device)
 
     def batch() -> torch.Tensor:
-        x = dequantize(raw, g) if pixels else raw
-        return x.reshape(B, -1)
+        return to_model_space(raw, g)
 
     model.prior.fit(batch(), cfg.model.prior_var_floor)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)

@@ -1,21 +1,21 @@
-"""Checkpoints as plain data (DESIGN.md): atomic writes, a ``latest`` pointer, safe loading.
+"""Checkpoints as plain data (DESIGN.md): a ``latest`` pointer, safe loading, the export.
 
 A checkpoint is a dict of state dicts, the config as a dict, counters and RNG states, loadable
-with ``torch.load(weights_only=True)``. Files are written to a temporary name in the same
-directory and renamed into place, so a crash never leaves a half-written checkpoint.
+with ``torch.load(weights_only=True)``. Files are written through :func:`infusion.io.atomic_write`
+(a temporary name in the same directory, renamed into place), so a crash never leaves a
+half-written checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import Config, from_dict, to_dict
+from .io import atomic_write, save_npz  # noqa: F401 — train.py still calls ckpt_io.save_npz
 from .operator import ChainModel
 
 FORMAT = 1
@@ -24,39 +24,6 @@ LATEST = "latest"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not ours; the message names the path."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_npz(path: str | Path, **arrays) -> Path:
-    """Atomically write numpy arrays as an ``.npz`` file."""
-    import numpy as np
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(Path(path), write)
-    return Path(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:

@@ -98,7 +98,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     print(f"inpainted {args.n} {args.split} images x {args.chains} chains ({steps} steps, mask "
           f"{args.mask}): figure {png}, arrays {npz}")
     if args.classify:
-        from .checkpoint import atomic_write
+        from .io import atomic_write
         from .inpaint import classifier_consistency
         from .metrics import get_extractor
 
@@ -137,11 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from .data import ensure_mnist
+    from .data import ensure, ensure_mnist
 
     if args.name != "mnist":
-        from .datasets import ensure
-
         path = ensure(args.name, path=args.path, image_size=args.image_size)
         print(f"{args.name} ready: {path}")
         return

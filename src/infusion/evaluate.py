@@ -4,7 +4,7 @@ markdown table.
 
 Works on any method's checkpoint: metrics that need ``method.log_weight`` are skipped with a
 note when the method has none; classifier metrics are skipped for data the extractor does not
-take (e.g. 2-D toys, whose test split is ``toy(name, toy_size // 5, seed + 2)``).
+take (e.g. 2-D toys, whose test split is ``toy(name, max(2, toy_size // 5), seed + 2)``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import likelihood as lik
-from .checkpoint import atomic_write, save_npz
+from .io import atomic_write, save_npz
 
 METRICS = ("lb", "is", "is-iso", "parzen", "fid", "score", "coverage", "memorisation",
            "reversibility")
@@ -98,7 +98,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg.method)
-    splits = _splits(cfg)
+    splits = _splits(cfg, progress)
     report = {"checkpoint": ckpt_path, "preset": cfg.preset, "data": cfg.data.name,
               "method": cfg.method.name, "metrics": {}, "skipped": {}, "notes": notes,
               "settings": asdict(settings), "seconds": {}, "machine": machine()}
@@ -213,22 +213,20 @@ def _default_out(ckpt_path: str | None) -> Path:
     return run / "eval" / "report.json"
 
 
-def _splits(cfg) -> dict[str, torch.Tensor]:
+def _splits(cfg, progress: bool = True) -> dict[str, torch.Tensor]:
     """Raw train / valid / test data of the model's data set (uint8 pixels or 2-D points)."""
-    from . import datasets
-    from .data import load_mnist, toy
-    from .train import load_data
+    from .data import SPLITS, load_split
 
-    data = load_data(cfg, "cpu")
-    dc = cfg.data
-    if dc.name == "mnist":
-        test = torch.from_numpy(load_mnist("test").images)
-    elif dc.name in datasets.NAMES:  # natural images (CIFAR-10, SVHN, CelebA, TFD)
-        test = torch.from_numpy(datasets.load_images(dc.name, "test", path=dc.path,
-                                                     image_size=dc.image_size).images)
-    else:
-        test = torch.from_numpy(toy(dc.name, max(2, dc.toy_size // 5), dc.seed + 2).images)
-    return {"train": data.train, "valid": data.valid, "test": test}
+    return {s: torch.from_numpy(np.ascontiguousarray(load_split(cfg.data, s, progress=progress)
+                                                     .images)) for s in SPLITS}
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Raw data as classifier metrics and the memorisation check see them: pixels k/256
+    without noise, as for Parzen (SPEC §8); toy points as they are; shape kept."""
+    from .data import parzen_space
+
+    return parzen_space(x).reshape(x.shape)
 
 
 def _head(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -277,7 +275,6 @@ def _classifier_unsupported(s: EvalSettings, means: torch.Tensor) -> str | None:
 
 def _classifier_metrics(s, means, test, wanted, report, progress, log) -> dict:
     from . import metrics as mt
-    from .data import to_unit
 
     kw = {"progress": progress, "log": log} if s.extractor == "mnist-cnn" else {}
     if s.extractor_path:
@@ -285,19 +282,15 @@ def _classifier_metrics(s, means, test, wanted, report, progress, log) -> dict:
     ext = mt.get_extractor(s.extractor, **kw)
     report["extractor"] = {"name": ext.name, **getattr(ext, "info", {})}
     log(f"classifier metrics ({ext.name}): {', '.join(wanted)}")
-    reference = to_unit(_head(test, s.fid_reference)) if not test.is_floating_point() else test
+    reference = _unit(_head(test, s.fid_reference))
     return mt.sample_quality(ext, means, reference, wanted)
 
 
 def _memorisation(means, splits, s: EvalSettings, out_dir: Path, progress: bool) -> dict:
-    from .data import to_unit
     from .metrics import memorisation
 
-    def space(x):  # k/256 without noise, as for Parzen (SPEC §8); toy points as they are
-        return x.float() if x.is_floating_point() else to_unit(x)
-
     n = s.memo_samples or len(means)
-    return memorisation(means[:n], space(splits["train"]), space(_head(splits["test"], n)),
+    return memorisation(means[:n], _unit(splits["train"]), _unit(_head(splits["test"], n)),
                         out_dir if means.ndim == 4 else None, progress=progress)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write
+from .io import atomic_write
 
 
 def to_numpy(x) -> np.ndarray:

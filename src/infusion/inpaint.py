@@ -15,8 +15,8 @@ import torch
 
 from . import figures
 from .chain import sample_chain
-from .checkpoint import save_npz
 from .config import DataConfig
+from .io import save_npz
 from .operator import ChainModel
 
 HALVES = ("top", "bottom", "left", "right")
@@ -178,19 +178,15 @@ def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) 
 def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``n`` images of a split of ``data`` (a DataConfig, or a data set name) as k/256
     floats (N, C, H, W) (SPEC §1, no noise), and their labels (or None)."""
-    from . import datasets
-    from .data import load_mnist, to_unit
+    from .data import TOYS, load_split, to_unit
 
     dc = DataConfig(name=data) if isinstance(data, str) else data
     if n < 1:
         raise ValueError(f"n={n}: expected >= 1 images")
-    if dc.name == "mnist":
-        s = load_mnist(split)
-    elif dc.name in datasets.NAMES:
-        s = datasets.load_images(dc.name, split, path=dc.path, image_size=dc.image_size)
-    else:
+    if dc.name in TOYS:
         raise ValueError(f"inpainting needs an image data set; this model was trained on "
                          f"data.name={dc.name!r}")
+    s = load_split(dc, split)
     images = to_unit(torch.from_numpy(np.ascontiguousarray(s.images[:n])))
     labels = None if s.labels is None else torch.from_numpy(np.asarray(s.labels[:n]))
     return images, labels

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import dequantize, to_unit
+from .data import parzen_space, to_model_space
 
 # The Parzen bandwidth grid: logspace(-1, 0, 10) (Breuleux et al.) plus the paper's 0.17.
 SIGMA_GRID: tuple[float, ...] = tuple(float(s) for s in np.unique(np.r_[np.logspace(-1, 0, 10), 0.17]))
@@ -115,14 +115,6 @@ class Estimate:
                 **self.extra}
 
 
-def to_model_space(raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Flat model-space data (N, d): uint8 pixels dequantised afresh (SPEC §1) with
-    ``generator``, continuous (toy) data as it is."""
-    raw = torch.as_tensor(raw)
-    x = raw.float() if raw.is_floating_point() else dequantize(raw, generator)
-    return x.reshape(len(raw), -1)
-
-
 def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int = 0,
                         repeats: int = 1, batch_size: int = 1000, isotropic: bool = False,
                         ks: Sequence[int] | None = None,
@@ -208,22 +200,14 @@ def select_sigma(samples: torch.Tensor, valid: torch.Tensor,
     return max(table, key=table.get), table
 
 
-def parzen_points(raw: torch.Tensor) -> torch.Tensor:
-    """Data as the Parzen estimator sees it (SPEC §8): pixels k -> k/256 without noise,
-    continuous points as they are; flat (N, d)."""
-    raw = torch.as_tensor(raw)
-    x = raw.float() if raw.is_floating_point() else to_unit(raw)
-    return x.reshape(len(raw), -1)
-
-
 def parzen_estimate(samples: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
                     grid: Sequence[float] = SIGMA_GRID, chunk: int = 2048,
                     progress: bool = False) -> Estimate:
     """The Parzen-window test log-likelihood of SPEC §8: σ chosen on ``valid`` over ``grid``,
     then the test mean and standard error. ``samples`` are the chain's final means; valid and
     test are raw data (uint8 pixels become k/256, no noise)."""
-    sigma, table = select_sigma(samples, parzen_points(valid), grid, chunk, progress)
-    values = parzen_log_prob(samples, parzen_points(test), sigma, chunk, progress)
+    sigma, table = select_sigma(samples, parzen_space(valid), grid, chunk, progress)
+    values = parzen_log_prob(samples, parzen_space(test), sigma, chunk, progress)
     return Estimate.from_array(values.numpy(), sigma=sigma, valid_by_sigma=table,
                                n_samples=len(samples), n_valid=len(valid))
 

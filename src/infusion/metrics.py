@@ -15,7 +15,6 @@ name with :func:`register_extractor`. Built in:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -29,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write
 from .data import cache_dir, load_mnist, to_unit
+from .io import atomic_write, sha256
 
 
 # ----------------------------------------------------------------------------- plug-in protocol
@@ -161,10 +160,6 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int =
     return hits / max(len(x), 1)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_or_train_classifier(settings: ClassifierSettings = ClassifierSettings(), *,
                              cache: str | Path | None = None, progress: bool = False,
                              log: Callable[[str], object] = print) -> tuple[MnistCNN, dict]:
@@ -177,7 +172,7 @@ def load_or_train_classifier(settings: ClassifierSettings = ClassifierSettings()
     path = folder / settings.cache_name()
     record = path.with_name(path.name + ".sha256")
     if path.exists():
-        if not record.exists() or record.read_text().split()[0] != _sha256(path):
+        if not record.exists() or record.read_text().split()[0] != sha256(path):
             raise RuntimeError(f"classifier cache {path} fails its sha256 check ({record}); "
                                "delete both files to train it again")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -191,7 +186,7 @@ def load_or_train_classifier(settings: ClassifierSettings = ClassifierSettings()
             "train_seconds": time.time() - t0, "torch": str(torch.__version__)}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save({"model": net.state_dict(), **info}, tmp))
-    atomic_write(record, lambda tmp: tmp.write_text(f"{_sha256(path)}  {path.name}\n"))
+    atomic_write(record, lambda tmp: tmp.write_text(f"{sha256(path)}  {path.name}\n"))
     log(f"classifier test accuracy {acc:.4f} ({info['train_seconds']:.0f} s)")
     return net, info | {"path": str(path)}
 
@@ -240,7 +235,7 @@ class TorchScriptExtractor:
         else:
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
         self.name, self.size, self.channels, self.batch_size = name, size, channels, batch_size
-        self.info = {"path": str(path), "sha256": _sha256(Path(path))}
+        self.info = {"path": str(path), "sha256": sha256(Path(path))}
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels and x.shape[1] != self.channels:

@@ -145,7 +145,8 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
 
     Returns ``{figure: path}`` for those written and ``{figure: "skipped: why"}`` for the rest.
     """
-    from .train import load_data, load_ready_model
+    from .data import load_data
+    from .train import load_ready_model
 
     run = Path(run_dir)
     if not run.is_dir():

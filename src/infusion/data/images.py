@@ -2,7 +2,9 @@
 
 Every set is cached once as ``<cache>/<name>/<name>-uint8.npz`` (uint8 images (N, C, H, W),
 int64 labels where the set has them, splits ``train``/``valid``/``test``) next to a
-``.sha256`` record that is verified on every load, exactly like MNIST in :mod:`infusion.data`.
+``.sha256`` record that is verified on every load, exactly like MNIST
+(:mod:`infusion.data.cache`). Downloads and archives go through :mod:`infusion.data.fetch`:
+sha256-verified, and archives refused whole if any member is unsafe.
 
 Sources:
   * ``cifar10``: the python tarball from cs.toronto.edu (sha256-verified download, or a copy
@@ -23,10 +25,6 @@ Sources:
     square and resized to ``image_size`` (default 64), RGB unless every image is greyscale;
     a fixed permutation (seed 0) puts 10% in valid and 10% in test. The cache is keyed by the
     folder's listing (names, sizes, times), so a changed folder is read afresh.
-
-Archives are checked member by member before anything is read out of them: a member whose
-path is absolute or climbs out of the target directory (``..``), or that is a link or a
-device, makes the whole archive refused.
 """
 
 from __future__ import annotations
@@ -35,40 +33,19 @@ import contextlib
 import hashlib
 import io
 import pickle
-import stat
-import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .data import (
-    SPLITS,
-    DataError,
-    Split,
-    _ArraysOnly,
-    _download,
-    _sha256,
-    _write_cache,
-    cache_dir,
-    verify_record,
-)
+from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
+from .fetch import ArraysOnly, Remote, check_archive, fetch_remote, given_copy, safe_extract
 
 NAMES = ("cifar10", "svhn", "celeba", "tfd", "folder")
 SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "celeba": (3, 64, 64), "tfd": (1, 48, 48)}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-@dataclass(frozen=True)
-class Remote:
-    """A file at a canonical address, with its sha256 and size in bytes."""
-
-    url: str
-    sha256: str
-    size: int
 
 
 # Module-level so that tests can point them at small local files.
@@ -88,19 +65,22 @@ CELEBA_MD5 = "00d2c5bc6d35e252742224ab0c1e8fcb"  # img_align_celeba.zip as distr
 
 def load_images(name: str, split: str, *, path: str | Path = "", image_size: int = 0,
                 cache: str | Path | None = None, timeout: float = 30.0,
-                log: Callable[[str], object] = print) -> Split:
+                log: Callable[[str], object] = print, progress: bool = True) -> Split:
     """One split ("train", "valid", "test") of data set ``name``: uint8 images (N, C, H, W) and
     int64 labels (or None), from the verified cache, filled from the source on first use."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    npz = ensure(name, path=path, image_size=image_size, cache=cache, timeout=timeout, log=log)
+    npz = ensure(name, path=path, image_size=image_size, cache=cache, timeout=timeout, log=log,
+                 progress=progress)
     return read_cache(npz, split)
 
 
 def ensure(name: str, *, path: str | Path = "", image_size: int = 0,
            cache: str | Path | None = None, timeout: float = 30.0,
-           log: Callable[[str], object] = print) -> Path:
-    """Make sure the cache holds data set ``name`` (verified) and return the npz's path."""
+           log: Callable[[str], object] = print, progress: bool = True) -> Path:
+    """Make sure the cache holds data set ``name`` (verified) and return the npz's path.
+    ``log`` gets a status line or two when the cache is built; ``progress`` shows bars for
+    downloads and image decoding."""
     if name not in NAMES:
         raise DataError(f"unknown image data set {name!r}: expected one of {', '.join(NAMES)}")
     root = (Path(cache) if cache is not None else cache_dir()) / name
@@ -112,15 +92,16 @@ def ensure(name: str, *, path: str | Path = "", image_size: int = 0,
         read_cache(npz, None)
         return npz
     root.mkdir(parents=True, exist_ok=True)
-    build = {"cifar10": lambda: _cifar10(root, path, timeout, log),
-             "svhn": lambda: _svhn(root, path, timeout, log),
-             "celeba": lambda: _celeba(path, log),
+    build = {"cifar10": lambda: _cifar10(root, path, timeout, log, progress),
+             "svhn": lambda: _svhn(root, path, timeout, log, progress),
+             "celeba": lambda: _celeba(path, log, progress),
              "tfd": lambda: _tfd(path),
-             "folder": lambda: _folder(path, image_size or 64, log)}[name]
+             "folder": lambda: _folder(path, image_size or 64, progress)}[name]
+    log(f"{name}: not in the cache yet, building it once from its source")
     arrays = build()
     for s in SPLITS:
         _check_images(arrays[f"{s}_x"], f"{name} {s} split")
-    _write_cache(npz, arrays)
+    write_cache(npz, arrays)
     log(f"{name}: cached at {npz}")
     return npz
 
@@ -146,109 +127,6 @@ def _check_images(x: np.ndarray, where: object) -> None:
         raise DataError(f"{where}: images are {x.dtype}{x.shape}, expected uint8 (N, 1|3, H, W)")
 
 
-# ----------------------------------------------------------------------------- archives
-
-
-def _unsafe_reason(name: str, kind: str) -> str | None:
-    """Why an archive member may not be extracted (None if it may)."""
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or (p.parts and p.parts[0].endswith(":")):
-        return "an absolute path"
-    if ".." in p.parts:
-        return "a path that climbs out of the target directory"
-    if kind not in ("file", "dir"):
-        return f"a {kind}"
-    return None
-
-
-def _tar_kind(m: tarfile.TarInfo) -> str:
-    return ("file" if m.isfile() else "dir" if m.isdir() else "symlink" if m.issym()
-            else "hard link" if m.islnk() else "device or fifo")
-
-
-def _zip_kind(info: zipfile.ZipInfo) -> str:
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "dir" if info.is_dir() else "file"
-
-
-def check_archive(path: str | Path) -> list[str]:
-    """The member names of a tar or zip archive, after checking that every member is a plain
-    file or directory inside the target directory; DataError naming the first one that is not."""
-    path = Path(path)
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                members = [(i.filename, _zip_kind(i)) for i in zf.infolist()]
-        else:
-            with tarfile.open(path) as tf:
-                members = [(m.name, _tar_kind(m)) for m in tf.getmembers()]
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path} is not a readable tar or zip archive ({e})") from None
-    for name, kind in members:
-        reason = _unsafe_reason(name, kind)
-        if reason:
-            raise DataError(f"{path}: refusing the archive, member {name!r} is {reason}")
-    return [n for n, k in members if k == "file"]
-
-
-def safe_extract(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a tar or zip archive into dest after :func:`check_archive` (all members are
-    checked before anything is written); every written path is confirmed to lie under dest."""
-    archive, dest = Path(archive), Path(dest)
-    files = check_archive(archive)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    with _reader(archive) as read:
-        for name in files:
-            target = (root / name).resolve()
-            if root not in target.parents:
-                raise DataError(f"{archive}: refusing member {name!r} (it resolves outside {dest})")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(read(name))
-    return dest
-
-
-@contextlib.contextmanager
-def _reader(archive: Path) -> Iterator[Callable[[str], bytes]]:
-    """A function reading one member's bytes out of a zip or tar archive."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            yield zf.read
-    else:
-        with tarfile.open(archive) as tf:
-            yield lambda name: tf.extractfile(name).read()
-
-
-def _fetch(remote: Remote, dest: Path, timeout: float, log: Callable[[str], object]) -> Path:
-    """dest if it already holds the verified file, else a verified download of it."""
-    if dest.is_file():
-        if _sha256(dest) == remote.sha256:
-            return dest
-        raise DataError(f"{dest} does not match the sha256 of {remote.url} ({remote.sha256}): "
-                        "delete it to download afresh")
-    log(f"downloading {remote.url} ({remote.size / 1e6:.0f} MB)")
-    try:
-        _download(remote.url, dest, remote.sha256, timeout=timeout, max_bytes=remote.size)
-    except DataError as e:
-        raise DataError(f"could not download {remote.url} ({e}). If this machine is offline, "
-                        f"copy the file there by hand to {dest} (sha256 {remote.sha256})") from None
-    return dest
-
-
-def _given(path: str | Path, remote: Remote) -> Path:
-    """A user-supplied copy of a remote file, checked against its sha256."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"data.path={str(path)!r}: no such file")
-    if _sha256(p) != remote.sha256:
-        raise DataError(f"data.path={str(path)!r} is not {remote.url} (sha256 differs from "
-                        f"{remote.sha256})")
-    return p
-
-
 def _split_off_valid(x: np.ndarray, y: np.ndarray | None, n_valid: int,
                      test: tuple[np.ndarray, np.ndarray | None]) -> dict[str, np.ndarray]:
     """Cache arrays: the last n_valid training examples become the validation split."""
@@ -265,10 +143,11 @@ def _split_off_valid(x: np.ndarray, y: np.ndarray | None, n_valid: int,
 # ----------------------------------------------------------------------------- sources
 
 
-def _cifar10(root: Path, path: str | Path, timeout: float, log) -> dict[str, np.ndarray]:
+def _cifar10(root: Path, path: str | Path, timeout: float, log,
+             progress: bool) -> dict[str, np.ndarray]:
     """CIFAR-10 python tarball -> 45k/5k/10k uint8 (N, 3, 32, 32) with labels."""
-    tarball = _given(path, CIFAR10) if path else _fetch(CIFAR10, root / "cifar-10-python.tar.gz",
-                                                         timeout, log)
+    tarball = (given_copy(path, CIFAR10) if path else
+               fetch_remote(CIFAR10, root / "cifar-10-python.tar.gz", timeout, log, progress))
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         safe_extract(tarball, tmp)
         batches = Path(tmp) / "cifar-10-batches-py"
@@ -286,7 +165,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR batch: {b'data': uint8 (n, 3072), b'labels': [n ints]}."""
     try:
         with open(path, "rb") as f:
-            d = _ArraysOnly(f, encoding="bytes").load()
+            d = ArraysOnly(f, encoding="bytes").load()
         x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d[b"labels"], np.int64)
     except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
@@ -296,13 +175,14 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _svhn(root: Path, path: str | Path, timeout: float, log) -> dict[str, np.ndarray]:
+def _svhn(root: Path, path: str | Path, timeout: float, log,
+          progress: bool) -> dict[str, np.ndarray]:
     """SVHN cropped digits (.mat) -> train/valid (last 10%)/test uint8 (N, 3, 32, 32)."""
     loaded = {}
     for split, remote in SVHN.items():
         fname = remote.url.rsplit("/", 1)[1]
-        mat = (_given(Path(path) / fname, remote) if path
-               else _fetch(remote, root / fname, timeout, log))
+        mat = (given_copy(Path(path) / fname, remote) if path
+               else fetch_remote(remote, root / fname, timeout, log, progress))
         loaded[split] = _svhn_mat(mat)
     x, y = loaded["train"]
     out = _split_off_valid(x, y, max(1, len(x) // 10), loaded["test"])
@@ -388,14 +268,15 @@ def centre_crop(img, crop: int | None, size: int):
 
 
 def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int | None,
-            size: int, mode: str, desc: str, log) -> np.ndarray:
+            size: int, mode: str, desc: str, progress: bool) -> np.ndarray:
     """Decode, crop and resize images into a uint8 (n, C, size, size) array."""
     from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
 
     c = 3 if mode == "RGB" else 1
     out = np.empty((n, c, size, size), np.uint8)
-    for i, (name, read) in enumerate(tqdm(items, total=n, desc=desc, leave=False)):
+    bar = tqdm(items, total=n, desc=desc, leave=False, disable=not progress)
+    for i, (name, read) in enumerate(bar):
         try:
             with Image.open(io.BytesIO(read())) as img:
                 arr = np.asarray(centre_crop(img.convert(mode), crop, size), np.uint8)
@@ -405,7 +286,7 @@ def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int 
     return out
 
 
-def _folder(path: str | Path, size: int, log) -> dict[str, np.ndarray]:
+def _folder(path: str | Path, size: int, progress: bool) -> dict[str, np.ndarray]:
     """Every image under a directory -> centre crops, split 80/10/10 by a fixed permutation."""
     from PIL import Image
 
@@ -416,14 +297,14 @@ def _folder(path: str | Path, size: int, log) -> dict[str, np.ndarray]:
                         f"({', '.join(IMAGE_SUFFIXES)}); need at least 3 (train, valid, test)")
     grey = all(Image.open(p).mode in ("1", "L", "I;16", "I") for p in files)
     x = _decode(((str(p), p.read_bytes) for p in files), len(files), None, size,
-                "L" if grey else "RGB", f"reading {folder}", log)
+                "L" if grey else "RGB", f"reading {folder}", progress)
     order = np.random.default_rng(0).permutation(len(files))
     k = max(1, len(files) // 10)
     parts = {"test": order[:k], "valid": order[k:2 * k], "train": order[2 * k:]}
     return {f"{s}_x": x[np.sort(idx)] for s, idx in parts.items()}
 
 
-def _celeba(path: str | Path, log) -> dict[str, np.ndarray]:
+def _celeba(path: str | Path, log, progress: bool) -> dict[str, np.ndarray]:
     """CelebA aligned images (zip or folder) -> 64×64 centre crops, official partition."""
     if not path:
         raise DataError(
@@ -456,7 +337,7 @@ def _celeba(path: str | Path, log) -> dict[str, np.ndarray]:
         for s in SPLITS:
             names = [n for k, n in numbered if _celeba_split(k) == s]
             out[f"{s}_x"] = _decode(((n, files[n]) for n in names), len(names), CELEBA_CROP,
-                                    CELEBA_SIZE, "RGB", f"CelebA {s}", log)
+                                    CELEBA_SIZE, "RGB", f"CelebA {s}", progress)
     return out
 
 

@@ -1,0 +1,108 @@
+"""The data entrance (SPEC §1): which data set, which split, and raw data → model space.
+
+:func:`load_split` is the one dispatch over every ``data.name`` of the config (MNIST, the
+2-D toys, the image sets); :func:`shape_of` gives one example's shape without reading data;
+:func:`load_data` keeps the training and validation splits on a device as :class:`Data`.
+Splits come raw — uint8 pixels (N, C, H, W) or float32 toy points (N, 2) — and
+:func:`to_model_space` (training, likelihoods: fresh dequantisation) or :func:`parzen_space`
+(Parzen, k/256 without noise) map them into model space.
+
+The sources live beside this file: :mod:`.mnist`, :mod:`.images` (CIFAR-10, SVHN, CelebA,
+TFD, a folder), :mod:`.toys`; :mod:`.cache` holds the verified cache every set is kept in,
+:mod:`.fetch` verified downloads and safe archive extraction, :mod:`.space` the pixel maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
+from .fetch import Remote, check_archive, safe_extract
+from .images import NAMES, SHAPES, ensure, load_images
+from .mnist import ensure_mnist, load_mnist, read_idx
+from .space import dequantize, from_unit, parzen_space, to_model_space, to_unit
+from .toys import TOYS, toy, toy_split
+
+if TYPE_CHECKING:
+    from ..config import Config, DataConfig
+
+__all__ = [
+    "SPLITS", "DataError", "Split", "cache_dir", "verify_record", "write_cache",
+    "Remote", "check_archive", "safe_extract",
+    "NAMES", "SHAPES", "ensure", "load_images",
+    "ensure_mnist", "load_mnist", "read_idx",
+    "dequantize", "from_unit", "parzen_space", "to_model_space", "to_unit",
+    "TOYS", "toy", "toy_split",
+    "load_split", "shape_of", "Data", "load_data",
+]
+
+_write_cache = write_cache  # its old name; tests/test_conv.py still uses it
+
+
+def load_split(cfg: DataConfig, split: str, *, progress: bool = True) -> Split:
+    """Split ``split`` ("train", "valid" or "test") of the data set ``cfg`` names, raw: uint8
+    images (N, C, H, W) with int64 labels (or None), or float32 toy points (N, 2).
+
+    Image sets come from their verified caches (filled from the source on first use, with a
+    status line and, if ``progress``, bars); toys are drawn afresh (:func:`toy_split`).
+    ``cfg.n_train`` > 0 keeps only the first n examples of the training split."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    name = cfg.name
+    if name == "mnist":
+        s = load_mnist(split, progress=progress)
+    elif name in TOYS:
+        s = toy_split(name, split, cfg.toy_size, cfg.seed)
+    elif name in NAMES:
+        s = load_images(name, split, path=cfg.path, image_size=cfg.image_size, progress=progress)
+    else:
+        raise DataError(f"unknown data set data.name={name!r}: expected one of "
+                        f"{', '.join(('mnist', *TOYS, *NAMES))}")
+    if split == "train" and cfg.n_train:
+        n = cfg.n_train
+        s = Split(s.images[:n], None if s.labels is None else s.labels[:n])
+    return s
+
+
+def shape_of(cfg: DataConfig) -> tuple[int, ...]:
+    """The shape of one example of the data set ``cfg`` names, without reading any data (an
+    image folder is taken to be RGB)."""
+    if cfg.name == "mnist":
+        return (1, 28, 28)
+    if cfg.name in TOYS:
+        return (2,)
+    if cfg.name == "folder":
+        side = cfg.image_size or 64
+        return (3, side, side)
+    if cfg.name in SHAPES:
+        return SHAPES[cfg.name]
+    raise DataError(f"unknown data set data.name={cfg.name!r}: expected one of "
+                    f"{', '.join(('mnist', *TOYS, *NAMES))}")
+
+
+@dataclass
+class Data:
+    """Splits as stored (uint8 pixels, or float 2-D points), and the map into model space."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    shape: tuple[int, ...]
+    pixels: bool  # uint8 pixels that get dequantised (SPEC §1); else continuous toy points
+
+    def model_space(self, raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Flat model-space batch (B, d): dequantised pixels (SPEC §1) or the points as they are."""
+        return to_model_space(raw, generator)
+
+
+def load_data(cfg: Config, device: torch.device | str = "cpu", *,
+              progress: bool = True) -> Data:
+    """Training and validation splits for ``cfg.data``, kept on ``device``."""
+    train, valid = (load_split(cfg.data, s, progress=progress).images for s in ("train", "valid"))
+    pixels = train.dtype == np.uint8
+    t = torch.from_numpy(np.ascontiguousarray(train)).to(device)
+    v = torch.from_numpy(np.ascontiguousarray(valid)).to(device)
+    return Data(t, v, tuple(train.shape[1:]), pixels)
