@@ -18,7 +18,7 @@ import torch
 
 from infusion import config
 from infusion.bench import bench, format_report
-from infusion.train import resolve_device
+from infusion.runtime import resolve_device
 
 COLUMNS = [("preset", "preset", "{}"), ("device", "device", "{}"),
            ("precision", "precision", "{}"), ("batch_size", "batch", "{}"),

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from infusion import config
-from infusion.chain import sample_chain
+from infusion import config, train
 from infusion.checkpoint import load_model
 from infusion.data import load_mnist, to_unit
 from infusion.likelihood import parzen_estimate
-from infusion.train import resolve_device, train
+from infusion.runtime import resolve_device
+from infusion.sampler import sample_chain
 
 PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "walkback": "mnist-walkback",
            "gsn": "mnist-gsn"}
@@ -60,7 +60,7 @@ def step_counts(method: str, cfg: config.Config, requested: tuple[int, ...]) -> 
     if method == "infusion":
         return sorted({T, 2 * T} | {s for s in requested if T <= s <= 2 * T})
     if method == "walkback":
-        return [T + cfg.method.vw_extra]
+        return [T + cfg.method.walkback.extra]
     return [cfg.sample.steps or T]  # gsn: one long chain
 
 

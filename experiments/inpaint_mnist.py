@@ -27,7 +27,7 @@ from infusion.inpaint import (
     save_inpainting,
 )
 from infusion.metrics import get_extractor
-from infusion.train import load_ready_model
+from infusion.runtime import load_ready_model
 
 
 def main(argv=None) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infusion.chain import sample_chain
-from infusion.train import load_ready_model
+from infusion.runtime import load_ready_model
+from infusion.sampler import sample_chain
 
 
 def measure(checkpoint: str, steps: list[int] | None = None, n: int = 5000, n_reference: int = 10000,

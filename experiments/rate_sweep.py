@@ -112,7 +112,7 @@ def test_bound(run: Path, n: int, seed: int = 0) -> float:
 
 def run_point(p: Point, s: dict, out: Path, seed: int, device: str, log) -> dict:
     """Train (or reuse) one grid point and return its results row."""
-    from infusion.train import train
+    from infusion import train
 
     run = out / "runs" / p.name
     result_file = run / "result.json"

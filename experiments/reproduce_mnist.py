@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from infusion import config as config_mod
-from infusion.io import atomic_write
+from infusion import train
 from infusion.evaluate import PAPER_MNIST, EvalSettings, evaluate, machine
-from infusion.train import train
+from infusion.io import atomic_write
 
 
 def training_seconds(run_dir: Path) -> float:

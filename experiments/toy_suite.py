@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infusion import config
-from infusion.chain import sample_chain
+from infusion import config, train
 from infusion.checkpoint import load_model
 from infusion.data import toy
-from infusion.train import train
+from infusion.sampler import sample_chain
 
 METHODS = {"infusion": "spiral", "walkback": "spiral-walkback", "gsn": "spiral-gsn",
            "diffusion": "spiral-diffusion"}

@@ -41,13 +41,23 @@ def tiny_config(**sections) -> config.Config:
     }
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v}
-    return config.from_dict(base).validate()
+    # flat method keys (``omega``, ``vw_n1``, ``diff_predict``) into their method's section
+    method = {}
+    for k, v in base["method"].items():
+        section, key = config._FLAT_METHOD_KEYS.get(k, (None, k))
+        if section is not None:
+            method.setdefault(section, {})[key] = v
+        elif k in config.METHOD_SETTINGS:
+            method.setdefault(k, {}).update(v)
+        else:
+            method[k] = v
+    return config.from_dict({**base, "method": method}).validate()
 
 
 @pytest.fixture(scope="session")
 def spiral_run(tmp_path_factory):
     """The `spiral` preset trained once for the session (about 20 s on 2 cores)."""
-    from infusion.train import train
+    from infusion import train
 
     run = tmp_path_factory.mktemp("spiral")
     torch.manual_seed(123)  # must not matter: training uses its own generators

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infusion import cli, config
+from infusion import cli, config, train
 from infusion.bench import bench, matmul_peak
 from infusion.ema import EMA
-from infusion.train import mixed_precision, train
+from infusion.runtime import mixed_precision
 
 from .conftest import tiny_config
 
@@ -68,7 +68,7 @@ def test_ema_is_saved_resumed_and_sampled(tmp_path):
         return torch.load(tmp_path / run / "checkpoints" / name, weights_only=True)
 
     state = load("straight", "epoch-0002.pt")
-    assert state["ema"]["updates"] == state["step"] > 0
+    assert state["ema"]["updates"] == state["state"]["step"] > 0
     final = load("straight", "final.pt")["model"]
     for k, v in state["ema"]["shadow"].items():
         assert torch.equal(final[k], v), k  # the final checkpoint holds the EMA weights
@@ -86,11 +86,11 @@ def test_bf16_autocast_keeps_the_heads_in_fp32():
     ctx = mixed_precision(model, torch.device("cpu"), "bf16")
     z = torch.rand(8, 2)
     with ctx():
-        a_mu, _ = model.op.net(z, 1)
-        inner = model.op.net.linears[0](z)
+        a_mu, _ = model.net(z, 1)
+        inner = model.net.linears[0](z)
     assert inner.dtype == torch.bfloat16 and a_mu.dtype == torch.float32
     with mixed_precision(model, torch.device("cpu"), "auto")():
-        assert model.op.net.linears[0](z).dtype == torch.float32
+        assert model.net.linears[0](z).dtype == torch.float32
 
 
 def test_bf16_training_runs(tmp_path):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from infusion.config import ConfigError, MethodConfig, ModelConfig, override
+from infusion.config import ConfigError, InfusionSettings, MethodConfig, ModelConfig, override
 from infusion.methods import build_method
 from infusion.nets import step_norms
 
@@ -16,7 +16,8 @@ from .conftest import tiny_config
 
 
 def _model_and_method(**method):
-    cfg = MethodConfig(**{"T": 4, "alpha0": 0.1, "omega": 0.2, "loss": "bound", **method})
+    settings = InfusionSettings(**{"alpha0": 0.1, "omega": 0.2, "loss": "bound", **method})
+    cfg = MethodConfig(T=4, infusion=settings)
     m = build_method(cfg)
     torch.manual_seed(0)
     model = m.build_model((6,), ModelConfig(hidden=(16,)))
@@ -33,7 +34,7 @@ def test_bound_loss_is_minus_log_weight_for_the_same_draws():
     # A different draw gives a different value, so the equality above is not vacuous.
     assert not torch.allclose(loss, m.loss(model, x, torch.Generator().manual_seed(6)))
     # And it is not the denoising loss.
-    den = build_method(MethodConfig(T=4, alpha0=0.1, omega=0.2)).loss(
+    den = build_method(MethodConfig(T=4, infusion=InfusionSettings(alpha0=0.1, omega=0.2))).loss(
         model, x, torch.Generator().manual_seed(5))
     assert not torch.allclose(loss, den)
 
@@ -55,7 +56,7 @@ def test_gradients_reach_the_first_step_through_the_draws():
         mean, var = model(z, t)
         z = (mean + var.sqrt() * torch.randn(x.shape)).detach()
     mean, var = model(z, m.T)
-    from infusion.operator import normal_log_prob
+    from infusion.distributions import normal_log_prob
 
     (-normal_log_prob(x, mean, var)).mean().backward()
     assert all(float(n.weight.grad[0].abs().sum()) == 0 for n in step_norms(model))
@@ -63,13 +64,13 @@ def test_gradients_reach_the_first_step_through_the_draws():
 
 def test_config_accepts_bound_and_rejects_others():
     cfg = override(tiny_config(), ["method.loss=bound"])
-    assert cfg.method.loss == "bound"
-    with pytest.raises(ConfigError, match="method.loss"):
+    assert cfg.method.infusion.loss == "bound"
+    with pytest.raises(ConfigError, match=r"method\.infusion\.loss"):
         override(tiny_config(), ["method.loss=elbo"])
 
 
 def test_bound_training_raises_the_validation_bound_and_records_figures(tmp_path):
-    from infusion.train import train
+    from infusion import train
 
     cfg = tiny_config(method={"loss": "bound"},
                       train={"epochs": 3, "record_chains_at": (0, 2), "record_chains_n": 5,

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from infusion.chain import infuse, infusion_rates, log_q_mixture
 from infusion.config import ModelConfig
+from infusion.distributions import log_q_mixture, normal_log_prob
+from infusion.methods.infusion import infuse, infusion_rates
 from infusion.nets import StepBatchNorm
-from infusion.operator import ChainModel, normal_log_prob
+from infusion.operator import GaussianChainModel
 
 
 def test_rates_follow_schedule_and_clip():
@@ -105,7 +106,7 @@ def test_statistics_pass_stores_exact_per_step_averages():
 
 
 def test_operator_heads_are_in_range():
-    model = ChainModel((1, 4, 4), T=3, cfg=ModelConfig(hidden=(8,)))
+    model = GaussianChainModel((1, 4, 4), T=3, cfg=ModelConfig(hidden=(8,)))
     z = torch.randn(16, 16) * 10
     mean, var = model(z, 2)
     assert mean.shape == var.shape == (16, 16)

@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from infusion import config, data
+from infusion import config, data, train
 from infusion.nets import ConvGenerator, StepBatchNorm, build_net
-from infusion.train import train
 
 
 def _deconvs(net: nn.Module) -> list[nn.ConvTranspose2d]:
@@ -34,7 +33,7 @@ def test_preset_networks_follow_the_paper(name, side, n_deconv):
     assert all(n.steps == cfg.method.T for n in net.norms)
     a_mu, a_sigma = net(torch.empty(2, d, device="meta"), 1)
     assert a_mu.shape == a_sigma.shape == (2, d)
-    assert (cfg.method.T, cfg.method.omega, cfg.method.alpha0) == (
+    assert (cfg.method.T, cfg.method.infusion.omega, cfg.method.infusion.alpha0) == (
         (20, 0.02, 0.0) if name == "cifar10" else (15, 0.01, 0.0))
 
 

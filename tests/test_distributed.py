@@ -1,4 +1,4 @@
-"""Data-parallel training: 2 processes (gloo, loopback) reproduce 1 process (issue 6)."""
+"""Data-parallel training on plain DDP: 2 gloo processes on the loopback (issue 11)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
-from infusion import config
 from infusion.distributed import shard_bounds
-from infusion.train import train
 
 
 def test_shard_bounds_cover_the_batch_in_order():
@@ -21,46 +16,83 @@ def test_shard_bounds_cover_the_batch_in_order():
     assert [shard_bounds(1, r, 2) for r in range(2)] == [(0, 1), (1, 1)]
 
 
-# 275 points in batches of 50: five full batches split 25/25 and a last one of 25 split 13/12;
-# 55 validation points in batches of 50 and 5 (3/2).
-SETTINGS = ["data.toy_size=275", "model.hidden=32,32", "method.T=4", "train.batch_size=50",
-            "train.valid_examples=55", "sample.n=8", "sample.chains=2", "train.epochs=2"]
-
-
-# Same global batches, same noise, whole-batch batch-norm statistics: only the order of
-# float32 sums differs (BN sums split over 2 processes, gradients averaged over 2). Measured
-# on one step, the gradients agree to 1e-6 relative; after 12 Adam steps the losses agree to
-# about 1e-7 relative. A real difference (per-process noise or statistics, a wrong gradient
-# scale) moves these numbers by 1e-2 or more. (Adam magnifies rounding in the biases that
-# feed batch norm, whose true gradient is 0, so raw weights are not compared; the samples
-# they produce are.)
-def test_two_processes_give_the_one_process_loss_curve(tmp_path):
+def _torchrun(tmp_path, args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "INFUSION_CACHE": str(tmp_path / "cache")}
     if os.path.exists("/sys/class/net/lo"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo over the loopback interface
     # rendezvous on 127.0.0.1, port 0: torchrun binds a free port itself (no race for one)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0",
-           "-m", "infusion", "train", "--preset", "spiral", "--run-dir", str(tmp_path / "two"),
-           "--device", "cpu", "--quiet"] + [a for s in SETTINGS for a in ("--set", s)]
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        cfg = config.override(config.preset("spiral"), SETTINGS)  # meanwhile, one process
-        train(cfg, tmp_path / "one", device="cpu", progress=False, log=lambda s: None)
-        out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-3000:]
-    assert out.count("epoch 1:") == 1  # rank 0 alone logs
-    assert out.count("final checkpoint:") == 1
+           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
-    def curve(run):
-        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").open()]
 
-    two, one = curve("two"), curve("one")
-    assert len(two) == len(one) == cfg.train.epochs
-    for a, b in zip(two, one):
-        for key in ("train_loss", "valid_loss", "valid_bound"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-5), (key, a, b)
-    # the samples agree too (same per-sample seeds)
-    s2 = np.load(tmp_path / "two" / "samples.npz")["means"]
-    s1 = np.load(tmp_path / "one" / "samples.npz")["means"]
-    np.testing.assert_allclose(s2, s1, rtol=0, atol=1e-4)
+# Each process: the same model, its shard of one global batch (25 + 24 rows), a deterministic
+# loss through per-step batch norm. After DDP the gradient on every process must equal the
+# one-process gradient of the mean loss over the whole batch: this checks the sharding, the
+# loss scaling for unequal shards, DDP's average and the whole-batch batch-norm statistics
+# (without them, each shard would normalise with its own moments and the gradients differ).
+GRADIENT_SCRIPT = """
+import json, sys, torch
+import torch.distributed as dist
+from infusion import config, distributed
+from infusion.methods.base import Method
+
+class Deterministic(Method):
+    name = "infusion"
+    def build_model(self, shape, cfg):
+        raise AssertionError
+    def loss(self, model, x, generator):
+        mean, var = model(x, 1)
+        return ((mean - x.flip(1)) ** 2 / var).sum(-1)
+
+ctx, dev = distributed.setup(torch.device("cpu"))
+cfg = config.preset("spiral")
+torch.manual_seed(0)
+from infusion.operator import GaussianChainModel
+model = GaussianChainModel((2,), 3, cfg.model)
+ref = GaussianChainModel((2,), 3, cfg.model)
+ref.load_state_dict(model.state_dict())
+method = Deterministic(cfg.method)
+x = torch.rand(49, 2, generator=torch.Generator().manual_seed(1))
+idx = torch.arange(49)
+step = distributed.DataParallelLoss(model, method, ctx, dev)
+objective, mean_loss = step(x[step.shard(idx)], len(idx), None)
+objective.backward()
+method.loss(ref, x, None).mean().backward()
+# relative to the whole gradient's norm (the biases that feed batch norm have a true gradient
+# of 0, so their own relative error is rounding over rounding)
+diff = sum(float((p.grad - q.grad).square().sum()) for p, q in zip(model.parameters(), ref.parameters()))
+norm = sum(float(q.grad.square().sum()) for q in ref.parameters())
+err = (diff / norm) ** 0.5
+ref_loss = float(method.loss(ref, x, None).mean())
+json.dump({"err": err, "loss": mean_loss, "ref_loss": ref_loss},
+          open(sys.argv[1] + f".{ctx.rank}.json", "w"))
+distributed.finish(ctx)
+"""
+
+
+def test_ddp_gradient_equals_the_one_process_gradient(tmp_path):
+    script = tmp_path / "grad.py"
+    script.write_text(GRADIENT_SCRIPT)
+    res = _torchrun(tmp_path, [str(script), str(tmp_path / "out")], timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"out.{rank}.json").read_text())
+        assert r["err"] < 1e-5, r  # |g_ddp - g| / |g|
+        assert abs(r["loss"] - r["ref_loss"]) < 1e-5 * abs(r["ref_loss"]), r
+
+
+def test_torchrun_trains_walkback_end_to_end(tmp_path):
+    settings = ["data.toy_size=256", "model.hidden=16,16", "method.T=3", "train.batch_size=50",
+                "train.valid_examples=55", "sample.n=8", "sample.chains=2", "train.epochs=2"]
+    run = tmp_path / "two"
+    res = _torchrun(tmp_path, ["-m", "infusion", "train", "--preset", "spiral-walkback",
+                               "--run-dir", str(run), "--device", "cpu", "--quiet"]
+                    + [a for s in settings for a in ("--set", s)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("epoch 1:") == 1  # rank 0 alone logs
+    assert res.stdout.count("final checkpoint:") == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(abs(r["valid_bound"]) < 1e6 for r in rows)

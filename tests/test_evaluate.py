@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from infusion import evaluate as ev
+from infusion import train
 from infusion.cli import main
 from infusion.likelihood import LOW_DIM_SIGMA_GRID
-from infusion.train import train
 
 from .conftest import tiny_config
 
@@ -50,7 +50,9 @@ def test_methods_without_log_weight_are_skipped(toy_run, tmp_path, monkeypatch):
 
     real = methods.build_method
 
-    class NoLikelihood:
+    class NoLikelihood:  # the infusion method, declaring no likelihood
+        name, has_likelihood, has_infusion_chain, has_reversibility = "infusion", False, False, False
+
         def __init__(self, cfg):
             self.inner = real(cfg)
 
@@ -63,7 +65,7 @@ def test_methods_without_log_weight_are_skipped(toy_run, tmp_path, monkeypatch):
     monkeypatch.setattr(methods, "build_method", NoLikelihood)
     rep = ev.evaluate(toy_run, "lb,is,parzen", tmp_path / "r.json", SMALL, **QUIET)
     assert set(rep["metrics"]) == {"parzen"}
-    assert "log_weight" in rep["skipped"]["lb"] and "log_weight" in rep["skipped"]["is"]
+    assert "no likelihood" in rep["skipped"]["lb"] and "no likelihood" in rep["skipped"]["is"]
 
 
 def test_reversibility_is_skipped_for_infusion(toy_run, tmp_path):

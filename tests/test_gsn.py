@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infusion.chain import sample_chain
 from infusion.config import ModelConfig
+from infusion.distributions import normal_log_prob
 from infusion.methods import build_method
 from infusion.methods.gsn import GSN, corrupt
-from infusion.operator import normal_log_prob
+from infusion.sampler import sample_chain
 
 from .conftest import short_fit, tiny_config
 
@@ -39,7 +39,7 @@ def test_corruptions():
 
 def test_loss_is_walkback_against_clean_target():
     method, model = _setup()
-    assert isinstance(method, GSN) and not hasattr(method, "log_weight")
+    assert isinstance(method, GSN) and not method.has_likelihood
     x = torch.rand(16, 2)
     loss = method.loss(model, x, torch.Generator().manual_seed(0))
     assert loss.shape == (16,) and torch.isfinite(loss).all()
@@ -54,7 +54,7 @@ def test_loss_is_walkback_against_clean_target():
             z = (mean + var.sqrt() * torch.randn(x.shape, generator=g)).detach()
     assert torch.allclose(ref, loss, atol=1e-5)
     loss.mean().backward()
-    assert all(p.grad is not None for p in model.op.parameters())
+    assert all(p.grad is not None for p in model.net.parameters())
 
 
 def test_transition_needs_corruption_noise():
@@ -71,7 +71,7 @@ def test_short_run_lowers_loss_and_samples():
     first, last = short_fit(method, model, x, steps=150, batch=128)
     assert last < first - 1.0
     from infusion.data import Data
-    from infusion.train import compute_step_statistics
+    from infusion.runtime import compute_step_statistics
 
     data = Data(x, x, (2,), pixels=False)
     compute_step_statistics(model, method, data, 128)

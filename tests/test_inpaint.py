@@ -16,7 +16,7 @@ from .conftest import tiny_config
 @pytest.fixture
 def mnist_run(tiny_mnist, tmp_path):
     """A tiny model trained for one epoch on the fake MNIST of conftest."""
-    from infusion.train import train
+    from infusion import train
 
     cfg = tiny_config(data={"name": "mnist", "n_train": 0}, model={"hidden": (24,)},
                       method={"T": 3, "alpha0": 0.1, "omega": 0.3},

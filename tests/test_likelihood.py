@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from infusion import likelihood as lik
-from infusion.config import MethodConfig
+from infusion.config import InfusionSettings, MethodConfig
 from infusion.data import parzen_space
 from infusion.methods.infusion import Infusion
 from infusion.operator import FactorialGaussianPrior
@@ -54,7 +54,7 @@ class LinearGaussianChain(nn.Module):
 
 def _setup(T=3):
     model = LinearGaussianChain(T=T).double()
-    method = Infusion(MethodConfig(T=T, alpha0=0.1, omega=0.2, target_var=1e-2))
+    method = Infusion(MethodConfig(T=T, infusion=InfusionSettings(alpha0=0.1, omega=0.2, target_var=1e-2)))
     x = model.draw(40, seed=1).double()
     return model, method, x, model.exact_log_prob(x)
 
@@ -109,6 +109,8 @@ def test_isotropic_output_changes_only_the_final_variance():
 class _Recorder:
     """A stand-in method: ℓ = Σ x + noise·0; records the batch sizes it was called with."""
 
+    name, has_likelihood = "recorder", True
+
     def __init__(self):
         self.rows, self.seen = [], []
 
@@ -118,11 +120,17 @@ class _Recorder:
         return x.sum(-1) + 0 * torch.rand(len(x), generator=generator, dtype=x.dtype)
 
 
+def _ready(module: nn.Module) -> nn.Module:
+    """A stand-in model with the statistics flag the likelihood code checks."""
+    module.stats_ready = True
+    return module
+
+
 @pytest.mark.parametrize("k,batch", [(1, 7), (5, 7), (13, 4), (3, 1000)])
 def test_log_weights_layout_and_bounded_batches(k, batch):
     x = torch.randn(11, 3, generator=torch.Generator().manual_seed(0))
     rec = _Recorder()
-    lw = lik.log_weights(nn.Linear(1, 1), rec, x, k, torch.Generator(), batch_size=batch)
+    lw = lik.log_weights(_ready(nn.Linear(1, 1)), rec, x, k, torch.Generator(), batch_size=batch)
     assert lw.shape == (11, k)
     assert torch.allclose(lw, x.double().sum(-1, keepdim=True).expand(11, k))
     assert max(rec.rows) <= batch and sum(rec.rows) == 11 * k
@@ -131,7 +139,7 @@ def test_log_weights_layout_and_bounded_batches(k, batch):
 def test_data_is_dequantised_afresh_and_stats_are_required(tiny_mnist):
     raw = torch.from_numpy(tiny_mnist["test_x"][:6])
     rec = _Recorder()
-    model = nn.Linear(1, 1)
+    model = _ready(nn.Linear(1, 1))
     lik.estimate_likelihood(model, rec, raw, 2, seed=0, repeats=2, batch_size=100)
     first, second = (x.reshape(6, 2, -1) for x in rec.seen)  # (example, draw, d)
     k = raw.reshape(6, 1, -1).float()
@@ -146,8 +154,9 @@ def test_data_is_dequantised_afresh_and_stats_are_required(tiny_mnist):
     model.stats_ready = False
     with pytest.raises(RuntimeError, match="statistics"):
         lik.log_weights(model, rec, points, 1, None)
-    with pytest.raises(ValueError, match="log_weight"):
-        lik.log_weights(nn.Linear(1, 1), object(), points, 1, None)
+    no_likelihood = type("NoLikelihood", (), {"name": "gsn", "has_likelihood": False})()
+    with pytest.raises(ValueError, match="no likelihood"):
+        lik.log_weights(_ready(nn.Linear(1, 1)), no_likelihood, points, 1, None)
 
 
 # ----------------------------------------------------------------------------- Parzen
@@ -201,10 +210,10 @@ def test_sigma_selection_finds_the_kernel_width_and_grid_has_paper_value():
 
 # ----------------------------------------------------------------------------- SPEC §6
 def test_step_statistics_are_exact_averages_of_batch_moments():
+    from infusion.data import load_data
     from infusion.methods import build_method
     from infusion.nets import step_norms
-    from infusion.data import load_data
-    from infusion.train import batches, compute_step_statistics
+    from infusion.runtime import batches, compute_step_statistics
 
     from .conftest import tiny_config
 
@@ -218,7 +227,7 @@ def test_step_statistics_are_exact_averages_of_batch_moments():
     # Manual pass: the same batches and noise, batch statistics, recording the first hidden
     # layer's pre-norm activations at every step.
     seen: list[torch.Tensor] = []
-    hook = model.op.net.linears[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    hook = model.net.linears[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
     g = torch.Generator().manual_seed(5)
     model.train()
     with torch.no_grad():

@@ -12,7 +12,7 @@ from .conftest import tiny_config
 
 
 def _train(run, **train):
-    from infusion.train import train as fit
+    from infusion.trainer import train as fit
 
     cfg = tiny_config(data={"name": "mnist"}, model={"hidden": (24,)},
                       method={"T": 3, "alpha0": 0.1, "omega": 0.3},

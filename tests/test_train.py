@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from infusion import checkpoint, config
-from infusion.chain import sample_chain
 from infusion.data import load_data, toy
 from infusion.io import atomic_write
 from infusion.methods import build_method
-from infusion.train import RunError, train
+from infusion.sampler import sample_chain
+from infusion.trainer import RunError, train
 
 from .conftest import tiny_config
 
@@ -67,7 +67,7 @@ def test_sampling_requires_step_statistics():
     cfg = tiny_config()
     method = build_method(cfg.method)
     model = method.build_model((2,), cfg.model)
-    with pytest.raises(RuntimeError, match="SPEC §6"):
+    with pytest.raises(RuntimeError, match="algorithms.md §6"):
         sample_chain(model, 4)
 
 
@@ -75,15 +75,20 @@ def test_checkpoint_round_trip(spiral_run, tmp_path):
     model, cfg = checkpoint.load_model(spiral_run / "checkpoints" / "final.pt")
     assert cfg.preset == "spiral" and model.stats_ready
     ckpt = torch.load(spiral_run / "checkpoints" / "final.pt", weights_only=True)
-    again, _ = checkpoint.build_model(ckpt)
+    again, _ = checkpoint.build_model(ckpt["config"], ckpt["shape"], ckpt["model"], "final.pt")
     for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
-    out = checkpoint.export(model, cfg, tmp_path / "export")
+    out = checkpoint.save_pretrained(model, cfg, tmp_path / "export")
     from safetensors.torch import load_file
 
     tensors = load_file(str(out / "model.safetensors"))
     assert torch.equal(tensors["prior.mean"], model.prior.mean)
     assert json.loads((out / "config.json").read_text())["config"]["preset"] == "spiral"
+    # the export loads back (from_pretrained, and load_model on the folder) to the same model
+    for loaded, _ in (checkpoint.from_pretrained(out), checkpoint.load_model(out)):
+        for k, v in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
+        assert loaded.stats_ready and loaded.sample_steps == cfg.sample_steps
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
@@ -143,7 +148,7 @@ def test_early_stopping(tmp_path):
 def test_bad_settings_give_clear_errors():
     with pytest.raises(config.ConfigError, match="unknown preset 'nope'"):
         config.preset("nope")
-    with pytest.raises(config.ConfigError, match=r"method.alpha0=1.5.*\[0, 1\]"):
+    with pytest.raises(config.ConfigError, match=r"method.infusion.alpha0=1.5.*\[0, 1\]"):
         config.override(config.preset("mnist"), ["method.alpha0=1.5"])
     with pytest.raises(config.ConfigError, match="expected int"):
         config.override(config.preset("mnist"), ["train.epochs=three"])

@@ -11,10 +11,10 @@ import torch
 from infusion import config
 from infusion.config import ModelConfig
 from infusion.data import toy
+from infusion.distributions import normal_log_prob
 from infusion.likelihood import importance_sampling, log_weights, lower_bound
 from infusion.methods import build_method
 from infusion.methods.walkback import Walkback, reversibility
-from infusion.operator import normal_log_prob
 
 from .conftest import short_fit, tiny_config
 
@@ -39,15 +39,16 @@ def test_levels_follow_algorithm_1():
     assert _model(_method(vw_schedule="sqrt2")).temperature(2) == pytest.approx(2.0)
 
 
-def test_operator_temperature_scales_std():
-    # σ = T·softplus(F_σ): at level 2 (temperature 4) the std is 4×; batch norm off, since
-    # its per-level slots would give each level its own F
-    m = _method()
+def test_operator_temperature_scales_the_variance():
+    # variance T·σ² (Algorithm 1): at level 2 (temperature 4) the variance is 4×, the std 2×;
+    # batch norm off, since its per-level slots would give each level its own F. Version 0.1
+    # scaled the std (temperature_scales="std"): 4× the std.
     s = torch.rand(8, 2)
-    model = _model(m, batch_norm=False)
-    _, v0 = model.transition(s, 0)
-    _, v2 = model.transition(s, 2)
-    assert torch.allclose(v2.sqrt(), 4 * v0.sqrt())
+    for scales, factor in (("variance", 4.0), ("std", 16.0)):
+        model = _model(_method(walkback={"temperature_scales": scales}), batch_norm=False)
+        _, v0 = model.transition(s, 0)
+        _, v2 = model.transition(s, 2)
+        assert torch.allclose(v2, factor * v0), scales
 
 
 def test_loss_shape_finite_and_no_gradient_through_heating():
@@ -63,7 +64,7 @@ def test_loss_shape_finite_and_no_gradient_through_heating():
     # the same trajectory rebuilt by hand, with detached states, gives the same gradient
     model.zero_grad()
     g = torch.Generator().manual_seed(0)
-    n = int(torch.randint(0, m.cfg.vw_n1 + 1, (), generator=g))
+    n = int(torch.randint(0, m.settings.n1 + 1, (), generator=g))
     states = m.heat(model, x, n, g)
     assert not any(s.requires_grad for s in states)
     ref = -model.prior.log_prob(states[-1])
@@ -88,7 +89,7 @@ def test_prior_moves_to_hot_moments_in_training_only():
     x = torch.rand(32, 2)
     m.loss(model, x, g)
     g = torch.Generator().manual_seed(1)
-    n = int(torch.randint(0, m.cfg.vw_n1 + 1, (), generator=g))
+    n = int(torch.randint(0, m.settings.n1 + 1, (), generator=g))
     hot = m.heat(model, x, n, g)[-1]
     assert torch.allclose(model.prior.mean, hot.mean(0), atol=1e-5)
     assert torch.allclose(model.prior.var, hot.var(0, unbiased=False), atol=1e-5)
@@ -120,9 +121,9 @@ def _linear_gaussian_model(m, a=0.5, b=-1.0):
 def test_eq10_importance_sampling_matches_closed_form():
     m = _method(vw_alpha=0.5, vw_sigma_max=10.0)
     model = _linear_gaussian_model(m).eval()
-    c = 1 - m.cfg.vw_alpha
+    c = 1 - m.settings.alpha
     sigma = float(torch.nn.functional.softplus(torch.tensor(-1.0)))
-    levels = m.levels(m.cfg.vw_extra)  # heating step t uses levels[t-1]
+    levels = m.levels(m.settings.extra)  # heating step t uses levels[t-1]
     K = len(levels)
     # p(s_0): s_K ~ p*, s_{t-1} = c·s_t + T_t·σ·ε  =>  Gaussian with these moments
     mean = c ** K * model.prior.mean
@@ -141,7 +142,7 @@ def test_eq10_is_exact_for_a_reversible_stationary_chain():
     reversible): heating is then the exact posterior and every draw of ℓ equals log p(x)."""
     m = _method(T=1, vw_alpha=0.4, vw_sigma_max=10.0)
     model = _linear_gaussian_model(m, b=-0.5)
-    c = 1 - m.cfg.vw_alpha
+    c = 1 - m.settings.alpha
     sigma2 = float(torch.nn.functional.softplus(torch.tensor(-0.5))) ** 2
     model.prior.mean.zero_()
     model.prior.var.fill_(sigma2 / (1 - c * c))
@@ -152,10 +153,11 @@ def test_eq10_is_exact_for_a_reversible_stationary_chain():
 
 
 def test_reversibility_known_answers():
-    class Toy:  # a stand-in with the model surface reversibility() needs
+    class Toy(torch.nn.Module):  # a stand-in with the model surface reversibility() needs
         d, T = 2, 1
 
         def __init__(self, rotate):
+            super().__init__()
             self.rotate = rotate
             self.prior = type("P", (), {"mean": torch.zeros(2),
                                         "sample": staticmethod(lambda e: e)})()
@@ -176,9 +178,9 @@ def test_reversibility_known_answers():
 
 
 def test_spiral_preset_trains_and_samples(tmp_path):
-    from infusion.chain import sample_chain
+    from infusion import train
     from infusion.checkpoint import load_model
-    from infusion.train import train
+    from infusion.sampler import sample_chain
 
     cfg = config.override(tiny_config(method={"name": "walkback", "T": 3, "vw_n1": 1,
                                               "vw_extra": 2}), ["sample.steps=5"])
@@ -195,8 +197,8 @@ def test_spiral_preset_trains_and_samples(tmp_path):
 
 def test_walkback_figures_and_reversibility_come_from_the_shared_paths(tmp_path):
     from infusion import evaluate as ev
+    from infusion import train
     from infusion.paper_figures import make_figures
-    from infusion.train import train
 
     cfg = config.override(tiny_config(method={"name": "walkback", "T": 3, "vw_n1": 1,
                                               "vw_extra": 2}), ["sample.steps=5"])

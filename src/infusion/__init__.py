@@ -2,7 +2,8 @@
 
 Infusion Training (Bordes, Honari & Vincent, ICLR 2017) and the methods it is measured against,
 sharing one operator, one sampler, one trainer and one set of evaluations. The public API is
-re-exported here lazily, so ``import infusion`` stays cheap.
+re-exported here lazily, so ``import infusion`` stays cheap. A name is always one thing:
+``infusion.train`` is the training function (the loop lives in :mod:`infusion.trainer`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "config", "preset": "config", "override": "config", "PRESETS": "config",
     "ConfigError": "config",
-    "ChainModel": "operator", "TransitionOperator": "operator",
+    "ChainModel": "operator", "GaussianChainModel": "operator",
     "FactorialGaussianPrior": "operator",
-    "infuse": "chain", "infusion_rates": "chain", "sample_chain": "chain", "Samples": "chain",
-    "train": "train", "compute_step_statistics": "train",
-    "load_model": "checkpoint", "export": "checkpoint",
+    "Method": "methods", "METHODS": "methods", "build_method": "methods",
+    "sample_chain": "sampler", "run_chain": "sampler", "Samples": "sampler",
+    "train": "trainer",
+    "compute_step_statistics": "runtime", "load_ready_model": "runtime",
+    "load_model": "checkpoint", "save_pretrained": "checkpoint", "from_pretrained": "checkpoint",
+    "export": "checkpoint",
     "sample_to_file": "sample",
-    "load_mnist": "data", "toy": "data",
+    "load_mnist": "data", "toy": "data", "load_split": "data",
     "log_weights": "likelihood", "estimate_likelihood": "likelihood",
     "parzen_log_prob": "likelihood", "parzen_estimate": "likelihood",
     "EvalSettings": "evaluate", "frechet_distance": "metrics", "get_extractor": "metrics",

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from .chain import sample_chain
 from .config import Config
 from .data import TOYS, shape_of, to_model_space
 from .ema import EMA
 from .methods import build_method
+from .sampler import sample_chain
 
 # Training-set sizes (SPEC §1 and :mod:`infusion.data`) for the full-run estimate.
 TRAIN_SIZES = {"mnist": 50_000, "cifar10": 45_000, "svhn": 65_932, "celeba": 162_770,
@@ -75,7 +75,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
     """Measure one preset on one device; returns a plain dict of the figures. ``matmul_n``:
     side of the peak-measuring matrices (default 2048 on the CPU, 8192 on CUDA)."""
     from .data import Data
-    from .train import compute_step_statistics, mixed_precision
+    from .runtime import compute_step_statistics, mixed_precision
 
     B = batch_size or cfg.train.batch_size
     shape = shape_of(cfg.data)
@@ -97,7 +97,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     if cfg.train.compile:
-        model.op.net.compile()
+        model.net.compile()
     autocast = mixed_precision(model, device, cfg.train.precision)
     bf16 = autocast is not contextlib.nullcontext
 

@@ -1,9 +1,10 @@
-"""Checkpoints as plain data (DESIGN.md): a ``latest`` pointer, safe loading, the export.
+"""Checkpoints and exported models as plain data (DESIGN.md): safe loading, a ``latest``
+pointer, and the inference format ``config.json`` + ``model.safetensors``.
 
 A checkpoint is a dict of state dicts, the config as a dict, counters and RNG states, loadable
-with ``torch.load(weights_only=True)``. Files are written through :func:`infusion.io.atomic_write`
-(a temporary name in the same directory, renamed into place), so a crash never leaves a
-half-written checkpoint.
+with ``torch.load(weights_only=True)`` and written atomically (:func:`infusion.io.atomic_write`).
+Everything that takes a model — a checkpoint file, a run directory, or an exported folder —
+goes through :func:`load_model`, which also migrates what older versions wrote.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from typing import Any
 
 import torch
 
-from .config import Config, from_dict, to_dict
-from .io import atomic_write, save_npz  # noqa: F401 — train.py still calls ckpt_io.save_npz
+from .config import Config, ConfigError, from_dict, to_dict
+from .errors import UserError
+from .io import atomic_write
 from .operator import ChainModel
 
 FORMAT = 1
 LATEST = "latest"
+EXPORT_FILES = ("config.json", "model.safetensors")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or not ours; the message names the path."""
 
 
@@ -36,8 +39,15 @@ def set_latest(ckpt_dir: Path, name: str) -> None:
     atomic_write(Path(ckpt_dir) / LATEST, lambda tmp: tmp.write_text(name + "\n"))
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is an exported model folder (``config.json`` + ``model.safetensors``)."""
+    p = Path(path)
+    return p.is_dir() and all((p / f).is_file() for f in EXPORT_FILES)
+
+
 def resolve(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory / its ``checkpoints/`` folder -> the latest checkpoint."""
+    """A checkpoint file, or a run directory / its ``checkpoints/`` folder -> the latest
+    checkpoint (the ``latest`` pointer names a file inside that folder, nothing else)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
@@ -45,16 +55,22 @@ def resolve(path: str | Path) -> Path:
         ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
         pointer = ckpt_dir / LATEST
         if not pointer.is_file():
-            raise CheckpointError(f"{str(p)!r} is a directory without a checkpoints/latest pointer; "
-                                  "is it a run directory?")
-        p = ckpt_dir / pointer.read_text().strip()
+            raise CheckpointError(f"{str(p)!r} is neither a run directory (no checkpoints/latest "
+                                  f"pointer) nor an exported model ({' + '.join(EXPORT_FILES)})")
+        name = pointer.read_text().strip()
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{str(pointer)!r} must name a file in {str(ckpt_dir)!r}, "
+                                  f"not {name!r}")
+        p = ckpt_dir / name
         if not p.is_file():
-            raise CheckpointError(f"{str(pointer)!r} points to {p.name!r}, which does not exist")
+            raise CheckpointError(f"{str(pointer)!r} points to {name!r}, which does not exist")
     return p
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``); clear errors for bad files."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", *,
+         weights_only: bool = False) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``torch.load(weights_only=True)``); clear errors for bad
+    files. ``weights_only``: also accept a file with weights but no config (``best.pt``)."""
     p = resolve(path)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
@@ -62,34 +78,91 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {type(e).__name__}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise CheckpointError(f"{str(p)!r} is not an infusion checkpoint (format {FORMAT})")
+    if not weights_only and ("config" not in ckpt or "shape" not in ckpt):
+        raise CheckpointError(f"{str(p)!r} holds weights only (e.g. best.pt); load the run "
+                              "directory, final.pt or an epoch-*.pt training state instead")
     ckpt["path"] = str(p)
     return ckpt
 
 
-def build_model(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
-    """The :class:`ChainModel` and :class:`Config` stored in a loaded checkpoint."""
+def migrate_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameter names of version 0.1 in today's layout: the paper's model kept its network
+    under ``op.net.``, every model now has it under ``net.``."""
+    return {("net." + k[len("op.net."):] if k.startswith("op.net.") else k): v
+            for k, v in sd.items()}
+
+
+def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], where: str,
+                device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
+    """The model and :class:`Config` for a stored config dict, data shape and state dict."""
     from .methods import build_method
 
-    cfg = from_dict(ckpt["config"])
-    model = build_method(cfg.method).build_model(tuple(ckpt["shape"]), cfg.model)
-    model.load_state_dict(ckpt["model"])
+    try:
+        cfg = from_dict(config).validate()
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: its config is not valid here: {e}") from None
+    model = build_method(cfg.method).build_model(tuple(int(s) for s in shape), cfg.model)
+    try:
+        model.load_state_dict(migrate_state_dict(state))
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: the weights do not fit the model its config "
+                              f"describes: {e}") from None
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and
+           not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{where} holds non-finite weights (NaN or inf, e.g. {bad[0]}): "
+                              "the run diverged; use an earlier checkpoint")
+    model.sample_steps = cfg.sample_steps  # the run's default T' (sample.steps)
     return model.to(device), cfg
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
-    """Checkpoint file or run directory -> (model on ``device`` in eval mode, config)."""
-    model, cfg = build_model(load(path), device)
+    """A checkpoint file, run directory or exported folder -> (model on ``device`` in eval mode,
+    config). Its ``sample_steps`` is the run's ``sample.steps`` (or T): the default everywhere."""
+    if is_export(path):
+        return from_pretrained(path, device)
+    ckpt = load(path)
+    model, cfg = build_model(ckpt["config"], ckpt["shape"], ckpt["model"], ckpt["path"], device)
     return model.eval(), cfg
 
 
-def export(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path:
-    """Inference export: ``config.json`` + ``model.safetensors`` (DESIGN.md)."""
+def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path:
+    """Inference export: ``config.json`` (the config and data shape) + ``model.safetensors``
+    (fp32 weights and buffers, the per-step batch-norm statistics included)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"config": to_dict(cfg), "shape": list(model.shape)}
-    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": to_dict(cfg), "shape": list(model.shape)}
+    tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point()
+               else v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return out
+
+
+export = save_pretrained  # the name of version 0.1
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[ChainModel, Config]:
+    """An exported folder (:func:`save_pretrained`) -> (model in eval mode, config)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not is_export(p):
+        raise CheckpointError(f"{str(p)!r} is not an exported model: expected "
+                              f"{' and '.join(EXPORT_FILES)} in it")
+    try:
+        meta = json.loads((p / "config.json").read_text())
+        config, shape = meta["config"], meta["shape"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{str(p / 'config.json')!r} is not an export's config: "
+                              f"{type(e).__name__}: {e}") from None
+    try:
+        state = load_file(str(p / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {str(p / 'model.safetensors')!r}: {e}") from None
+    model, cfg = build_model(config, shape, state, str(p), device)
+    return model.eval(), cfg

@@ -1,28 +1,23 @@
-"""Data-parallel training on PyTorch's own engine (issue 6): ``torchrun -m infusion train``.
+"""Data-parallel training with PyTorch's own DistributedDataParallel: ``torchrun -m infusion
+train`` (one process per GPU, or gloo processes on CPUs).
 
-Each process holds the data and draws the same global minibatch, the same dequantisation and
-the same chain noise (every generator is seeded identically), so everything outside the
-operator network is replicated and exact. The network runs on this process's contiguous
-shard of the rows only, inside :class:`~torch.nn.parallel.DistributedDataParallel`; its
-outputs are gathered back into the whole batch, and per-step batch norm uses the statistics
-of the whole batch (its sums are all-reduced, as ``SyncBatchNorm`` does). A run on N
-processes therefore computes the same losses, gradients and weights as one process with the
-same global batch, up to the order of floating-point sums. (This is what a
-``DistributedSampler`` does with a shared seed, without a data loader: the data live on the
-device and every process indexes its shard of each global minibatch.)
+As in nanoGPT, DDP wraps a module whose forward returns the loss: :class:`LossModule` runs the
+method's whole training chain (``method.loss``) on this process's contiguous shard of every
+global minibatch, and DDP averages the gradients. Every method trains this way, whatever its
+model calls inside the chain. Each process draws its own chain noise (seed + rank).
 
-Gradients: every process computes the same loss J of the whole batch. The gather's backward
-sums, over processes, the gradients each one holds for this shard's outputs (a reduce-scatter,
-written as an all-reduce then a slice); that gives each shard W·∂J/∂(its outputs) for W
-processes, and DDP's average over processes then yields exactly ∂J/∂θ. The same holds when
-gradients flow through the chain's draws (the bound loss of SPEC §5).
+One thing plain DDP does not give: the per-step batch norm (algorithms.md §2, §6) must
+normalise with the statistics of the whole global batch, as one process would; each process
+only sees its shard. During the training step every :class:`~infusion.nets.StepBatchNorm`
+therefore sums its batch moments over the processes (a differentiable all-reduce, as
+``SyncBatchNorm`` does), which is also why ``nn.SyncBatchNorm`` itself does not fit: its
+statistics are not per step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +75,9 @@ def agree(ctx: Context, flag: bool) -> bool:
     """True on every process if it is true on any (e.g. rank 0's wall-clock limit)."""
     if ctx.world == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -93,10 +90,18 @@ def finish(ctx: Context) -> None:
             dist.destroy_process_group()
 
 
-def _comm_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+_IN_STEP = False  # inside a data-parallel training step (every process computes one)
+
+
+def same_on_all_ranks(value: int) -> int:
+    """Rank 0's ``value`` on every process during a data-parallel training step (a random
+    choice per global minibatch, e.g. walkback's n, on which the steps' collectives depend);
+    the value itself elsewhere (one process, or work that rank 0 does alone)."""
+    if not _IN_STEP:
+        return value
+    out = [value]
+    dist.broadcast_object_list(out, src=0)
+    return int(out[0])
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -127,74 +132,66 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return _AllReduceSum.apply(x)
 
 
-class _GatherRows(torch.autograd.Function):
-    """Concatenate every process's rows (shards of sizes from :func:`shard_bounds`)."""
+class LossModule(nn.Module):
+    """``forward(x, generator) -> (B,)``: the method's per-example training loss of ``model``.
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, n: int) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        bounds = [shard_bounds(n, r, world) for r in range(world)]
-        rows = max(hi - lo for lo, hi in bounds)
-        padded = x.new_zeros((rows, *x.shape[1:]))
-        padded[: len(x)] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
-        ctx.lo, ctx.hi = bounds[rank]
-        return torch.cat([p[: hi - lo] for p, (lo, hi) in zip(parts, bounds)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)  # a reduce-scatter: this shard's gradient summed over processes
-        return grad[ctx.lo: ctx.hi], None
-
-
-class ShardedChain(nn.Module):
-    """A :class:`~infusion.operator.ChainModel` whose operator runs data-parallel.
-
-    Called like the model, ``forward(z, t)`` with the whole batch z (B, d) on every process;
-    returns the whole batch's (μ, σ²). Any other attribute (``prior``, ``T``, ``shape``, …)
-    is the wrapped model's. The wrapped model keeps its own parameters and state dict (save
-    that one); :meth:`unshard` restores it for single-process use (sampling, figures).
+    The unit DDP wraps. ``model`` keeps its own parameters and state dict (save that one).
     """
 
-    def __init__(self, model: nn.Module, ctx: Context, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, method) -> None:
         super().__init__()
-        self.inner = model
-        self.ctx = ctx
-        ids = [device.index] if device.type == "cuda" else None
-        # Buffers (prior moments, SPEC §6 statistics) are equal on every process by
-        # construction, so they are not broadcast at every call.
-        ddp = nn.parallel.DistributedDataParallel
-        no_sync = ({"forward_sync_buffers": False}  # the newer name (torch >= 2.12)
-                   if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
-                   else {"broadcast_buffers": False})
-        self.ddp = ddp(model.op, device_ids=ids, **no_sync)
-        for norm in step_norms(model.op):
-            norm.reduce = all_reduce_sum
+        self.model, self.method = model, method
 
-    def forward(self, z: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        n = z.shape[0]
-        lo, hi = shard_bounds(n, self.ctx.rank, self.ctx.world)
-        if torch.is_tensor(t) and t.dim() == 1 and len(t) == n:  # per-example steps
-            t = t[lo:hi]
-        mean, var = self.ddp(z[lo:hi], t)
-        both = _GatherRows.apply(torch.cat([mean, var], 1), n)
-        return both[:, : mean.shape[1]], both[:, mean.shape[1]:]
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self.method.loss(self.model, x, generator)
 
-    def __getattr__(self, name: str):
+
+class DataParallelLoss:
+    """The training loss of a global minibatch, computed data-parallel (or directly).
+
+    ``loss(x_global_rows)`` takes this process's rows of the global batch (see :meth:`shard`)
+    and returns a scalar whose gradient, after DDP's average over processes, is the gradient
+    of the mean loss over the whole global batch; it also returns the global mean for logging.
+    """
+
+    def __init__(self, model: nn.Module, method, ctx: Context, device: torch.device) -> None:
+        self.ctx, self.model = ctx, model
+        module = LossModule(model, method)
+        if ctx.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        self.module = module
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous rows of the global minibatch ``idx``."""
+        lo, hi = shard_bounds(len(idx), self.ctx.rank, self.ctx.world)
+        return idx[lo:hi]
+
+    def __call__(self, x: torch.Tensor, global_size: int, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, float]:
+        with self._synced_batch_norm():
+            per_example = self.module(x, generator)
+        objective = per_example.sum() * (self.ctx.world / global_size)  # DDP averages
+        total = per_example.detach().sum()
+        if self.ctx.world > 1:
+            dist.all_reduce(total)
+        return objective, float(total) / global_size
+
+    @contextlib.contextmanager
+    def _synced_batch_norm(self) -> Iterator[None]:
+        """Per-step batch norm with whole-batch statistics across processes (see module doc),
+        and per-minibatch random choices shared (:func:`same_on_all_ranks`)."""
+        global _IN_STEP
+        if self.ctx.world == 1:
+            yield
+            return
+        norms = step_norms(self.model)
+        for n in norms:
+            n.reduce = all_reduce_sum
+        _IN_STEP = True
         try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["inner"], name)
-
-    def unshard(self) -> nn.Module:
-        """The wrapped model, with per-step batch norm back to this process's own batches."""
-        for norm in step_norms(self.inner.op):
-            norm.reduce = None
-        return self.inner
-
-
-def shard_model(model: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
-    """The model to train with: a :class:`ShardedChain` on several processes, else ``model``."""
-    return ShardedChain(model, ctx, device) if ctx.world > 1 else model
+            yield
+        finally:
+            _IN_STEP = False
+            for n in norms:
+                n.reduce = None

@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InputError
+
 
 class EMA:
     """The averaged copy of ``module``'s parameters; ``decay`` in (0, 1)."""
 
     def __init__(self, module: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay={decay}: expected in (0, 1)")
+            raise InputError(f"EMA decay={decay}: expected in (0, 1)")
         self.decay, self.updates = decay, 0
         self.shadow = {k: p.detach().clone() for k, p in module.named_parameters()}
 
@@ -60,7 +62,7 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = set(self.shadow) ^ set(state["shadow"])
         if missing:
-            raise ValueError(f"EMA state does not match the model (differs in {sorted(missing)})")
+            raise InputError(f"EMA state does not match the model (differs in {sorted(missing)})")
         self.updates = int(state["updates"])
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)

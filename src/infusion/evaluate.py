@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import likelihood as lik
+from .errors import InputError
 from .io import atomic_write, save_npz
 
 METRICS = ("lb", "is", "is-iso", "parzen", "fid", "score", "coverage", "memorisation",
@@ -58,10 +59,10 @@ class EvalSettings:
     def validate(self) -> EvalSettings:
         for name, value in asdict(self).items():
             if isinstance(value, int) and value < 0:
-                raise ValueError(f"evaluation setting {name}={value}: expected >= 0")
+                raise InputError(f"evaluation setting {name}={value}: expected >= 0")
         for name in ("lb_k", "is_k", "repeats", "batch_size", "n_samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"evaluation setting {name}={getattr(self, name)}: expected >= 1")
+                raise InputError(f"evaluation setting {name}={getattr(self, name)}: expected >= 1")
         return self
 
 
@@ -74,27 +75,32 @@ def parse_metrics(text: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     bad = [m for m in names if m not in METRICS]
     if bad or not names:
-        raise ValueError(f"--metrics {text!r}: unknown {bad}; available: {', '.join(METRICS)} "
+        raise InputError(f"--metrics {text!r}: unknown {bad}; available: {', '.join(METRICS)} "
                          "(or all, default)")
     return tuple(dict.fromkeys(names))
 
 
 def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path | None = None,
              settings: EvalSettings = EvalSettings(), *, cfg=None, device: str = "auto",
-             progress: bool = True, log: Callable[[str], object] = print) -> dict:
+             progress: bool = True, log: Callable[[str], object] = print,
+             overwrite: bool = True) -> dict:
     """Evaluate a checkpoint file / run directory, or a ``(model, cfg=...)``; return the report.
 
     Writes ``out`` (report.json; default ``<run dir>/eval/report.json``), ``report.md`` beside
     it, ``samples.npz`` (the samples' means), ``per_example.npz`` and the memorisation figures.
+    ``overwrite=False`` refuses to replace an existing report.
     """
     from .methods import build_method
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     metrics = parse_metrics(metrics)
     settings.validate()
     t_start = time.time()
     model, cfg, ckpt_path, notes = _load(source, cfg, resolve_device(device), progress)
     out = Path(out) if out is not None else _default_out(ckpt_path)
+    if out.is_dir() or (out.exists() and not overwrite):
+        raise InputError(f"report {str(out)!r} exists" + ("" if out.is_file() else " as a directory")
+                         + "; pass --overwrite (or another --out) to replace it")
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg.method)
@@ -106,9 +112,9 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     timer = _Timer(report["seconds"])
 
     wanted_lik = [m for m in metrics if m in _LIKELIHOOD]
-    if wanted_lik and not hasattr(method, "log_weight"):
+    if wanted_lik and not method.has_likelihood:
         for m in wanted_lik:
-            report["skipped"][m] = f"method {cfg.method.name!r} defines no log_weight (no likelihood)"
+            report["skipped"][m] = f"method {cfg.method.name!r} has no likelihood estimate"
         wanted_lik = []
     test = splits["test"]
     s = settings
@@ -170,7 +176,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
             report["metrics"]["memorisation"] = _memorisation(means, splits, s, out_dir, progress)
 
     if "reversibility" in metrics:
-        if cfg.method.name != "walkback":
+        if not method.has_reversibility:
             report["skipped"]["reversibility"] = (f"method {cfg.method.name!r}: the appendix H "
                                                   "measure is for walkback's temperature-1 operator")
         else:
@@ -189,7 +195,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
 def _load(source, cfg, dev, progress):
     """(model on dev with SPEC §6 statistics, cfg, checkpoint path or None, notes)."""
     from .checkpoint import load_model, resolve
-    from .train import ensure_step_statistics
+    from .runtime import ensure_step_statistics
 
     notes = []
     if isinstance(source, (str, Path)):
@@ -197,7 +203,7 @@ def _load(source, cfg, dev, progress):
         model, cfg = load_model(path, dev)
     else:
         if cfg is None:
-            raise ValueError("evaluate(model, ...) needs cfg= (the model's Config)")
+            raise InputError("evaluate(model, ...) needs cfg= (the model's Config)")
         model, path = source.to(dev), None
     if ensure_step_statistics(model, cfg, dev, progress):
         notes.append("the checkpoint had no per-step batch-norm statistics; they were computed "
@@ -244,7 +250,7 @@ def _steps(cfg, s: EvalSettings) -> int:
 def _draw(model, cfg, s: EvalSettings, path: Path, progress: bool, log) -> torch.Tensor:
     """Draw ``n_samples`` chain samples (sample i from seed ``seed + i``); return their final
     means (N, *shape) and save them to ``path``."""
-    from .chain import sample_chain
+    from .sampler import sample_chain
 
     steps = _steps(cfg, s)
     log(f"sampling {s.n_samples} chains of {steps} steps")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
 from .io import atomic_write
 
 
@@ -25,7 +26,7 @@ def make_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float = 
     """Tile (N, C, H, W) images in [0, 1] into one uint8 (H', W', C) array, ``nrow`` per row."""
     x = to_numpy(images).astype(np.float32)
     if x.ndim != 4:
-        raise ValueError(f"make_grid expects (N, C, H, W) images, got shape {x.shape}")
+        raise InputError(f"make_grid expects (N, C, H, W) images, got shape {x.shape}")
     n, c, h, w = x.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)

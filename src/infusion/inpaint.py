@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from . import figures
-from .chain import sample_chain
 from .config import DataConfig
+from .errors import InputError
 from .io import save_npz
 from .operator import ChainModel
+from .sampler import sample_chain
 
 HALVES = ("top", "bottom", "left", "right")
 MISSING_SHADE = 0.5  # how unobserved pixels are drawn in the "masked start" column
@@ -26,7 +27,7 @@ MISSING_SHADE = 0.5  # how unobserved pixels are drawn in the "masked start" col
 def half_mask(which: str, shape: tuple[int, ...]) -> torch.Tensor:
     """Boolean (C, H, W) mask, True = observed: the named half of the image is observed."""
     if which not in HALVES:
-        raise ValueError(f"mask {which!r}: expected one of {', '.join(HALVES)} or a .png/.npy file")
+        raise InputError(f"mask {which!r}: expected one of {', '.join(HALVES)} or a .png/.npy file")
     _check_image_shape(shape)
     _, h, w = shape
     m = torch.zeros(shape, dtype=torch.bool)
@@ -56,17 +57,17 @@ def load_mask_file(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
             with Image.open(p) as img:
                 a = np.asarray(img.convert("L"))
         else:
-            raise ValueError(f"mask file {str(p)!r}: expected a .png or .npy file")
+            raise InputError(f"mask file {str(p)!r}: expected a .png or .npy file")
     except (OSError, ValueError) as e:
         if isinstance(e, ValueError) and str(e).startswith("mask file"):
             raise
-        raise ValueError(f"cannot read mask file {str(p)!r}: {e}") from None
+        raise InputError(f"cannot read mask file {str(p)!r}: {e}") from None
     c, h, w = shape
     if a.shape not in ((h, w), (1, h, w)):
-        raise ValueError(f"mask file {str(p)!r} has shape {a.shape}; expected the image's "
+        raise InputError(f"mask file {str(p)!r} has shape {a.shape}; expected the image's "
                          f"H×W = {h}×{w}")
     if not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
-        raise ValueError(f"mask file {str(p)!r}: expected numbers, got dtype {a.dtype}")
+        raise InputError(f"mask file {str(p)!r}: expected numbers, got dtype {a.dtype}")
     return torch.from_numpy(a.reshape(h, w) != 0).expand(c, h, w).clone()
 
 
@@ -74,7 +75,7 @@ def parse_mask(spec: str, shape: tuple[int, ...]) -> torch.Tensor:
     """``top|bottom|left|right`` or a mask file path -> boolean (C, H, W), True = observed."""
     mask = half_mask(spec, shape) if spec in HALVES else load_mask_file(spec, shape)
     if bool(mask.all()):
-        raise ValueError(f"mask {spec!r} observes every pixel: nothing to complete")
+        raise InputError(f"mask {spec!r} observes every pixel: nothing to complete")
     return mask
 
 
@@ -106,10 +107,10 @@ def inpaint(model: ChainModel, images: torch.Tensor, mask: torch.Tensor, chains:
     Chain k of image i uses seed ``seed + i·chains + k``. ``steps`` = T' (default: training T).
     """
     if chains < 1:
-        raise ValueError(f"chains={chains}: expected >= 1")
+        raise InputError(f"chains={chains}: expected >= 1")
     shape = tuple(model.shape)
     if tuple(images.shape[1:]) != shape or tuple(mask.shape) != shape:
-        raise ValueError(f"images {tuple(images.shape)} and mask {tuple(mask.shape)} must match the "
+        raise InputError(f"images {tuple(images.shape)} and mask {tuple(mask.shape)} must match the "
                          f"model's state shape {shape}")
     n = images.shape[0]
     values = images.float().reshape(n, 1, -1).expand(n, chains, -1).reshape(n * chains, -1)
@@ -160,7 +161,7 @@ def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) 
     n, k = result.completions.shape[:2]
     labels = torch.as_tensor(labels).reshape(-1)[:n].long()
     if len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} inpainted images")
+        raise InputError(f"{len(labels)} labels for {n} inpainted images")
 
     def read(x: torch.Tensor) -> torch.Tensor:
         return extractor.logits(x.float()).argmax(1).cpu()
@@ -182,9 +183,9 @@ def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tenso
 
     dc = DataConfig(name=data) if isinstance(data, str) else data
     if n < 1:
-        raise ValueError(f"n={n}: expected >= 1 images")
+        raise InputError(f"n={n}: expected >= 1 images")
     if dc.name in TOYS:
-        raise ValueError(f"inpainting needs an image data set; this model was trained on "
+        raise InputError(f"inpainting needs an image data set; this model was trained on "
                          f"data.name={dc.name!r}")
     s = load_split(dc, split)
     images = to_unit(torch.from_numpy(np.ascontiguousarray(s.images[:n])))
@@ -194,5 +195,5 @@ def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tenso
 
 def _check_image_shape(shape: tuple[int, ...]) -> None:
     if len(shape) != 3:
-        raise ValueError(f"inpainting needs image data (C, H, W); this model's states have shape "
+        raise InputError(f"inpainting needs image data (C, H, W); this model's states have shape "
                          f"{tuple(shape)}")

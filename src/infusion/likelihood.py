@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import parzen_space, to_model_space
+from .errors import InputError
 
 # The Parzen bandwidth grid: logspace(-1, 0, 10) (Breuleux et al.) plus the paper's 0.17.
 SIGMA_GRID: tuple[float, ...] = tuple(float(s) for s in np.unique(np.r_[np.logspace(-1, 0, 10), 0.17]))
@@ -27,10 +28,10 @@ LOW_DIM_SIGMA_GRID: tuple[float, ...] = tuple(
 
 
 def _check_ready(model) -> None:
-    if not getattr(model, "stats_ready", True):
+    if not model.stats_ready:
         raise RuntimeError(
             "the model has no stored per-step batch-norm statistics; run the statistics pass of "
-            "SPEC §6 (infusion.train.compute_step_statistics) before evaluating likelihoods")
+            "SPEC §6 (infusion.runtime.compute_step_statistics) before evaluating likelihoods")
 
 
 @torch.no_grad()
@@ -44,11 +45,10 @@ def log_weights(model, method, x: torch.Tensor, k: int, generator: torch.Generat
     its k draws. Runs on the model's device in eval mode (stored per-step statistics); the
     result is float64 on the CPU.
     """
-    if not hasattr(method, "log_weight"):
-        raise ValueError(f"method {type(method).__name__} defines no log_weight: it has no "
-                         "likelihood estimate")
+    if not method.has_likelihood:
+        raise InputError(f"method {method.name!r} has no likelihood estimate")
     if k < 1 or batch_size < 1:
-        raise ValueError(f"log_weights: k={k} and batch_size={batch_size} must be >= 1")
+        raise InputError(f"log_weights: k={k} and batch_size={batch_size} must be >= 1")
     _check_ready(model)
     device = model_device(model)
     x = x.reshape(len(x), -1)
@@ -128,7 +128,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
     (IS from the first k' of the same draws, so nested in k).
     """
     if repeats < 1:
-        raise ValueError(f"repeats={repeats}: expected >= 1")
+        raise InputError(f"repeats={repeats}: expected >= 1")
     ks = sorted({int(c) for c in (ks or ()) if 1 <= int(c) < k})
     device = model_device(model)
     lbs, iss, sub = [], [], {c: [] for c in ks}
@@ -161,14 +161,14 @@ def parzen_log_prob(samples: torch.Tensor, x: torch.Tensor, sigma: float | Seque
     (len(σ), N); a single σ gives (N,). Float64 on the CPU.
     """
     if len(samples) == 0:
-        raise ValueError("parzen_log_prob needs at least one sample")
+        raise InputError("parzen_log_prob needs at least one sample")
     s = torch.as_tensor(samples).reshape(len(samples), -1).double()
     x = torch.as_tensor(x).reshape(len(x), -1).double()
     if s.shape[1] != x.shape[1]:
-        raise ValueError(f"parzen_log_prob: samples have {s.shape[1]} dimensions, x {x.shape[1]}")
+        raise InputError(f"parzen_log_prob: samples have {s.shape[1]} dimensions, x {x.shape[1]}")
     sigmas = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
     if bool((sigmas <= 0).any()):
-        raise ValueError(f"Parzen σ must be > 0, got {sigmas.tolist()}")
+        raise InputError(f"Parzen σ must be > 0, got {sigmas.tolist()}")
     inv = (1.0 / (2 * sigmas.square())).tolist()
     d = x.shape[1]
     s_sq = s.square().sum(1)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import cache_dir, load_mnist, to_unit
+from .errors import InputError
 from .io import atomic_write, sha256
 
 
@@ -59,7 +60,7 @@ def extractor_names() -> list[str]:
 def get_extractor(name: str, **kwargs) -> FeatureExtractor:
     """The feature extractor registered as ``name`` (see the module docstring)."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown feature extractor {name!r}; available: {', '.join(extractor_names())}")
+        raise InputError(f"unknown feature extractor {name!r}; available: {', '.join(extractor_names())}")
     return _REGISTRY[name](**kwargs)
 
 
@@ -249,7 +250,7 @@ class TorchScriptExtractor:
         if isinstance(out, (tuple, list)):
             return out[part]
         if part == 1:
-            raise ValueError(f"the TorchScript model {self.info['path']} returns only features; "
+            raise InputError(f"the TorchScript model {self.info['path']} returns only features; "
                              "classifier metrics need (features, logits)")
         return out
 
@@ -291,7 +292,7 @@ def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray)
     """
     a, b = (np.asarray(_np(v), np.float64) for v in (a, b))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"frechet_distance needs two (N, F) feature sets with N >= 2, got "
+        raise InputError(f"frechet_distance needs two (N, F) feature sets with N >= 2, got "
                          f"{a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
@@ -308,7 +309,7 @@ def classifier_score(logits: torch.Tensor | np.ndarray, splits: int = 10) -> tup
     returns the mean and standard deviation across the parts (Salimans et al. 2016)."""
     logp = torch.log_softmax(torch.as_tensor(_np(logits), dtype=torch.float64), 1)
     if len(logp) < splits:
-        raise ValueError(f"classifier_score: {len(logp)} samples for {splits} splits")
+        raise InputError(f"classifier_score: {len(logp)} samples for {splits} splits")
     scores = []
     for part in torch.tensor_split(logp, splits):
         log_marg = torch.logsumexp(part, 0) - math.log(len(part))  # log p(y)
@@ -342,7 +343,7 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, chunk: in
     q = torch.as_tensor(_np(queries), dtype=torch.float32).reshape(len(queries), -1)
     r = torch.as_tensor(_np(reference), dtype=torch.float32).reshape(len(reference), -1)
     if q.shape[1] != r.shape[1]:
-        raise ValueError(f"nearest_neighbours: queries have {q.shape[1]} dimensions, the "
+        raise InputError(f"nearest_neighbours: queries have {q.shape[1]} dimensions, the "
                          f"reference {r.shape[1]}")
     r_sq = r.square().sum(1)
     best = torch.full((len(q),), math.inf)

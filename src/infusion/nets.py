@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import InputError
+
 
 def batch_moments(h: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +28,7 @@ def batch_moments(h: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor
     dims = (0,) + tuple(range(2, h.dim()))
     if reduce is None:
         if h.shape[0] < 2:
-            raise ValueError("batch statistics need a batch of at least 2 examples")
+            raise InputError("batch statistics need a batch of at least 2 examples")
         return h.mean(dims), h.var(dims, unbiased=False)
     count = reduce(h.new_tensor([float(h.shape[0])]))  # the trainer's batches hold >= 2
     n = count * math.prod(h.shape[2:])  # values per feature: examples × spatial positions
@@ -67,7 +69,7 @@ class StepBatchNorm(nn.Module):
     def slot(self, t: int) -> int:
         """0-based slot of step t (1-based); steps past the last slot reuse it."""
         if t < 1:
-            raise ValueError(f"step index t={t}: steps are numbered from 1")
+            raise InputError(f"step index t={t}: steps are numbered from 1")
         return min(t, self.steps) - 1
 
     def forward(self, h: torch.Tensor, t: int) -> torch.Tensor:  # h: (B, F) or (B, F, H, W)
@@ -143,7 +145,7 @@ class StepEmbeddingMLP(MLP):
                  embed: int = 64) -> None:
         super().__init__(d, hidden, steps, batch_norm)
         if embed < 2 or embed % 2:
-            raise ValueError(f"embed={embed}: expected an even number >= 2")
+            raise InputError(f"embed={embed}: expected an even number >= 2")
         self.embed = embed
         self.step_proj = nn.ModuleList(nn.Linear(embed, h) for h in hidden)
 
@@ -181,7 +183,7 @@ class ConvGenerator(nn.Module):
         super().__init__()
         side = 4 * 2 ** len(hidden)
         if d % (side * side):
-            raise ValueError(f"conv net with hidden={tuple(hidden)} makes {side}×{side} images, "
+            raise InputError(f"conv net with hidden={tuple(hidden)} makes {side}×{side} images, "
                              f"but the data have d={d} values, not a multiple of {side * side}; "
                              f"use one channel width per doubling of 4×4 up to the image side")
         self.channels, self.side, self.hidden = d // (side * side), side, tuple(hidden)
@@ -217,7 +219,7 @@ def build_net(kind: str, d: int, hidden: tuple[int, ...], steps: int, batch_norm
         return MLP(d, hidden, steps, batch_norm)
     if kind == "conv":
         return ConvGenerator(d, hidden, steps, batch_norm)
-    raise ValueError(f"unknown network {kind!r}; available: mlp, conv")
+    raise InputError(f"unknown network {kind!r}; available: mlp, conv")
 
 
 def step_norms(module: nn.Module) -> list[StepBatchNorm]:

@@ -1,33 +1,31 @@
-"""The transition operator and the factorial prior, SPEC §2.
+"""The model every method trains: a Markov chain of a prior p(0) and a transition operator
+p(t)(z(t) | z(t-1)) (docs/algorithms.md §2).
 
-``TransitionOperator(z, t) -> (μ, σ²)`` with μ = sigmoid(a_μ), σ² = β·sigmoid(a_σ) + ε, each
-(B, d), on flat states. :class:`ChainModel` bundles the prior p(0) and the operator p(t), which
-together define the sampling chain that every method trains.
+:class:`ChainModel` is the one base class. Shared code (sampler, trainer, likelihood,
+precision, compile, DDP, checkpoints) touches only its surface: ``shape``, ``d``, ``T``,
+``prior``, ``net`` (the network body, :mod:`infusion.nets`), ``forward(z, t, noise=None)``,
+``respaced(steps)`` and ``stats_ready``. :class:`GaussianChainModel` is the paper's model
+(infusion, GSN); walkback and diffusion subclass the base with their own parametrisations.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
 from torch import nn
 
 from .config import ModelConfig
+from .distributions import normal_log_prob
+from .errors import InputError
 from .nets import build_net, step_norms
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def normal_log_prob(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, diag var), summed over the last dimension: (B, d) -> (B,)."""
-    return -0.5 * (LOG_2PI + torch.log(var) + (x - mean).square() / var).sum(-1)
 
 
 class FactorialGaussianPrior(nn.Module):
-    """p(0): a factorial Gaussian with the training set's per-dimension mean and variance (SPEC §2).
-
-    The variance gets a floor (authors' code: + 1e-5) because MNIST border pixels are constant.
-    """
+    """p(0): a factorial Gaussian with the training set's per-dimension mean and variance
+    (algorithms.md §2). The variance gets a floor (authors' code: + 1e-5) because MNIST border
+    pixels are constant."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
@@ -50,37 +48,59 @@ class FactorialGaussianPrior(nn.Module):
         return normal_log_prob(z, self.mean, self.var)
 
 
-class TransitionOperator(nn.Module):
-    """p(t)(z(t) | z(t-1)) = N(μ, diag σ²), (μ, σ²) = f_θ(z(t-1), t) (SPEC §2)."""
+class ChainModel(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of every method's model: prior ``prior``, network body ``net``, states of
+    shape ``shape`` (``d`` values), trained for ``T`` steps.
 
-    def __init__(self, net: nn.Module, beta: float = 0.1, eps: float = 1e-4) -> None:
-        super().__init__()
-        self.net, self.beta, self.eps = net, beta, eps
-
-    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a_mu, a_sigma = self.net(z, t)
-        return torch.sigmoid(a_mu), self.beta * torch.sigmoid(a_sigma) + self.eps
-
-
-class ChainModel(nn.Module):
-    """The generative Markov chain: prior p(0) and operator p(t), on states of shape ``shape``.
-
-    ``T`` is the number of steps the operator was trained for (= its batch-norm slots).
+    ``forward(z, t, noise)`` returns the Gaussian transition (μ, σ²) of the sampler's step t
+    (1-based), each (B, d), on flat states z (B, d). A transition that draws internal noise
+    (GSN's corruption) sets ``aux_noise = True`` and receives a standard-normal ``noise`` (B, d)
+    from the sampler, so that a sample depends only on its own seed.
     """
 
-    def __init__(self, shape: tuple[int, ...], T: int, cfg: ModelConfig) -> None:
+    aux_noise = False
+
+    def __init__(self, shape: tuple[int, ...], T: int, net: nn.Module, prior: nn.Module) -> None:
         super().__init__()
         self.shape = tuple(shape)
         self.d = math.prod(self.shape)
-        self.T = T
-        self.prior = FactorialGaussianPrior(self.d)
-        net = build_net(cfg.net, self.d, tuple(cfg.hidden), T, cfg.batch_norm)
-        self.op = TransitionOperator(net, cfg.beta, cfg.eps)
+        self.T = int(T)
+        self.prior = prior
+        self.net = net
 
-    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.op(z, t)
+    @abc.abstractmethod
+    def forward(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ²) of the sampler's step t given the state z (B, d)."""
+
+    def respaced(self, steps: int) -> ChainModel:
+        """The model to run for a chain of ``steps`` steps. Steps past T reuse step T
+        (algorithms.md §2), so only a model with a schedule (diffusion) can run fewer."""
+        if steps < self.T:
+            raise InputError(f"steps={steps}: sampling needs T' >= the training T={self.T} "
+                             "(algorithms.md §2)")
+        return self
 
     @property
     def stats_ready(self) -> bool:
-        """True once the per-step batch-norm statistics of SPEC §6 are stored (or there is no BN)."""
+        """True once the per-step batch-norm statistics of algorithms.md §6 are stored (or the
+        network has no batch norm)."""
         return all(n.has_stats for n in step_norms(self))
+
+
+class GaussianChainModel(ChainModel):
+    """The paper's chain (algorithms.md §2): p(0) fitted to the data, and
+    p(t)(z(t) | z(t-1)) = N(μ, diag σ²) with (a_μ, a_σ) = net(z(t-1), t),
+    μ = sigmoid(a_μ), σ² = β·sigmoid(a_σ) + ε."""
+
+    def __init__(self, shape: tuple[int, ...], T: int, cfg: ModelConfig, slots: int | None = None
+                 ) -> None:
+        d = math.prod(shape)
+        net = build_net(cfg.net, d, tuple(cfg.hidden), slots or T, cfg.batch_norm)
+        super().__init__(shape, T, net, FactorialGaussianPrior(d))
+        self.beta, self.eps = cfg.beta, cfg.eps
+
+    def forward(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        a_mu, a_sigma = self.net(z, t)
+        return torch.sigmoid(a_mu), self.beta * torch.sigmoid(a_sigma) + self.eps

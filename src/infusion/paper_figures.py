@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from . import figures
-from .chain import infusion_rates, sample_chain
 from .config import Config
+from .errors import InputError
+from .methods.infusion import infusion_rates
 from .operator import ChainModel
+from .sampler import sample_chain
 
 
 def fig1_sampling_chains(path: str | Path, model: ChainModel, steps: int, n: int = 8,
@@ -59,7 +61,7 @@ def fig3_bound_curves(path: str | Path, metrics_file: str | Path) -> Path:
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "epoch" in r]
     if not any(r.get("valid_bound") is not None for r in rows):
-        raise ValueError(f"{str(metrics_file)!r} holds no valid_bound values")
+        raise InputError(f"{str(metrics_file)!r} holds no valid_bound values")
     return figures.save_curves(path, metrics_file, panels=(("train_bound", "valid_bound"),))
 
 
@@ -83,14 +85,16 @@ def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tenso
     from .methods import build_method
 
     mc = cfg.method
-    if mc.name != "infusion":
-        raise ValueError(f"infusion chains belong to infusion runs, this is {mc.name!r}")
-    rates = infusion_rates(mc.T, mc.alpha0, mc.omega)
+    if not build_method(mc).has_infusion_chain:
+        raise InputError(f"method {mc.name!r} has no infusion chains")
+    s = mc.infusion
+    rates = infusion_rates(mc.T, s.alpha0, s.omega)
     constant = float(np.mean(rates)) if constant is None else constant
     out = []
     for title, method_cfg in (
-            (f"increasing: α(0)={mc.alpha0:g}, ω={mc.omega:g}", mc),
-            (f"constant: α={constant:.3g}", replace(mc, alpha0=constant, omega=0.0))):
+            (f"increasing: α(0)={s.alpha0:g}, ω={s.omega:g}", mc),
+            (f"constant: α={constant:.3g}",
+             replace(mc, infusion=replace(s, alpha0=constant, omega=0.0)))):
         method = build_method(method_cfg)
         g = torch.Generator(device=x.device).manual_seed(seed)
         states = method.infusion_chain(model, x, g)
@@ -146,7 +150,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
     Returns ``{figure: path}`` for those written and ``{figure: "skipped: why"}`` for the rest.
     """
     from .data import load_data
-    from .train import load_ready_model
+    from .runtime import load_ready_model
 
     run = Path(run_dir)
     if not run.is_dir():
@@ -195,8 +199,8 @@ def likelihood_vs_k(path: str | Path, model, cfg: Config, raw: torch.Tensor, k_m
     from .methods import build_method
 
     method = build_method(cfg.method)
-    if not hasattr(method, "log_weight"):
-        raise ValueError(f"method {cfg.method.name!r} defines no likelihood")
+    if not method.has_likelihood:
+        raise InputError(f"method {cfg.method.name!r} defines no likelihood")
     ks = [2**i for i in range(int(np.log2(k_max)))]
     est = estimate_likelihood(model, method, raw, k_max, seed=seed, ks=ks)
     ks.append(k_max)
@@ -212,10 +216,11 @@ def reversibility_figure(path: str | Path, model, cfg: Config, n_chains: int = 1
     """The running estimate of VW appendix H's irreversibility KL (nats per step) along
     temperature-1 chains (``methods.walkback.reversibility``), with KL / entropy in the title
     (the paper reports 3.6%; meaningful when the entropy is positive)."""
+    from .methods import build_method
     from .methods.walkback import reversibility
 
-    if cfg.method.name != "walkback":
-        raise ValueError(f"the reversibility measure (VW appendix H) is for walkback runs, this "
+    if not build_method(cfg.method).has_reversibility:
+        raise InputError(f"the reversibility measure (VW appendix H) is for walkback runs, this "
                          f"is {cfg.method.name!r}")
     r = reversibility(model, n_chains, steps, seed=seed, trace=True)
     return figures.save_line_plot(
@@ -231,7 +236,7 @@ def _fig4(out: Path, run: Path, data, cfg: Config) -> Path:
     if importlib.util.find_spec("infusion.metrics") is None:
         raise ImportError("infusion.metrics (nearest neighbours) is not available")
     if not data.pixels:
-        raise ValueError("nearest training neighbours are drawn for image data only")
+        raise InputError("nearest training neighbours are drawn for image data only")
     with np.load(_require(run / "samples.npz")) as z:
         samples = torch.from_numpy(z["means"][:100])
     from .data import to_unit

@@ -3,25 +3,52 @@ space) plus a PNG grid of the means (SPEC §2; the paper's figures show the mean
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import figures
-from .chain import sample_chain
+from .errors import InputError
 from .io import save_npz
 from .operator import ChainModel
+from .sampler import sample_chain
 
 
 def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None = None,
-                   seed: int = 0, batch_size: int = 500, grid_max: int = 100) -> Path:
-    """Draw ``n`` samples (sample i from seed ``seed + i``), write ``out`` (.npz) and its grid PNG."""
+                   seed: int = 0, batch_size: int = 500, grid_max: int = 100, *,
+                   seeds: Sequence[int] | None = None, png_dir: str | Path | None = None) -> Path:
+    """Draw ``n`` samples (sample i from seed ``seed + i``, or ``seeds[i]``), write ``out``
+    (.npz) and its grid PNG; with ``png_dir``, also one PNG of each mean, ``seed-NNNNNN.png``
+    (for external metric tools)."""
     out = Path(out)
     if out.suffix != ".npz":
-        raise ValueError(f"--out {str(out)!r}: expected a .npz file name")
-    res = sample_chain(model, n, steps, seed, batch_size=batch_size)
+        raise InputError(f"--out {str(out)!r}: expected a .npz file name")
+    if n < 1:
+        raise InputError(f"n={n}: expected at least one sample")
+    res = sample_chain(model, n, steps, seed, seeds=seeds, batch_size=batch_size)
     arrays = {"samples": res.samples.numpy().astype(np.float32),
               "means": res.means.numpy().astype(np.float32)}
     save_npz(out, **arrays)
     figures.save_grid(out.with_suffix(".png"), arrays["means"][:grid_max])
+    if png_dir is not None:
+        if arrays["means"].ndim != 4:
+            raise InputError(f"--png-dir: the model draws {model.shape} vectors, not images")
+        for s, image in zip(seeds or range(seed, seed + n), arrays["means"]):
+            figures.save_png(Path(png_dir) / f"seed-{s:06d}.png",
+                             figures.make_grid(image[None], nrow=1, pad=0))
     return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """EDM-style seed lists: ``0-63``, ``1,5,9``, ``0-9,100-109`` (ranges inclusive)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            seeds.extend(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise InputError(f"--seeds {text!r}: expected numbers and ranges like 0-63,100") from None
+    if not seeds or min(seeds) < 0:
+        raise InputError(f"--seeds {text!r}: expected one or more seeds >= 0")
+    return seeds

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io import atomic_write, sha256
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A data problem the user can fix; the message names the file or source and the fix."""
 
 

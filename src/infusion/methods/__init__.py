@@ -1,24 +1,27 @@
-"""Training methods: how a training chain is built from a data point and which loss each step gets.
+"""Training methods and their registry (docs/algorithms.md §3–5, §11–13).
 
-Each method is a small object with ``loss(model, x, generator) -> (B,)`` per-example losses.
+Adding a method: one file here with a :class:`Method` subclass, one line in :data:`METHODS`,
+one settings class in :mod:`infusion.config` (``METHOD_SETTINGS``) and a preset.
 """
 
 from __future__ import annotations
 
 from ..config import MethodConfig
+from ..errors import InputError
+from .base import Method
 from .diffusion import Diffusion
 from .gsn import GSN
 from .infusion import Infusion
 from .walkback import Walkback
 
-METHODS = {"infusion": Infusion, "walkback": Walkback, "gsn": GSN, "diffusion": Diffusion}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Infusion, Walkback, GSN, Diffusion)}
 
 
-def build_method(cfg: MethodConfig) -> Infusion | Walkback | GSN | Diffusion:
-    """The method named by ``method.name`` (SPEC §4 infusion, §11 walkback, §12 GSN, §13 diffusion)."""
+def build_method(cfg: MethodConfig) -> Method:
+    """The method named by ``method.name``."""
     if cfg.name in METHODS:
         return METHODS[cfg.name](cfg)
-    raise ValueError(f"unknown method {cfg.name!r}; available: {', '.join(METHODS)}")
+    raise InputError(f"unknown method {cfg.name!r}; available: {', '.join(METHODS)}")
 
 
-__all__ = ["GSN", "METHODS", "Diffusion", "Infusion", "Walkback", "build_method"]
+__all__ = ["GSN", "METHODS", "Diffusion", "Infusion", "Method", "Walkback", "build_method"]

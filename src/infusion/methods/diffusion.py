@@ -1,20 +1,20 @@
-"""Diffusion, SPEC §13 (Sohl-Dickstein et al. 2015; Ho et al. 2020; Nichol & Dhariwal 2021).
+"""Diffusion, algorithms.md §13 (Sohl-Dickstein et al. 2015; Ho et al. 2020; Nichol & Dhariwal 2021).
 
 Forward: a fixed Gaussian diffusion q(x_k | x_{k-1}) = N(√(1-β_k)·x_{k-1}, β_k), k = 1..T
 (``method.T``), so q(x_k | x_0) = N(√ᾱ_k·x_0, 1-ᾱ_k) and p(x_T) = N(0, I) is the prior.
 Betas: ``linear`` (Ho et al.'s 1e-4 … 0.02 for T = 1000, scaled by 1000/T so any T reaches
 noise) or ``cosine`` (Nichol & Dhariwal). The diffusion runs in y = (x − ½)·s
-(``method.diff_data_scale`` s, default 2: the model space [0, 1] of SPEC §1 onto [−1, 1] as in
+(``method.diffusion.data_scale`` s, default 2: the model space [0, 1] of algorithms.md §1 onto [−1, 1] as in
 Ho et al.), so that the data's spread is comparable to the unit noise it diffuses into; the
 model itself reads and writes the model space x (the shared sampler's states, the prior
 N(½, 1/s²)), and densities of x are those of y plus d·log s.
 
-Reverse: p(x_{k-1} | x_k) = N(μ, σ²) on the same MLP body as every method (SPEC §2), made step
+Reverse: p(x_{k-1} | x_k) = N(μ, σ²) on the same MLP body as every method (algorithms.md §2), made step
 aware by a sinusoidal step embedding added to each hidden layer
 (:class:`~infusion.nets.StepEmbeddingMLP`) because one training batch mixes steps; without
 batch norm (``model.batch_norm`` is ignored), since a batch of the reverse chain shares one
 step while a training batch mixes them, so batch statistics would differ between the two.
-Head a_μ predicts (``method.diff_predict``) the noise ε, μ = (x_k − β_k/√(1-ᾱ_k)·ε̂)/√α_k
+Head a_μ predicts (``method.diffusion.predict``) the noise ε, μ = (x_k − β_k/√(1-ᾱ_k)·ε̂)/√α_k
 (Ho et al.); the clean x̂_0, μ = the forward posterior's mean μ̃(x_k, x̂_0); or
 v = √ᾱ_k·ε − √(1-ᾱ_k)·x_0 (Salimans & Ho 2022), x̂_0 = √ᾱ_k·x_k − √(1-ᾱ_k)·v̂, μ = μ̃(x_k, x̂_0).
 On an MLP narrower than the data, ε fails at high noise, where ε ≈ x_k is a full-rank map a
@@ -25,7 +25,7 @@ network at both ends (it is EDM's preconditioning with σ_data = 1). Head a_σ i
 log-variance, log σ² = v·log β_k + (1-v)·log β̃_k with v = sigmoid(a_σ) and β̃_k the forward
 posterior's variance.
 
-Training (``method.diff_loss``): ``bound``, the variational bound estimated with one uniform
+Training (``method.diffusion.loss``): ``bound``, the variational bound estimated with one uniform
 step per example, T·L_k + KL(q(x_T | x) ‖ p(x_T)) (L_1 = −log p(x | x_1), L_k = KL of the
 posterior q(x_{k-1} | x_k, x) to p(x_{k-1} | x_k)); or ``noise``, the simple loss ‖ε − ε̂‖²
 (‖x − x̂_0‖² or ‖v − v̂‖² for the other targets) plus 1e-3 times T·L_k with μ detached, which trains σ
@@ -45,9 +45,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import MethodConfig, ModelConfig
-from ..nets import StepEmbeddingMLP, step_norms
-from ..operator import FactorialGaussianPrior, normal_log_prob
+from ..config import ModelConfig
+from ..distributions import normal_log_prob
+from ..errors import InputError
+from ..nets import StepEmbeddingMLP
+from ..operator import ChainModel, FactorialGaussianPrior
+from .base import Method
 
 HYBRID_WEIGHT = 1e-3  # weight of the bound in the "noise" loss (Nichol & Dhariwal 2021)
 PREDICT_TARGETS = ("eps", "x0", "v")  # what head a_μ predicts
@@ -56,7 +59,7 @@ PREDICT_TARGETS = ("eps", "x0", "v")  # what head a_μ predicts
 def make_betas(kind: str, T: int) -> np.ndarray:
     """β_1 … β_T (float64) of the forward diffusion."""
     if T < 1:
-        raise ValueError(f"diffusion steps T={T}: expected >= 1")
+        raise InputError(f"diffusion steps T={T}: expected >= 1")
     if kind == "linear":
         scale = 1000.0 / T
         return np.linspace(1e-4 * scale, min(0.02 * scale, 0.999), T, dtype=np.float64)
@@ -64,7 +67,7 @@ def make_betas(kind: str, T: int) -> np.ndarray:
         s = 0.008
         f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * math.pi / 2) ** 2
         return np.clip(1 - f[1:] / f[:-1], 0, 0.999)
-    raise ValueError(f"unknown beta schedule {kind!r}: expected 'linear' or 'cosine'")
+    raise InputError(f"unknown beta schedule {kind!r}: expected 'linear' or 'cosine'")
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class Schedule:
         """``steps`` evenly spaced steps of this schedule, always keeping the last (ᾱ ≈ 0)."""
         S = len(self.alpha_bar)
         if not 1 <= steps <= S:
-            raise ValueError(f"steps={steps}: a respaced diffusion needs 1..{S} steps")
+            raise InputError(f"steps={steps}: a respaced diffusion needs 1..{S} steps")
         keep = np.unique(np.round(np.linspace(0, S - 1, steps)).astype(np.int64))
         if len(keep) < steps:  # rounding collided; fall back to the last ``steps`` indices
             keep = np.arange(S - steps, S)
@@ -101,8 +104,8 @@ class DiffusionPrior(FactorialGaussianPrior):
         return self
 
 
-class DiffusionModel(nn.Module):
-    """The learned reverse chain of a Gaussian diffusion (SPEC §13), same surface as ChainModel.
+class DiffusionModel(ChainModel):
+    """The learned reverse chain of a Gaussian diffusion (algorithms.md §13).
 
     ``T`` = the number of reverse steps of this schedule; the shared sampler's step t runs
     reverse step k = T − t + 1 (clamped at 1). :meth:`respaced` gives a model with fewer steps
@@ -113,25 +116,22 @@ class DiffusionModel(nn.Module):
     def __init__(self, shape: tuple[int, ...], schedule: Schedule, cfg: ModelConfig | None = None,
                  *, net: nn.Module | None = None, prior: FactorialGaussianPrior | None = None,
                  scale: float = 1.0, target: str = "eps") -> None:
-        super().__init__()
         if target not in PREDICT_TARGETS:
-            raise ValueError(f"diffusion target {target!r}: expected one of {PREDICT_TARGETS}")
-        self.shape = tuple(shape)
-        self.d = math.prod(self.shape)
-        self.schedule = schedule
-        self.scale = float(scale)
-        self.target = target
-        self.T = len(schedule.alpha_bar)
+            raise InputError(f"diffusion target {target!r}: expected one of {PREDICT_TARGETS}")
+        d = math.prod(shape)
         if net is None:
             if cfg is None:
-                raise ValueError("DiffusionModel needs a ModelConfig or a network")
+                raise InputError("DiffusionModel needs a ModelConfig or a network")
             # no batch norm: a training batch mixes steps but a reverse chain's batch shares
             # one, so batch statistics would differ between the two (measured: the validation
             # bound, scored in batch-statistics mode, was best after epoch 1 and kept the model
             # untrained); the step embedding alone conditions on the step
-            net = StepEmbeddingMLP(self.d, tuple(cfg.hidden), 1, batch_norm=False)
-        self.net = net
-        self.prior = prior if prior is not None else DiffusionPrior(self.d, self.scale)
+            net = StepEmbeddingMLP(d, tuple(cfg.hidden), 1, batch_norm=False)
+        super().__init__(shape, len(schedule.alpha_bar), net,
+                         prior if prior is not None else DiffusionPrior(d, float(scale)))
+        self.schedule = schedule
+        self.scale = float(scale)
+        self.target = target
         ab = schedule.alpha_bar
         ab_prev = np.r_[1.0, ab[:-1]]
         betas = 1 - ab / ab_prev
@@ -143,8 +143,9 @@ class DiffusionModel(nn.Module):
         self.register_buffer("net_index", torch.tensor(schedule.net_index), persistent=False)
 
     def respaced(self, steps: int) -> DiffusionModel:
-        """The same network and prior run on ``steps`` evenly spaced steps of the schedule."""
-        if steps == self.T:
+        """The same network and prior run on ``steps`` evenly spaced steps of the schedule
+        (``steps`` >= T: the full schedule; the sampler repeats its last step past T)."""
+        if steps >= self.T:
             return self
         view = DiffusionModel(self.shape, self.schedule.respace(steps), net=self.net,
                               prior=self.prior, scale=self.scale, target=self.target)
@@ -191,14 +192,11 @@ class DiffusionModel(nn.Module):
         """Mean and variance (d,) of the prior p(x_T) in diffusion space (N(0, I) unless changed)."""
         return self.to_diffusion(self.prior.mean), self.prior.var * self.scale**2
 
-    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampler step t in model space: (μ, σ²) of reverse step k = T − t + 1 mapped back."""
         mean, var = self.transition(self.to_diffusion(z), max(1, self.T - t + 1))
         return mean / self.scale + 0.5, var / self.scale**2
-
-    @property
-    def stats_ready(self) -> bool:
-        return all(n.has_stats for n in step_norms(self))
 
 
 def gaussian_kl(m1, v1, m2, v2) -> torch.Tensor:
@@ -206,17 +204,19 @@ def gaussian_kl(m1, v1, m2, v2) -> torch.Tensor:
     return 0.5 * (torch.log(v2 / v1) + (v1 + (m1 - m2).square()) / v2 - 1).sum(-1)
 
 
-class Diffusion:
-    """Gaussian diffusion with a learned reverse chain, SPEC §13."""
+class Diffusion(Method):
+    """Gaussian diffusion with a learned reverse chain, algorithms.md §13."""
 
-    def __init__(self, cfg: MethodConfig) -> None:
-        self.cfg = cfg
-        self.T = cfg.T
-        self.betas = make_betas(cfg.diff_schedule, cfg.T)
+    name = "diffusion"
+    has_likelihood = True
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.betas = make_betas(self.settings.schedule, cfg.T)
 
     def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> DiffusionModel:
         return DiffusionModel(shape, Schedule.from_betas(self.betas), cfg,
-                              scale=self.cfg.diff_data_scale, target=self.cfg.diff_predict)
+                              scale=self.settings.data_scale, target=self.settings.predict)
 
     @staticmethod
     def prior_kl(model: DiffusionModel, y: torch.Tensor) -> torch.Tensor:
@@ -242,7 +242,7 @@ class Diffusion:
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         ab = model._at("alpha_bar", k)
         xk = ab.sqrt() * x + (1 - ab).sqrt() * eps
-        if self.cfg.diff_loss == "bound":
+        if self.settings.loss == "bound":
             mean, var = model.transition(xk, k)
             return (T * self.step_term(model, x, xk, k, mean, var) + self.prior_kl(model, x)
                     - model.d * math.log(model.scale))
@@ -256,7 +256,7 @@ class Diffusion:
     def log_weight(self, model: DiffusionModel, x: torch.Tensor, generator: torch.Generator | None,
                    isotropic: bool = False) -> torch.Tensor:
         """One draw of ℓ = log p(x_T) + Σ_k log p(x_{k-1} | x_k) − Σ_k log q(x_k | x_{k-1}), (B,),
-        over a forward path x_1..x_T ~ q(· | x) (SPEC §13 and the shared estimates of SPEC §7),
+        over a forward path x_1..x_T ~ q(· | x) (algorithms.md §13 and the shared estimates of algorithms.md §7),
         run in diffusion space and returned as a density of the model-space x (+ d·log scale).
         ``isotropic``: the last step's (x_1 → x) variance replaced by its mean over dimensions.
         """

@@ -1,10 +1,10 @@
-"""Infusion training, SPEC §3–5 (Bordes, Honari & Vincent 2017, Algorithm 1).
+"""Infusion training, docs/algorithms.md §3–5 (Bordes, Honari & Vincent 2017, Algorithm 1).
 
 The training chain starts from z̃(0) ~ q(0)(· | x) and at every step infuses the target x into
 the model's own transition: per dimension, with probability α(t) the next state is drawn from a
 narrow Gaussian at x instead of from p(t)(· | z̃(t-1)). Each step is trained to denoise towards
 x, weighted by t/T (footnote 3); no gradient flows between steps. The lower-bound-based
-variant (``method.loss = "bound"``, SPEC §5) instead maximises the bound ℓ of SPEC §7 with
+variant (``method.infusion.loss = "bound"``, §5) instead maximises the bound ℓ of §7 with
 gradients through the chain's Gaussian draws.
 """
 
@@ -14,42 +14,72 @@ import math
 
 import torch
 
-from ..chain import infuse, infusion_rates, log_q_mixture
 from ..config import MethodConfig, ModelConfig
-from ..operator import ChainModel, normal_log_prob
+from ..distributions import log_q_mixture, normal_log_prob
+from ..errors import InputError
+from ..operator import ChainModel, GaussianChainModel
+from .base import Method
 
 
-class Infusion:
-    """Infusion training: denoising-based (SPEC §4) or lower-bound-based (SPEC §5)."""
+def infusion_rates(T: int, alpha0: float, omega: float) -> list[float]:
+    """α(0), …, α(T-1) with α(t) = α(t-1) + ω, clipped to [0, 1] (algorithms.md §3)."""
+    if not 0.0 <= alpha0 <= 1.0:
+        raise InputError(f"alpha0={alpha0}: an infusion rate must lie in [0, 1]")
+    return [min(1.0, max(0.0, alpha0 + omega * t)) for t in range(T)]
+
+
+def infuse(mean: torch.Tensor, std: torch.Tensor, x: torch.Tensor, alpha: float,
+           generator: torch.Generator | None, target_std: float = 0.01) -> torch.Tensor:
+    """One draw of the infusion mixture q(t), algorithms.md §3.
+
+    Per dimension, with m ~ Bernoulli(α): z = m·(x + target_std·ε₁) + (1-m)·(μ + σ·ε₂).
+    ``mean``/``std`` are the model's transition (or the prior); all tensors (B, d).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha={alpha}: an infusion rate must lie in [0, 1]")
+    kw = {"generator": generator, "device": x.device, "dtype": x.dtype}
+    mask = torch.rand(x.shape, **kw) < alpha
+    from_target = x + target_std * torch.randn(x.shape, **kw)
+    from_model = mean + std * torch.randn(x.shape, **kw)
+    return torch.where(mask, from_target, from_model)
+
+
+class Infusion(Method):
+    """Infusion training: denoising-based (algorithms.md §4) or lower-bound-based (§5)."""
+
+    name = "infusion"
+    has_likelihood = True
+    has_infusion_chain = True
 
     def __init__(self, cfg: MethodConfig) -> None:
-        self.cfg = cfg
-        self.T = cfg.T
-        self.rates = infusion_rates(cfg.T, cfg.alpha0, cfg.omega)  # α(0) … α(T-1)
-        self.target_std = math.sqrt(cfg.target_var)
+        super().__init__(cfg)
+        s = self.settings
+        self.rates = infusion_rates(cfg.T, s.alpha0, s.omega)  # α(0) … α(T-1)
+        self.target_var = s.target_var
+        self.target_std = math.sqrt(s.target_var)
 
-    def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> ChainModel:
+    def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> GaussianChainModel:
         """The model this method trains: prior + operator with T batch-norm slots."""
-        return ChainModel(shape, self.T, cfg)
+        return GaussianChainModel(shape, self.T, cfg)
 
     def step_weight(self, t: int) -> float:
         """η(t)/η₀ = t/T (footnote 3), or 1."""
-        return t / self.T if self.cfg.step_weight == "linear" else 1.0
+        return t / self.T if self.settings.step_weight == "linear" else 1.0
 
     def start(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """z̃(0) ~ q(0)(· | x) = (1-α(0)) p(0) + α(0) N(x, target_var), SPEC §3."""
+        """z̃(0) ~ q(0)(· | x) = (1-α(0)) p(0) + α(0) N(x, target_var), algorithms.md §3."""
         prior = model.prior
         mean, std = prior.mean.expand_as(x), prior.var.sqrt().expand_as(x)
         return infuse(mean, std, x, self.rates[0], generator, self.target_std)
 
     def loss(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Per-example loss, x: (B, d) -> (B,): ``method.loss`` "denoising" (SPEC §4) or "bound" (§5)."""
-        if self.cfg.loss == "bound":
+        """Per-example loss, x: (B, d) -> (B,): "denoising" (algorithms.md §4) or "bound" (§5)."""
+        if self.settings.loss == "bound":
             return self.bound_loss(model, x, generator)
         return self.denoising_loss(model, x, generator)
 
     def bound_loss(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Lower-bound-based infusion training, SPEC §5: −ℓ of SPEC §7 for one draw, (B,).
+        """Lower-bound-based infusion training, algorithms.md §5: −ℓ of algorithms.md §7 for one draw, (B,).
 
         The very computation of :meth:`log_weight`: each z̃(t) = μ_t + σ_t·ε (where the mask
         keeps the model's component) carries gradients into every earlier step
@@ -59,7 +89,7 @@ class Infusion:
 
     def denoising_loss(self, model: ChainModel, x: torch.Tensor,
                        generator: torch.Generator | None) -> torch.Tensor:
-        """Per-example loss L = Σ_t (t/T)·(−log N(x; μ_t, σ²_t)), x: (B, d) -> (B,). SPEC §4."""
+        """Per-example loss L = Σ_t (t/T)·(−log N(x; μ_t, σ²_t)), x: (B, d) -> (B,). algorithms.md §4."""
         z = self.start(model, x, generator)
         total = x.new_zeros(x.shape[0])
         for t in range(1, self.T + 1):
@@ -86,7 +116,7 @@ class Infusion:
 
     def log_weight(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None,
                    isotropic: bool = False) -> torch.Tensor:
-        """One draw of the log-weight ℓ of SPEC §7 (paper eqs. 2–3), x: (B, d) -> (B,).
+        """One draw of the log-weight ℓ of algorithms.md §7 (paper eqs. 2–3), x: (B, d) -> (B,).
 
         ℓ = log p(0)(z̃0) + Σ_{t<T} log p(t)(z̃t | z̃t-1) + log p(T)(x | z̃T-1)
             − log q(0)(z̃0 | x) − Σ_{t<T} log q(t)(z̃t | z̃t-1, x),   z̃ ~ q(· | x).
@@ -97,7 +127,7 @@ class Infusion:
         z = self.start(model, x, generator)
         log_p = prior.log_prob(z)
         log_q = log_q_mixture(z, prior.mean.expand_as(x), prior.var.expand_as(x), x,
-                              self.rates[0], self.cfg.target_var)
+                              self.rates[0], self.target_var)
         for t in range(1, self.T + 1):
             mean, var = model(z, t)
             if t == self.T:
@@ -106,6 +136,6 @@ class Infusion:
                 return log_p + normal_log_prob(x, mean, var) - log_q
             z_next = infuse(mean, var.sqrt(), x, self.rates[t], generator, self.target_std)
             log_p = log_p + normal_log_prob(z_next, mean, var)
-            log_q = log_q + log_q_mixture(z_next, mean, var, x, self.rates[t], self.cfg.target_var)
+            log_q = log_q + log_q_mixture(z_next, mean, var, x, self.rates[t], self.target_var)
             z = z_next
         raise AssertionError("unreachable")

@@ -1,32 +1,37 @@
-"""Variational walkback, SPEC §11 (Goyal, Ke, Ganguli & Bengio 2017, Algorithm 1, eq. 10, app. F, H).
+"""Variational walkback, algorithms.md §11 (Goyal, Ke, Ganguli & Bengio 2017, Algorithm 1,
+eq. 10, appendices F and H).
 
-The operator at temperature T is p_T(s' | s) = N(μ, σ²) with μ = (1-a)·s + a·F_μ(s) and
-σ = T·softplus(F_σ(s)); F_μ and F_σ are the two heads of the shared MLP body (SPEC §2), with
-one batch-norm slot per temperature level (the paper's appendix I: batch norm not shared
-across steps). A training trajectory heats a data point with the operator itself: n ~ U{0..N1}
-steps at temperature 1, then the temperature grows by ×2 (or ×√2, appendix F) per step over
-L = ``method.T`` levels, so step t of K = n + L uses level max(0, t-n-1), temperature
-base^level. The loss is the walk back, −Σ_t log p_{T_t}(s_{t-1} | s_t) − log p*(s_K), with no
-gradient through the draws. p* (the model's ``prior``) starts at the data's moments (the trainer
-fits it) and is moved, during training steps, towards the moments of the hottest states s_K.
+The operator at temperature T is p_T(s' | s) = N(μ, T·σ²) with μ = (1-a)·s + a·F_μ(s) and
+σ = softplus(F_σ(s)): the temperature multiplies the *variance* (std √T·σ), as Algorithm 1
+("injects noise of variance Tσ²"), appendix F and the authors' code do. F_μ and F_σ are the two
+heads of the shared MLP body (§2), with one batch-norm slot per temperature level (appendix I:
+batch norm not shared across steps). A training trajectory heats a data point with the
+operator itself: n ~ U{0..N1} steps at temperature 1, then the temperature grows by ×2 (or ×√2,
+appendix F) per step over L = ``method.T`` levels, so step t of K = n + L uses level
+max(0, t-n-1), temperature base^level. The loss is the walk back,
+−Σ_t log p_{T_t}(s_{t-1} | s_t) − log p*(s_K), with no gradient through the draws. p* (the
+model's ``prior``) starts at the data's moments (the trainer fits it) and is moved, during
+training steps, towards the moments of the hottest states s_K.
 
 Sampling cools: the shared sampler's step t runs at level max(0, L - t), so steps 1..L go from
-the hottest level down to temperature 1 and every further step (``method.vw_extra`` of them in
-the presets) is a temperature-1 step. The eq. 10 estimate (``log_weight``) scores exactly that
-chain with n = ``vw_extra``. :func:`reversibility` is the appendix H measure.
+the hottest level down to temperature 1 and every further step (``method.walkback.extra`` of
+them in the presets) is a temperature-1 step. The eq. 10 estimate (``log_weight``) scores
+exactly that chain with n = ``extra``. :func:`reversibility` is the appendix H measure.
 
 Where the released code (github.com/anirudh9119/walkback_nips17) differs, we follow the paper
-(SPEC §11): it scores each state under its own mean and trains with L1/L2 reconstruction
-losses, and uses near-zero noise for CIFAR; here each step is the Gaussian log-density of the
-previous state, as Algorithm 1 and the bound of eq. 5 require, so that eq. 10 is a likelihood.
+(§11): it scores each state under its own mean and trains with L1/L2 reconstruction losses,
+and uses near-zero noise for CIFAR; here each step is the Gaussian log-density of the previous
+state, as Algorithm 1 and the bound of eq. 5 require, so that eq. 10 is a likelihood.
 Choices the paper leaves open: the temperature-1 noise σ is learned, so the number of heated
 levels is the setting ``method.T`` rather than ceil(log2(σ²_max/σ²)), and σ is capped at
-σ_max/T_max (``vw_sigma_max``; T_max = base^(L-1)) so that the hottest step's noise is at most
-σ_max, which is Algorithm 1's T_max = σ²_max/σ² read the other way round. Without the cap the
-learned σ and the heating feed each other (the walk back fits any σ the heating used) and the
-heated states ran away (p* variance ~10⁴ on the spiral after 15 epochs, measured). Parameters are
-updated once per minibatch on the summed steps (the paper reports online per-step updates as
-slightly better) because the shared trainer makes one step per batch.
+σ_max/√T_max (``sigma_max``; T_max = base^(L-1)) so that the hottest step's std is at most
+σ_max: Algorithm 1's T_max = σ²_max/σ² read the other way round. Without the cap the learned σ
+and the heating feed each other (the walk back fits any σ the heating used) and the heated
+states ran away (p* variance ~10⁴ on the spiral after 15 epochs, measured with version 0.1).
+Version 0.1 multiplied the std by the temperature (variance ×4 per doubling); its checkpoints
+load with ``temperature_scales = "std"`` and keep that behaviour. Parameters are updated once
+per minibatch on the summed steps (the paper reports online per-step updates as slightly
+better) because the shared trainer makes one step per batch.
 """
 
 from __future__ import annotations
@@ -36,33 +41,42 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..config import MethodConfig, ModelConfig
+from ..config import ModelConfig
+from ..distributed import same_on_all_ranks
+from ..distributions import normal_log_prob
+from ..errors import InputError
 from ..nets import build_net, step_norms
-from ..operator import FactorialGaussianPrior, normal_log_prob
+from ..operator import ChainModel, FactorialGaussianPrior
+from .base import Method
 
 
-class WalkbackModel(nn.Module):
-    """Temperature-scaled Gaussian operator and its start distribution p* (SPEC §11).
+class WalkbackModel(ChainModel):
+    """Temperature-scaled Gaussian operator and its start distribution p* (algorithms.md §11).
 
-    Same surface as :class:`~infusion.operator.ChainModel`: ``prior`` (p*), ``T`` (= L heated
-    levels = batch-norm slots), ``shape``, ``d``, ``forward(z, t)`` for the shared sampler.
+    ``prior`` is p*, ``T`` the L heated levels (= batch-norm slots). ``variance_scaling``:
+    the temperature multiplies the variance (the paper), else the std (version 0.1).
     """
 
     def __init__(self, shape: tuple[int, ...], T: int, cfg: ModelConfig, alpha: float = 0.5,
-                 base: float = 2.0, sigma_offset: float = 0.0, sigma_max: float = 0.5) -> None:
-        super().__init__()
-        self.shape = tuple(shape)
-        self.d = math.prod(self.shape)
-        self.T, self.alpha, self.base, self.sigma_offset = T, alpha, base, sigma_offset
-        # Tmax = σ²_max/σ² read the other way: the temperature-1 noise σ is at most σ_max/T_max
-        self.sigma_cap = sigma_max / self.temperature(T - 1)
-        self.prior = FactorialGaussianPrior(self.d)
-        self.net = build_net(cfg.net, self.d, tuple(cfg.hidden), T, cfg.batch_norm)
+                 base: float = 2.0, sigma_offset: float = 0.0, sigma_max: float = 0.5,
+                 variance_scaling: bool = True) -> None:
+        d = math.prod(shape)
+        super().__init__(shape, T, build_net(cfg.net, d, tuple(cfg.hidden), T, cfg.batch_norm),
+                         FactorialGaussianPrior(d))
+        self.alpha, self.base, self.sigma_offset = alpha, base, sigma_offset
+        self.variance_scaling = variance_scaling
+        # Tmax = σ²_max/σ² read the other way: the temperature-1 noise σ is at most
+        # σ_max/√T_max, so that the hottest step's std is at most σ_max
+        self.sigma_cap = sigma_max / self.std_factor(T - 1)
 
     def temperature(self, level: int) -> float:
         return self.base ** level
+
+    def std_factor(self, level: int) -> float:
+        """What the temperature does to the noise std: √T (the paper), or T (version 0.1)."""
+        t = self.temperature(level)
+        return math.sqrt(t) if self.variance_scaling else t
 
     def level(self, t: int) -> int:
         """Temperature level of the sampler's step t (1-based): cooling, then temperature 1."""
@@ -71,32 +85,33 @@ class WalkbackModel(nn.Module):
     def transition(self, s: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """p_T(· | s) at temperature base^level: (μ, σ²), each (B, d)."""
         if not 0 <= level < self.T:
-            raise ValueError(f"temperature level {level}: expected 0..{self.T - 1}")
+            raise InputError(f"temperature level {level}: expected 0..{self.T - 1}")
         f_mu, f_sigma = self.net(s, level + 1)
         mean = (1 - self.alpha) * s + self.alpha * f_mu
         sigma = F.softplus(f_sigma + self.sigma_offset).clamp(1e-6, self.sigma_cap)
-        std = self.temperature(level) * sigma
+        std = self.std_factor(level) * sigma
         return mean, std.square()
 
-    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transition(z, self.level(t))
 
-    @property
-    def stats_ready(self) -> bool:
-        return all(n.has_stats for n in step_norms(self))
 
+class Walkback(Method):
+    """Variational walkback training (Algorithm 1), the eq. 10 estimate, algorithms.md §11."""
 
-class Walkback:
-    """Variational walkback training (Algorithm 1), the eq. 10 estimate, SPEC §11."""
+    name = "walkback"
+    has_likelihood = True
+    has_reversibility = True
 
-    def __init__(self, cfg: MethodConfig) -> None:
-        self.cfg = cfg
-        self.T = cfg.T
-        self.base = 2.0 if cfg.vw_schedule == "double" else math.sqrt(2.0)
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.base = 2.0 if self.settings.schedule == "double" else math.sqrt(2.0)
 
     def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> WalkbackModel:
-        return WalkbackModel(shape, self.T, cfg, self.cfg.vw_alpha, self.base,
-                             self.cfg.vw_sigma_offset, self.cfg.vw_sigma_max)
+        s = self.settings
+        return WalkbackModel(shape, self.T, cfg, s.alpha, self.base, s.sigma_offset, s.sigma_max,
+                             variance_scaling=s.temperature_scales == "variance")
 
     def levels(self, n: int) -> list[int]:
         """Temperature level of heating steps t = 1..n+L: n+1 steps at level 0, then 1..L-1."""
@@ -126,8 +141,9 @@ class Walkback:
         norm slot). In a training step (gradients enabled, train mode) p* moves towards the
         moments of s_K.
         """
-        n = int(torch.randint(0, self.cfg.vw_n1 + 1, (), generator=generator,
+        n = int(torch.randint(0, self.settings.n1 + 1, (), generator=generator,
                               device=x.device))
+        n = same_on_all_ranks(n)  # one n per global minibatch under DDP
         states = self.heat(model, x, n, generator)
         total = -model.prior.log_prob(states[-1])
         for t, level in enumerate(self.levels(n), start=1):
@@ -139,8 +155,8 @@ class Walkback:
 
     @torch.no_grad()
     def update_prior(self, model: WalkbackModel, hot: torch.Tensor) -> None:
-        """p* ← moving average (``vw_prior_momentum``) of the batch moments of s_K (Algorithm 1)."""
-        m = self.cfg.vw_prior_momentum
+        """p* ← moving average (``prior_momentum``) of the batch moments of s_K (Algorithm 1)."""
+        m = self.settings.prior_momentum
         prior = model.prior
         prior.mean.mul_(m).add_((1 - m) * hot.mean(0))
         prior.var.mul_(m).add_((1 - m) * hot.var(0, unbiased=False).clamp_min(1e-8))
@@ -148,15 +164,15 @@ class Walkback:
     @torch.no_grad()
     def log_weight(self, model: WalkbackModel, x: torch.Tensor, generator: torch.Generator | None,
                    isotropic: bool = False) -> torch.Tensor:
-        """One draw of the eq. 10 log-weight over a heated path with n = ``vw_extra``, (B,):
+        """One draw of the eq. 10 log-weight over a heated path with n = ``extra``, (B,):
 
         ℓ = Σ_t [log p_{T_t}(s_{t-1} | s_t) − log q_{T_t}(s_t | s_{t-1})] + log p*(s_K),
         q being the same operator run forwards (heating). Its mean over draws is the bound of
         eq. 5 and its log-mean-exp the importance-sampling estimate, for the chain that the
-        sampler runs with T + vw_extra steps. ``isotropic``: the last step's (s_1 → x)
-        variance replaced by its mean over dimensions (SPEC §7).
+        sampler runs with T + extra steps. ``isotropic``: the last step's (s_1 → x)
+        variance replaced by its mean over dimensions (algorithms.md §7).
         """
-        n = self.cfg.vw_extra
+        n = self.settings.extra
         states = self.heat(model, x, n, generator)
         ell = model.prior.log_prob(states[-1])
         for t, level in enumerate(self.levels(n), start=1):
@@ -191,9 +207,8 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
     def draw(mean, var):
         return mean + var.sqrt() * torch.randn(mean.shape, generator=g, device=dev)
 
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    was_training = model.training
+    model.eval()
     try:
         s = model.prior.sample(torch.randn(n_chains, model.d, generator=g, device=dev))
         for lev in range(model.T - 1, 0, -1):  # cool down to temperature 1
@@ -215,8 +230,7 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
             if trace:
                 running.append(float(kl.mean()) / (len(running) + 1))
     finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
+        model.train(was_training)
     kl, ent = kl / steps, ent / steps
     kl_mean, ent_mean = float(kl.mean()), float(ent.mean())
     se = float(kl.std() / math.sqrt(n_chains)) if n_chains > 1 else float("nan")
@@ -229,7 +243,7 @@ def reversibility(model, n_chains: int = 100, steps: int = 1000, burn_in: int = 
 
 @contextmanager
 def _not_collecting(model):
-    """Pause the SPEC §6 statistics collection of every per-step batch norm in ``model``."""
+    """Pause the algorithms.md §6 statistics collection of every per-step batch norm in ``model``."""
     norms = [n for n in step_norms(model) if n.collecting]
     for n in norms:
         n.collecting = False

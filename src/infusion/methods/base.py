@@ -1,0 +1,58 @@
+"""The method protocol (docs/algorithms.md §3–5, §11–14): how a training chain is built from a
+data point, which loss each step gets, and what the method can estimate.
+
+A method is a small object made from ``MethodConfig``. Shared code never asks a method for its
+name or probes it with ``hasattr``: it reads the declared capabilities below.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+
+from ..config import MethodConfig, ModelConfig
+from ..operator import ChainModel
+
+
+class Method(abc.ABC):
+    """Base class of every training method.
+
+    Capabilities (class attributes):
+      * ``has_likelihood``: :meth:`log_weight` returns one draw of the log-weight ℓ whose mean
+        is a lower bound on log p(x) and whose log-mean-exp is the IS estimate (§7);
+      * ``has_infusion_chain``: :meth:`infusion_chain` returns the training chain for given
+        targets (paper Fig. 2);
+      * ``has_reversibility``: the model has a temperature-1 operator whose departure from
+        detailed balance can be measured (§11, appendix H of Goyal et al.).
+    """
+
+    name: ClassVar[str]
+    has_likelihood: ClassVar[bool] = False
+    has_infusion_chain: ClassVar[bool] = False
+    has_reversibility: ClassVar[bool] = False
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+        self.T = cfg.T
+        self.settings: Any = getattr(cfg, self.name)  # this method's ``method.<name>.*``
+
+    @abc.abstractmethod
+    def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> ChainModel:
+        """The model this method trains, on states of shape ``shape``."""
+
+    @abc.abstractmethod
+    def loss(self, model: ChainModel, x: torch.Tensor,
+             generator: torch.Generator | None) -> torch.Tensor:
+        """Per-example training loss, x: (B, d) in model space -> (B,)."""
+
+    def log_weight(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None,
+                   isotropic: bool = False) -> torch.Tensor:
+        """One draw of ℓ per example, (B, d) -> (B,) (only where ``has_likelihood``)."""
+        raise TypeError(f"method {self.name!r} defines no likelihood (has_likelihood is False)")
+
+    def infusion_chain(self, model: ChainModel, x: torch.Tensor,
+                       generator: torch.Generator | None) -> list[torch.Tensor]:
+        """The training chain's states for targets x (only where ``has_infusion_chain``)."""
+        raise TypeError(f"method {self.name!r} has no infusion chain (has_infusion_chain is False)")

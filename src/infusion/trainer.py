@@ -1,0 +1,506 @@
+"""The training loop, read top to bottom (docs/algorithms.md §4, §6).
+
+``train(cfg, run_dir)`` fits the prior, runs the method's loss with Adam over shuffled, freshly
+dequantised minibatches, scores the validation set every epoch (batch statistics, as the paper
+does during training), keeps the best epoch and stops early. At the end it restores the best
+weights, stores the per-step batch-norm statistics (§6), writes ``final.pt`` and draws samples
+and figures. A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and the
+figures; it is locked while a run writes it.
+
+A run is resumable at every checkpoint: after each epoch, every ``train.checkpoint_minutes``
+inside an epoch, and on SIGINT/SIGTERM. ``metrics.jsonl`` is written from the rows stored in
+the checkpoint, so a resumed run never repeats a row. A non-finite loss or weight stops the run
+with :class:`Diverged` and leaves the last finite checkpoint as the resumable state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt_io
+from . import distributed, figures
+from .config import Config, from_dict, override, to_dict
+from .data import Data, load_data
+from .ema import EMA
+from .errors import UserError
+from .io import atomic_write, save_npz
+from .methods import Method, build_method
+from .operator import ChainModel
+from .runtime import batches, bf16_is_fast, compute_step_statistics, mixed_precision, resolve_device
+
+
+class RunError(UserError, RuntimeError):
+    """A run directory that cannot be used as asked; the message says what to do."""
+
+
+class Diverged(UserError, RuntimeError):
+    """Training produced a non-finite loss or weights; the last finite checkpoint is kept."""
+
+
+class Interrupted(UserError, RuntimeError):
+    """SIGINT or SIGTERM stopped the run after saving a resumable checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands, saved in every checkpoint (the weights and RNGs beside it)."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps
+    batch: int = 0  # minibatches done in the unfinished epoch (a mid-epoch checkpoint)
+    best: float = math.inf  # best validation score (lower is better)
+    bad_epochs: int = 0  # epochs since it improved
+    stopped_early: bool = False
+    seconds: float = 0.0  # wall time of the finished epochs (training + validation)
+    loss_sum: float = 0.0  # the unfinished epoch's summed loss, examples and training time
+    seen: int = 0
+    epoch_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
+
+
+# The run's own files: removed by ``overwrite=True``, never anything else.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "infusion_chains", "samples.npz",
+             "samples.png", "chains.png", "curve.png")
+
+
+def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
+          overwrite: bool = False, device: str = "auto", overrides: Sequence[str] = (),
+          progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Train ``cfg`` into ``run_dir`` and return the final checkpoint's path.
+
+    ``resume`` continues the run from its last checkpoint with the config stored there;
+    ``overrides`` (``train.*``/``sample.*`` only, e.g. ``train.epochs=50``, ``train.lr=3e-4``)
+    are applied, the optimiser's rate included. ``overwrite`` replaces a previous run's files.
+    """
+    run_dir = Path(run_dir)
+    ctx, dev = distributed.setup(resolve_device(device))  # one process, or one of torchrun's
+    if not ctx.main:  # rank 0 alone logs, shows progress and writes files
+        log, progress = (lambda _: None), False
+    with _run_lock(run_dir, ctx.main), _stop_signals() as stop:
+        # ---- setup: config, data, model, optimiser, generators
+        saved = _load_resume(run_dir, dev) if resume else None
+        cfg = _run_config(cfg, saved, overrides, run_dir, overwrite)
+        if dev.type == "cpu" and cfg.train.cpu_threads:
+            torch.set_num_threads(cfg.train.cpu_threads)  # process-wide, as torch has it
+        tc = cfg.train
+        with distributed.main_first(ctx):  # rank 0 fills the data cache, the others read it
+            data = load_data(cfg, dev)
+        method = build_method(cfg.method)
+        with torch.random.fork_rng(devices=[]):  # weight init from the run's seed only
+            torch.manual_seed(tc.seed)
+            model = method.build_model(data.shape, cfg.model).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        ema = EMA(model, tc.ema) if tc.ema > 0 else None  # the weights validated and sampled
+        g = torch.Generator(device=dev).manual_seed(tc.seed + 7919 * ctx.rank)  # chain noise
+        shuffle = torch.Generator().manual_seed(tc.seed + 3)  # minibatch order, all ranks
+        # ---- resume, or start: the prior from the data
+        if saved is None:
+            state = TrainState()
+            fit_prior(model, data, cfg)
+            epoch_rng = shuffle.get_state()
+        else:
+            state, epoch_rng = _restore(saved, model, opt, ema, g, shuffle, tc, ctx, log)
+        if ctx.main:
+            atomic_write(run_dir / "config.json",
+                         lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
+        if tc.compile:
+            model.net.compile()  # in place: the state dict keeps its names
+        if tc.precision == "bf16" and not bf16_is_fast(dev):
+            log("warning: train.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 / "
+                "AMX): bf16 products are emulated and far slower than fp32")
+        autocast = mixed_precision(model, dev, tc.precision)
+        step_loss = distributed.DataParallelLoss(model, method, ctx, dev)
+        if state.epoch == 0 and state.batch == 0 and 0 in tc.record_chains_at and ctx.main:
+            record_infusion_chains(model, method, data, cfg, 0, run_dir)
+        save = _Saver(run_dir, cfg, model, opt, ema, g, shuffle, data.shape, ctx.main)
+        start, last_save = time.time(), time.time()
+        while not state.stopped_early and state.epoch < tc.epochs:
+            # ---- one epoch of minibatches (a resumed epoch skips the batches it has done)
+            shuffle.set_state(epoch_rng)
+            order = list(batches(len(data.train), tc.batch_size, shuffle))
+            model.train()
+            t0 = time.time()
+            bar = tqdm(total=len(order), initial=state.batch, leave=False, disable=not progress,
+                       desc=f"epoch {state.epoch + 1}/{tc.epochs}", dynamic_ncols=True)
+            for idx in order[state.batch:]:
+                x = data.model_space(data.train[step_loss.shard(idx)], g)
+                with autocast():
+                    objective, loss = step_loss(x, len(idx), g)
+                if not math.isfinite(loss):
+                    raise Diverged(_diverged_message(run_dir, state, loss))
+                opt.zero_grad(set_to_none=True)
+                objective.backward()
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                state.step, state.batch = state.step + 1, state.batch + 1
+                state.seen += len(idx)
+                state.loss_sum += loss * len(idx)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.1f}")
+                # ---- mid-epoch checkpoints: every train.checkpoint_minutes, and on a signal
+                now = time.time()
+                timed = tc.checkpoint_minutes > 0 and now - last_save >= 60 * tc.checkpoint_minutes
+                if distributed.agree(ctx, stop.requested or timed):
+                    state.epoch_seconds += now - t0
+                    t0 = now
+                    save(state, shuffle_state=epoch_rng)
+                    last_save = now
+                    if distributed.agree(ctx, stop.requested):
+                        raise Interrupted(f"stopped by {stop.requested or 'a signal'} during epoch "
+                                          f"{state.epoch + 1}; --resume continues from here")
+            bar.close()
+            epoch_seconds = state.epoch_seconds + time.time() - t0
+            train_loss = state.loss_sum / max(state.seen, 1)
+            state.epoch, state.batch, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
+            state.seconds, state.epoch_seconds = state.seconds + epoch_seconds, 0.0
+            epoch_rng = shuffle.get_state()
+            # ---- validate (the EMA weights, if any: the ones that will be sampled)
+            t_valid = time.time()
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                scores = validate(model, method, data, cfg)
+                if state.epoch in tc.record_chains_at and ctx.main:
+                    record_infusion_chains(model, method, data, cfg, state.epoch, run_dir)
+                # lower is better; a method without a bound early-stops on its validation loss
+                valid = -scores["valid_bound"] if "valid_bound" in scores else scores.get("valid_loss")
+                improved = valid is not None and valid < state.best
+                if improved and ctx.main:
+                    ckpt_io.save(run_dir / "checkpoints" / "best.pt",
+                                 {"model": model.state_dict(), "epoch": state.epoch})
+            state.best, state.bad_epochs = ((valid, 0) if improved
+                                            else (state.best, state.bad_epochs + 1))
+            state.seconds += time.time() - t_valid
+            row = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss, **scores,
+                   "example_steps_per_s": len(data.train) * cfg.method.T / max(epoch_seconds, 1e-9),
+                   "epoch_seconds": epoch_seconds, "valid_seconds": time.time() - t_valid,
+                   "seconds": state.seconds}
+            state.history.append(row)
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+            log(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
+                f"{row['example_steps_per_s']:,.0f} example-steps/s")
+            # ---- stop? (early stopping, time limit, signal) and checkpoint
+            state.stopped_early = tc.patience > 0 and state.bad_epochs >= tc.patience
+            if state.stopped_early:
+                log(f"early stop: no validation improvement for {state.bad_epochs} epochs")
+            out_of_time = tc.max_minutes > 0 and (time.time() - start) / 60 >= tc.max_minutes
+            out_of_time = distributed.agree(ctx, out_of_time)  # every process stops together
+            finished = state.stopped_early or state.epoch >= tc.epochs
+            if out_of_time and not finished:
+                log(f"stopping after {tc.max_minutes} minutes (train.max_minutes); --resume continues")
+            if state.epoch % tc.checkpoint_every == 0 or finished or out_of_time or stop.requested:
+                save(state, shuffle_state=epoch_rng)
+                last_save = time.time()
+            elif ctx.main:
+                _write_metrics(run_dir, state.history)
+            if distributed.agree(ctx, stop.requested):
+                raise Interrupted(f"stopped by {stop.requested or 'a signal'} after epoch "
+                                  f"{state.epoch}; --resume continues")
+            if out_of_time:
+                break
+        # ---- finish: best weights, §6 statistics, final checkpoint, figures (rank 0)
+        final = run_dir / "checkpoints" / "final.pt"
+        if ctx.main:
+            final = finalize(run_dir, cfg, model, method, data, progress=progress, log=log, ema=ema)
+    distributed.finish(ctx)
+    return final
+
+
+class _Saver:
+    """Writes the resumable checkpoint ``epoch-NNNN.pt`` and ``metrics.jsonl`` beside it."""
+
+    def __init__(self, run_dir, cfg, model, opt, ema, g, shuffle, shape, main: bool) -> None:
+        self.run_dir, self.cfg, self.model, self.opt, self.ema = run_dir, cfg, model, opt, ema
+        self.g, self.shuffle, self.shape, self.main = g, shuffle, shape, main
+
+    def __call__(self, state: TrainState, shuffle_state: torch.Tensor) -> None:
+        bad = [k for k, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise Diverged(_diverged_message(self.run_dir, state, f"non-finite weights in {bad[0]}"))
+        if not self.main:
+            return
+        ckpt_dir = self.run_dir / "checkpoints"
+        name = f"epoch-{state.epoch:04d}.pt"
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        ckpt_io.save(ckpt_dir / name, {
+            **extra, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "config": to_dict(self.cfg), "shape": list(self.shape), "state": asdict(state),
+            "rng": {"chain": self.g.get_state(), "shuffle": self.shuffle.get_state(),
+                    "epoch_start": shuffle_state},
+        })
+        ckpt_io.set_latest(ckpt_dir, name)  # finalize() points it at final.pt at the end
+        _write_metrics(self.run_dir, state.history)
+        for old in ckpt_dir.glob("epoch-*.pt"):
+            if old.name != name:
+                old.unlink()
+
+
+def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(text))
+
+
+def _diverged_message(run_dir: Path, state: TrainState, what) -> str:
+    try:
+        last = f"{training_state_file(run_dir)} (the last finite checkpoint)"
+    except RunError:
+        last = "no checkpoint yet"
+    return (f"training diverged at epoch {state.epoch + 1}, step {state.step + 1}: loss {what}. "
+            f"Kept: {last}. Lower the learning rate, e.g. --resume --set train.lr=...")
+
+
+def _run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str], run_dir: Path,
+                overwrite: bool) -> Config:
+    """The run's config: new (refusing a used directory unless ``overwrite``), or the stored
+    one with ``train.*``/``sample.*`` overrides on resume (anything else is refused)."""
+    if saved is not None:
+        bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("train.", "sample."))]
+        if bad:
+            raise RunError(f"--resume cannot change {bad[0].split('=', 1)[0]!r}: a resumed run "
+                           "keeps its data, model and method (only train.* and sample.* may "
+                           "change); start a new run instead")
+        return override(from_dict(saved["config"]), list(overrides))
+    if cfg is None:
+        raise RunError("train() needs a config unless resuming")
+    cfg = override(cfg, list(overrides)).validate()
+    used = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if used and not overwrite:
+        resumable = any((run_dir / "checkpoints").glob("epoch-*.pt"))
+        hint = ("pass --resume to continue it, " if resumable else
+                "it saved no resumable state; ") + "--overwrite to replace it, or another --run-dir"
+        raise RunError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(used)}); "
+                       f"{hint}")
+    for name in used:  # overwrite: this run's own files only
+        p = run_dir / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return cfg
+
+
+def _load_resume(run_dir: Path, device: torch.device) -> dict:
+    return ckpt_io.load(training_state_file(run_dir), map_location=device)
+
+
+def _restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc, ctx, log
+             ) -> tuple[TrainState, torch.Tensor]:
+    """Load a training checkpoint into the objects; returns the state and the shuffle state at
+    the start of the unfinished epoch. Checkpoints of version 0.1 (no ``state``) load too."""
+    model.load_state_dict(ckpt_io.migrate_state_dict(saved["model"]))
+    opt.load_state_dict(saved["optimizer"])
+    for group in opt.param_groups:  # an override of train.lr applies to the optimiser too
+        group["lr"] = tc.lr
+    if ema is not None and "ema" in saved:
+        ema.load_state_dict({**saved["ema"],
+                             "shadow": ckpt_io.migrate_state_dict(saved["ema"]["shadow"])})
+    known = {f.name for f in fields(TrainState)}
+    if "state" in saved:
+        state = TrainState(**{k: v for k, v in saved["state"].items() if k in known})
+    else:  # 0.1: loose counters; the rows come from metrics.jsonl up to the saved epoch
+        state = TrainState(epoch=saved["epoch"], step=saved["step"], best=saved["best"],
+                           bad_epochs=saved["bad_epochs"], stopped_early=saved["stopped_early"])
+        state.history = _old_rows(Path(saved["path"]).parent.parent, state.epoch)
+        state.seconds = sum(r.get("epoch_seconds", 0.0) + r.get("valid_seconds", 0.0)
+                            for r in state.history)
+    g.set_state(saved["rng"]["chain"].cpu() if ctx.rank == 0 else g.get_state())
+    shuffle.set_state(saved["rng"]["shuffle"].cpu())
+    epoch_rng = saved["rng"].get("epoch_start", saved["rng"]["shuffle"]).cpu()
+    if state.batch and saved["config"]["train"]["batch_size"] != tc.batch_size:
+        raise RunError("--resume from a mid-epoch checkpoint cannot change train.batch_size; "
+                       "resume with the old size and change it after the epoch")
+    log(f"resuming {saved['path']} (epoch {state.epoch}"
+        + (f", batch {state.batch}" if state.batch else "") + ")")
+    return state, epoch_rng
+
+
+def _old_rows(run_dir: Path, epoch: int) -> list[dict]:
+    f = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] \
+        if f.exists() else []
+    last = {r["epoch"]: r for r in rows if r.get("epoch", epoch + 1) <= epoch}  # no duplicates
+    return [last[k] for k in sorted(last)]
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, main: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (``.lock``) while a run writes it."""
+    if not main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunError(f"run directory {str(run_dir)!r} is in use by another infusion process "
+                           f"(pid {f.read().strip() or '?'}); wait for it to finish") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        for stale in run_dir.glob("**/.*.tmp"):  # temporary files of a killed writer
+            stale.unlink()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _StopRequest:
+    requested: str = ""
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_StopRequest]:
+    """Turn SIGINT/SIGTERM into a request the loop honours after the current step (main thread
+    only); a second signal interrupts at once."""
+    stop = _StopRequest()
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    try:
+        old = {s: signal.getsignal(s) for s in sigs}
+        for s in sigs:
+            signal.signal(s, lambda num, _f: _request(stop, num, old))
+    except ValueError:  # not the main thread: signals stay as they are
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _request(stop: _StopRequest, num: int, old: dict) -> None:
+    if stop.requested:  # the second signal: the default behaviour
+        signal.signal(num, old[num])
+        raise KeyboardInterrupt
+    stop.requested = signal.Signals(num).name
+
+
+def training_state_file(run_dir: str | Path) -> Path:
+    """The run's resumable training state (``checkpoints/epoch-NNNN.pt``, the highest epoch)."""
+    found = list((Path(run_dir) / "checkpoints").glob("epoch-*.pt"))
+    if not found:
+        raise RunError(f"nothing to resume in {str(run_dir)!r}: no checkpoints/epoch-*.pt (the run "
+                       "stopped before its first checkpoint); start it again with --overwrite")
+    return max(found, key=lambda p: int(p.stem.split("-")[1]) if p.stem[6:].isdigit() else -1)
+
+
+@torch.no_grad()
+def fit_prior(model: ChainModel, data: Data, cfg: Config) -> None:
+    """p(0) moments from one dequantised pass over the training set (algorithms.md §2)."""
+    g = torch.Generator(device=data.train.device).manual_seed(cfg.train.seed + 7)
+    model.prior.fit(data.model_space(data.train, g), cfg.model.prior_var_floor)
+
+
+@torch.no_grad()
+def validate(model: ChainModel, method: Method, data: Data, cfg: Config) -> dict[str, float]:
+    """Validation loss and stochastic lower bound (algorithms.md §7, one draw per example) on
+    the first ``train.valid_examples`` validation examples, nats per example.
+
+    Batch statistics are used, as the paper does during training (appendix A.1), and the noise
+    is the same every epoch so epochs are comparable. With ``train.train_bound_examples`` the
+    same bound on the first training examples is added as ``train_bound`` (paper Fig. 3).
+    """
+    n = min(cfg.train.valid_examples, len(data.valid))
+    if n < 2:
+        return {}
+    jobs = [("valid_loss", method.loss, data.valid, n, 1)]
+    if method.has_likelihood:
+        jobs.append(("valid_bound", method.log_weight, data.valid, n, 1))
+        n_train = min(cfg.train.train_bound_examples, len(data.train))
+        if n_train >= 2:
+            jobs.append(("train_bound", method.log_weight, data.train, n_train, 2))
+    out = {}
+    for name, fn, split, count_max, seed_offset in jobs:
+        g = torch.Generator(device=split.device).manual_seed(cfg.train.seed + seed_offset)
+        total, count = 0.0, 0
+        for idx in batches(count_max, cfg.train.batch_size):
+            total += float(fn(model, data.model_space(split[idx], g), g).sum())
+            count += len(idx)
+        out[name] = total / count
+    return out
+
+
+@torch.no_grad()
+def record_infusion_chains(model: ChainModel, method: Method, data: Data, cfg: Config,
+                           epoch: int, run_dir: str | Path) -> Path | None:
+    """Paper Fig. 2: infusion chains for fixed validation targets at this point of training.
+
+    Runs the method's infusion chain (algorithms.md §3) on the first validation batch with
+    batch statistics, as in training, and the same noise at every epoch; keeps the first
+    ``train.record_chains_n`` rows. Writes ``infusion_chains/epoch-NNNN.npz`` with ``chain``
+    (T+1, n, *shape) = z̃(0) … z̃(T-1), μ_T and ``targets`` (n, *shape). None if the method
+    has no infusion chain.
+    """
+    if not method.has_infusion_chain:
+        return None
+    n_batch = min(len(data.valid), cfg.train.batch_size)
+    k = min(cfg.train.record_chains_n, n_batch)
+    g = torch.Generator(device=data.valid.device).manual_seed(cfg.train.seed + 11)
+    was_training = model.training
+    model.train()
+    try:
+        x = data.model_space(data.valid[:n_batch], g)
+        states = method.infusion_chain(model, x, g)
+    finally:
+        model.train(was_training)
+    chain = torch.stack([s[:k] for s in states]).float().cpu().numpy()
+    arrays = {"chain": chain.reshape(len(states), k, *data.shape),
+              "targets": x[:k].float().cpu().numpy().reshape(k, *data.shape),
+              "epoch": np.array(epoch)}
+    return save_npz(Path(run_dir) / "infusion_chains" / f"epoch-{epoch:04d}.npz", **arrays)
+
+
+def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data: Data, *,
+             progress: bool = True, log: Callable[[str], None] = print,
+             ema: EMA | None = None) -> Path:
+    """Best weights (the EMA's when ``train.ema`` > 0), §6 statistics, ``final.pt``, samples
+    and figures. Returns its path."""
+    ckpt_dir = run_dir / "checkpoints"
+    best_file, epoch = ckpt_dir / "best.pt", None
+    if ema is not None:
+        ema.copy_to(model)  # best.pt, if any, holds EMA weights too
+    if best_file.exists():
+        best = ckpt_io.load(best_file, map_location=data.train.device, weights_only=True)
+        model.load_state_dict(best["model"])
+        epoch = best["epoch"]
+        log(f"using the best validation epoch ({epoch})")
+    compute_step_statistics(model, method, data, cfg.train.batch_size, cfg.train.seed + 5, progress)
+    final = ckpt_dir / "final.pt"
+    ckpt_io.save(final, {"model": model.state_dict(), "config": to_dict(cfg),
+                         "shape": list(data.shape), "epoch": epoch})
+    ckpt_io.set_latest(ckpt_dir, final.name)
+    model.sample_steps = cfg.sample_steps
+    write_figures(run_dir, model, cfg, log=log)
+    return final
+
+
+def write_figures(run_dir: Path, model: ChainModel, cfg: Config,
+                  log: Callable[[str], None] = print) -> None:
+    """Samples (npz), a sample grid, sampling chains and the training curve, into ``run_dir``."""
+    from .sample import sample_to_file
+    from .sampler import sample_chain
+
+    sc, steps = cfg.sample, cfg.sample_steps
+    out = sample_to_file(model, run_dir / "samples.npz", n=sc.n, steps=steps, seed=sc.seed)
+    chains = sample_chain(model, sc.chains, steps, seed=sc.seed, return_trajectory=True)
+    figures.save_chain_figure(run_dir / "chains.png", chains.trajectory_means,
+                              every=max(1, steps // 10))
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        figures.save_curves(run_dir / "curve.png", metrics)
+    log(f"samples: {out}\ngrid: {out.with_suffix('.png')}\nchains: {run_dir / 'chains.png'}\n"
+        f"curve: {run_dir / 'curve.png'}")

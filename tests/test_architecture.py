@@ -1,0 +1,132 @@
+"""The one model interface, the method protocol, nested settings with migration of version-0.1
+configs and checkpoints, and the step-by-step sampler (issue 11)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from infusion import config, train
+from infusion.checkpoint import load_model
+from infusion.methods import METHODS, Method, build_method
+from infusion.operator import ChainModel
+from infusion.sampler import PerSampleNoise, run_chain, sample_chain
+
+OLD = Path(__file__).parent / "data" / "v0_1"  # run directories written by version 0.1
+TINY = ["data.toy_size=256", "model.hidden=8,8", "train.epochs=2", "train.batch_size=64",
+        "train.valid_examples=64", "sample.n=4", "sample.chains=2", "method.T=3"]
+PRESETS = {"infusion": "spiral", "walkback": "spiral-walkback", "gsn": "spiral-gsn",
+           "diffusion": "spiral-diffusion"}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_in_bf16_on_the_cpu_and_loads_back(tmp_path, name):
+    cfg = config.override(config.preset(PRESETS[name]), TINY + ["train.precision=bf16"])
+    final = train(cfg, tmp_path / name, progress=False, log=lambda s: None)
+    model, loaded = load_model(final)
+    assert isinstance(model, ChainModel) and loaded.method.name == name
+    assert model.stats_ready and model.sample_steps == loaded.sample_steps
+    out = sample_chain(model, 3, seed=0)
+    assert out.samples.shape == (3, 2) and torch.isfinite(out.samples).all()
+
+
+def test_methods_declare_capabilities_instead_of_being_probed():
+    caps = {n: (m.has_likelihood, m.has_infusion_chain, m.has_reversibility)
+            for n, m in METHODS.items()}
+    assert caps == {"infusion": (True, True, False), "walkback": (True, False, True),
+                    "gsn": (False, False, False), "diffusion": (True, False, False)}
+    gsn = build_method(config.preset("spiral-gsn").method)
+    assert isinstance(gsn, Method) and gsn.settings == config.preset("spiral-gsn").method.gsn
+    model = gsn.build_model((2,), config.preset("spiral-gsn").model)
+    with pytest.raises(TypeError, match="no likelihood"):
+        gsn.log_weight(model, torch.rand(4, 2), None)
+
+
+def test_nested_settings_validate_themselves_and_name_the_setting():
+    cfg = config.override(config.preset("mnist"), ["method.walkback.sigma_max=0.3"])
+    assert cfg.method.walkback.sigma_max == 0.3 and cfg.method.settings is cfg.method.infusion
+    with pytest.raises(config.ConfigError, match=r"method\.walkback\.sigma_max=-1"):
+        config.override(config.preset("spiral-walkback"), ["method.walkback.sigma_max=-1"])
+    with pytest.raises(config.ConfigError, match="method.walkback is a section"):
+        config.override(config.preset("mnist"), ["method.walkback=1"])
+    with pytest.raises(config.ConfigError, match="unknown setting method.gsn.bogus"):
+        config.override(config.preset("mnist"), ["method.gsn.bogus=1"])
+    # the flat names of version 0.1 still work on the command line
+    old = config.override(config.preset("mnist"), ["method.alpha0=0.1", "method.vw_n1=3"])
+    assert old.method.infusion.alpha0 == 0.1 and old.method.walkback.n1 == 3
+
+
+def test_flat_configs_of_version_0_1_migrate():
+    flat = {"method": {"name": "walkback", "T": 8, "vw_alpha": 0.4, "vw_sigma_max": 0.2,
+                       "alpha0": 0.1, "gsn_noise": "salt_pepper", "diff_predict": "v"}}
+    m = config.from_dict(flat).method
+    assert (m.walkback.alpha, m.walkback.sigma_max, m.infusion.alpha0) == (0.4, 0.2, 0.1)
+    assert (m.gsn.noise, m.diffusion.predict) == ("salt_pepper", "v")
+    assert m.walkback.temperature_scales == "std"  # as 0.1 trained it
+    assert config.preset("spiral-walkback").method.walkback.temperature_scales == "variance"
+    # today's dicts round-trip unchanged
+    cfg = config.preset("mnist-walkback")
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("name", ["infusion", "walkback", "gsn", "diffusion"])
+def test_version_0_1_checkpoints_load_and_compute_what_they_computed(name):
+    model, _ = load_model(OLD / name)  # run directory -> checkpoints/latest -> final.pt
+    ref = np.load(OLD / name / "reference.npz")
+    z = torch.from_numpy(ref["z"])
+    for t in (1, 2):
+        noise = torch.full_like(z, 0.3) if name == "gsn" else None
+        with torch.no_grad():
+            mean, var = model(z, t, noise)
+        np.testing.assert_allclose(mean.numpy(), ref[f"mean_{t}"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(var.numpy(), ref[f"var_{t}"], rtol=1e-6, atol=1e-9)
+
+
+def test_a_version_0_1_run_resumes_without_repeating_rows(tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(OLD / "infusion", run)
+    train(None, run, resume=True, overrides=["train.epochs=3"], progress=False,
+          log=lambda s: None)
+    rows = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    assert [int(r.split('"epoch": ')[1].split(",")[0]) for r in rows] == [1, 2, 3]
+
+
+def test_walkback_temperature_multiplies_the_variance():
+    cfg = config.preset("spiral-walkback")
+    model = build_method(cfg.method).build_model((2,), cfg.model)
+    s = torch.rand(5, 2)
+    _, var1 = model.transition(s, 0)
+    _, var2 = model.transition(s, 1)  # temperature 2
+    torch.testing.assert_close(var2, 2 * var1)
+    # the cap keeps the hottest step's std at sigma_max: sigma <= sigma_max / sqrt(T_max)
+    assert model.sigma_cap == pytest.approx(cfg.method.walkback.sigma_max / 2 ** ((cfg.method.T - 1) / 2))
+
+
+def test_sampler_is_handed_its_noise_step_by_step_and_reports_every_state(spiral_run):
+    model, _ = load_model(spiral_run)
+    calls, seen = [], []
+
+    def noise():
+        calls.append(1)
+        return torch.zeros(4, model.d)
+
+    z, mean = run_chain(model, noise, 7, callback=lambda info: seen.append(info["t"]))
+    assert len(calls) == 8 and seen == list(range(8))  # z(0) and one block per step
+    torch.testing.assert_close(z, mean)  # zero noise: the state is the mean
+    # per-sample generators: the same sample at any batch size, and any number of steps
+    a = sample_chain(model, 5, model.T, seed=10, batch_size=2).samples
+    b = sample_chain(model, 5, model.T, seeds=[10, 11, 12, 13, 14], batch_size=5).samples
+    torch.testing.assert_close(a, b)
+    first = PerSampleNoise([10], model.d)()
+    torch.testing.assert_close(first, PerSampleNoise([10, 99], model.d)()[:1])
+
+
+def test_sampling_defaults_to_the_runs_sample_steps(spiral_run):
+    model, cfg = load_model(spiral_run)
+    assert model.sample_steps == cfg.sample_steps
+    default = sample_chain(model, 2, seed=0).samples
+    torch.testing.assert_close(default, sample_chain(model, 2, cfg.sample_steps, seed=0).samples)
