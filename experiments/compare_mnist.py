@@ -1,4 +1,4 @@
-"""Infusion versus diffusion on MNIST — the comparison the infusion paper makes (SPEC §10, §13):
+"""Infusion versus diffusion on MNIST — the comparison the infusion paper makes (algorithms.md §10, §13):
 sample quality against the number of sampling steps, with walkback and GSN as further rows.
 
 Every method is trained by the shared trainer on the same network (``--hidden``), the same
@@ -10,7 +10,7 @@ steps plus extra temperature-1 steps, GSN with a long chain — and scored on th
 
 * the Fréchet distance of the project's MNIST classifier features against test images
   (``infusion.metrics``, extractor ``mnist-cnn``; lower is better), and
-* the Parzen-window test log-likelihood, σ chosen on validation data (SPEC §8;
+* the Parzen-window test log-likelihood, σ chosen on validation data (algorithms.md §8;
   ``infusion.likelihood``; nats, higher is better).
 
 Writes ``compare_mnist.md``, ``compare_mnist.json`` and ``compare_mnist.png`` (quality against
@@ -169,7 +169,7 @@ def write_table(path: Path, rows, settings: dict, seconds: float, device: str) -
     path.write_text("# MNIST: sample quality against sampling steps\n\n"
                     f"Same network and budget for every method ({budget}); device {device}; "
                     f"total {seconds:.0f} s. FD: Fréchet distance of the project's MNIST "
-                    "classifier features against test images; Parzen: SPEC §8 on the final "
+                    "classifier features against test images; Parzen: algorithms.md §8 on the final "
                     "means, σ chosen on validation images.\n\n" + "\n".join(lines) + "\n")
 
 

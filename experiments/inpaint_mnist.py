@@ -1,4 +1,4 @@
-"""Inpainting on MNIST read by an independent classifier (SPEC §9, paper §4.3 / Fig. 5).
+"""Inpainting on MNIST read by an independent classifier (algorithms.md §9, paper §4.3 / Fig. 5).
 
 For each mask (top, bottom, left, right half observed) completes the first ``--n`` test
 digits with ``--chains`` clamped chains each (``infusion.inpaint``) and scores them with the

@@ -1,4 +1,4 @@
-"""Sampling longer than training (T' = 2T, SPEC §2; paper §4: 30 sampling steps for a model
+"""Sampling longer than training (T' = 2T, algorithms.md §2; paper §4: 30 sampling steps for a model
 trained with 15) and its effect on the classifier metrics of ``infusion.metrics``.
 
 For each T' the same seeds are used (sample i from seed + i), so the rows differ only in the

@@ -1,9 +1,9 @@
-"""Infusion-rate sweeps: paper Table 4 / thesis Table A.1 and Fig. 6 / Fig. A.1 (SPEC §10).
+"""Infusion-rate sweeps: paper Table 4 / thesis Table A.1 and Fig. 6 / Fig. A.1 (algorithms.md §10).
 
 Trains one model per grid point (number of steps T and infusion rate: α(0) for T = 1, ω with
 α(0) = 0 for the increasing schedule, a constant α(t) = α(0) with ω = 0), records the
-validation lower bound per epoch, restores the best epoch, computes the SPEC §6 statistics and
-the test lower bound (SPEC §7, one proposal draw per test example), and writes:
+validation lower bound per epoch, restores the best epoch, computes the algorithms.md §6 statistics and
+the test lower bound (algorithms.md §7, one proposal draw per test example), and writes:
 
 * ``table4.md`` / ``table4.png``: the paper's layout, one sub-table per (schedule, T), a row per
   rate with our test bound, the paper's value and a strip of sample means;
@@ -100,7 +100,7 @@ def config_for(p: Point, s: dict, seed: int) -> C.Config:
 
 
 def test_bound(run: Path, n: int, seed: int = 0) -> float:
-    """Mean test lower bound (SPEC §7, one draw per example) with the stored statistics."""
+    """Mean test lower bound (algorithms.md §7, one draw per example) with the stored statistics."""
     from infusion.data import load_mnist
     from infusion.likelihood import estimate_likelihood
 
@@ -180,8 +180,8 @@ def write_table(rows: list[dict], out: Path, settings: dict, reduced: bool) -> N
     """``table4.md`` and ``table4.png`` (the paper's layout with a sample strip per row)."""
     lines = [f"# Infusion rate sweep ({'reduced' if reduced else 'full'} grid)", "",
              "Settings: " + json.dumps(settings), "",
-             ("Test lower bound (nats, SPEC §7, one draw per test example); the paper's value from "
-              "thesis Table A.1 (SPEC §10). Rate = α(0) for T = 1 and constant schedules, ω (α(0) = 0) "
+             ("Test lower bound (nats, algorithms.md §7, one draw per test example); the paper's value from "
+              "thesis Table A.1 (algorithms.md §10). Rate = α(0) for T = 1 and constant schedules, ω (α(0) = 0) "
               "otherwise. Strip: sample means of the best-epoch model (runs/NAME/samples.png)."), ""]
     for key in _groups(rows):
         lines += [f"## {key[0]} schedule, T = {key[1]}", "",

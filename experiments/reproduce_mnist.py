@@ -1,4 +1,4 @@
-"""Reproduce the paper's MNIST numbers (SPEC §10): train a preset, then evaluate it in full.
+"""Reproduce the paper's MNIST numbers (algorithms.md §10): train a preset, then evaluate it in full.
 
     python experiments/reproduce_mnist.py --run-dir runs/reproduce-mnist
     python experiments/reproduce_mnist.py --preset mnist-demo --set train.max_minutes=8

@@ -1,4 +1,4 @@
-"""2-D toy suite: infusion, variational walkback, GSN walkback and diffusion (SPEC §11–13).
+"""2-D toy suite: infusion, variational walkback, GSN walkback and diffusion (algorithms.md §11–13).
 
 Each method is trained with the shared trainer from its ``spiral-<method>`` preset (``spiral``
 for infusion) on spiral, circle and the 8-Gaussian ring, then sampled with the shared sampler.

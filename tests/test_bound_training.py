@@ -1,4 +1,4 @@
-"""Lower-bound-based infusion training, SPEC §5: the loss is −ℓ of SPEC §7, gradients flow
+"""Lower-bound-based infusion training, algorithms.md §5: the loss is −ℓ of algorithms.md §7, gradients flow
 through the chain's Gaussian draws."""
 
 from __future__ import annotations

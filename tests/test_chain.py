@@ -1,4 +1,4 @@
-"""Infusion mixture and schedule (SPEC §3), per-step batch norm (SPEC §2, §6), operator heads."""
+"""Infusion mixture and schedule (algorithms.md §3), per-step batch norm (algorithms.md §2, §6), operator heads."""
 
 from __future__ import annotations
 

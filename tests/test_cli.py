@@ -27,7 +27,7 @@ def test_train_then_sample(tmp_path, capsys):
     z = np.load(out)
     assert z["samples"].shape == z["means"].shape == (10, 2)  # 2-D points
     assert z["samples"].dtype == np.float32 and out.with_suffix(".png").exists()
-    # sampling from a mid-training checkpoint computes the SPEC §6 statistics first
+    # sampling from a mid-training checkpoint computes the algorithms.md §6 statistics first
     epoch_file = next((run / "checkpoints").glob("epoch-*.pt"))
     assert main(["sample", "--checkpoint", str(epoch_file), "--n", "4", "--out",
                  str(tmp_path / "e.npz")]) == 0

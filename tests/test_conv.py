@@ -1,4 +1,4 @@
-"""Convolutional operators (SPEC §2): shapes, per-channel per-step batch norm, and the conv
+"""Convolutional operators (algorithms.md §2): shapes, per-channel per-step batch norm, and the conv
 presets training a few steps on synthetic CIFAR- and CelebA-shaped data."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_step_batch_norm_is_per_channel_and_per_step():
     torch.testing.assert_close(bn(h, 1), ref, atol=1e-5, rtol=1e-5)  # γ=1, β=0 at step 1
     expected = ref * torch.arange(1.0, 6.0).view(1, 5, 1, 1) - 1.0
     torch.testing.assert_close(bn(h, 2), expected, atol=1e-5, rtol=1e-5)
-    # the SPEC §6 statistics pass stores per-channel averages over batches
+    # the algorithms.md §6 statistics pass stores per-channel averages over batches
     bn.start_collect()
     bn(h[:3], 3)
     bn(h[3:], 3)

@@ -1,4 +1,4 @@
-"""Tests for infusion.data (SPEC §1): IDX/pickle parsing, the verified cache, sources, scaling,
+"""Tests for infusion.data (algorithms.md §1): IDX/pickle parsing, the verified cache, sources, scaling,
 and the entrance (load_split, shape_of, load_data)."""
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def test_mirror_source_end_to_end(tmp_path, served, small, monkeypatch):
     assert not (npz.parent / "download").exists()  # the .gz files are not kept
 
 
-# --- pixel scaling (SPEC §1) ---------------------------------------------------------------
+# --- pixel scaling (algorithms.md §1) ---------------------------------------------------------------
 
 def test_dequantize_range_statistics_and_reproducibility():
     k = torch.arange(256, dtype=torch.uint8).repeat(400)

@@ -1,4 +1,4 @@
-"""Image data sets (SPEC §1): real formats made here, fetched from a local server, cached."""
+"""Image data sets (algorithms.md §1): real formats made here, fetched from a local server, cached."""
 
 from __future__ import annotations
 

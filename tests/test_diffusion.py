@@ -1,4 +1,4 @@
-"""Diffusion (SPEC §13): schedules, respacing, losses, gradient flow, and the bound against the
+"""Diffusion (algorithms.md §13): schedules, respacing, losses, gradient flow, and the bound against the
 exact log-density when the reverse chain is the exact reversal of q for Gaussian data."""
 
 from __future__ import annotations

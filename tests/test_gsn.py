@@ -1,4 +1,4 @@
-"""GSN / DAE walkback (SPEC §12): corruptions, walkback loss against the clean target, chains
+"""GSN / DAE walkback (algorithms.md §12): corruptions, walkback loss against the clean target, chains
 from noise and from data, clamped sampling, per-sample seeds, no likelihood."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Inpainting, SPEC §9: clamped dimensions never move; completions vary across chains; CLI."""
+"""Inpainting, algorithms.md §9: clamped dimensions never move; completions vary across chains; CLI."""
 
 from __future__ import annotations
 

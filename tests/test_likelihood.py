@@ -1,5 +1,5 @@
-"""Likelihood estimates (SPEC §7) on a chain with a closed-form marginal, Parzen window (SPEC §8),
-and the per-step statistics pass (SPEC §6) checked end to end."""
+"""Likelihood estimates (algorithms.md §7) on a chain with a closed-form marginal, Parzen window (algorithms.md §8),
+and the per-step statistics pass (algorithms.md §6) checked end to end."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def test_data_is_dequantised_afresh_and_stats_are_required(tiny_mnist):
 
 # ----------------------------------------------------------------------------- Parzen
 def _numpy_parzen(samples, x, sigma):
-    """An independent implementation: the formula of SPEC §8 in numpy, no chunks."""
+    """An independent implementation: the formula of algorithms.md §8 in numpy, no chunks."""
     s, x = np.asarray(samples, np.float64), np.asarray(x, np.float64)
     d2 = ((x[:, None, :] - s[None, :, :]) ** 2).sum(-1)
     a = -d2 / (2 * sigma**2)
@@ -208,7 +208,7 @@ def test_sigma_selection_finds_the_kernel_width_and_grid_has_paper_value():
     assert torch.equal(parzen_space(raw), raw.reshape(20, -1).float() / 256)  # no noise
 
 
-# ----------------------------------------------------------------------------- SPEC §6
+# ----------------------------------------------------------------------------- algorithms.md §6
 def test_step_statistics_are_exact_averages_of_batch_moments():
     from infusion.data import load_data
     from infusion.methods import build_method

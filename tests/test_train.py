@@ -1,4 +1,4 @@
-"""Training, sampling, checkpoints and resume (SPEC §2, §4, §6; DESIGN.md conventions)."""
+"""Training, sampling, checkpoints and resume (algorithms.md §2, §4, §6; DESIGN.md conventions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Variational walkback (SPEC §11): loss, detached heating, p* refit, eq. 10 against a closed
+"""Variational walkback (algorithms.md §11): loss, detached heating, p* refit, eq. 10 against a closed
 form, the reversibility measure of appendix H."""
 
 from __future__ import annotations

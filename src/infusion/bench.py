@@ -26,7 +26,7 @@ from .ema import EMA
 from .methods import build_method
 from .sampler import sample_chain
 
-# Training-set sizes (SPEC §1 and :mod:`infusion.data`) for the full-run estimate.
+# Training-set sizes (algorithms.md §1 and :mod:`infusion.data`) for the full-run estimate.
 TRAIN_SIZES = {"mnist": 50_000, "cifar10": 45_000, "svhn": 65_932, "celeba": 162_770,
                "tfd": 0, "folder": 0}
 
@@ -123,7 +123,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
     T = cfg.method.T
     ex_steps = B * T / step_s
 
-    # SPEC §6 statistics from the synthetic batch, so the sampler runs as it does after training
+    # algorithms.md §6 statistics from the synthetic batch, so the sampler runs as it does after training
     compute_step_statistics(model, method, Data(raw, raw, shape, pixels), B)
     model.eval()
     n = sample_n or B
@@ -139,7 +139,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
     n_train = cfg.data.n_train or TRAIN_SIZES.get(cfg.data.name) or cfg.data.toy_size
     # One epoch: training, plus validation (loss and bound: two forward chains, ≈ 1/3 of a
     # training step each) on train.valid_examples; the run: train.epochs epochs (early
-    # stopping may end it sooner) plus the SPEC §6 statistics pass (one forward chain).
+    # stopping may end it sooner) plus the algorithms.md §6 statistics pass (one forward chain).
     epoch_s = n_train * T / ex_steps + 2 * cfg.train.valid_examples * T / (3 * ex_steps)
     run_min = (cfg.train.epochs * epoch_s + n_train * T / (3 * ex_steps)) / 60
     return {

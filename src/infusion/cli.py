@@ -123,7 +123,7 @@ def load_for_sampling(checkpoint: str, device: str = "auto"):
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
-    """Complete test images whose observed part is clamped (SPEC §9, paper Fig. 5)."""
+    """Complete test images whose observed part is clamped (algorithms.md §9, paper Fig. 5)."""
     from .inpaint import inpaint, load_images, parse_mask, save_inpainting
 
     if args.classify:

@@ -2,7 +2,7 @@
 
 θ_ema ← d·θ_ema + (1 − d)·θ after every optimiser step, with the usual warm-up
 d = min(decay, (1 + n)/(10 + n)) after n updates, so a short run is not dominated by the
-initial weights. Only parameters are averaged; buffers (the prior's moments, the SPEC §6
+initial weights. Only parameters are averaged; buffers (the prior's moments, the algorithms.md §6
 batch-norm statistics) belong to whichever weights are in the model.
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation of a trained model: likelihood estimates (SPEC §7), Parzen window (SPEC §8),
+"""Evaluation of a trained model: likelihood estimates (algorithms.md §7), Parzen window (algorithms.md §8),
 sample quality from a classifier and the memorisation check, written as a JSON report and a
 markdown table.
 
@@ -31,7 +31,7 @@ DEFAULT_METRICS = ("lb", "is", "parzen", "fid", "score", "coverage", "memorisati
 _LIKELIHOOD = {"lb", "is", "is-iso"}
 _SAMPLES = {"parzen", "fid", "score", "coverage", "memorisation"}
 _CLASSIFIER = {"fid", "score", "coverage"}
-# SPEC §10 (MNIST, nats): Table 1 Parzen; Table 2 IS, lower bound, isotropic IS.
+# algorithms.md §10 (MNIST, nats): Table 1 Parzen; Table 2 IS, lower bound, isotropic IS.
 PAPER_MNIST = {"parzen": 312.0, "lb": 1350.598, "is": 1836.27, "is-iso": 413.297}
 
 
@@ -193,7 +193,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
 
 
 def _load(source, cfg, dev, progress):
-    """(model on dev with SPEC §6 statistics, cfg, checkpoint path or None, notes)."""
+    """(model on dev with algorithms.md §6 statistics, cfg, checkpoint path or None, notes)."""
     from .checkpoint import load_model, resolve
     from .runtime import ensure_step_statistics
 
@@ -207,7 +207,7 @@ def _load(source, cfg, dev, progress):
         model, path = source.to(dev), None
     if ensure_step_statistics(model, cfg, dev, progress):
         notes.append("the checkpoint had no per-step batch-norm statistics; they were computed "
-                     "here with the SPEC §6 pass")
+                     "here with the algorithms.md §6 pass")
     return model.eval(), cfg, path, notes
 
 
@@ -229,7 +229,7 @@ def _splits(cfg, progress: bool = True) -> dict[str, torch.Tensor]:
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """Raw data as classifier metrics and the memorisation check see them: pixels k/256
-    without noise, as for Parzen (SPEC §8); toy points as they are; shape kept."""
+    without noise, as for Parzen (algorithms.md §8); toy points as they are; shape kept."""
     from .data import parzen_space
 
     return parzen_space(x).reshape(x.shape)
@@ -336,7 +336,7 @@ def _write(out: Path, report: dict, per_example: dict[str, np.ndarray]) -> None:
 
 
 def markdown(report: dict) -> str:
-    """The report as a markdown table (nats per example; paper values for MNIST, SPEC §10)."""
+    """The report as a markdown table (nats per example; paper values for MNIST, algorithms.md §10)."""
     m, s = report["metrics"], report["settings"]
     paper = PAPER_MNIST if report.get("data") == "mnist" else {}
     rows = []

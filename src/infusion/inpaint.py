@@ -1,4 +1,4 @@
-"""Inpainting, SPEC §9 (paper §4.3, Fig. 5): complete images whose observed part is clamped.
+"""Inpainting, algorithms.md §9 (paper §4.3, Fig. 5): complete images whose observed part is clamped.
 
 The observed dimensions are set to their data values (k/256, no noise) at z(0) and after every
 transition; the free ones start from the prior and follow the sampling chain. Several chains
@@ -102,7 +102,7 @@ class Inpainting:
 def inpaint(model: ChainModel, images: torch.Tensor, mask: torch.Tensor, chains: int = 5,
             steps: int | None = None, seed: int = 0, return_trajectory: bool = False,
             batch_size: int = 500) -> Inpainting:
-    """Complete ``images`` (N, C, H, W) in [0, 1] with ``chains`` clamped chains each (SPEC §9).
+    """Complete ``images`` (N, C, H, W) in [0, 1] with ``chains`` clamped chains each (algorithms.md §9).
 
     Chain k of image i uses seed ``seed + i·chains + k``. ``steps`` = T' (default: training T).
     """
@@ -150,7 +150,7 @@ def save_inpainting(out_dir: str | Path, result: Inpainting, labels: torch.Tenso
 
 def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) -> dict[str, float]:
     """How an independent classifier (a ``metrics`` extractor with ``logits``) reads the
-    completions, for the SPEC §9 check that they are consistent digits.
+    completions, for the algorithms.md §9 check that they are consistent digits.
 
     ``completions``: fraction of completions read as the image's label; ``originals``: the
     same for the full images (the ceiling); ``masked``: for the observed part alone with the
@@ -178,7 +178,7 @@ def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) 
 
 def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``n`` images of a split of ``data`` (a DataConfig, or a data set name) as k/256
-    floats (N, C, H, W) (SPEC §1, no noise), and their labels (or None)."""
+    floats (N, C, H, W) (algorithms.md §1, no noise), and their labels (or None)."""
     from .data import TOYS, load_split, to_unit
 
     dc = DataConfig(name=data) if isinstance(data, str) else data

@@ -1,11 +1,11 @@
 """Likelihood estimates: log-weights ℓ, the stochastic lower bound, importance sampling
-(SPEC §7, paper eqs. 2–3) and the Parzen-window estimator (SPEC §8).
+(algorithms.md §7, paper eqs. 2–3) and the Parzen-window estimator (algorithms.md §8).
 
 One code path serves every method: :func:`log_weights` only calls the method's hook
 ``method.log_weight(model, x, generator, isotropic=...)``, which returns one draw of ℓ per
 example, (B,). The k draws of many examples are laid out along the batch axis and chunked, so
 memory stays bounded for any k. Evaluation uses the stored per-step batch-norm statistics
-(SPEC §6): the model is put in eval mode, so examples never influence each other.
+(algorithms.md §6): the model is put in eval mode, so examples never influence each other.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ def _check_ready(model) -> None:
     if not model.stats_ready:
         raise RuntimeError(
             "the model has no stored per-step batch-norm statistics; run the statistics pass of "
-            "SPEC §6 (infusion.runtime.compute_step_statistics) before evaluating likelihoods")
+            "algorithms.md §6 (infusion.runtime.compute_step_statistics) before evaluating likelihoods")
 
 
 @torch.no_grad()
 def log_weights(model, method, x: torch.Tensor, k: int, generator: torch.Generator | None,
                 batch_size: int = 1000, isotropic: bool = False,
                 progress: bool = False) -> torch.Tensor:
-    """ℓ for ``k`` independent proposal draws of every example, SPEC §7: (N, d) -> (N, k).
+    """ℓ for ``k`` independent proposal draws of every example, algorithms.md §7: (N, d) -> (N, k).
 
     ``x`` is in model space (already dequantised). Each forward pass holds at most
     ``batch_size`` rows: a chunk of examples, each repeated along the batch axis for a chunk of
@@ -119,7 +119,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
                         repeats: int = 1, batch_size: int = 1000, isotropic: bool = False,
                         ks: Sequence[int] | None = None,
                         progress: bool = False) -> dict[str, Estimate]:
-    """Lower bound and IS estimate of log p(x) for every example of ``data``, SPEC §7.
+    """Lower bound and IS estimate of log p(x) for every example of ``data``, algorithms.md §7.
 
     ``data``: uint8 pixels (N, ...) — dequantised afresh in every repeat, once per example,
     all k draws scoring the same point — or continuous points used as they are. Each repeat
@@ -152,7 +152,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
 @torch.no_grad()
 def parzen_log_prob(samples: torch.Tensor, x: torch.Tensor, sigma: float | Sequence[float],
                     chunk: int = 2048, progress: bool = False) -> torch.Tensor:
-    """Parzen-window log-density of each row of x, SPEC §8 (Breuleux et al. 2011):
+    """Parzen-window log-density of each row of x, algorithms.md §8 (Breuleux et al. 2011):
 
     log p̂(x) = logmeanexp_i(−‖x − s_i‖² / (2σ²)) − (d/2)·log(2πσ²).
 
@@ -193,7 +193,7 @@ def parzen_log_prob(samples: torch.Tensor, x: torch.Tensor, sigma: float | Seque
 def select_sigma(samples: torch.Tensor, valid: torch.Tensor,
                  grid: Sequence[float] = SIGMA_GRID, chunk: int = 2048,
                  progress: bool = False) -> tuple[float, dict[float, float]]:
-    """σ of the grid with the highest mean Parzen log-density on validation data (SPEC §8);
+    """σ of the grid with the highest mean Parzen log-density on validation data (algorithms.md §8);
     returns it and the mean for every σ."""
     scores = parzen_log_prob(samples, valid, list(grid), chunk, progress).mean(1)
     table = {float(s): float(v) for s, v in zip(grid, scores)}
@@ -203,7 +203,7 @@ def select_sigma(samples: torch.Tensor, valid: torch.Tensor,
 def parzen_estimate(samples: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
                     grid: Sequence[float] = SIGMA_GRID, chunk: int = 2048,
                     progress: bool = False) -> Estimate:
-    """The Parzen-window test log-likelihood of SPEC §8: σ chosen on ``valid`` over ``grid``,
+    """The Parzen-window test log-likelihood of algorithms.md §8: σ chosen on ``valid`` over ``grid``,
     then the test mean and standard error. ``samples`` are the chain's final means; valid and
     test are raw data (uint8 pixels become k/256, no noise)."""
     sigma, table = select_sigma(samples, parzen_space(valid), grid, chunk, progress)

@@ -108,7 +108,7 @@ def train_classifier(settings: ClassifierSettings = ClassifierSettings(),
                      test: tuple[torch.Tensor, torch.Tensor] | None = None,
                      progress: bool = False) -> tuple[MnistCNN, float]:
     """Train :class:`MnistCNN` deterministically from ``settings.seed``; return it and its test
-    accuracy. Data default to the MNIST train/test splits, images as k/256 (SPEC §1).
+    accuracy. Data default to the MNIST train/test splits, images as k/256 (algorithms.md §1).
 
     Adam with a linearly decaying learning rate; weight init and minibatch order come from
     explicit generators, and deterministic algorithms are switched on for the duration.

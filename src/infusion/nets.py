@@ -1,9 +1,9 @@
-"""Network bodies shared by every method: the MLP and conv generator of SPEC §2, per-step BN.
+"""Network bodies shared by every method: the MLP and conv generator of algorithms.md §2, per-step BN.
 
 A network maps a flat state ``z`` (B, d) and a step index ``t`` (1-based) to the two raw heads
 ``(a_μ, a_σ)``, each (B, d). All weights are shared across steps except batch norm, which has
 its own γ_t, β_t and statistics for every step (paper footnote 5); steps beyond the number of
-batch-norm slots reuse the last one (SPEC §2: sampling with T' > T reuses step T's).
+batch-norm slots reuse the last one (algorithms.md §2: sampling with T' > T reuses step T's).
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ def batch_moments(h: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor
 
 
 class StepBatchNorm(nn.Module):
-    """Per-step batch norm (paper footnote 5; SPEC §2, §6).
+    """Per-step batch norm (paper footnote 5; algorithms.md §2, §6).
 
     Modes:
       * ``self.training`` or ``not self.has_stats``: normalise with the batch's own statistics
         (training, and the paper's validation scoring during training).
-      * ``eval()`` with stored statistics: normalise with the per-step averages of SPEC §6.
+      * ``eval()`` with stored statistics: normalise with the per-step averages of algorithms.md §6.
       * while ``collecting``: use batch statistics and add the batch mean and (biased) variance
         of each step to running sums, so :meth:`finish_collect` stores their exact average.
     """
@@ -97,7 +97,7 @@ class StepBatchNorm(nn.Module):
         self.collecting = True
 
     def finish_collect(self) -> None:
-        """Store the exact average over collected batches, per step (SPEC §6)."""
+        """Store the exact average over collected batches, per step (algorithms.md §6)."""
         seen = self._count > 0
         if not bool(seen.all()):
             missing = [i + 1 for i in range(self.steps) if not seen[i]]
@@ -110,7 +110,7 @@ class StepBatchNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """MNIST/TFD operator body, SPEC §2: d → h₁ → … → ReLU with per-step BN → two heads of size d."""
+    """MNIST/TFD operator body, algorithms.md §2: d → h₁ → … → ReLU with per-step BN → two heads of size d."""
 
     def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True) -> None:
         super().__init__()
@@ -134,7 +134,7 @@ class MLP(nn.Module):
 
 
 class StepEmbeddingMLP(MLP):
-    """The MLP of SPEC §2 conditioned on a per-example step index (diffusion, SPEC §13).
+    """The MLP of algorithms.md §2 conditioned on a per-example step index (diffusion, algorithms.md §13).
 
     Same layers, heads and batch norm as :class:`MLP`; in addition a sinusoidal embedding of
     t (``embed`` features) is mapped by one linear layer per hidden layer and added to that
@@ -168,7 +168,7 @@ class StepEmbeddingMLP(MLP):
 
 
 class ConvGenerator(nn.Module):
-    """CIFAR-10 / CelebA operator body, SPEC §2 (paper §4; the generator of Salimans et al. 2016).
+    """CIFAR-10 / CelebA operator body, algorithms.md §2 (paper §4; the generator of Salimans et al. 2016).
 
     The flat state z(t-1) (B, C·H·W) goes through one fully connected layer to a 4×4 map of
     ``hidden[0]`` channels, then transposed convolutions (5×5, stride 2) that double the side

@@ -1,14 +1,14 @@
 """The paper's figures from one run directory (paper Figs. 1–4, 7; thesis Fig. A.2), and the
-likelihood and reversibility figures of the baselines (SPEC §7, §11).
+likelihood and reversibility figures of the baselines (algorithms.md §7, §11).
 
-* Fig. 1: sampling chains (means μ(t) of SPEC §2, one row per chain).
-* Fig. 2: infusion chains (SPEC §3) for fixed validation targets as training progresses, from
+* Fig. 1: sampling chains (means μ(t) of algorithms.md §2, one row per chain).
+* Fig. 2: infusion chains (algorithms.md §3) for fixed validation targets as training progresses, from
   the ``infusion_chains/epoch-NNNN.npz`` files the trainer writes at ``train.record_chains_at``.
-* Fig. 3: lower-bound curves (SPEC §7) on training and validation data per epoch, from
+* Fig. 3: lower-bound curves (algorithms.md §7) on training and validation data per epoch, from
   ``metrics.jsonl`` (``train_bound`` needs ``train.train_bound_examples`` > 0).
 * Fig. 4: samples with the nearest training image (``metrics.save_neighbour_figure``).
 * Fig. 7: infusion chains for the same targets under a constant and an increasing rate.
-* ``likelihood_vs_k``: the importance-sampling estimate of SPEC §7 (for walkback its eq. 10,
+* ``likelihood_vs_k``: the importance-sampling estimate of algorithms.md §7 (for walkback its eq. 10,
   for diffusion the IS form of its bound) against the number of proposal draws k, from the
   shared ``likelihood`` code, for every method that defines a likelihood.
 * ``reversibility`` (walkback runs): the appendix H measure, KL / entropy, as the chain runs.
@@ -77,7 +77,7 @@ def fig4_nearest_neighbours(path: str | Path, samples: torch.Tensor, train: torc
 def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tensor, seed: int = 0,
                                   constant: float | None = None
                                   ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Infusion chains (SPEC §3) for targets x (n, d) under the run's increasing schedule
+    """Infusion chains (algorithms.md §3) for targets x (n, d) under the run's increasing schedule
     α(t) = α(0) + tω and a constant one (default: the same mean rate), same noise seed.
 
     Returns ``[(title, chain (T+1, n, *shape), targets (n, *shape)), …]`` for :func:`chain_panels`.
@@ -192,7 +192,7 @@ LIKELIHOOD_EXAMPLES = 200  # validation examples of the likelihood-against-k fig
 
 def likelihood_vs_k(path: str | Path, model, cfg: Config, raw: torch.Tensor, k_max: int = 64,
                     seed: int = 0) -> Path:
-    """The IS estimate (SPEC §7) on ``raw`` validation data against the number of draws k, and
+    """The IS estimate (algorithms.md §7) on ``raw`` validation data against the number of draws k, and
     the stochastic lower bound (the mean single-draw ℓ), through ``likelihood.estimate_likelihood``.
     The estimate rises with k towards log p(x); how far it rises shows how loose the bound is."""
     from .likelihood import estimate_likelihood

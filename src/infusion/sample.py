@@ -1,5 +1,5 @@
 """Sampling to files: ``samples.npz`` (float32 ``samples`` and ``means``, (N, C, H, W), model
-space) plus a PNG grid of the means (SPEC §2; the paper's figures show the means)."""
+space) plus a PNG grid of the means (algorithms.md §2; the paper's figures show the means)."""
 
 from __future__ import annotations
 

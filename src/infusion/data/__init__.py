@@ -1,4 +1,4 @@
-"""The data entrance (SPEC §1): which data set, which split, and raw data → model space.
+"""The data entrance (algorithms.md §1): which data set, which split, and raw data → model space.
 
 :func:`load_split` is the one dispatch over every ``data.name`` of the config (MNIST, the
 2-D toys, the image sets); :func:`shape_of` gives one example's shape without reading data;
@@ -112,10 +112,10 @@ class Data:
     train: torch.Tensor
     valid: torch.Tensor
     shape: tuple[int, ...]
-    pixels: bool  # uint8 pixels that get dequantised (SPEC §1); else continuous toy points
+    pixels: bool  # uint8 pixels that get dequantised (algorithms.md §1); else continuous toy points
 
     def model_space(self, raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Flat model-space batch (B, d): dequantised pixels (SPEC §1) or the points as they are."""
+        """Flat model-space batch (B, d): dequantised pixels (algorithms.md §1) or the points as they are."""
         return to_model_space(raw, generator)
 
 

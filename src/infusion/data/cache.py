@@ -1,4 +1,4 @@
-"""The verified data cache (SPEC §1) and what every data source shares: ``DataError``,
+"""The verified data cache (algorithms.md §1) and what every data source shares: ``DataError``,
 ``Split``, the split names and where the cache lives.
 
 Every data set is cached once as an ``.npz`` of uint8 images (and int64 labels) named

