@@ -216,8 +216,8 @@ def mnist_cnn(settings: ClassifierSettings = ClassifierSettings(), cache: str | 
 
 
 class TorchScriptExtractor:
-    """A user-supplied TorchScript (or ``torch.export``, ``.pt2``) feature model: the
-    ``torchscript`` and ``inception`` plug-ins.
+    """A user-supplied TorchScript feature model: the ``torchscript`` and ``inception``
+    plug-ins. (``torch.export`` ``.pt2`` files are refused: they are unpickled.)
 
     ``forward(images)`` must return features (N, F), or a tuple ``(features, logits)``;
     ``size`` resizes (bilinear) and ``channels`` repeats grey images before the call.
@@ -231,10 +231,13 @@ class TorchScriptExtractor:
                 f"feature extractor {name!r} needs a TorchScript model file (path=...), got "
                 f"{str(path)!r}: export one elsewhere, e.g. Inception-v3 pool features and "
                 "logits with torch.jit.script, and pass its path (nothing is downloaded)")
-        if str(path).endswith(".pt2"):  # a torch.export program
-            self.module = torch.export.load(str(path)).module()
-        else:
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        if str(path).endswith(".pt2"):
+            # torch.export.load unpickles with weights_only=False: a crafted file runs code
+            raise InputError(f"feature extractor {str(path)!r}: .pt2 (torch.export) programs are "
+                             "loaded with pickle, which can run code; save the model with "
+                             "torch.jit.save (TorchScript) instead")
+        # TorchScript archives hold TorchScript code and tensors, not pickled Python objects
+        self.module = torch.jit.load(str(path), map_location="cpu").eval()
         self.name, self.size, self.channels, self.batch_size = name, size, channels, batch_size
         self.info = {"path": str(path), "sha256": sha256(Path(path))}
 

@@ -36,7 +36,7 @@ from . import distributed, figures
 from .config import Config, from_dict, override, to_dict
 from .data import Data, load_data
 from .ema import EMA
-from .errors import UserError
+from .errors import InputError, UserError
 from .io import atomic_write, save_npz
 from .methods import Method, build_method
 from .operator import ChainModel
@@ -98,7 +98,10 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
             torch.set_num_threads(cfg.train.cpu_threads)  # process-wide, as torch has it
         tc = cfg.train
         with distributed.main_first(ctx):  # rank 0 fills the data cache, the others read it
-            data = load_data(cfg, dev)
+            data = load_data(cfg, dev, progress=progress)
+        if len(data.train) < 2:
+            raise InputError(f"the training set of data.name={cfg.data.name!r} has "
+                             f"{len(data.train)} example(s); per-step batch norm needs >= 2")
         method = build_method(cfg.method)
         with torch.random.fork_rng(devices=[]):  # weight init from the run's seed only
             torch.manual_seed(tc.seed)
