@@ -31,16 +31,33 @@ def _require(checks: list[tuple[bool, str]]) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set (algorithms.md §1). ``name`` is ``mnist``, a 2-D toy (``spiral``,
-    ``circle``, ``gaussians``) or an image set of :mod:`infusion.data` (``cifar10``, ``svhn``,
-    ``celeba``, ``tfd``, ``folder``). ``n_train`` > 0 keeps only the first n training examples
-    (quick runs)."""
+    ``circle``, ``gaussians``), an image set of :mod:`infusion.data` (``cifar10``, ``svhn``,
+    ``celeba``, ``tfd``, ``folder``) or ``arrays``, a user's own data that :func:`infusion.fit`
+    stored as a verified ``.npz`` (:mod:`infusion.data.arrays`). ``n_train`` > 0 keeps only the
+    first n training examples (quick runs).
+
+    ``path`` is stored absolute (``~`` expanded, made absolute against the working directory
+    when the config is built), so a run made here is evaluated, sampled and drawn from any
+    directory. For ``arrays``, ``sha256`` is the data file's checksum, verified on every load,
+    and ``scale``/``offset`` the affine map of float data into model space, x = raw·scale +
+    offset, one value or one per dimension (empty: the data are used as they are;
+    :func:`infusion.data.to_data_space` maps outputs back)."""
 
     name: str = "mnist"
     n_train: int = 0
     toy_size: int = 20000  # points per split for 2-D toys
     seed: int = 0  # seed of the toy generator
-    path: str = ""  # user-supplied source: celeba zip/folder, TFD .mat, folder of images
+    path: str = ""  # user's source: celeba zip/folder, TFD .mat, image folder, arrays .npz
     image_size: int = 0  # folder: side of the square centre crops (0 = 64)
+    sha256: str = ""  # arrays: the data file's sha256
+    scale: tuple[float, ...] = ()  # arrays: model space x = raw·scale + offset
+    offset: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        import os.path
+
+        if self.path:  # absolute, so that the run works from any working directory
+            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
 
     def validate(self) -> None:
         _require([
@@ -48,6 +65,14 @@ class DataConfig:
             (self.n_train >= 0, f"data.n_train={self.n_train}: expected >= 0"),
             (self.toy_size > 0, f"data.toy_size={self.toy_size}: expected > 0"),
             (self.image_size >= 0, f"data.image_size={self.image_size}: expected >= 0"),
+            (self.name != "arrays" or bool(self.path),
+             "data.name='arrays' needs data.path, the .npz file infusion.fit stores"),
+            (self.name == "arrays" or not (self.scale or self.offset or self.sha256),
+             f"data.scale/offset/sha256 belong to data.name='arrays', not {self.name!r}"),
+            (len(self.scale) == len(self.offset),
+             f"data.scale, data.offset: {len(self.scale)} and {len(self.offset)} values"),
+            (all(_finite(s) and s > 0 for s in self.scale) and all(map(_finite, self.offset)),
+             "data.scale: expected finite scales > 0 and finite offsets"),
         ])
 
 
@@ -303,7 +328,7 @@ def _finite(v: float) -> bool:
 
 
 DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
-              "folder")
+              "folder", "arrays")
 NET_NAMES = ("mlp", "conv")
 METHOD_NAMES = ("infusion", "walkback", "gsn", "diffusion")
 
@@ -352,6 +377,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "method": {"T": 20, "infusion": {"omega": 0.02}},
         "train": {"valid_examples": 5000},
     },
+    # Any folder of images (--data DIR, or --set data.path=DIR): 32×32 centre crops and the
+    # CIFAR-10 network and schedule.
+    "folder": {
+        "about": "your folder of images (--data DIR or --set data.path=DIR): 32x32 centre crops, "
+                 "the CIFAR-10 conv network, T=20, omega=0.02",
+        "data": {"name": "folder", "image_size": 32},
+        "model": {"net": "conv", "hidden": (512, 256, 128)},
+        "method": {"T": 20, "infusion": {"omega": 0.02}},
+        "train": {"valid_examples": 5000},
+    },
     "spiral": {
         "about": "2-D spiral, infusion: trains in under a minute on one CPU core",
         "data": {"name": "spiral", "toy_size": 8000},
@@ -383,14 +418,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "method": {"name": "diffusion", "T": 1000, "diffusion": {"predict": "v"}},
         "train": {"valid_examples": 500},
     },
+    # 10 heated levels: the variance doubles per level, so the hottest is 2^9 = 512 times the
+    # temperature-1 variance (Algorithm 1's K = log2 T_max); on the toys, MMD² x10³ with
+    # L = 6 / 10 / 14 levels: 37.7 / 25.6 / 31.5 (spiral), 49.4 / 15.3 / 35.2 (circle),
+    # 106.9 / 11.9 / 37.2 (8 Gaussians) (experiments/toy_suite.py, README)
     "spiral-walkback": {
-        "about": "2-D spiral, Variational Walkback: well under a minute on one CPU core",
+        "about": "2-D spiral, Variational Walkback: 10 temperature levels, about a minute on "
+                 "one CPU core",
         "data": {"name": "spiral", "toy_size": 8000},
         "model": {"hidden": (128, 128)},
-        "method": {"name": "walkback", "T": 6, "walkback": {"n1": 5, "extra": 5}},
+        "method": {"name": "walkback", "T": 10, "walkback": {"n1": 5, "extra": 5}},
         "train": {"epochs": 20, "batch_size": 256, "lr": 3e-3, "patience": 0,
                   "valid_examples": 2000, "cpu_threads": 1},
-        "sample": {"n": 2000, "steps": 11},
+        "sample": {"n": 2000, "steps": 15},
     },
     "spiral-gsn": {
         "about": "2-D spiral, GSN walkback with Gaussian corruption 0.03",
