@@ -5,7 +5,7 @@ dequantised minibatches, scores the validation set every epoch (batch statistics
 does during training), keeps the best epoch and stops early. At the end it restores the best
 weights, stores the per-step batch-norm statistics (§6), writes ``final.pt`` and draws samples
 and figures. A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and the
-figures; it is locked while a run writes it.
+figures; it is locked while a run writes it (:mod:`infusion.rundir`).
 
 A run is resumable at every checkpoint: after each epoch, every ``train.checkpoint_minutes``
 inside an epoch, and on SIGINT/SIGTERM. ``metrics.jsonl`` is written from the rows stored in
@@ -16,14 +16,10 @@ with :class:`Diverged` and leaves the last finite checkpoint as the resumable st
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
-import os
-import shutil
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -32,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
-from . import distributed, figures
+from . import distributed, figures, rundir
 from .config import Config, from_dict, override, to_dict
 from .data import Data, load_data
 from .ema import EMA
@@ -40,11 +36,10 @@ from .errors import InputError, UserError
 from .io import atomic_write, save_npz
 from .methods import Method, build_method
 from .operator import ChainModel
+from .rundir import RunError, training_state_file
 from .runtime import batches, bf16_is_fast, compute_step_statistics, mixed_precision, resolve_device
 
-
-class RunError(UserError, RuntimeError):
-    """A run directory that cannot be used as asked; the message says what to do."""
+__all__ = ["Diverged", "Interrupted", "RunError", "TrainState", "train", "training_state_file"]
 
 
 class Diverged(UserError, RuntimeError):
@@ -72,11 +67,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
 
 
-# The run's own files: removed by ``overwrite=True``, never anything else.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "infusion_chains", "samples.npz",
-             "samples.png", "chains.png", "curve.png")
-
-
 def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False, device: str = "auto", overrides: Sequence[str] = (),
           progress: bool = True, log: Callable[[str], None] = print) -> Path:
@@ -90,13 +80,76 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
     ctx, dev = distributed.setup(resolve_device(device))  # one process, or one of torchrun's
     if not ctx.main:  # rank 0 alone logs, shows progress and writes files
         log, progress = (lambda _: None), False
-    with _run_lock(run_dir, ctx.main), _stop_signals() as stop:
-        # ---- setup: config, data, model, optimiser, generators
-        saved = _load_resume(run_dir, dev) if resume else None
+    with rundir.lock(run_dir, ctx.main), rundir.stop_signals() as stop:
+        # ---- setup: config, data, model, optimiser, generators; resume, or fit the prior
+        run = _Run.start(cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log)
+        tc, state = run.cfg.train, run.state
+        start = time.time()
+        while not state.stopped_early and state.epoch < tc.epochs:
+            # ---- one epoch of minibatches (checkpoints on time and on a signal inside it)
+            train_loss, seconds = run.epoch(stop)
+            # ---- validate, record Fig. 2's chains, keep the best weights (the EMA's, if any)
+            scores = run.validate_epoch()
+            row = run.add_row(train_loss, seconds, scores)
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+            log(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
+                f"{row['example_steps_per_s']:,.0f} example-steps/s")
+            # ---- stop? early stopping, the time limit, a signal; then checkpoint
+            state.stopped_early = tc.patience > 0 and state.bad_epochs >= tc.patience
+            if state.stopped_early:
+                log(f"early stop: no validation improvement for {state.bad_epochs} epochs")
+            out_of_time = tc.max_minutes > 0 and (time.time() - start) / 60 >= tc.max_minutes
+            out_of_time = distributed.agree(ctx, out_of_time)  # every process stops together
+            finished = state.stopped_early or state.epoch >= tc.epochs
+            if out_of_time and not finished:
+                log(f"stopping after {tc.max_minutes} minutes (train.max_minutes); --resume continues")
+            if state.epoch % tc.checkpoint_every == 0 or finished or out_of_time or stop.requested:
+                run.save()
+            elif ctx.main:
+                rundir.write_metrics(run_dir, state.history)
+            if distributed.agree(ctx, stop.requested):
+                raise Interrupted(f"stopped by {stop.requested or 'a signal'} after epoch "
+                                  f"{state.epoch}; --resume continues")
+            if out_of_time:
+                break
+        # ---- finish: best weights, §6 statistics, final checkpoint, figures (rank 0)
+        final = run_dir / "checkpoints" / "final.pt"
+        if ctx.main:
+            final = finalize(run_dir, run.cfg, run.model, run.method, run.data,
+                             progress=progress, log=log, ema=run.ema)
+    distributed.finish(ctx)
+    return final
+
+
+@dataclass
+class _Run:
+    """One training run's objects: config, data, method, model, optimiser, EMA, generators and
+    state, with the epoch, validation and checkpoint steps of :func:`train`."""
+
+    cfg: Config
+    run_dir: Path
+    ctx: distributed.Context
+    data: Data
+    method: Method
+    model: ChainModel
+    opt: torch.optim.Optimizer
+    ema: EMA | None
+    g: torch.Generator  # chain noise and dequantisation (per process)
+    shuffle: torch.Generator  # minibatch order (the same on every process)
+    state: TrainState
+    epoch_rng: torch.Tensor  # the shuffle generator at the start of the unfinished epoch
+    step_loss: distributed.DataParallelLoss
+    autocast: Callable
+    progress: bool
+    last_save: float = field(default_factory=time.time)
+
+    @classmethod
+    def start(cls, cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log) -> _Run:
+        saved = ckpt_io.load(training_state_file(run_dir), map_location=dev) if resume else None
         cfg = _run_config(cfg, saved, overrides, run_dir, overwrite)
-        if dev.type == "cpu" and cfg.train.cpu_threads:
-            torch.set_num_threads(cfg.train.cpu_threads)  # process-wide, as torch has it
         tc = cfg.train
+        if dev.type == "cpu" and tc.cpu_threads:
+            torch.set_num_threads(tc.cpu_threads)  # process-wide, as torch has it
         with distributed.main_first(ctx):  # rank 0 fills the data cache, the others read it
             data = load_data(cfg, dev, progress=progress)
         if len(data.train) < 2:
@@ -108,13 +161,11 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
             model = method.build_model(data.shape, cfg.model).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
         ema = EMA(model, tc.ema) if tc.ema > 0 else None  # the weights validated and sampled
-        g = torch.Generator(device=dev).manual_seed(tc.seed + 7919 * ctx.rank)  # chain noise
-        shuffle = torch.Generator().manual_seed(tc.seed + 3)  # minibatch order, all ranks
-        # ---- resume, or start: the prior from the data
+        g = torch.Generator(device=dev).manual_seed(tc.seed + 7919 * ctx.rank)
+        shuffle = torch.Generator().manual_seed(tc.seed + 3)
         if saved is None:
-            state = TrainState()
+            state, epoch_rng = TrainState(), shuffle.get_state()
             fit_prior(model, data, cfg)
-            epoch_rng = shuffle.get_state()
         else:
             state, epoch_rng = _restore(saved, model, opt, ema, g, shuffle, tc, ctx, log)
         if ctx.main:
@@ -125,135 +176,109 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
         if tc.precision == "bf16" and not bf16_is_fast(dev):
             log("warning: train.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 / "
                 "AMX): bf16 products are emulated and far slower than fp32")
-        autocast = mixed_precision(model, dev, tc.precision)
-        step_loss = distributed.DataParallelLoss(model, method, ctx, dev)
+        run = cls(cfg, run_dir, ctx, data, method, model, opt, ema, g, shuffle, state, epoch_rng,
+                  distributed.DataParallelLoss(model, method, ctx, dev),
+                  mixed_precision(model, dev, tc.precision), progress)
         if state.epoch == 0 and state.batch == 0 and 0 in tc.record_chains_at and ctx.main:
             record_infusion_chains(model, method, data, cfg, 0, run_dir)
-        save = _Saver(run_dir, cfg, model, opt, ema, g, shuffle, data.shape, ctx.main)
-        start, last_save = time.time(), time.time()
-        while not state.stopped_early and state.epoch < tc.epochs:
-            # ---- one epoch of minibatches (a resumed epoch skips the batches it has done)
-            shuffle.set_state(epoch_rng)
-            order = list(batches(len(data.train), tc.batch_size, shuffle))
-            model.train()
-            t0 = time.time()
-            bar = tqdm(total=len(order), initial=state.batch, leave=False, disable=not progress,
-                       desc=f"epoch {state.epoch + 1}/{tc.epochs}", dynamic_ncols=True)
-            for idx in order[state.batch:]:
-                x = data.model_space(data.train[step_loss.shard(idx)], g)
-                with autocast():
-                    objective, loss = step_loss(x, len(idx), g)
-                if not math.isfinite(loss):
-                    raise Diverged(_diverged_message(run_dir, state, loss))
-                opt.zero_grad(set_to_none=True)
-                objective.backward()
-                opt.step()
-                if ema is not None:
-                    ema.update(model)
-                state.step, state.batch = state.step + 1, state.batch + 1
-                state.seen += len(idx)
-                state.loss_sum += loss * len(idx)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.1f}")
-                # ---- mid-epoch checkpoints: every train.checkpoint_minutes, and on a signal
-                now = time.time()
-                timed = tc.checkpoint_minutes > 0 and now - last_save >= 60 * tc.checkpoint_minutes
-                if distributed.agree(ctx, stop.requested or timed):
-                    state.epoch_seconds += now - t0
-                    t0 = now
-                    save(state, shuffle_state=epoch_rng)
-                    last_save = now
-                    if distributed.agree(ctx, stop.requested):
-                        raise Interrupted(f"stopped by {stop.requested or 'a signal'} during epoch "
-                                          f"{state.epoch + 1}; --resume continues from here")
-            bar.close()
-            epoch_seconds = state.epoch_seconds + time.time() - t0
-            train_loss = state.loss_sum / max(state.seen, 1)
-            state.epoch, state.batch, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
-            state.seconds, state.epoch_seconds = state.seconds + epoch_seconds, 0.0
-            epoch_rng = shuffle.get_state()
-            # ---- validate (the EMA weights, if any: the ones that will be sampled)
-            t_valid = time.time()
-            with ema.applied(model) if ema is not None else contextlib.nullcontext():
-                scores = validate(model, method, data, cfg)
-                if state.epoch in tc.record_chains_at and ctx.main:
-                    record_infusion_chains(model, method, data, cfg, state.epoch, run_dir)
-                # lower is better; a method without a bound early-stops on its validation loss
-                valid = -scores["valid_bound"] if "valid_bound" in scores else scores.get("valid_loss")
-                improved = valid is not None and valid < state.best
-                if improved and ctx.main:
-                    ckpt_io.save(run_dir / "checkpoints" / "best.pt",
-                                 {"model": model.state_dict(), "epoch": state.epoch})
-            state.best, state.bad_epochs = ((valid, 0) if improved
-                                            else (state.best, state.bad_epochs + 1))
-            state.seconds += time.time() - t_valid
-            row = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss, **scores,
-                   "example_steps_per_s": len(data.train) * cfg.method.T / max(epoch_seconds, 1e-9),
-                   "epoch_seconds": epoch_seconds, "valid_seconds": time.time() - t_valid,
-                   "seconds": state.seconds}
-            state.history.append(row)
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
-            log(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
-                f"{row['example_steps_per_s']:,.0f} example-steps/s")
-            # ---- stop? (early stopping, time limit, signal) and checkpoint
-            state.stopped_early = tc.patience > 0 and state.bad_epochs >= tc.patience
-            if state.stopped_early:
-                log(f"early stop: no validation improvement for {state.bad_epochs} epochs")
-            out_of_time = tc.max_minutes > 0 and (time.time() - start) / 60 >= tc.max_minutes
-            out_of_time = distributed.agree(ctx, out_of_time)  # every process stops together
-            finished = state.stopped_early or state.epoch >= tc.epochs
-            if out_of_time and not finished:
-                log(f"stopping after {tc.max_minutes} minutes (train.max_minutes); --resume continues")
-            if state.epoch % tc.checkpoint_every == 0 or finished or out_of_time or stop.requested:
-                save(state, shuffle_state=epoch_rng)
-                last_save = time.time()
-            elif ctx.main:
-                _write_metrics(run_dir, state.history)
-            if distributed.agree(ctx, stop.requested):
-                raise Interrupted(f"stopped by {stop.requested or 'a signal'} after epoch "
-                                  f"{state.epoch}; --resume continues")
-            if out_of_time:
-                break
-        # ---- finish: best weights, §6 statistics, final checkpoint, figures (rank 0)
-        final = run_dir / "checkpoints" / "final.pt"
-        if ctx.main:
-            final = finalize(run_dir, cfg, model, method, data, progress=progress, log=log, ema=ema)
-    distributed.finish(ctx)
-    return final
+        return run
 
+    def epoch(self, stop: rundir.StopRequest) -> tuple[float, float]:
+        """Adam steps over this epoch's minibatches (a resumed epoch skips those it has done);
+        a resumable state every ``train.checkpoint_minutes`` and on a signal. Returns the
+        epoch's mean training loss and its training seconds."""
+        tc, state, data, g = self.cfg.train, self.state, self.data, self.g
+        self.shuffle.set_state(self.epoch_rng)
+        order = list(batches(len(data.train), tc.batch_size, self.shuffle))
+        self.model.train()
+        t0 = time.time()
+        bar = tqdm(total=len(order), initial=state.batch, leave=False, dynamic_ncols=True,
+                   desc=f"epoch {state.epoch + 1}/{tc.epochs}", disable=not self.progress)
+        for idx in order[state.batch:]:
+            x = data.model_space(data.train[self.step_loss.shard(idx)], g)
+            with self.autocast():
+                objective, loss = self.step_loss(x, len(idx), g)
+            if not math.isfinite(loss):
+                raise Diverged(_diverged_message(self.run_dir, state, loss))
+            self.opt.zero_grad(set_to_none=True)
+            objective.backward()
+            self.opt.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            state.step, state.batch = state.step + 1, state.batch + 1
+            state.seen, state.loss_sum = state.seen + len(idx), state.loss_sum + loss * len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.1f}")
+            now = time.time()
+            timed = tc.checkpoint_minutes > 0 and now - self.last_save >= 60 * tc.checkpoint_minutes
+            if distributed.agree(self.ctx, stop.requested or timed):
+                state.epoch_seconds, t0 = state.epoch_seconds + now - t0, now
+                self.save()
+                if distributed.agree(self.ctx, stop.requested):
+                    raise Interrupted(f"stopped by {stop.requested or 'a signal'} during epoch "
+                                      f"{state.epoch + 1}; --resume continues from here")
+        bar.close()
+        seconds = state.epoch_seconds + time.time() - t0
+        loss = state.loss_sum / max(state.seen, 1)
+        state.epoch, state.batch, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
+        state.seconds, state.epoch_seconds = state.seconds + seconds, 0.0
+        self.epoch_rng = self.shuffle.get_state()
+        return loss, seconds
 
-class _Saver:
-    """Writes the resumable checkpoint ``epoch-NNNN.pt`` and ``metrics.jsonl`` beside it."""
+    def validate_epoch(self) -> dict[str, float]:
+        """Validation scores of the weights that will be sampled; keeps ``best.pt``."""
+        state, model, ctx = self.state, self.model, self.ctx
+        t0 = time.time()
+        with self.ema.applied(model) if self.ema is not None else contextlib.nullcontext():
+            scores = validate(model, self.method, self.data, self.cfg)
+            if state.epoch in self.cfg.train.record_chains_at and ctx.main:
+                record_infusion_chains(model, self.method, self.data, self.cfg, state.epoch,
+                                       self.run_dir)
+            # lower is better; a method without a bound early-stops on its validation loss
+            valid = -scores["valid_bound"] if "valid_bound" in scores else scores.get("valid_loss")
+            improved = valid is not None and valid < state.best
+            if improved and ctx.main:
+                ckpt_io.save(self.run_dir / "checkpoints" / "best.pt",
+                             {"model": model.state_dict(), "epoch": state.epoch})
+        state.best, state.bad_epochs = (valid, 0) if improved else (state.best, state.bad_epochs + 1)
+        scores["valid_seconds"] = time.time() - t0
+        state.seconds += scores["valid_seconds"]
+        return scores
 
-    def __init__(self, run_dir, cfg, model, opt, ema, g, shuffle, shape, main: bool) -> None:
-        self.run_dir, self.cfg, self.model, self.opt, self.ema = run_dir, cfg, model, opt, ema
-        self.g, self.shuffle, self.shape, self.main = g, shuffle, shape, main
+    def add_row(self, train_loss: float, seconds: float, scores: dict) -> dict:
+        """The epoch's row of ``metrics.jsonl`` (kept in the state, written with checkpoints)."""
+        valid_seconds = scores.pop("valid_seconds")
+        rate = len(self.data.train) * self.cfg.method.T / max(seconds, 1e-9)
+        row = {"epoch": self.state.epoch, "step": self.state.step, "train_loss": train_loss,
+               **scores, "example_steps_per_s": rate, "epoch_seconds": seconds,
+               "valid_seconds": valid_seconds, "seconds": self.state.seconds}
+        self.state.history.append(row)
+        return row
 
-    def __call__(self, state: TrainState, shuffle_state: torch.Tensor) -> None:
+    def save(self) -> None:
+        """The resumable checkpoint ``epoch-NNNN.pt`` and ``metrics.jsonl`` beside it."""
         bad = [k for k, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise Diverged(_diverged_message(self.run_dir, state, f"non-finite weights in {bad[0]}"))
-        if not self.main:
+            raise Diverged(_diverged_message(self.run_dir, self.state,
+                                             f"non-finite weights in {bad[0]}"))
+        self.last_save = time.time()
+        if not self.ctx.main:
             return
         ckpt_dir = self.run_dir / "checkpoints"
-        name = f"epoch-{state.epoch:04d}.pt"
+        name = f"epoch-{self.state.epoch:04d}.pt"
         extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         ckpt_io.save(ckpt_dir / name, {
             **extra, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "config": to_dict(self.cfg), "shape": list(self.shape), "state": asdict(state),
+            "config": to_dict(self.cfg), "shape": list(self.data.shape),
+            "state": asdict(self.state),
             "rng": {"chain": self.g.get_state(), "shuffle": self.shuffle.get_state(),
-                    "epoch_start": shuffle_state},
+                    "epoch_start": self.epoch_rng},
         })
         ckpt_io.set_latest(ckpt_dir, name)  # finalize() points it at final.pt at the end
-        _write_metrics(self.run_dir, state.history)
+        rundir.write_metrics(self.run_dir, self.state.history)
         for old in ckpt_dir.glob("epoch-*.pt"):
             if old.name != name:
                 old.unlink()
-
-
-def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(text))
 
 
 def _diverged_message(run_dir: Path, state: TrainState, what) -> str:
@@ -279,21 +304,8 @@ def _run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str]
     if cfg is None:
         raise RunError("train() needs a config unless resuming")
     cfg = override(cfg, list(overrides)).validate()
-    used = [n for n in RUN_FILES if (run_dir / n).exists()]
-    if used and not overwrite:
-        resumable = any((run_dir / "checkpoints").glob("epoch-*.pt"))
-        hint = ("pass --resume to continue it, " if resumable else
-                "it saved no resumable state; ") + "--overwrite to replace it, or another --run-dir"
-        raise RunError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(used)}); "
-                       f"{hint}")
-    for name in used:  # overwrite: this run's own files only
-        p = run_dir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    rundir.claim(run_dir, overwrite)
     return cfg
-
-
-def _load_resume(run_dir: Path, device: torch.device) -> dict:
-    return ckpt_io.load(training_state_file(run_dir), map_location=device)
 
 
 def _restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc, ctx, log
@@ -313,10 +325,11 @@ def _restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, t
     else:  # 0.1: loose counters; the rows come from metrics.jsonl up to the saved epoch
         state = TrainState(epoch=saved["epoch"], step=saved["step"], best=saved["best"],
                            bad_epochs=saved["bad_epochs"], stopped_early=saved["stopped_early"])
-        state.history = _old_rows(Path(saved["path"]).parent.parent, state.epoch)
+        state.history = rundir.read_metrics(Path(saved["path"]).parent.parent, state.epoch)
         state.seconds = sum(r.get("epoch_seconds", 0.0) + r.get("valid_seconds", 0.0)
                             for r in state.history)
-    g.set_state(saved["rng"]["chain"].cpu() if ctx.rank == 0 else g.get_state())
+    if ctx.rank == 0:  # other processes' chain noise restarts from their seeds
+        g.set_state(saved["rng"]["chain"].cpu())
     shuffle.set_state(saved["rng"]["shuffle"].cpu())
     epoch_rng = saved["rng"].get("epoch_start", saved["rng"]["shuffle"]).cpu()
     if state.batch and saved["config"]["train"]["batch_size"] != tc.batch_size:
@@ -325,80 +338,6 @@ def _restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, t
     log(f"resuming {saved['path']} (epoch {state.epoch}"
         + (f", batch {state.batch}" if state.batch else "") + ")")
     return state, epoch_rng
-
-
-def _old_rows(run_dir: Path, epoch: int) -> list[dict]:
-    f = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] \
-        if f.exists() else []
-    last = {r["epoch"]: r for r in rows if r.get("epoch", epoch + 1) <= epoch}  # no duplicates
-    return [last[k] for k in sorted(last)]
-
-
-@contextlib.contextmanager
-def _run_lock(run_dir: Path, main: bool) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` (``.lock``) while a run writes it."""
-    if not main:
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise RunError(f"run directory {str(run_dir)!r} is in use by another infusion process "
-                           f"(pid {f.read().strip() or '?'}); wait for it to finish") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        for stale in run_dir.glob("**/.*.tmp"):  # temporary files of a killed writer
-            stale.unlink()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-class _StopRequest:
-    requested: str = ""
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[_StopRequest]:
-    """Turn SIGINT/SIGTERM into a request the loop honours after the current step (main thread
-    only); a second signal interrupts at once."""
-    stop = _StopRequest()
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    try:
-        old = {s: signal.getsignal(s) for s in sigs}
-        for s in sigs:
-            signal.signal(s, lambda num, _f: _request(stop, num, old))
-    except ValueError:  # not the main thread: signals stay as they are
-        yield stop
-        return
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _request(stop: _StopRequest, num: int, old: dict) -> None:
-    if stop.requested:  # the second signal: the default behaviour
-        signal.signal(num, old[num])
-        raise KeyboardInterrupt
-    stop.requested = signal.Signals(num).name
-
-
-def training_state_file(run_dir: str | Path) -> Path:
-    """The run's resumable training state (``checkpoints/epoch-NNNN.pt``, the highest epoch)."""
-    found = list((Path(run_dir) / "checkpoints").glob("epoch-*.pt"))
-    if not found:
-        raise RunError(f"nothing to resume in {str(run_dir)!r}: no checkpoints/epoch-*.pt (the run "
-                       "stopped before its first checkpoint); start it again with --overwrite")
-    return max(found, key=lambda p: int(p.stem.split("-")[1]) if p.stem[6:].isdigit() else -1)
 
 
 @torch.no_grad()
