@@ -42,11 +42,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         if not args.run_dir:
             raise InputError("--resume needs --run-dir")
-        if args.preset or args.config:
+        if args.preset or args.config or args.data:
             raise InputError("--resume continues the run stored in --run-dir with its own "
-                             "config; drop --preset/--config (change train.* with --set)")
+                             "config and data; drop --preset/--config/--data (change train.* "
+                             "with --set)")
         final = train(None, args.run_dir, resume=True, device=args.device, overrides=args.set,
                       progress=not args.quiet, log=say)
+    elif args.data:  # the user's own data: infusion.fit builds the config around them
+        from .fitting import fit
+
+        if args.preset and args.config:
+            raise InputError("--data takes at most one of --preset NAME or --config FILE")
+        base = config_mod.load_file(args.config) if args.config else args.preset
+        final = fit(args.data, preset=base, run_dir=args.run_dir, overrides=args.set,
+                    overwrite=args.overwrite, device=args.device, progress=not args.quiet,
+                    log=say).checkpoint
     else:
         cfg = _config_from(args)
         run_dir = args.run_dir or f"runs/{args.preset or Path(args.config).stem}"
@@ -60,7 +70,7 @@ def _config_from(args: argparse.Namespace) -> config_mod.Config:
     """--preset NAME or --config FILE (JSON or TOML, as a run directory's config.json), then --set."""
     if bool(args.preset) == bool(args.config):
         raise InputError("train needs exactly one of --preset NAME (see `infusion presets`) or "
-                         "--config FILE")
+                         "--config FILE, or your own data as --data PATH")
     if args.preset:
         cfg = config_mod.preset(args.preset)
     else:
@@ -245,8 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    t = sub.add_parser("train", help="train a preset or a config file into a run directory")
+    t = sub.add_parser("train", help="train a preset, a config file or your own data into a "
+                       "run directory")
     t.add_argument("--preset", help=f"one of: {', '.join(sorted(config_mod.PRESETS))}")
+    t.add_argument("--data", metavar="PATH",
+                   help="your own data: a .npy/.npz file (an .npz with train, valid, test or x) "
+                   "or a folder of images; the network is --preset's or --config's, else an "
+                   "MLP sized by the data (default run dir: runs/<file or folder name>)")
     t.add_argument("--config", metavar="FILE",
                    help="a JSON or TOML config (as a run directory's config.json) instead of a preset")
     t.add_argument("--resume", action="store_true",

@@ -1,15 +1,18 @@
 """The data entrance (algorithms.md §1): which data set, which split, and raw data → model space.
 
 :func:`load_split` is the one dispatch over every ``data.name`` of the config (MNIST, the
-2-D toys, the image sets); :func:`shape_of` gives one example's shape without reading data;
-:func:`load_data` keeps the training and validation splits on a device as :class:`Data`.
-Splits come raw — uint8 pixels (N, C, H, W) or float32 toy points (N, 2) — and
+2-D toys, the image sets, a user's arrays); :func:`shape_of` gives one example's shape without
+reading data; :func:`load_data` keeps the training and validation splits on a device as
+:class:`Data`. Splits come raw — uint8 pixels (N, C, H, W), or float32 values already in
+model space (toy points (N, 2); a user's floats after the config's affine map) — and
 :func:`to_model_space` (training, likelihoods: fresh dequantisation) or :func:`parzen_space`
-(Parzen, k/256 without noise) map them into model space.
+(Parzen, k/256 without noise) map them into model space; :func:`to_data_space` takes model
+space back to the data's own scale.
 
 The sources live beside this file: :mod:`.mnist`, :mod:`.images` (CIFAR-10, SVHN, CelebA,
-TFD, a folder), :mod:`.toys`; :mod:`.cache` holds the verified cache every set is kept in,
-:mod:`.fetch` verified downloads and safe archive extraction, :mod:`.space` the pixel maps.
+TFD, a folder), :mod:`.toys`, :mod:`.arrays` (a user's arrays, stored by
+:func:`infusion.fit`); :mod:`.cache` holds the verified cache every set is kept in,
+:mod:`.fetch` verified downloads and safe archive extraction, :mod:`.space` the maps.
 """
 
 from __future__ import annotations
@@ -20,11 +23,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .arrays import load_arrays, stored_info
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import Remote, check_archive, safe_extract
 from .images import NAMES, SHAPES, ensure, load_images
 from .mnist import ensure_mnist, load_mnist, read_idx
-from .space import dequantize, from_unit, parzen_space, to_model_space, to_unit
+from .space import (
+    apply_affine,
+    dequantize,
+    fit_affine,
+    from_unit,
+    invert_affine,
+    parzen_space,
+    to_model_space,
+    to_unit,
+)
 from .toys import TOYS, toy, toy_split
 
 if TYPE_CHECKING:
@@ -39,12 +52,16 @@ __all__ = [
     "DataError",
     "Remote",
     "Split",
+    "apply_affine",
     "cache_dir",
     "check_archive",
     "dequantize",
     "ensure",
     "ensure_mnist",
+    "fit_affine",
     "from_unit",
+    "invert_affine",
+    "is_pixels",
     "load_data",
     "load_images",
     "load_mnist",
@@ -53,6 +70,7 @@ __all__ = [
     "read_idx",
     "safe_extract",
     "shape_of",
+    "to_data_space",
     "to_model_space",
     "to_unit",
     "toy",
@@ -62,15 +80,19 @@ __all__ = [
 ]
 
 _write_cache = write_cache  # its old name; tests/test_conv.py still uses it
+_NAMES = ("mnist", *TOYS, *NAMES, "arrays")
 
 
 def load_split(cfg: DataConfig, split: str, *, progress: bool = True) -> Split:
     """Split ``split`` ("train", "valid" or "test") of the data set ``cfg`` names, raw: uint8
-    images (N, C, H, W) with int64 labels (or None), or float32 toy points (N, 2).
+    images (N, C, H, W) with int64 labels (or None), or float32 values in model space (toy
+    points (N, 2); a user's float arrays after the affine map ``data.scale``/``data.offset``).
 
     Image sets come from their verified caches (filled from the source on first use, with a
-    status line and, if ``progress``, bars); toys are drawn afresh (:func:`toy_split`).
-    ``cfg.n_train`` > 0 keeps only the first n examples of the training split."""
+    status line and, if ``progress``, bars); toys are drawn afresh (:func:`toy_split`); a
+    user's arrays come from the file ``data.path``, verified against ``data.sha256``
+    (:func:`~.arrays.load_arrays`). ``cfg.n_train`` > 0 keeps only the first n examples of the
+    training split."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     name = cfg.name
@@ -80,9 +102,10 @@ def load_split(cfg: DataConfig, split: str, *, progress: bool = True) -> Split:
         s = toy_split(name, split, cfg.toy_size, cfg.seed)
     elif name in NAMES:
         s = load_images(name, split, path=cfg.path, image_size=cfg.image_size, progress=progress)
+    elif name == "arrays":
+        s = load_arrays(cfg, split)
     else:
-        raise DataError(f"unknown data set data.name={name!r}: expected one of "
-                        f"{', '.join(('mnist', *TOYS, *NAMES))}")
+        raise DataError(f"unknown data set data.name={name!r}: expected one of {', '.join(_NAMES)}")
     if split == "train" and cfg.n_train:
         n = cfg.n_train
         s = Split(s.images[:n], None if s.labels is None else s.labels[:n])
@@ -91,7 +114,7 @@ def load_split(cfg: DataConfig, split: str, *, progress: bool = True) -> Split:
 
 def shape_of(cfg: DataConfig) -> tuple[int, ...]:
     """The shape of one example of the data set ``cfg`` names, without reading any data (an
-    image folder is taken to be RGB)."""
+    image folder is taken to be RGB; a user's arrays: from their file's header)."""
     if cfg.name == "mnist":
         return (1, 28, 28)
     if cfg.name in TOYS:
@@ -101,8 +124,30 @@ def shape_of(cfg: DataConfig) -> tuple[int, ...]:
         return (3, side, side)
     if cfg.name in SHAPES:
         return SHAPES[cfg.name]
-    raise DataError(f"unknown data set data.name={cfg.name!r}: expected one of "
-                    f"{', '.join(('mnist', *TOYS, *NAMES))}")
+    if cfg.name == "arrays":
+        return stored_info(cfg)[0]
+    raise DataError(f"unknown data set data.name={cfg.name!r}: expected one of {', '.join(_NAMES)}")
+
+
+def is_pixels(cfg: DataConfig) -> bool:
+    """Whether the data set ``cfg`` names is uint8 pixels (dequantised, algorithms.md §1) rather
+    than continuous values (the toys, a user's float arrays)."""
+    if cfg.name in TOYS:
+        return False
+    if cfg.name == "arrays":
+        return stored_info(cfg)[1] == np.uint8
+    return True
+
+
+def to_data_space(x: torch.Tensor | np.ndarray, cfg: DataConfig
+                  ) -> torch.Tensor | np.ndarray:
+    """Model-space outputs (samples, means; (N, ...)) in the data's own scale: pixel data as
+    uint8 pixels floor(256·x) (:func:`from_unit`), float data through the inverse of the
+    config's affine map (``data.scale``/``data.offset``; the identity when none is recorded),
+    float32. Tensors stay tensors, arrays stay arrays."""
+    if is_pixels(cfg):
+        return from_unit(x)
+    return invert_affine(x, cfg.scale, cfg.offset)
 
 
 @dataclass

@@ -5,6 +5,11 @@ u ~ U(0, 1) (:func:`dequantize`, :func:`to_model_space`), and the Parzen estimat
 classifier metrics and the figures see x = k/256 without noise (:func:`to_unit`,
 :func:`parzen_space`). Continuous data (the 2-D toys) are used as they are. :func:`from_unit`
 maps model space back to pixels.
+
+A user's float data (:mod:`.arrays`) reach model space through an affine map recorded in the
+run's config, x = raw·scale + offset (``data.scale``, ``data.offset``): :func:`fit_affine`
+chooses it from the training set, :func:`apply_affine` applies it and :func:`invert_affine`
+takes model-space outputs back to the data's own scale.
 """
 
 from __future__ import annotations
@@ -54,3 +59,65 @@ def parzen_space(raw: torch.Tensor | np.ndarray) -> torch.Tensor:
     raw = torch.as_tensor(raw)
     x = raw.float() if raw.is_floating_point() else to_unit(raw)
     return x.reshape(len(raw), -1)
+
+
+# The model's mean is a sigmoid: a user's float data are mapped into [0.05, 0.95], as the toys.
+AFFINE_RANGE = (0.05, 0.95)
+
+
+def fit_affine(train: np.ndarray, per_dimension: bool
+               ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The map x = raw·scale + offset that takes the training set's min/max onto [0.05, 0.95]
+    (:data:`AFFINE_RANGE`): per dimension (vectors), or one for every value (images, so that
+    their pixels keep their relations). A constant dimension is shifted to 0.5, unscaled.
+
+    Min/max rather than quantiles: every training value then lies inside the sigmoid mean's
+    reach, with a margin of 0.05 for validation and test values a little beyond the training
+    range; a quantile map would put the outliers outside (0, 1), where no mean can follow."""
+    lo, hi = AFFINE_RANGE
+    flat = np.asarray(train, np.float64).reshape(len(train), -1)
+    mn, mx = (flat.min(0), flat.max(0)) if per_dimension else (flat.min(keepdims=True),
+                                                               flat.max(keepdims=True))
+    with np.errstate(divide="ignore", over="ignore"):
+        scale = (hi - lo) / (mx - mn)
+    ok = np.isfinite(scale) & (mx > mn)
+    scale = np.where(ok, scale, 1.0)
+    offset = np.where(ok, lo - mn * scale, 0.5 - mn)
+    return tuple(map(float, scale)), tuple(map(float, offset))
+
+
+def _affine(x, scale, offset, inverse: bool):
+    d = int(np.prod(x.shape[1:]))
+    if len(scale) not in (1, d) or len(offset) != len(scale):
+        raise ValueError(f"an affine map with {len(scale)} scales and {len(offset)} offsets "
+                         f"does not fit data of {d} values per example")
+    if isinstance(x, torch.Tensor):
+        s = torch.tensor(scale, dtype=torch.float64, device=x.device)
+        o = torch.tensor(offset, dtype=torch.float64, device=x.device)
+        flat = x.reshape(len(x), -1).double()
+        out = (flat - o) / s if inverse else flat * s + o
+        return out.float().reshape(x.shape)
+    s, o = np.asarray(scale, np.float64), np.asarray(offset, np.float64)
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    out = (flat - o) / s if inverse else flat * s + o
+    return out.astype(np.float32).reshape(np.shape(x))
+
+
+def apply_affine(raw, scale: tuple[float, ...], offset: tuple[float, ...]):
+    """Raw float data (N, ...) -> model space raw·scale + offset, float32, shape kept; per
+    dimension (``len(scale)`` = values per example) or one map for all (length 1); an empty
+    map is the identity. Tensors stay tensors, arrays stay arrays."""
+    return _float32(raw) if not scale else _affine(raw, scale, offset, inverse=False)
+
+
+def invert_affine(x, scale: tuple[float, ...], offset: tuple[float, ...]):
+    """Model space (N, ...) -> the data's own scale, (x - offset)/scale (inverse of
+    :func:`apply_affine`), float32, shape kept; identity for an empty map."""
+    return _float32(x) if not scale else _affine(x, scale, offset, inverse=True)
+
+
+def _float32(x):
+    """float32 (no copy if it already is); tensors stay tensors."""
+    if isinstance(x, torch.Tensor):
+        return x.float()
+    return np.asarray(x, np.float32)

@@ -1,0 +1,270 @@
+"""A user's own arrays as a data set (``data.name = "arrays"``, algorithms.md §1).
+
+:func:`infusion.fit` turns whatever it is given — a numpy array, a tensor, a
+``torch.utils.data.Dataset``, a ``.npy``/``.npz`` file — into examples (:func:`as_examples`),
+splits off a validation set if none was given (:func:`split_valid`) and stores the splits in
+the run directory as a verified ``.npz`` (:func:`store`): ``train_x``, ``valid_x`` and, if the
+user gave one, ``test_x``, next to a ``.sha256`` record. The run's config records the file's
+absolute path and sha256 (``data.path``, ``data.sha256``) and, for float data, the affine map
+into model space (``data.scale``, ``data.offset``, :func:`infusion.data.space.fit_affine`), so
+that ``evaluate``, ``sample`` and ``figures`` read the same data the same way from anywhere.
+
+Kinds of data, as stored and as :func:`load_arrays` returns them:
+  * uint8 arrays are pixels: images (N, C, H, W) with C = 1 or 3, dequantised as MNIST is;
+  * anything else numeric is float32: vectors (N, D) or images (N, C, H, W), mapped into model
+    space by the recorded affine map (none for data already inside [0, 1]).
+Without a test split the validation split stands in for it (``load_arrays(..., "test")``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import sha256
+from .cache import SPLITS, DataError, Split, verify_record, write_cache
+from .space import apply_affine
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+VALID_FRACTION, SPLIT_SEED = 0.1, 0  # the validation split fit() takes when none is given
+
+
+# ----------------------------------------------------------------------------- user input
+
+
+def as_examples(x: Any, what: str = "data") -> np.ndarray:
+    """One example a row, in the layout the models use, checked: uint8 pixels stay uint8,
+    anything else numeric becomes float32. (N, D) vectors stay as they are (D >= 2); images
+    (N, H, W) gain a channel axis and (N, H, W, C) become (N, C, H, W) (C = 1 or 3).
+    :class:`InputError` naming ``what`` for anything else: no examples, one value per example,
+    NaN or infinite values, or no numbers at all."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.numpy() if x.dtype != torch.bfloat16 else x.float().numpy()
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{what}: not an array of numbers ({e})") from None
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"{what}: expected numbers (uint8 pixels or floats), got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise InputError(f"{what}: a {x.ndim}-D array of shape {x.shape}; expected one example "
+                         "per row: (N, D) vectors with D >= 2, or images (N, H, W), "
+                         "(N, C, H, W) or (N, H, W, C)")
+    if x.size == 0:
+        raise InputError(f"{what} is empty (shape {x.shape}): expected at least one example")
+    if x.ndim > 4:
+        raise InputError(f"{what}: a {x.ndim}-D array of shape {x.shape}; expected (N, D) "
+                         "vectors or images (N, H, W), (N, C, H, W) or (N, H, W, C)")
+    if x.ndim == 2 and x.shape[1] < 2:
+        raise InputError(f"{what}: shape {x.shape} has one value per example; the chains and "
+                         "their figures need at least 2 (pad with a constant column)")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3):
+        if x.shape[3] not in (1, 3):
+            raise InputError(f"{what}: images of shape {x.shape} have neither 1 or 3 channels "
+                             "first (N, C, H, W) nor last (N, H, W, C)")
+        x = x.transpose(0, 3, 1, 2)
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            raise InputError(f"{what} holds {int(bad.sum())} NaN or infinite value(s) (the first "
+                             f"at index {tuple(int(i) for i in first)} of the "
+                             f"{tuple(x.shape)} array); remove or replace them")
+    out = np.ascontiguousarray(x, np.float32)
+    if not np.isfinite(out).all():
+        raise InputError(f"{what}: values beyond the float32 range (±3.4e38); rescale them")
+    return out
+
+
+def from_dataset(ds: Any, what: str = "dataset") -> np.ndarray:
+    """The examples of a map-style ``torch.utils.data.Dataset``, stacked: each item a tensor,
+    an array, a PIL image or a number, or an (x, y, …) tuple whose x is taken."""
+    try:
+        n = len(ds)
+    except TypeError:
+        raise InputError(f"{what}: a Dataset without len(); pass a map-style Dataset or an "
+                         "array") from None
+    if n == 0:
+        raise InputError(f"{what} is empty: expected at least one example")
+    items = []
+    for i in range(n):
+        item = ds[i]
+        if isinstance(item, (tuple, list)) and item:
+            item = item[0]
+        if isinstance(item, dict):
+            raise InputError(f"{what}[{i}] is a dict; expected a tensor, an array or an "
+                             "(x, y) tuple")
+        items.append(as_item(item))
+    shapes = {a.shape for a in items}
+    if len(shapes) > 1:
+        some = ", ".join(map(str, sorted(shapes)[:3]))
+        raise InputError(f"{what}: its items differ in shape ({some}…); every example must "
+                         "have the same shape")
+    dtypes = {a.dtype for a in items}
+    return np.stack(items).astype(np.result_type(*dtypes), copy=False)
+
+
+def as_item(item: Any) -> np.ndarray:
+    """One Dataset item as an array (tensors to the CPU, PIL images as their pixels)."""
+    import torch
+
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        return item.float().numpy() if item.dtype == torch.bfloat16 else item.numpy()
+    return np.asarray(item)
+
+
+def read_file(path: Path) -> dict[str, np.ndarray]:
+    """A ``.npy`` (the training examples) or ``.npz`` file -> ``{"train": …, "valid": …,
+    "test": …}`` (the last two where the file has them). An ``.npz`` holds ``train`` (and
+    ``valid``, ``test``), or ``train_x`` … as a run's own data file does, or ``x``, or one
+    array only. Pickled objects are never loaded."""
+    if path.suffix.lower() not in ARRAY_SUFFIXES:
+        raise InputError(f"{str(path)!r}: expected a .npy or .npz file or a folder of images, "
+                         f"not a {path.suffix or 'suffix-less'} file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{str(path)!r} is not a readable {path.suffix} file ({e})") from None
+    if isinstance(loaded, np.ndarray):
+        return {"train": loaded}
+    with loaded as z:
+        keys = list(z.files)
+        for names in (("train", "valid", "test"), ("train_x", "valid_x", "test_x")):
+            if names[0] in keys:
+                return {s: _member(z, k, path) for s, k in zip(SPLITS, names) if k in keys}
+        if "x" in keys or len(keys) == 1:
+            return {"train": _member(z, "x" if "x" in keys else keys[0], path)}
+    raise InputError(f"{str(path)!r} holds arrays {keys}; expected 'train' (with 'valid' and "
+                     "'test' if you have them), or 'x', or a single array")
+
+
+def _member(z, key: str, path: Path) -> np.ndarray:
+    try:
+        return z[key]
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputError(f"{str(path)!r}: array {key!r} is unreadable ({e}; pickled objects "
+                         "are not loaded)") from None
+
+
+def split_valid(x: np.ndarray, fraction: float = VALID_FRACTION,
+                seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(train, valid): a fixed random ``fraction`` (at least 2 examples) of ``x`` becomes the
+    validation split, chosen by ``np.random.default_rng(seed)``; both keep their order."""
+    n_valid = max(2, round(len(x) * fraction))
+    if len(x) - n_valid < 2:
+        raise InputError(f"{len(x)} example(s) are too few to split off a validation set "
+                         f"({n_valid}) and keep 2 for training (batch norm needs 2); give more "
+                         "examples, or the validation set with valid=")
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[np.sort(order[n_valid:])], x[np.sort(order[:n_valid])]
+
+
+# ----------------------------------------------------------------------------- the stored file
+
+
+def file_name(splits: dict[str, np.ndarray]) -> str:
+    """``arrays-<hash>.npz``: 16 hex digits of the sha256 of the splits' names, dtypes, shapes
+    and bytes, so that a file's name says which data it holds."""
+    h = hashlib.sha256()
+    for s in SPLITS:
+        if s in splits:
+            a = np.ascontiguousarray(splits[s])
+            h.update(f"{s}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(memoryview(a).cast("B"))
+    return f"arrays-{h.hexdigest()[:16]}.npz"
+
+
+def store(npz: Path, splits: dict[str, np.ndarray]) -> tuple[Path, str]:
+    """Write the splits (``train_x``, ``valid_x``, ``test_x``) to ``npz`` with its ``.sha256``
+    record, atomically, and return its absolute path and sha256. A file already there that
+    verifies is kept: named by :func:`file_name`, it holds the same data, so nothing of another
+    run is ever replaced."""
+    npz = Path(npz).absolute()
+    try:
+        if not npz.is_file():
+            raise DataError("not written yet")
+        verify_record(npz, "data file", "")
+    except DataError:  # missing (the usual case) or damaged: (re)write it
+        write_cache(npz, {f"{s}_x": splits[s] for s in SPLITS if s in splits})
+    return npz, sha256(npz)
+
+
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256 already checked
+
+
+def _verify(path: Path, expected: str) -> None:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if _verified.get(key) == expected and expected:
+        return
+    fix = "the run's data file must be the one it was trained on"
+    if expected:
+        if sha256(path) != expected:
+            raise DataError(f"data file {path} has changed since the run was made (its sha256 "
+                            f"differs from data.sha256 in the config): {fix}")
+    else:
+        verify_record(path, "data file", fix)
+    _verified[key] = expected
+
+
+def load_arrays(cfg, split: str) -> Split:
+    """One split of ``data.name = "arrays"`` (``cfg``: a DataConfig): the stored file verified
+    against ``data.sha256`` (or its ``.sha256`` record), then uint8 pixels as they are, or
+    float32 values mapped into model space by ``data.scale``/``data.offset``. The test split
+    is the validation split when the user gave none."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    path = _path(cfg)
+    _verify(path, cfg.sha256)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = f"{split}_x" if f"{split}_x" in z.files else "valid_x"
+            x = z[key]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"data file {path} is unreadable ({e})") from None
+    if x.dtype == np.uint8:
+        return Split(x, None)
+    d = int(np.prod(x.shape[1:]))
+    if len(cfg.scale) not in (0, 1, d):
+        raise DataError(f"data.scale has {len(cfg.scale)} values, but the data in {path} have "
+                        f"{d} per example (expected 1 or {d})")
+    return Split(apply_affine(x, cfg.scale, cfg.offset), None)
+
+
+def stored_info(cfg) -> tuple[tuple[int, ...], np.dtype]:
+    """One example's shape and the dtype of the stored training split, from the file's header
+    (no data read)."""
+    path = _path(cfg)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("train_x.npy") as f:
+            fmt = np.lib.format
+            read = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
+                    else fmt.read_array_header_2_0)
+            shape, _, dtype = read(f)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"data file {path} is unreadable ({e})") from None
+    return tuple(int(s) for s in shape[1:]), np.dtype(dtype)
+
+
+def _path(cfg) -> Path:
+    if not cfg.path:
+        raise DataError("data.name=arrays needs data.path, the .npz file infusion.fit stores "
+                        "in its run directory")
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist (data.path of the run's config; was "
+                        "the run directory moved or its data/ folder deleted?)")
+    return path
