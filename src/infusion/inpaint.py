@@ -179,7 +179,7 @@ def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) 
 def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``n`` images of a split of ``data`` (a DataConfig, or a data set name) as k/256
     floats (N, C, H, W) (algorithms.md §1, no noise), and their labels (or None)."""
-    from .data import TOYS, load_split, to_unit
+    from .data import TOYS, load_split, parzen_space
 
     dc = DataConfig(name=data) if isinstance(data, str) else data
     if n < 1:
@@ -188,7 +188,8 @@ def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tenso
         raise InputError(f"inpainting needs an image data set; this model was trained on "
                          f"data.name={dc.name!r}")
     s = load_split(dc, split)
-    images = to_unit(torch.from_numpy(np.ascontiguousarray(s.images[:n])))
+    raw = torch.from_numpy(np.ascontiguousarray(s.images[:n]))
+    images = parzen_space(raw).reshape(raw.shape)  # pixels k/256 without noise, floats as stored
     labels = None if s.labels is None else torch.from_numpy(np.asarray(s.labels[:n]))
     return images, labels
 
