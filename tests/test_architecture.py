@@ -130,3 +130,14 @@ def test_sampling_defaults_to_the_runs_sample_steps(spiral_run):
     assert model.sample_steps == cfg.sample_steps
     default = sample_chain(model, 2, seed=0).samples
     torch.testing.assert_close(default, sample_chain(model, 2, cfg.sample_steps, seed=0).samples)
+
+
+def test_a_mid_training_checkpoint_samples_from_python(tmp_path):
+    import infusion
+
+    cfg = config.override(config.preset("spiral"), TINY + ["train.epochs=1"])
+    train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    state = tmp_path / "run" / "checkpoints" / "epoch-0001.pt"
+    model, _ = infusion.load_model(state, "cpu", log=lambda s: None)  # computes §6 statistics
+    assert model.stats_ready
+    assert infusion.sample_chain(model, 4, seed=0).samples.shape == (4, 2)

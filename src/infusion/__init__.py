@@ -21,7 +21,7 @@ _EXPORTS = {
     "sample_chain": "sampler", "run_chain": "sampler", "Samples": "sampler",
     "train": "trainer", "fit": "fitting", "FitResult": "fitting",
     "compute_step_statistics": "runtime", "load_ready_model": "runtime",
-    "load_model": "checkpoint", "save_pretrained": "checkpoint", "from_pretrained": "checkpoint",
+    "load_model": "runtime", "save_pretrained": "checkpoint", "from_pretrained": "checkpoint",
     "export": "checkpoint",
     "sample_to_file": "sample",
     "load_mnist": "data", "toy": "data", "load_split": "data", "to_data_space": "data",

@@ -122,3 +122,8 @@ def load_ready_model(checkpoint: str | Path, device: str = "auto",
         log("checkpoint has no per-step batch-norm statistics; computing them (algorithms.md §6)")
         ensure_step_statistics(model, cfg, dev, progress)
     return model.eval(), cfg
+
+
+# ``infusion.load_model``: any checkpoint, run directory (mid-training included) or export,
+# ready to sample and evaluate.
+load_model = load_ready_model
