@@ -36,11 +36,15 @@ def test_toy_report(toy_run, tmp_path):
     assert m["is"]["lb_same_draws"]["mean"] <= m["is"]["by_k"]["10"] <= m["is"]["mean"]
     assert m["lb"]["mean"] < m["is"]["mean"]
     assert len(m["parzen"]["valid_by_sigma"]) == len(LOW_DIM_SIGMA_GRID)  # 2-D: wider grid
+    assert m["parzen"]["fixed_sigma"]["sigma"] == 0.17 and m["parzen"]["fixed_sigma"]["n"] == 40
+    assert "k = 20 of the paper's 20,000; 1 repeat of 10" in m["is"]["protocol_note"]
+    assert rep["status"] == {"state": "complete", "done": ["lb", "is", "parzen", "memorisation"],
+                             "running": None, "missing": []}
     assert json.loads(out.read_text())["metrics"]["lb"]["mean"] == m["lb"]["mean"]
     table = out.with_suffix(".md").read_text()
     assert "| lower bound (nats) |" in table and "skipped fid" in table
     per = np.load(out.with_name("per_example.npz"))
-    assert per["lb"].shape == (1, 60) and per["parzen"].shape == (1, 40)
+    assert per["lb"].shape == (1, 60) and per["parzen"].shape == per["parzen_fixed"].shape == (1, 40)
     assert np.load(out.with_name("samples.npz"))["means"].shape == (120, 2)
     assert rep["seconds"]["total"] > 0 and rep["machine"]["cpu_count"]
 
@@ -90,7 +94,12 @@ def test_image_report_with_classifier_metrics(tiny_mnist, tmp_path):
     assert set(m) == set(ev.METRICS) - {"reversibility"}  # an infusion run
     assert "walkback" in rep["skipped"]["reversibility"]
     assert m["lb"]["n"] == 32 and m["lb"]["mean"] < m["is"]["mean"]
-    assert m["is-iso"]["isotropic"] is True
+    assert m["is-iso"]["isotropic"] is True and m["is-iso-train"]["isotropic"] is True
+    iso = rep["isotropic_variance"]  # one variance for every pixel and example, from validation
+    table = {float(v): x for v, x in iso["valid_is_by_var"].items()}
+    assert iso["final_var"] == m["is-iso"]["final_var"] == max(table, key=table.get)
+    assert len(table) == 33 and iso["n_valid"] == 32 and iso["k"] == 10
+    assert m["lb-train"]["n"] == m["is-train"]["n"] == 64  # 100 asked, 64 in the fake train set
     assert m["fid"]["value"] > 0 and m["fid"]["n_reference"] == 32
     assert sum(m["coverage"]["histogram"]) == 20
     assert rep["extractor"]["name"] == "mnist-cnn" and "test_accuracy" in rep["extractor"]
@@ -113,3 +122,115 @@ def test_cli_evaluate_and_errors(toy_run, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="is_k"):
         ev.EvalSettings(is_k=0).validate()
+
+
+def test_paper_protocol_reduced_on_tiny_mnist(tiny_mnist, tmp_path):
+    """``--protocol paper --k 8 --repeats 2 --examples 20``: every Table 2 row from the same
+    draws, each stating its reductions, and the two Parzen rows of Table 1 on means after the
+    training T (not sample.steps)."""
+    cfg = tiny_config(data={"name": "mnist"}, model={"hidden": (16,)}, method={"T": 2},
+                      train={"epochs": 1, "batch_size": 16}, sample={"steps": 4})
+    final = train(cfg, tmp_path / "run", **QUIET)
+    out = tmp_path / "paper" / "report.json"
+    assert main(["evaluate", "--checkpoint", str(final), "--protocol", "paper", "--k", "8",
+                 "--repeats", "2", "--examples", "20", "--out", str(out), "--quiet"]) == 0
+    rep = json.loads(out.read_text())
+    m = rep["metrics"]
+    assert set(m) == set(ev.PAPER_METRICS) and rep["status"]["state"] == "complete"
+    assert rep["settings"]["protocol"] == "paper"
+    assert rep["protocol"]["reductions"] == ["k = 8 of the paper's 20,000", "2 repeats of 10",
+                                             "20 test examples of the paper's 1,000"]
+    for name in ("lb", "is", "is-iso"):
+        assert (m[name]["n"], m[name]["k"], m[name]["repeats"]) == (20, 8, 2)
+        assert m[name]["spread"] is not None and m[name]["complete"]
+        assert m[name]["protocol_note"] == ("k = 8 of the paper's 20,000; 2 repeats of 10; "
+                                            "20 test examples of the paper's 1,000")
+    assert m["lb"]["mean"] == m["is"]["lb_same_draws"]["mean"]  # the bound from the IS draws
+    assert m["lb"]["same_draws_as"] == "is" and m["lb"]["mean"] < m["is"]["mean"]
+    assert m["lb-train"]["mean"] == m["is-train"]["lb_same_draws"]["mean"]
+    assert m["is-train"]["protocol_note"] == ("k = 8 of the paper's 20,000; 2 repeats of 10; "
+                                              "64 train examples of the paper's 100")
+    p = m["parzen"]
+    assert p["steps"] == p["training_T"] == 2 and rep["samples"]["steps"] == 2
+    assert p["fixed_sigma"]["sigma"] == 0.17 and p["fixed_sigma"]["n_samples"] == 10000
+    assert p["sigma"] == float(max(p["valid_by_sigma"], key=p["valid_by_sigma"].get))
+    table = out.with_suffix(".md").read_text()
+    assert "reduced: k = 8 of the paper's 20,000; 2 repeats of 10" in table
+    assert "| Parzen window, σ = 0.17 fixed (nats) |" in table and "| 312 |" in table
+    assert "| Parzen window, σ chosen on validation (nats) |" in table
+    assert "| IS estimate, train (nats) |" in table and "1837.56" in table
+
+
+def test_interrupted_evaluation_leaves_a_valid_partial_report(toy_run, tmp_path, monkeypatch):
+    from infusion import likelihood as lik
+
+    def boom(*a, **k):
+        raise RuntimeError("boom in Parzen")
+
+    monkeypatch.setattr(lik, "parzen_estimates", boom)
+    out = tmp_path / "r" / "report.json"
+    s = ev.EvalSettings(is_examples=10, is_k=4, lb_examples=10, n_samples=30, batch_size=64)
+    with pytest.raises(RuntimeError, match="boom"):
+        ev.evaluate(toy_run, "lb,is,parzen,memorisation", out, s, **QUIET)
+    rep = json.loads(out.read_text())
+    st = rep["status"]
+    assert st["state"] == "interrupted" and "boom in Parzen" in st["error"]
+    assert st["done"] == ["lb", "is"] and st["missing"] == ["parzen", "memorisation"]
+    assert st["running"].startswith("Parzen window")
+    assert rep["metrics"]["is"]["n"] == 10 and "parzen" not in rep["metrics"]
+    assert "**Interrupted report**" in out.with_suffix(".md").read_text()
+    assert np.load(out.with_name("per_example.npz"))["is"].shape == (1, 10)
+
+    # interrupted inside the third repetition: the first two are in the report
+    monkeypatch.undo()
+    real, calls = lik.stream_estimate, []
+
+    def third_fails(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(lik, "stream_estimate", third_fails)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(toy_run, "is,parzen", out, ev.EvalSettings(is_examples=10, is_k=4, repeats=5),
+                    **QUIET)
+    rep = json.loads(out.read_text())
+    e = rep["metrics"]["is"]
+    assert (e["repeats"], e["repeats_planned"], e["complete"]) == (2, 5, False)
+    assert "partial: 2 of 5 repeats done" in e["protocol_note"]
+    assert rep["status"]["state"] == "interrupted" and rep["status"]["missing"] == ["is", "parzen"]
+    assert "(2 of 5 done)" in rep["status"]["running"]
+
+
+def test_cli_flags_reach_the_settings(monkeypatch, capsys):
+    seen = {}
+
+    def fake(checkpoint, metrics, out, settings, **kw):
+        seen.update(metrics=metrics, settings=settings)
+
+    monkeypatch.setattr(ev, "evaluate", fake)
+    assert main(["evaluate", "--checkpoint", "x", "--protocol", "paper", "--k", "8",
+                 "--repeats", "2", "--examples", "20", "--train-examples", "5",
+                 "--n-samples", "50", "--batch-size", "7", "--seed", "3", "--quiet"]) == 0
+    assert seen["metrics"] is None  # the protocol's metrics
+    assert seen["settings"] == ev.EvalSettings.paper(k=8, repeats=2, examples=20,
+                                                     train_examples=5, n_samples=50,
+                                                     batch_size=7, seed=3)
+    assert seen["settings"].reductions()[:3] == ["k = 8 of the paper's 20,000", "2 repeats of 10",
+                                                 "20 test examples of the paper's 1,000"]
+    assert main(["evaluate", "--checkpoint", "x", "--protocol", "paper"]) == 0
+    assert seen["settings"] == ev.EvalSettings.paper() and not ev.EvalSettings.paper().reductions()
+    assert (seen["settings"].is_k, seen["settings"].repeats, seen["settings"].is_examples,
+            seen["settings"].parzen_at_T) == (20000, 10, 1000, True)
+    assert main(["evaluate", "--checkpoint", "x", "--k", "50", "--is-examples", "30",
+                 "--lb-k", "2", "--metrics", "lb"]) == 0
+    assert seen["settings"] == ev.EvalSettings(is_k=50, is_examples=30, lb_k=2)
+    assert seen["metrics"] == "lb"
+    assert main(["evaluate", "--checkpoint", "x"]) == 0
+    assert seen["settings"] == ev.EvalSettings()
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", "x", "--protocol", "paper", "--lb-k", "3"]) == 2
+    assert "--lb-k" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="protocol"):
+        ev.EvalSettings(protocol="papr").validate()

@@ -95,15 +95,43 @@ def test_estimate_likelihood_reports_mean_stderr_and_spread():
     assert lik.Estimate.from_array(np.ones(5)).spread is None  # one repeat: no spread
 
 
-def test_isotropic_output_changes_only_the_final_variance():
+def test_final_var_replaces_only_the_final_variance():
     model, method, x, _ = _setup()
     a = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64)
-    b = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64, isotropic=True)
+    b = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64, final_var=0.04)
     assert not torch.allclose(a, b)
-    model.v[-1] = 0.04  # the same final variance in every dimension: nothing to change
+    model.v[-1] = 0.04  # the model's own final variance is that constant: nothing changes
     a = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64)
-    b = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64, isotropic=True)
+    b = lik.log_weights(model, method, x, 3, torch.Generator().manual_seed(0), 64, final_var=0.04)
     assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="final_var"):
+        lik.log_weights(model, method, x, 3, None, final_var=0.0)
+
+
+@pytest.mark.parametrize("name", ["infusion", "walkback", "diffusion"])
+def test_final_var_changes_no_draw_in_any_method(name):
+    """With the same draws, ℓ(v) = C − (d/2)·log v − R/(2v) per example (only the last Gaussian
+    term sees v; diffusion's scale² only shifts C and R): three values of v fix C and R, and
+    a fourth must follow."""
+    from infusion.methods import build_method
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(model={"hidden": (8,), "batch_norm": False}, method={"name": name, "T": 3})
+    method = build_method(cfg.method)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = method.build_model((2,), cfg.model).eval()
+    x = torch.rand(5, 2, generator=torch.Generator().manual_seed(1))
+    vs = [0.01, 0.05, 0.2, 0.7]
+    ell = torch.stack([method.log_weight(model, x, torch.Generator().manual_seed(2), final_var=v)
+                       for v in vs], -1).double()  # (5, 4); float32 models
+    design = torch.tensor([[1.0, -math.log(v), -1 / v] for v in vs], dtype=torch.float64)
+    coef = torch.linalg.solve(design[:3], ell[:, :3].T)  # (3, 5): C, d/2, R/2 per example
+    assert torch.allclose(coef[1], torch.full((5,), 1.0, dtype=torch.float64), atol=1e-3)  # d/2
+    assert torch.allclose((design[3:] @ coef)[0], ell[:, 3], atol=1e-3)
+    plain = method.log_weight(model, x, torch.Generator().manual_seed(2))
+    assert not torch.allclose(plain.double(), ell[:, 0])
 
 
 class _Recorder:
@@ -114,7 +142,7 @@ class _Recorder:
     def __init__(self):
         self.rows, self.seen = [], []
 
-    def log_weight(self, model, x, generator, isotropic=False):
+    def log_weight(self, model, x, generator, final_var=None):
         self.rows.append(len(x))
         self.seen.append(x.clone())
         return x.sum(-1) + 0 * torch.rand(len(x), generator=generator, dtype=x.dtype)
@@ -134,6 +162,103 @@ def test_log_weights_layout_and_bounded_batches(k, batch):
     assert lw.shape == (11, k)
     assert torch.allclose(lw, x.double().sum(-1, keepdim=True).expand(11, k))
     assert max(rec.rows) <= batch and sum(rec.rows) == 11 * k
+
+
+def _chunked(lw: torch.Tensor, rows: int, cols: int) -> lik.StreamingEstimate:
+    """Feed (N, k) to a StreamingEstimate in blocks of ``rows`` examples × ``cols`` draws."""
+    acc = lik.StreamingEstimate(lw.shape[0], ks=[1, 7, 10, 64])
+    for lo in range(0, lw.shape[0], rows):
+        for j in range(0, lw.shape[1], cols):
+            acc.update(lo, lw[lo: lo + rows, j: j + cols])
+    return acc
+
+
+@pytest.mark.parametrize("rows,cols", [(13, 100), (1, 1), (5, 7), (13, 64), (2, 33)])
+def test_streaming_estimate_equals_the_batch_one_for_any_chunking(rows, cols):
+    g = torch.Generator().manual_seed(0)
+    # ℓ around −1000 with a spread of hundreds: logsumexp must not overflow or lose digits
+    lw = -1000 + 300 * torch.randn(13, 100, generator=g, dtype=torch.float64)
+    acc = _chunked(lw, rows, cols)
+    assert torch.allclose(acc.lower_bound(), lik.lower_bound(lw), rtol=1e-13, atol=0)
+    assert torch.allclose(acc.importance_sampling(), lik.importance_sampling(lw), rtol=1e-13,
+                          atol=0)
+    for c in (1, 7, 10, 64):  # nested IS@c from the same stream: the first c draws
+        assert torch.allclose(acc.importance_sampling(c), lik.importance_sampling(lw[:, :c]),
+                              rtol=1e-13, atol=0)
+    assert torch.equal(acc.importance_sampling(100), acc.importance_sampling())
+    with pytest.raises(KeyError):
+        acc.importance_sampling(5)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 5000])
+def test_stream_estimate_matches_log_weights_on_a_real_chain(batch):
+    """The model path: the same generator and batch size give the same draws, so the streamed
+    bound / IS / IS@k' equal those of the whole (N, k) array."""
+    model, method, x, _ = _setup()
+    x = x[:9]
+    lw = lik.log_weights(model, method, x, 50, torch.Generator().manual_seed(4), batch)
+    acc = lik.stream_estimate(model, method, x, 50, torch.Generator().manual_seed(4), batch,
+                              ks=[1, 10])
+    assert torch.allclose(acc.lower_bound(), lik.lower_bound(lw), rtol=1e-12, atol=0)
+    assert torch.allclose(acc.importance_sampling(), lik.importance_sampling(lw), rtol=1e-12,
+                          atol=0)
+    assert torch.allclose(acc.importance_sampling(10), lik.importance_sampling(lw[:, :10]),
+                          rtol=1e-12, atol=0)
+
+
+def test_streaming_memory_does_not_grow_with_k(monkeypatch):
+    """Observable memory of the evaluation path: the rows of every forward pass, the size of
+    every block of ℓ handed over and the numbers the estimator keeps, for k from 10 to 5000."""
+    blocks = []
+    real_update = lik.StreamingEstimate.update
+
+    def update(self, lo, block):
+        blocks.append(block.numel())
+        return real_update(self, lo, block)
+
+    monkeypatch.setattr(lik.StreamingEstimate, "update", update)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    kept = set()
+    for k in (10, 500, 5000):
+        rec, blocks[:] = _Recorder(), []
+        acc = lik.stream_estimate(_ready(nn.Linear(1, 1)), rec, x, k, torch.Generator(),
+                                  batch_size=64, ks=[1, 5])
+        assert max(rec.rows) <= 64 and sum(rec.rows) == 6 * k
+        assert max(blocks) <= 64 and sum(blocks) == 6 * k
+        kept.add(acc.numel)
+        assert torch.allclose(acc.importance_sampling(), x.double().sum(-1))  # ℓ constant per example
+    assert kept == {6 * 5}  # sum, logsumexp, count, IS@1 and IS@5: 5 numbers an example
+
+
+def test_estimate_likelihood_reports_each_repeat():
+    model, method, x, _ = _setup()
+    seen = []
+    res = lik.estimate_likelihood(model, method, x[:8], 20, seed=1, repeats=3, ks=[5],
+                                  on_repeat=lambda r, part: seen.append((r, part)))
+    assert [r for r, _ in seen] == [1, 2, 3]
+    assert [part["is"].per_example.shape for _, part in seen] == [(1, 8), (2, 8), (3, 8)]
+    np.testing.assert_array_equal(seen[1][1]["lb"].per_example, res["lb"].per_example[:2])
+    assert set(seen[0][1]) == {"lb", "is", "is@5"}
+
+
+def test_isotropic_variance_is_the_argmax_over_the_grid():
+    """The chain's own final variance is 0.04 in every dimension: with x drawn from it the
+    validation IS is highest at 0.04 of a coarse grid, and the table is the mean IS with the
+    same draws for every value (computed here independently through log_weights)."""
+    model, method, _, _ = _setup()
+    model.v[-1] = 0.04
+    x = model.draw(60, seed=3)  # float32, as to_model_space gives continuous data
+    grid = [0.004, 0.04, 0.4]
+    best, table = lik.select_final_var(model, method, x, grid, k=50, seed=7, batch_size=256)
+    assert best == 0.04 == max(table, key=table.get)
+    for v in grid:
+        lw = lik.log_weights(model, method, x, 50, torch.Generator().manual_seed(8), 256,
+                             final_var=v)
+        assert table[v] == pytest.approx(float(lik.importance_sampling(lw).mean()), rel=1e-12)
+    best, table = lik.select_final_var(model, method, x, [0.01, 0.02], k=5)
+    assert best == max(table, key=table.get) == 0.02
+    with pytest.raises(ValueError, match="grid"):
+        lik.select_final_var(model, method, x, [0.0, 0.1])
 
 
 def test_data_is_dequantised_afresh_and_stats_are_required(tiny_mnist):
@@ -206,6 +331,20 @@ def test_sigma_selection_finds_the_kernel_width_and_grid_has_paper_value():
     with pytest.raises(ValueError, match="at least one sample"):
         lik.parzen_log_prob(torch.zeros(0, 4), torch.zeros(1, 4), 1.0)
     assert torch.equal(parzen_space(raw), raw.reshape(20, -1).float() / 256)  # no noise
+
+
+def test_parzen_estimates_fixed_and_validation_sigma():
+    g = torch.Generator().manual_seed(3)
+    samples = torch.rand(200, 1, 3, 3, generator=g)
+    raw = torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8, generator=g)
+    est = lik.parzen_estimates(samples, raw[:20], raw[20:], grid=[0.1, 0.3, 1.0], fixed_sigma=0.17)
+    best, table = lik.select_sigma(samples, parzen_space(raw[:20]), [0.1, 0.3, 1.0])
+    assert est["valid"].extra["sigma"] == best and est["valid"].extra["valid_by_sigma"] == table
+    for key, sigma in (("valid", best), ("fixed", 0.17)):
+        expected = lik.parzen_log_prob(samples, parzen_space(raw[20:]), sigma).numpy()
+        np.testing.assert_allclose(est[key].per_example[0], expected, rtol=1e-12)
+        assert est[key].stderr == pytest.approx(expected.std(ddof=1) / math.sqrt(30))
+    assert est["fixed"].extra["sigma"] == 0.17
 
 
 # ----------------------------------------------------------------------------- algorithms.md §6

@@ -254,11 +254,13 @@ class Diffusion(Method):
 
     @torch.no_grad()
     def log_weight(self, model: DiffusionModel, x: torch.Tensor, generator: torch.Generator | None,
-                   isotropic: bool = False) -> torch.Tensor:
+                   final_var: float | None = None) -> torch.Tensor:
         """One draw of ℓ = log p(x_T) + Σ_k log p(x_{k-1} | x_k) − Σ_k log q(x_k | x_{k-1}), (B,),
         over a forward path x_1..x_T ~ q(· | x) (algorithms.md §13 and the shared estimates of algorithms.md §7),
         run in diffusion space and returned as a density of the model-space x (+ d·log scale).
-        ``isotropic``: the last step's (x_1 → x) variance replaced by its mean over dimensions.
+        ``final_var``: the isotropic variant of algorithms.md §7: the last step's (x_1 → x)
+        variance replaced by this one constant, given in model space (so final_var·scale² in
+        diffusion space), for every dimension and example; the forward draws are unchanged.
         """
         x = model.to_diffusion(x)
         ell = x.new_full((x.shape[0],), model.d * math.log(model.scale))  # dy/dx = scale
@@ -269,8 +271,8 @@ class Diffusion(Method):
             xk = (1 - beta).sqrt() * prev + beta.sqrt() * noise
             ell = ell - normal_log_prob(xk, (1 - beta).sqrt() * prev, beta.expand_as(x))
             mean, var = model.transition(xk, k)
-            if isotropic and k == 1:
-                var = var.mean(-1, keepdim=True).expand_as(var)
+            if final_var is not None and k == 1:
+                var = torch.full_like(var, final_var * model.scale**2)
             ell = ell + normal_log_prob(prev, mean, var)
             prev = xk
         mean, var = model.prior_moments()

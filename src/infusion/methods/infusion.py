@@ -115,13 +115,14 @@ class Infusion(Method):
         return states
 
     def log_weight(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None,
-                   isotropic: bool = False) -> torch.Tensor:
+                   final_var: float | None = None) -> torch.Tensor:
         """One draw of the log-weight ℓ of algorithms.md §7 (paper eqs. 2–3), x: (B, d) -> (B,).
 
         ℓ = log p(0)(z̃0) + Σ_{t<T} log p(t)(z̃t | z̃t-1) + log p(T)(x | z̃T-1)
             − log q(0)(z̃0 | x) − Σ_{t<T} log q(t)(z̃t | z̃t-1, x),   z̃ ~ q(· | x).
-        ``isotropic``: the final transition's variance replaced by its mean over dimensions
-        (Table 2, "+ isotropic"). Uses whatever batch-norm mode the model is in.
+        ``final_var``: the isotropic variant (algorithms.md §7, Table 2 "+ isotropic"):
+        p(T)(x | z̃T-1) = N(x; μ_T, final_var·I), one constant for every pixel and example; it
+        changes no draw, only the last term. Uses whatever batch-norm mode the model is in.
         """
         prior = model.prior
         z = self.start(model, x, generator)
@@ -131,8 +132,8 @@ class Infusion(Method):
         for t in range(1, self.T + 1):
             mean, var = model(z, t)
             if t == self.T:
-                if isotropic:
-                    var = var.mean(-1, keepdim=True).expand_as(var)
+                if final_var is not None:
+                    var = torch.full_like(var, final_var)
                 return log_p + normal_log_prob(x, mean, var) - log_q
             z_next = infuse(mean, var.sqrt(), x, self.rates[t], generator, self.target_std)
             log_p = log_p + normal_log_prob(z_next, mean, var)

@@ -163,14 +163,15 @@ class Walkback(Method):
 
     @torch.no_grad()
     def log_weight(self, model: WalkbackModel, x: torch.Tensor, generator: torch.Generator | None,
-                   isotropic: bool = False) -> torch.Tensor:
+                   final_var: float | None = None) -> torch.Tensor:
         """One draw of the eq. 10 log-weight over a heated path with n = ``extra``, (B,):
 
         ℓ = Σ_t [log p_{T_t}(s_{t-1} | s_t) − log q_{T_t}(s_t | s_{t-1})] + log p*(s_K),
         q being the same operator run forwards (heating). Its mean over draws is the bound of
         eq. 5 and its log-mean-exp the importance-sampling estimate, for the chain that the
-        sampler runs with T + extra steps. ``isotropic``: the last step's (s_1 → x)
-        variance replaced by its mean over dimensions (algorithms.md §7).
+        sampler runs with T + extra steps. ``final_var``: the last step's (s_1 → x) variance
+        replaced by this one constant for every dimension and example, the isotropic variant
+        of algorithms.md §7 (the heating draws are unchanged).
         """
         n = self.settings.extra
         states = self.heat(model, x, n, generator)
@@ -179,8 +180,8 @@ class Walkback(Method):
             mean_q, var_q = model.transition(states[t - 1], level)
             ell = ell - normal_log_prob(states[t], mean_q, var_q)
             mean_p, var_p = model.transition(states[t], level)
-            if isotropic and t == 1:
-                var_p = var_p.mean(-1, keepdim=True).expand_as(var_p)
+            if final_var is not None and t == 1:
+                var_p = torch.full_like(var_p, final_var)
             ell = ell + normal_log_prob(states[t - 1], mean_p, var_p)
         return ell
 
