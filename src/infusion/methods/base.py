@@ -48,8 +48,10 @@ class Method(abc.ABC):
         """Per-example training loss, x: (B, d) in model space -> (B,)."""
 
     def log_weight(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None,
-                   isotropic: bool = False) -> torch.Tensor:
-        """One draw of ℓ per example, (B, d) -> (B,) (only where ``has_likelihood``)."""
+                   final_var: float | None = None) -> torch.Tensor:
+        """One draw of ℓ per example, (B, d) -> (B,) (only where ``has_likelihood``);
+        ``final_var``: the last step's variance replaced by that constant (the isotropic
+        variant of algorithms.md §7)."""
         raise TypeError(f"method {self.name!r} defines no likelihood (has_likelihood is False)")
 
     def infusion_chain(self, model: ChainModel, x: torch.Tensor,
