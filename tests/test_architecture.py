@@ -89,6 +89,12 @@ def test_version_0_1_checkpoints_load_and_compute_what_they_computed(name):
 def test_a_version_0_1_run_resumes_without_repeating_rows(tmp_path):
     run = tmp_path / "old"
     shutil.copytree(OLD / "infusion", run)
+    # a 0.1 best.pt: the 0.1 parameter names (op.net.*), which finalize() must read too
+    old = torch.load(run / "checkpoints" / "epoch-0002.pt", weights_only=True)
+    assert any(k.startswith("op.net.") for k in old["model"])
+    torch.save({"format": 1, "model": old["model"], "epoch": 2}, run / "checkpoints" / "best.pt")
+    train(None, run, resume=True, progress=False, log=lambda s: None)  # finalize only
+    assert load_model(run)[0].stats_ready
     train(None, run, resume=True, overrides=["train.epochs=3"], progress=False,
           log=lambda s: None)
     rows = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line]

@@ -417,7 +417,7 @@ def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data
         ema.copy_to(model)  # best.pt, if any, holds EMA weights too
     if best_file.exists():
         best = ckpt_io.load(best_file, map_location=data.train.device, weights_only=True)
-        model.load_state_dict(best["model"])
+        model.load_state_dict(ckpt_io.migrate_state_dict(best["model"]))  # 0.1 names too
         epoch = best["epoch"]
         log(f"using the best validation epoch ({epoch})")
     compute_step_statistics(model, method, data, cfg.train.batch_size, cfg.train.seed + 5, progress)
