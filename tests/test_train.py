@@ -94,13 +94,19 @@ def test_checkpoint_round_trip(spiral_run, tmp_path):
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
 
+    def recreate(tmp):  # a writer that replaces the file, as safetensors' save_file does
+        tmp.unlink()
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+
     mask = os.umask(0o022)
     try:
         atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+        atomic_write(tmp_path / "b.bin", recreate)
     finally:
         os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]  # no temporary file
 
 
 def test_resume_continues_the_same_run(tmp_path):

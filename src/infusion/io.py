@@ -33,6 +33,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         # O_EXCL: the name is ours alone; mode 0o666 is reduced by the umask as for any file.
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         write(tmp)  # the writer opens, fills and closes (so flushes) the file
+        os.chmod(tmp, 0o666 & ~_umask())  # a writer that recreates the file (safetensors) may not
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)  # the data reach the disk before the name points at them
@@ -44,6 +45,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(d: Path) -> None:
