@@ -80,6 +80,11 @@ def test_outputs_are_not_replaced_unless_asked(tmp_path, spiral_run, capsys):
     import numpy as np
 
     assert np.array_equal(np.load(a)["samples"], np.load(b)["samples"])
+    # and evaluates (every --checkpoint takes an export)
+    report = tmp_path / "r.json"
+    assert run(["evaluate", "--checkpoint", export, "--metrics", "lb", "--lb-examples", "20",
+                "--out", report, "--quiet"], capsys)[0] == 0
+    assert report.exists()
 
 
 def test_a_pt2_extractor_is_refused_before_anything_is_unpickled(tmp_path):

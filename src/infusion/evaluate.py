@@ -495,12 +495,12 @@ def _parzen_note(n_samples: int, steps: int, T: int, n_test: int, test_size: int
 
 def _load(source, cfg, dev, progress):
     """(model on dev with algorithms.md §6 statistics, cfg, checkpoint path or None, notes)."""
-    from .checkpoint import load_model, resolve
+    from .checkpoint import is_export, load_model, resolve
     from .runtime import ensure_step_statistics
 
     notes = []
-    if isinstance(source, (str, Path)):
-        path = str(resolve(source))
+    if isinstance(source, (str, Path)):  # a checkpoint, a run directory or an exported folder
+        path = str(source if is_export(source) else resolve(source))
         model, cfg = load_model(path, dev)
     else:
         if cfg is None:
@@ -513,8 +513,12 @@ def _load(source, cfg, dev, progress):
 
 
 def _default_out(ckpt_path: str | None) -> Path:
+    from .checkpoint import is_export
+
     if ckpt_path is None:
         return Path("eval") / "report.json"
+    if is_export(ckpt_path):
+        return Path(ckpt_path) / "eval" / "report.json"
     p = Path(ckpt_path).parent
     run = p.parent if p.name == "checkpoints" else p
     return run / "eval" / "report.json"

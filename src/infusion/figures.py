@@ -101,7 +101,8 @@ def _scatter_panels(path, panels: Sequence[np.ndarray], titles: Sequence[str], r
 
 
 def save_curves(path: str | Path, metrics_file: str | Path,
-                panels: Sequence[Sequence[str]] = (("train_loss", "valid_loss"), ("valid_bound",))
+                panels: Sequence[Sequence[str]] = (("train_loss", "valid_loss"),
+                                                   ("valid_bound", "train_bound"))
                 ) -> Path:
     """Training curves from ``metrics.jsonl``: one panel per group of keys, against the epoch."""
     import matplotlib
