@@ -62,7 +62,7 @@ def _fsync_dir(d: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:  # some file systems do not support fsync on a directory
-        pass
+        return
     finally:
         os.close(fd)
 
