@@ -85,7 +85,7 @@ def synthetic_images(tmp_path, monkeypatch):
         arrays = {f"{s}_x": images(n, side) for s, n in (("train", 48), ("valid", 16), ("test", 8))}
         path = data.cache_dir() / name / f"{name}-uint8.npz"
         path.parent.mkdir(parents=True)
-        data._write_cache(path, arrays)
+        data.write_cache(path, arrays)
 
 
 @pytest.mark.parametrize("name, hidden, side", [("cifar10", "32,16,8", 32),

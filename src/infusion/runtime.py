@@ -45,7 +45,8 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 def mixed_precision(model: ChainModel, device: torch.device, precision: str) -> Callable:
     """A context factory for the training step: bf16 autocast where ``train.precision`` asks
-    for it ("auto": where bf16 is native, :func:`bf16_is_fast`, i.e. CUDA), else nothing.
+    for it ("auto": on CUDA only, until a CPU precision is shown not to cost likelihood),
+    else nothing.
 
     The network body's outputs are cast back to fp32, so μ, σ², the log-densities (σ² ≥ 1e-4)
     and the loss are computed in full precision; the weights stay fp32 (Adam's master copy).

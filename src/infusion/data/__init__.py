@@ -79,7 +79,6 @@ __all__ = [
     "write_cache",
 ]
 
-_write_cache = write_cache  # its old name; tests/test_conv.py still uses it
 _NAMES = ("mnist", *TOYS, *NAMES, "arrays")
 
 
