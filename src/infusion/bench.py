@@ -5,7 +5,7 @@ the method's loss, backward, Adam, EMA, with the run's precision and compile set
 reports example-steps per second (examples × chain steps). Its floating-point work is counted
 by :class:`torch.utils.flop_counter.FlopCounterMode` over one forward + backward, and the
 achieved FLOP/s is shown as a fraction of a measured peak: the time of a large matrix
-multiply in the same precision on the same device. Sampling runs :func:`chain.sample_chain`
+multiply in the same precision on the same device. Sampling runs :func:`sampler.sample_chain`
 (per-sample seeds) and reports images per second. Peak memory is CUDA's peak allocation, or
 the process's peak resident set on the CPU.
 """

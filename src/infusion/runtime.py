@@ -44,15 +44,16 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def mixed_precision(model: ChainModel, device: torch.device, precision: str) -> Callable:
-    """A context factory for the training step: bf16 autocast where ``train.precision`` asks
-    for it ("auto": on CUDA only, until a CPU precision is shown not to cost likelihood),
-    else nothing.
+    """A context factory for the training step: bf16 autocast where ``train.precision`` is
+    "bf16", else nothing ("auto" is fp32 everywhere, set from measurements: on an H100 the
+    mnist preset trains at the same speed in both (154.7k vs 154.6k example-steps/s, the step
+    is bound by kernel launches, not arithmetic), and a CPU without native bf16 emulates it;
+    the paper trained in fp32).
 
     The network body's outputs are cast back to fp32, so μ, σ², the log-densities (σ² ≥ 1e-4)
     and the loss are computed in full precision; the weights stay fp32 (Adam's master copy).
     """
-    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not on:
+    if precision != "bf16":
         return contextlib.nullcontext
     model.net.register_forward_hook(lambda _m, _i, out: tuple(o.float() for o in out))
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)

@@ -1,0 +1,58 @@
+"""The README's figures of the shipped model: its training curve and its samples.
+
+    python experiments/mnist_model_figures.py \
+        --metrics experiments/results/mnist_h100/metrics.jsonl --model models/mnist
+
+Writes ``docs/mnist-curve.png`` (the validation and train bounds of the run's ``metrics.jsonl``
+against epochs and against training wall time) and ``docs/mnist-samples.png`` (100 samples,
+seeds 0…99, the means after the preset's sampling steps, as the paper shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from infusion import load_model, sample_chain
+from infusion.figures import save_grid
+
+
+def curve(metrics: Path, out: Path) -> Path:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    for ax, x, label in ((axes[0], "epoch", "epoch"),
+                         (axes[1], "seconds", "training wall time (min)")):
+        xs = [r[x] / (60 if x == "seconds" else 1) for r in rows]
+        for key in ("valid_bound", "train_bound"):
+            ax.plot(xs, [r[key] for r in rows], label=key.replace("_", " "))
+        ax.axhline(1350.6, color="0.5", ls="--", lw=1, label="paper's test bound")
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="nats / example (k = 1)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--metrics", type=Path, required=True, help="the run's metrics.jsonl")
+    p.add_argument("--model", default="models/mnist")
+    p.add_argument("--out-dir", type=Path, default=Path("docs"))
+    args = p.parse_args()
+    print(curve(args.metrics, args.out_dir / "mnist-curve.png"))
+    model, _cfg = load_model(args.model, "cpu")
+    means = sample_chain(model, 100, seed=0).means
+    print(save_grid(args.out_dir / "mnist-samples.png", means, nrow=10))
+
+
+if __name__ == "__main__":
+    main()
