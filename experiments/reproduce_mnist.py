@@ -11,7 +11,7 @@ evaluated), then runs ``infusion evaluate --protocol paper`` (Tables 1 and 2 as 
 how) or ``--protocol default`` (the CLI's cheap defaults, all metrics), and writes
 ``results.json`` and ``results.md`` into the run directory: every number next to the paper's
 with its protocol note, the exact commands, the machine and the training time, ready for the
-README's results table. The full paper protocol takes weeks on a CPU (about an hour on a GPU;
+README's results table. The full paper protocol takes weeks on a CPU (about 37 minutes on an H100;
 ``infusion.evaluate.PAPER_COST``); the evaluation report (RUN_DIR/eval/report.md) is rewritten
 after every metric and repetition, so it can be read while the evaluation runs.
 """

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from infusion import classifier as clf
 from infusion import metrics as mt
 
 
@@ -106,7 +107,7 @@ def test_extractor_plugins(tmp_path):
 def test_sample_quality_with_a_random_extractor():
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        ext = mt.ModuleExtractor(mt.MnistCNN((4, 8), 16), "random", batch_size=7)
+        ext = mt.ModuleExtractor(clf.MnistCNN((4, 8), 16), "random", batch_size=7)
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(40, 1, 28, 28, generator=g), torch.rand(30, 1, 28, 28, generator=g)
     res = mt.sample_quality(ext, a, a, splits=4)
@@ -118,20 +119,20 @@ def test_sample_quality_with_a_random_extractor():
 
 
 def test_classifier_trains_deterministically_and_is_cached_verified(tiny_mnist):
-    s = mt.ClassifierSettings(channels=(4, 8), hidden=16, epochs=1, batch_size=16)
-    net1, acc1 = mt.train_classifier(s)
-    net2, acc2 = mt.train_classifier(s)
+    s = clf.ClassifierSettings(channels=(4, 8), hidden=16, epochs=1, batch_size=16)
+    net1, acc1 = clf.train_classifier(s)
+    net2, acc2 = clf.train_classifier(s)
     assert 0.0 <= acc1 <= 1.0 and acc1 == acc2
     for p1, p2 in zip(net1.parameters(), net2.parameters()):
         assert torch.equal(p1, p2)
     logs: list[str] = []
-    _net3, info = mt.load_or_train_classifier(s, log=logs.append)
+    _net3, info = clf.load_or_train_classifier(s, log=logs.append)
     assert logs and info["test_accuracy"] == acc1 and s.cache_name() in info["path"]
-    net4, info4 = mt.load_or_train_classifier(s, log=logs.append)  # from the cache
+    net4, info4 = clf.load_or_train_classifier(s, log=logs.append)  # from the cache
     assert len(logs) == 2 and info4["test_accuracy"] == acc1
     for p1, p4 in zip(net1.parameters(), net4.parameters()):
         assert torch.equal(p1, p4)
     with open(info["path"], "ab") as f:
         f.write(b"tampered")
     with pytest.raises(RuntimeError, match="sha256"):
-        mt.load_or_train_classifier(s)
+        clf.load_or_train_classifier(s)

@@ -112,8 +112,15 @@ def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], w
     if bad:
         raise CheckpointError(f"{where} holds non-finite weights (NaN or inf, e.g. {bad[0]}): "
                               "the run diverged; use an earlier checkpoint")
-    model.sample_steps = cfg.sample_steps  # the run's default T' (sample.steps)
+    set_sampling_defaults(model, cfg)
     return model.to(device), cfg
+
+
+def set_sampling_defaults(model: ChainModel, cfg: Config) -> None:
+    """The run's ``sample`` section as the model's defaults for :func:`~infusion.sampler.sample_chain`
+    (steps T', sampler, eta): one default for Python and every command."""
+    model.sample_steps = cfg.sample_steps
+    model.sampler, model.eta = cfg.sample.sampler, cfg.sample.eta
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:

@@ -15,3 +15,14 @@ class UserError(Exception):
 
 class InputError(UserError, ValueError):
     """An argument, setting or file content that makes no sense; the message names it."""
+
+
+class ConfigError(InputError):
+    """A configuration value, preset name or override that makes no sense; the message names it."""
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` with the message of the first failed check."""
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)

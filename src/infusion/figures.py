@@ -156,3 +156,38 @@ def _save_fig(fig, path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def save_neighbour_figure(path: str | Path, samples: torch.Tensor, train: torch.Tensor,
+                          index: torch.Tensor, rows: int = 10, cols: int = 10) -> Path:
+    """Paper Fig. 4 layout: ``rows × cols`` samples, then a column with the nearest training
+    image of the sample beside it (the next-to-last column)."""
+    n = min(len(samples), rows * cols)
+    rows = max(1, n // cols) if n >= cols else 1
+    cols = min(cols, n)
+    tiles = []
+    for r in range(rows):
+        tiles += [samples[r * cols + c] for c in range(cols)]
+        tiles.append(train[index[r * cols + cols - 1]])
+    grid = make_grid(torch.stack([torch.as_tensor(t, dtype=torch.float32) for t in tiles]),
+                     nrow=cols + 1)
+    return save_png(path, grid, scale=2)
+
+
+def save_distance_histogram(path: str | Path, sample_dist: torch.Tensor,
+                            test_dist: torch.Tensor) -> Path:
+    """Histograms of sample-to-train and test-to-train nearest-neighbour distances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    hi = float(max(sample_dist.max(), test_dist.max()))
+    bins = np.linspace(0, hi * 1.02 + 1e-9, 50)
+    ax.hist(np.asarray(test_dist), bins=bins, alpha=0.6, density=True, label="test → train")
+    ax.hist(np.asarray(sample_dist), bins=bins, alpha=0.6, density=True, label="sample → train")
+    ax.set(xlabel="L2 distance to the nearest training image", ylabel="density")
+    ax.legend()
+    fig.tight_layout()
+    return _save_fig(fig, path)

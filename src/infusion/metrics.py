@@ -1,12 +1,13 @@
 """Sample quality without downloads: feature extractors, Fréchet distance, classifier score,
-class coverage and the memorisation check (nearest training neighbours, paper Fig. 4).
+class coverage and the memorisation check (nearest training neighbours, paper Fig. 4; its
+figures are drawn by :mod:`infusion.figures`).
 
 Feature extractors are plug-ins: anything with ``features(images) -> (N, F)`` and
 ``logits(images) -> (N, classes)`` (images (N, C, H, W) in [0, 1]) can be registered under a
 name with :func:`register_extractor`. Built in:
 
-* ``mnist-cnn`` — a small MNIST CNN the project trains itself, deterministically from a seed,
-  cached under ``<cache>/classifiers/`` with a sha256 record (≥ 99% test accuracy);
+* ``mnist-cnn`` — a small MNIST CNN the project trains itself (:mod:`infusion.classifier`),
+  deterministically from a seed, cached with a sha256 record (≥ 99% test accuracy);
 * ``torchscript`` / ``inception`` — a user-supplied TorchScript feature model (``path=``),
   e.g. an Inception-v3 exported elsewhere with ``torch.jit.script``; its forward returns the
   features, or a tuple ``(features, logits)``. ``inception`` resizes to 299×299 and repeats grey
@@ -15,11 +16,8 @@ name with :func:`register_extractor`. Built in:
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -27,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from .data import cache_dir, load_mnist, to_unit
+from .classifier import ClassifierSettings, load_or_train_classifier
 from .errors import InputError
-from .io import atomic_write, sha256
+from .io import sha256
 
 
 # ----------------------------------------------------------------------------- plug-in protocol
@@ -64,134 +63,6 @@ def get_extractor(name: str, **kwargs) -> FeatureExtractor:
     return _REGISTRY[name](**kwargs)
 
 
-# ----------------------------------------------------------------------------- MNIST classifier
-@dataclass(frozen=True)
-class ClassifierSettings:
-    """Everything that determines the trained MNIST classifier (it is part of its cache name)."""
-
-    channels: tuple[int, int] = (16, 32)
-    hidden: int = 128
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 3e-3
-    seed: int = 0
-    version: int = 1
-
-    def cache_name(self) -> str:
-        c1, c2 = self.channels
-        return (f"mnist-cnn-v{self.version}-c{c1}x{c2}-h{self.hidden}-e{self.epochs}"
-                f"-b{self.batch_size}-lr{self.lr:g}-s{self.seed}.pt")
-
-
-class MnistCNN(nn.Module):
-    """Two 5×5 conv + max-pool blocks, a hidden layer (the features), a 10-way head."""
-
-    def __init__(self, channels: tuple[int, int] = (16, 32), hidden: int = 128) -> None:
-        super().__init__()
-        c1, c2 = channels
-        self.conv1 = nn.Conv2d(1, c1, 5, padding=2)
-        self.conv2 = nn.Conv2d(c1, c2, 5, padding=2)
-        self.fc = nn.Linear(c2 * 7 * 7, hidden)
-        self.head = nn.Linear(hidden, 10)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, 28, 28) -> (N, hidden)
-        h = F.max_pool2d(torch.relu(self.conv1(x)), 2)
-        h = F.max_pool2d(torch.relu(self.conv2(h)), 2)
-        return torch.relu(self.fc(h.flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def train_classifier(settings: ClassifierSettings = ClassifierSettings(),
-                     train: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     test: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     progress: bool = False) -> tuple[MnistCNN, float]:
-    """Train :class:`MnistCNN` deterministically from ``settings.seed``; return it and its test
-    accuracy. Data default to the MNIST train/test splits, images as k/256 (algorithms.md §1).
-
-    Adam with a linearly decaying learning rate; weight init and minibatch order come from
-    explicit generators, and deterministic algorithms are switched on for the duration.
-    """
-    if train is None:
-        s = load_mnist("train")
-        train = (to_unit(torch.from_numpy(s.images)), torch.from_numpy(s.labels))
-    if test is None:
-        s = load_mnist("test")
-        test = (to_unit(torch.from_numpy(s.images)), torch.from_numpy(s.labels))
-    x, y = train
-    was_det = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)
-            net = MnistCNN(settings.channels, settings.hidden)
-        order_g = torch.Generator().manual_seed(settings.seed + 1)
-        opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
-        per_epoch = -(-len(x) // settings.batch_size)
-        total = settings.epochs * per_epoch
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / max(total, 1))
-        bar = _tqdm(total, "training the MNIST classifier", progress)
-        net.train()
-        for _ in range(settings.epochs):
-            order = torch.randperm(len(x), generator=order_g)
-            for lo in range(0, len(x), settings.batch_size):
-                idx = order[lo: lo + settings.batch_size]
-                loss = F.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
-    finally:
-        torch.use_deterministic_algorithms(was_det)
-    net.eval()
-    return net, accuracy(net, *test)
-
-
-@torch.no_grad()
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of ``x`` that ``net`` classifies as ``y``."""
-    net.eval()
-    hits = sum(int((net(x[i: i + batch_size]).argmax(1) == y[i: i + batch_size]).sum())
-               for i in range(0, len(x), batch_size))
-    return hits / max(len(x), 1)
-
-
-def load_or_train_classifier(settings: ClassifierSettings = ClassifierSettings(), *,
-                             cache: str | Path | None = None, progress: bool = False,
-                             log: Callable[[str], object] = print) -> tuple[MnistCNN, dict]:
-    """The cached classifier for ``settings`` (trained and cached on first use) and its record.
-
-    The cache file ``<cache>/classifiers/<settings.cache_name()>`` is verified against its
-    ``.sha256`` record on every load; a mismatch is an error (delete the file to retrain).
-    """
-    folder = (Path(cache) if cache is not None else cache_dir()) / "classifiers"
-    path = folder / settings.cache_name()
-    record = path.with_name(path.name + ".sha256")
-    if path.exists():
-        if not record.exists() or record.read_text().split()[0] != sha256(path):
-            raise RuntimeError(f"classifier cache {path} fails its sha256 check ({record}); "
-                               "delete both files to train it again")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        net = MnistCNN(tuple(ckpt["settings"]["channels"]), ckpt["settings"]["hidden"])
-        net.load_state_dict(ckpt["model"])
-        return net.eval(), {k: v for k, v in ckpt.items() if k != "model"} | {"path": str(path)}
-    log(f"training the MNIST classifier for the sample-quality metrics (once; cached at {path})")
-    t0 = time.time()
-    net, acc = train_classifier(settings, progress=progress)
-    info = {"settings": json.loads(json.dumps(asdict(settings))), "test_accuracy": acc,
-            "train_seconds": time.time() - t0, "torch": str(torch.__version__)}
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save({"model": net.state_dict(), **info}, tmp))
-    atomic_write(record, lambda tmp: tmp.write_text(f"{sha256(path)}  {path.name}\n"))
-    log(f"classifier test accuracy {acc:.4f} ({info['train_seconds']:.0f} s)")
-    return net, info | {"path": str(path)}
-
-
 class ModuleExtractor:
     """A feature extractor from a module with ``features(x)`` and a ``head`` (e.g. MnistCNN)."""
 
@@ -208,10 +79,11 @@ class ModuleExtractor:
         return _batched(self.net, images, self.batch_size)
 
 
-def mnist_cnn(settings: ClassifierSettings = ClassifierSettings(), cache: str | Path | None = None,
+def mnist_cnn(settings: ClassifierSettings | None = None, cache: str | Path | None = None,
               progress: bool = False, log: Callable[[str], object] = print) -> ModuleExtractor:
     """The ``mnist-cnn`` plug-in: the project's own cached MNIST classifier."""
-    net, info = load_or_train_classifier(settings, cache=cache, progress=progress, log=log)
+    net, info = load_or_train_classifier(settings or ClassifierSettings(), cache=cache,
+                                         progress=progress, log=log)
     return ModuleExtractor(net, "mnist-cnn", info)
 
 
@@ -275,14 +147,6 @@ register_extractor("inception", lambda path=None, **kw: TorchScriptExtractor(
 def _batched(fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     images = torch.as_tensor(images, dtype=torch.float32)
     return torch.cat([fn(images[i: i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
-def _tqdm(total: int, desc: str, progress: bool):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -352,7 +216,8 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, chunk: in
     best = torch.full((len(q),), math.inf)
     arg = torch.zeros(len(q), dtype=torch.long)
     blocks = [(i, j) for i in range(0, len(q), chunk) for j in range(0, len(r), chunk)]
-    bar = _tqdm(len(blocks), "nearest neighbours", progress)
+    bar = tqdm(total=len(blocks), desc="nearest neighbours", leave=False, dynamic_ncols=True,
+               disable=not progress)
     for i, j in blocks:
         qi, rj = q[i: i + chunk], r[j: j + chunk]
         d2 = qi.square().sum(1, keepdim=True) + r_sq[j: j + chunk] - 2 * qi @ rj.T
@@ -360,10 +225,8 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, chunk: in
         better = val < best[i: i + chunk]
         best[i: i + chunk] = torch.where(better, val, best[i: i + chunk])
         arg[i: i + chunk] = torch.where(better, idx + j, arg[i: i + chunk])
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return best.clamp_min(0).sqrt(), arg
 
 
@@ -387,6 +250,8 @@ def memorisation(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
            "test_1st_percentile": q01}
     if out_dir is not None and samples.ndim == 4:
         out_dir = Path(out_dir)
+        from .figures import save_distance_histogram, save_neighbour_figure
+
         out["figures"] = [str(save_neighbour_figure(out_dir / "nearest_neighbours.png", samples,
                                                     train, s_idx)),
                           str(save_distance_histogram(out_dir / "distances.png", s_dist, t_dist))]
@@ -399,45 +264,6 @@ def _summary(d: torch.Tensor) -> dict:
     return {"mean": float(d.mean()), "std": float(d.std()) if len(d) > 1 else 0.0,
             "min": float(d.min()), "q01": float(qs[0]), "median": float(qs[1]),
             "q99": float(qs[2])}
-
-
-def save_neighbour_figure(path: str | Path, samples: torch.Tensor, train: torch.Tensor,
-                          index: torch.Tensor, rows: int = 10, cols: int = 10) -> Path:
-    """Paper Fig. 4 layout: ``rows × cols`` samples, then a column with the nearest training
-    image of the sample beside it (the next-to-last column)."""
-    from .figures import make_grid, save_png
-
-    n = min(len(samples), rows * cols)
-    rows = max(1, n // cols) if n >= cols else 1
-    cols = min(cols, n)
-    tiles = []
-    for r in range(rows):
-        tiles += [samples[r * cols + c] for c in range(cols)]
-        tiles.append(train[index[r * cols + cols - 1]])
-    grid = make_grid(torch.stack([torch.as_tensor(t, dtype=torch.float32) for t in tiles]),
-                     nrow=cols + 1)
-    return save_png(path, grid, scale=2)
-
-
-def save_distance_histogram(path: str | Path, sample_dist: torch.Tensor,
-                            test_dist: torch.Tensor) -> Path:
-    """Histograms of sample-to-train and test-to-train nearest-neighbour distances."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .figures import _save_fig
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    hi = float(max(sample_dist.max(), test_dist.max()))
-    bins = np.linspace(0, hi * 1.02 + 1e-9, 50)
-    ax.hist(_np(test_dist), bins=bins, alpha=0.6, density=True, label="test → train")
-    ax.hist(_np(sample_dist), bins=bins, alpha=0.6, density=True, label="sample → train")
-    ax.set(xlabel="L2 distance to the nearest training image", ylabel="density")
-    ax.legend()
-    fig.tight_layout()
-    return _save_fig(fig, path)
 
 
 def _np(x) -> np.ndarray:

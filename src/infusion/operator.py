@@ -59,6 +59,11 @@ class ChainModel(nn.Module, metaclass=abc.ABCMeta):
     """
 
     aux_noise = False
+    samplers: tuple[str, ...] = ("ancestral",)  # what :meth:`solver` can run
+    # The defaults of sample_chain, set from the run's ``sample`` section when a model is loaded.
+    sample_steps = 0  # T' (0: the training T)
+    sampler = "ancestral"
+    eta = 0.0
 
     def __init__(self, shape: tuple[int, ...], T: int, net: nn.Module, prior: nn.Module) -> None:
         super().__init__()
@@ -80,6 +85,16 @@ class ChainModel(nn.Module, metaclass=abc.ABCMeta):
             raise InputError(f"steps={steps}: sampling needs T' >= the training T={self.T} "
                              "(algorithms.md §2)")
         return self
+
+    def solver(self, sampler: str, steps: int, eta: float = 0.0) -> ChainModel:
+        """The chain that ``sampler`` runs for ``steps`` steps: "ancestral" is the model's own
+        (:meth:`respaced`); a model naming others in ``samplers`` overrides this."""
+        if sampler not in self.samplers:
+            raise InputError(f"sampler {sampler!r}: {type(self).__name__} runs "
+                             f"{', '.join(self.samplers)}")
+        if eta:
+            raise InputError(f"eta={eta}: only diffusion's ddim sampler takes eta")
+        return self.respaced(steps)
 
     @property
     def stats_ready(self) -> bool:

@@ -6,7 +6,7 @@ likelihood and reversibility figures of the baselines (algorithms.md §7, §11).
   the ``infusion_chains/epoch-NNNN.npz`` files the trainer writes at ``train.record_chains_at``.
 * Fig. 3: lower-bound curves (algorithms.md §7) on training and validation data per epoch, from
   ``metrics.jsonl`` (``train_bound`` needs ``train.train_bound_examples`` > 0).
-* Fig. 4: samples with the nearest training image (``metrics.save_neighbour_figure``).
+* Fig. 4: samples with the nearest training image (``figures.save_neighbour_figure``).
 * Fig. 7: infusion chains for the same targets under a constant and an increasing rate.
 * ``likelihood_vs_k``: the importance-sampling estimate of algorithms.md §7 (for walkback its eq. 10,
   for diffusion the IS form of its bound) against the number of proposal draws k, from the
@@ -67,7 +67,8 @@ def fig3_bound_curves(path: str | Path, metrics_file: str | Path) -> Path:
 
 def fig4_nearest_neighbours(path: str | Path, samples: torch.Tensor, train: torch.Tensor) -> Path:
     """Fig. 4: samples, last column the nearest training image of the next-to-last column."""
-    from .metrics import nearest_neighbours, save_neighbour_figure
+    from .figures import save_neighbour_figure
+    from .metrics import nearest_neighbours
 
     _, idx = nearest_neighbours(samples, train)
     return save_neighbour_figure(path, samples, train, idx)

@@ -94,6 +94,8 @@ def sample_chain(
     return_trajectory: bool = False,
     start: torch.Tensor | None = None,
     callback: Callback | None = None,
+    sampler: str | None = None,
+    eta: float | None = None,
 ) -> Samples:
     """Draw ``n`` samples with :func:`run_chain`, in batches; results on the CPU, float32.
 
@@ -103,12 +105,15 @@ def sample_chain(
     runs ``model.respaced(T')`` (diffusion). ``clamp = (mask, values)``, each (N, d) or (d,).
     ``start`` (N, d) or (N, *shape): z(0) = start instead of a prior draw (chains from data).
     ``callback`` receives each batch's states (``"batch"``: its first sample's index).
-    Uses the stored per-step batch-norm statistics (algorithms.md §6); raises if missing.
+    ``sampler`` (default the model's ``sampler``, the run's ``sample.sampler``): "ancestral",
+    the model's own chain, or for diffusion "ddim" (stochasticity ``eta``) and "dpm++2m"
+    (:meth:`ChainModel.solver`). Uses the stored per-step batch-norm statistics (algorithms.md
+    §6); raises if missing.
     """
-    steps = int(steps if steps is not None else getattr(model, "sample_steps", 0) or model.T)
+    steps = int(steps if steps is not None else model.sample_steps or model.T)
     if steps < 1:
         raise InputError(f"steps={steps}: expected >= 1")
-    chain = model.respaced(steps)
+    chain = model.solver(sampler or model.sampler, steps, model.eta if eta is None else eta)
     if not chain.stats_ready:
         raise RuntimeError(
             "the model has no stored per-step batch-norm statistics; run the statistics pass of "

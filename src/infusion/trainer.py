@@ -23,21 +23,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
-from . import distributed, figures, rundir
+from . import distributed, rundir
 from .config import Config, from_dict, override, to_dict
 from .data import Data, load_data
 from .ema import EMA
 from .errors import InputError, UserError
-from .io import atomic_write, save_npz
+from .finalize import finalize
+from .io import atomic_write
 from .methods import Method, build_method
 from .operator import ChainModel
 from .rundir import RunError, training_state_file
-from .runtime import batches, bf16_is_fast, compute_step_statistics, mixed_precision, resolve_device
+from .runtime import batches, bf16_is_fast, mixed_precision, resolve_device
+from .validation import record_infusion_chains, validate
 
 __all__ = ["Diverged", "Interrupted", "RunError", "TrainState", "train", "training_state_file"]
 
@@ -345,104 +346,3 @@ def fit_prior(model: ChainModel, data: Data, cfg: Config) -> None:
     """p(0) moments from one dequantised pass over the training set (algorithms.md §2)."""
     g = torch.Generator(device=data.train.device).manual_seed(cfg.train.seed + 7)
     model.prior.fit(data.model_space(data.train, g), cfg.model.prior_var_floor)
-
-
-@torch.no_grad()
-def validate(model: ChainModel, method: Method, data: Data, cfg: Config) -> dict[str, float]:
-    """Validation loss and stochastic lower bound (algorithms.md §7, one draw per example) on
-    the first ``train.valid_examples`` validation examples, nats per example.
-
-    Batch statistics are used, as the paper does during training (appendix A.1), and the noise
-    is the same every epoch so epochs are comparable. With ``train.train_bound_examples`` the
-    same bound on the first training examples is added as ``train_bound`` (paper Fig. 3).
-    """
-    n = min(cfg.train.valid_examples, len(data.valid))
-    if n < 2:
-        return {}
-    jobs = [("valid_loss", method.loss, data.valid, n, 1)]
-    if method.has_likelihood:
-        jobs.append(("valid_bound", method.log_weight, data.valid, n, 1))
-        n_train = min(cfg.train.train_bound_examples, len(data.train))
-        if n_train >= 2:
-            jobs.append(("train_bound", method.log_weight, data.train, n_train, 2))
-    out = {}
-    for name, fn, split, count_max, seed_offset in jobs:
-        g = torch.Generator(device=split.device).manual_seed(cfg.train.seed + seed_offset)
-        total, count = 0.0, 0
-        for idx in batches(count_max, cfg.train.batch_size):
-            total += float(fn(model, data.model_space(split[idx], g), g).sum())
-            count += len(idx)
-        out[name] = total / count
-    return out
-
-
-@torch.no_grad()
-def record_infusion_chains(model: ChainModel, method: Method, data: Data, cfg: Config,
-                           epoch: int, run_dir: str | Path) -> Path | None:
-    """Paper Fig. 2: infusion chains for fixed validation targets at this point of training.
-
-    Runs the method's infusion chain (algorithms.md §3) on the first validation batch with
-    batch statistics, as in training, and the same noise at every epoch; keeps the first
-    ``train.record_chains_n`` rows. Writes ``infusion_chains/epoch-NNNN.npz`` with ``chain``
-    (T+1, n, *shape) = z̃(0) … z̃(T-1), μ_T and ``targets`` (n, *shape). None if the method
-    has no infusion chain.
-    """
-    if not method.has_infusion_chain:
-        return None
-    n_batch = min(len(data.valid), cfg.train.batch_size)
-    k = min(cfg.train.record_chains_n, n_batch)
-    g = torch.Generator(device=data.valid.device).manual_seed(cfg.train.seed + 11)
-    was_training = model.training
-    model.train()
-    try:
-        x = data.model_space(data.valid[:n_batch], g)
-        states = method.infusion_chain(model, x, g)
-    finally:
-        model.train(was_training)
-    chain = torch.stack([s[:k] for s in states]).float().cpu().numpy()
-    arrays = {"chain": chain.reshape(len(states), k, *data.shape),
-              "targets": x[:k].float().cpu().numpy().reshape(k, *data.shape),
-              "epoch": np.array(epoch)}
-    return save_npz(Path(run_dir) / "infusion_chains" / f"epoch-{epoch:04d}.npz", **arrays)
-
-
-def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data: Data, *,
-             progress: bool = True, log: Callable[[str], None] = print,
-             ema: EMA | None = None) -> Path:
-    """Best weights (the EMA's when ``train.ema`` > 0), §6 statistics, ``final.pt``, samples
-    and figures. Returns its path."""
-    ckpt_dir = run_dir / "checkpoints"
-    best_file, epoch = ckpt_dir / "best.pt", None
-    if ema is not None:
-        ema.copy_to(model)  # best.pt, if any, holds EMA weights too
-    if best_file.exists():
-        best = ckpt_io.load(best_file, map_location=data.train.device, weights_only=True)
-        model.load_state_dict(ckpt_io.migrate_state_dict(best["model"]))  # 0.1 names too
-        epoch = best["epoch"]
-        log(f"using the best validation epoch ({epoch})")
-    compute_step_statistics(model, method, data, cfg.train.batch_size, cfg.train.seed + 5, progress)
-    final = ckpt_dir / "final.pt"
-    ckpt_io.save(final, {"model": model.state_dict(), "config": to_dict(cfg),
-                         "shape": list(data.shape), "epoch": epoch})
-    ckpt_io.set_latest(ckpt_dir, final.name)
-    model.sample_steps = cfg.sample_steps
-    write_figures(run_dir, model, cfg, log=log)
-    return final
-
-
-def write_figures(run_dir: Path, model: ChainModel, cfg: Config,
-                  log: Callable[[str], None] = print) -> None:
-    """Samples (npz), a sample grid, sampling chains and the training curve, into ``run_dir``."""
-    from .sample import sample_to_file
-    from .sampler import sample_chain
-
-    sc, steps = cfg.sample, cfg.sample_steps
-    out = sample_to_file(model, run_dir / "samples.npz", n=sc.n, steps=steps, seed=sc.seed)
-    chains = sample_chain(model, sc.chains, steps, seed=sc.seed, return_trajectory=True)
-    figures.save_chain_figure(run_dir / "chains.png", chains.trajectory_means,
-                              every=max(1, steps // 10))
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        figures.save_curves(run_dir / "curve.png", metrics)
-    log(f"samples: {out}\ngrid: {out.with_suffix('.png')}\nchains: {run_dir / 'chains.png'}\n"
-        f"curve: {run_dir / 'curve.png'}")

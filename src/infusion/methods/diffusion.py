@@ -33,7 +33,8 @@ posterior q(x_{k-1} | x_k, x) to p(x_{k-1} | x_k)); or ``noise``, the simple los
 log p(x, x_{1:T}) − log q(x_{1:T} | x) over a forward path: the bound and IS estimates of the
 shared likelihood code. Sampling with fewer steps: :meth:`DiffusionModel.respaced` (the
 schedule restricted to evenly spaced steps, betas recomputed from ᾱ), run by the shared
-sampler; sampler steps past T repeat the last reverse step.
+sampler; sampler steps past T repeat the last reverse step. Few-step deterministic and
+stochastic samplers (DDIM, DPM-Solver++(2M)): :mod:`infusion.methods.diffusion_solvers`.
 """
 
 from __future__ import annotations
@@ -142,6 +143,19 @@ class DiffusionModel(ChainModel):
             self.register_buffer(name, torch.tensor(v, dtype=torch.float32), persistent=False)
         self.register_buffer("net_index", torch.tensor(schedule.net_index), persistent=False)
 
+    samplers = ("ancestral", "ddim", "dpm++2m")
+
+    def solver(self, sampler: str, steps: int, eta: float = 0.0) -> ChainModel:
+        """``ancestral``: the learned reverse chain (:meth:`respaced`); ``ddim`` and
+        ``dpm++2m``: :class:`~infusion.methods.diffusion_solvers.SolverChain`."""
+        if sampler == "ancestral" and not eta:
+            return self.respaced(steps)
+        if sampler not in self.samplers[1:]:
+            return super().solver(sampler, steps, eta)
+        from .diffusion_solvers import SolverChain
+
+        return SolverChain(self, sampler, steps, eta)
+
     def respaced(self, steps: int) -> DiffusionModel:
         """The same network and prior run on ``steps`` evenly spaced steps of the schedule
         (``steps`` >= T: the full schedule; the sampler repeats its last step past T)."""
@@ -171,6 +185,16 @@ class DiffusionModel(ChainModel):
             mean = self.posterior(x0, x, k)[0]
         log_var = v * beta.log() + (1 - v) * self._at("log_var_min", k)
         return mean, log_var.exp()
+
+    def data_and_noise(self, x: torch.Tensor, k: torch.Tensor, pred: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂_0, ε̂) at step k (B,) from the prediction of head a_μ, whichever its target."""
+        ab = self._at("alpha_bar", k)
+        if self.target == "eps":
+            return (x - (1 - ab).sqrt() * pred) / ab.sqrt(), pred
+        if self.target == "x0":
+            return pred, (x - ab.sqrt() * pred) / (1 - ab).sqrt()
+        return ab.sqrt() * x - (1 - ab).sqrt() * pred, ab.sqrt() * pred + (1 - ab).sqrt() * x
 
     def transition(self, x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, σ²) of p(x_{k-1} | x_k); k an int or a (B,) tensor in 1..T."""

@@ -1,0 +1,58 @@
+"""The end of a training run (docs/algorithms.md §6): the best weights, the per-step batch-norm
+statistics, ``final.pt``, samples and figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from . import checkpoint as ckpt_io
+from . import figures
+from .config import Config, to_dict
+from .data import Data
+from .ema import EMA
+from .methods import Method
+from .operator import ChainModel
+from .runtime import compute_step_statistics
+
+
+def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data: Data, *,
+             progress: bool = True, log: Callable[[str], None] = print,
+             ema: EMA | None = None) -> Path:
+    """Best weights (the EMA's when ``train.ema`` > 0), §6 statistics, ``final.pt``, samples
+    and figures. Returns its path."""
+    ckpt_dir = run_dir / "checkpoints"
+    best_file, epoch = ckpt_dir / "best.pt", None
+    if ema is not None:
+        ema.copy_to(model)  # best.pt, if any, holds EMA weights too
+    if best_file.exists():
+        best = ckpt_io.load(best_file, map_location=data.train.device, weights_only=True)
+        model.load_state_dict(ckpt_io.migrate_state_dict(best["model"]))  # 0.1 names too
+        epoch = best["epoch"]
+        log(f"using the best validation epoch ({epoch})")
+    compute_step_statistics(model, method, data, cfg.train.batch_size, cfg.train.seed + 5, progress)
+    final = ckpt_dir / "final.pt"
+    ckpt_io.save(final, {"model": model.state_dict(), "config": to_dict(cfg),
+                         "shape": list(data.shape), "epoch": epoch})
+    ckpt_io.set_latest(ckpt_dir, final.name)
+    ckpt_io.set_sampling_defaults(model, cfg)
+    write_figures(run_dir, model, cfg, log=log)
+    return final
+
+
+def write_figures(run_dir: Path, model: ChainModel, cfg: Config,
+                  log: Callable[[str], None] = print) -> None:
+    """Samples (npz), a sample grid, sampling chains and the training curve, into ``run_dir``."""
+    from .sample import sample_to_file
+    from .sampler import sample_chain
+
+    sc, steps = cfg.sample, cfg.sample_steps
+    out = sample_to_file(model, run_dir / "samples.npz", n=sc.n, steps=steps, seed=sc.seed)
+    chains = sample_chain(model, sc.chains, steps, seed=sc.seed, return_trajectory=True)
+    figures.save_chain_figure(run_dir / "chains.png", chains.trajectory_means,
+                              every=max(1, steps // 10))
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        figures.save_curves(run_dir / "curve.png", metrics)
+    log(f"samples: {out}\ngrid: {out.with_suffix('.png')}\nchains: {run_dir / 'chains.png'}\n"
+        f"curve: {run_dir / 'curve.png'}")
