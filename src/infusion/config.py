@@ -117,8 +117,12 @@ class TrainConfig:
     record_chains_at: tuple[int, ...] = ()
     record_chains_n: int = 8  # targets in each recorded chain
     train_bound_examples: int = 0  # training examples scored each epoch (0 = off)
-    # Speed: bf16 autocast ("auto" = fp32: bf16 measured no faster on an H100 for mnist), torch.compile of the network body, and an
-    # exponential moving average of the weights used for validation and sampling (0 = off).
+    # Watching (infusion.watch): a preview sample grid every N epochs (0 = off), TensorBoard.
+    sample_every: int = 0
+    tensorboard: bool = False
+    # Speed: bf16 autocast ("auto" = fp32: bf16 measured no faster on an H100 for mnist),
+    # torch.compile of the network body, and an exponential moving average of the weights used
+    # for validation and sampling (0 = off).
     precision: str = "auto"  # "auto", "fp32" or "bf16"
     compile: bool = False
     ema: float = 0.0  # EMA decay per optimiser step, e.g. 0.999
@@ -132,6 +136,7 @@ class TrainConfig:
             (self.batch_size >= 2, f"train.batch_size={self.batch_size}: batch norm needs >= 2"),
             (math.isfinite(self.lr) and self.lr > 0, f"train.lr={self.lr}: expected a finite rate > 0"),
             (self.patience >= 0, f"train.patience={self.patience}: expected >= 0"),
+            (self.sample_every >= 0, f"train.sample_every={self.sample_every}: expected >= 0"),
             (math.isfinite(self.max_minutes) and self.max_minutes >= 0,
              f"train.max_minutes={self.max_minutes}: expected >= 0"),
             (self.valid_examples >= 0, f"train.valid_examples={self.valid_examples}: expected >= 0"),

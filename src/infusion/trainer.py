@@ -39,6 +39,7 @@ from .operator import ChainModel
 from .rundir import RunError, training_state_file
 from .runtime import batches, bf16_is_fast, mixed_precision, resolve_device
 from .validation import record_infusion_chains, validate
+from .watch import Callback, EpochEvent, TensorBoard, sample_preview, summary_writer
 
 __all__ = ["Diverged", "Interrupted", "RunError", "TrainState", "train", "training_state_file"]
 
@@ -70,20 +71,26 @@ class TrainState:
 
 def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False, device: str = "auto", overrides: Sequence[str] = (),
-          progress: bool = True, log: Callable[[str], None] = print) -> Path:
+          progress: bool = True, log: Callable[[str], None] = print,
+          callbacks: Sequence[Callback] = ()) -> Path:
     """Train ``cfg`` into ``run_dir`` and return the final checkpoint's path.
 
     ``resume`` continues the run from its last checkpoint with the config stored there;
     ``overrides`` (``train.*``/``sample.*`` only, e.g. ``train.epochs=50``, ``train.lr=3e-4``)
     are applied, the optimiser's rate included. ``overwrite`` replaces a previous run's files.
+    ``callbacks`` are called after every epoch with a :class:`~infusion.watch.EpochEvent`
+    (main process only), beside the built-in watchers of ``train.sample_every`` and
+    ``train.tensorboard``.
     """
     run_dir = Path(run_dir)
     ctx, dev = distributed.setup(resolve_device(device))  # one process, or one of torchrun's
     if not ctx.main:  # rank 0 alone logs, shows progress and writes files
         log, progress = (lambda _: None), False
-    with rundir.lock(run_dir, ctx.main), rundir.stop_signals() as stop:
+    with rundir.lock(run_dir, ctx.main), rundir.stop_signals() as stop, \
+            contextlib.ExitStack() as cleanup:
         # ---- setup: config, data, model, optimiser, generators; resume, or fit the prior
         run = _Run.start(cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log)
+        cleanup.callback(run.close_watchers)  # however the run ends
         tc, state = run.cfg.train, run.state
         start = time.time()
         while not state.stopped_early and state.epoch < tc.epochs:
@@ -95,6 +102,8 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
             shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
             log(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
                 f"{row['example_steps_per_s']:,.0f} example-steps/s")
+            if ctx.main:  # ---- watchers: preview grid, TensorBoard, the caller's callbacks
+                run.notify(row, callbacks)
             # ---- stop? early stopping, the time limit, a signal; then checkpoint
             state.stopped_early = tc.patience > 0 and state.bad_epochs >= tc.patience
             if state.stopped_early:
@@ -143,6 +152,7 @@ class _Run:
     autocast: Callable
     progress: bool
     last_save: float = field(default_factory=time.time)
+    watchers: list = field(default_factory=list)  # built-in callbacks (TensorBoard)
 
     @classmethod
     def start(cls, cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log) -> _Run:
@@ -182,7 +192,25 @@ class _Run:
                   mixed_precision(model, dev, tc.precision), progress)
         if state.epoch == 0 and state.batch == 0 and 0 in tc.record_chains_at and ctx.main:
             record_infusion_chains(model, method, data, cfg, 0, run_dir)
+        if tc.tensorboard and ctx.main:
+            run.watchers.append(TensorBoard(run_dir / "tensorboard", state.epoch + 1))
         return run
+
+    def notify(self, row: dict, callbacks: Sequence[Callback]) -> None:
+        """After an epoch: the preview grid every ``train.sample_every`` epochs (from the
+        weights that are sampled: the EMA's, if any), then every callback."""
+        tc, state, grid = self.cfg.train, self.state, None
+        if tc.sample_every and state.epoch % tc.sample_every == 0:
+            with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+                grid = sample_preview(self.model, self.method, self.data, self.cfg,
+                                      self.run_dir, state.epoch)
+        event = EpochEvent(state.epoch, row, self.model, self.cfg, self.run_dir, grid)
+        for fn in (*callbacks, *self.watchers):
+            fn(event)
+
+    def close_watchers(self) -> None:
+        for w in self.watchers:
+            w.close()
 
     def epoch(self, stop: rundir.StopRequest) -> tuple[float, float]:
         """Adam steps over this epoch's minibatches (a resumed epoch skips those it has done);
@@ -305,6 +333,8 @@ def _run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str]
     if cfg is None:
         raise RunError("train() needs a config unless resuming")
     cfg = override(cfg, list(overrides)).validate()
+    if cfg.train.tensorboard:
+        summary_writer()  # a missing package is an error before the run directory is claimed
     rundir.claim(run_dir, overwrite)
     return cfg
 
