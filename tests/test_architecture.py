@@ -20,7 +20,7 @@ OLD = Path(__file__).parent / "data" / "v0_1"  # run directories written by vers
 TINY = ["data.toy_size=256", "model.hidden=8,8", "train.epochs=2", "train.batch_size=64",
         "train.valid_examples=64", "sample.n=4", "sample.chains=2", "method.T=3"]
 PRESETS = {"infusion": "spiral", "walkback": "spiral-walkback", "gsn": "spiral-gsn",
-           "diffusion": "spiral-diffusion"}
+           "diffusion": "spiral-diffusion", "flow": "spiral-flow"}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -35,10 +35,13 @@ def test_every_method_trains_in_bf16_on_the_cpu_and_loads_back(tmp_path, name):
 
 
 def test_methods_declare_capabilities_instead_of_being_probed():
-    caps = {n: (m.has_likelihood, m.has_infusion_chain, m.has_reversibility)
+    caps = {n: (m.has_likelihood, m.has_infusion_chain, m.has_reversibility, m.likelihood)
             for n, m in METHODS.items()}
-    assert caps == {"infusion": (True, True, False), "walkback": (True, False, True),
-                    "gsn": (False, False, False), "diffusion": (True, False, False)}
+    assert caps == {"infusion": (True, True, False, "bound"),
+                    "walkback": (True, False, True, "bound"),
+                    "gsn": (False, False, False, "bound"),
+                    "diffusion": (True, False, False, "bound"),
+                    "flow": (True, False, False, "estimate")}
     gsn = build_method(config.preset("spiral-gsn").method)
     assert isinstance(gsn, Method) and gsn.settings == config.preset("spiral-gsn").method.gsn
     model = gsn.build_model((2,), config.preset("spiral-gsn").model)

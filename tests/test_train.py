@@ -33,6 +33,18 @@ def test_loss_falls_on_toy_data(tmp_path):
     assert rows[-1]["valid_bound"] > rows[0]["valid_bound"]
 
 
+def test_toy_figures_are_readable(tmp_path):
+    """2-D runs draw every sample over the data, and the chains as a few panels of many
+    points (not one panel per step with 8 dots)."""
+    from PIL import Image
+
+    run = tmp_path / "run"
+    train(tiny_config(method={"T": 20}, train={"epochs": 1}, sample={"n": 300}), run, **QUIET)
+    assert len(np.load(run / "samples.npz")["means"]) == 300
+    chains = Image.open(run / "chains.png")
+    assert chains.width < 2000 and chains.width > 3 * chains.height  # 6 panels in a row
+
+
 def test_spiral_samples_lie_near_the_spiral(spiral_run):
     s = np.load(spiral_run / "samples.npz")["samples"].reshape(-1, 2)
     ref = toy("spiral", 4000, 11).images

@@ -165,8 +165,9 @@ class SampleConfig:
     n: int = 100  # samples in the grid
     chains: int = 8  # chains in the sampling-chain figure
     seed: int = 0
-    # "ancestral" (the model's own chain) or, for diffusion, "ddim" / "dpm++2m" (algorithms.md
-    # §13); eta: DDIM's stochasticity (0 deterministic, 1 the ancestral posterior's variance)
+    # "ancestral" (the model's own chain), for diffusion "ddim" / "dpm++2m", for the flow
+    # "euler" / "heun" (algorithms.md §14); eta: DDIM's stochasticity (0 deterministic, 1 the
+    # ancestral posterior's variance)
     sampler: str = "ancestral"
     eta: float = 0.0
 
@@ -199,9 +200,9 @@ class Config:
         s = self.sample.steps
         require([(s == 0 or s >= self.method.T or self.method.name == "diffusion",
                    f"sample.steps={s}: sampling needs T' >= T={self.method.T} (algorithms.md §2)"),
-                 (self.sample.sampler == "ancestral" or self.method.name == "diffusion",
-                  (f"sample.sampler={self.sample.sampler!r}: the few-step solvers are for "
-                  "method.name=diffusion"))])
+                 (self.sample.sampler in SAMPLERS_OF.get(self.method.name, ("ancestral",)),
+                  (f"sample.sampler={self.sample.sampler!r}: method.name={self.method.name} "
+                   f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}"))])
         return self
 
     @property
@@ -210,7 +211,10 @@ class Config:
         return self.sample.steps or self.method.T
 
 
-SAMPLERS = ("ancestral", "ddim", "dpm++2m")
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "euler", "heun")
+# the samplers beyond a method's own chain ("ancestral"): diffusion's solvers, the flow's ODE
+SAMPLERS_OF = {"diffusion": ("ancestral", "ddim", "dpm++2m"),
+               "flow": ("ancestral", "euler", "heun")}
 DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
               "folder", "arrays")
 NET_NAMES = ("mlp", "conv")

@@ -53,11 +53,13 @@ def save_png(path: str | Path, array: np.ndarray, scale: int = 1) -> Path:
     return path
 
 
-def save_grid(path: str | Path, images, nrow: int | None = None, scale: int = 2) -> Path:
-    """A sample grid as PNG; 2-D points are drawn as a scatter plot instead."""
+def save_grid(path: str | Path, images, nrow: int | None = None, scale: int = 2,
+              reference=None) -> Path:
+    """A sample grid as PNG; 2-D points are drawn as a scatter plot instead (over the
+    ``reference`` points in grey, if given)."""
     x = to_numpy(images)
     if x.ndim == 2 or (x.ndim == 4 and x.shape[2:] == (1, 1)):
-        return save_scatter(path, x.reshape(len(x), -1))
+        return save_scatter(path, x.reshape(len(x), -1), reference=reference)
     return save_png(path, make_grid(x, nrow), scale)
 
 

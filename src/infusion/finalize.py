@@ -15,6 +15,8 @@ from .methods import Method
 from .operator import ChainModel
 from .runtime import compute_step_statistics
 
+TOY_CHAINS = 500  # chains in a 2-D run's chains.png (a cloud per panel)
+
 
 def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data: Data, *,
              progress: bool = True, log: Callable[[str], None] = print,
@@ -36,21 +38,29 @@ def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data
                          "shape": list(data.shape), "epoch": epoch})
     ckpt_io.set_latest(ckpt_dir, final.name)
     ckpt_io.set_sampling_defaults(model, cfg)
-    write_figures(run_dir, model, cfg, log=log)
+    write_figures(run_dir, model, cfg, log=log,
+                  reference=None if data.pixels else data.train[:TOY_CHAINS * 4].cpu())
     return final
 
 
 def write_figures(run_dir: Path, model: ChainModel, cfg: Config,
-                  log: Callable[[str], None] = print) -> None:
-    """Samples (npz), a sample grid, sampling chains and the training curve, into ``run_dir``."""
+                  log: Callable[[str], None] = print, reference=None) -> None:
+    """Samples (npz), a sample grid, sampling chains and the training curve, into ``run_dir``.
+
+    For 2-D points, ``reference`` (training points) is drawn under the samples, and the chains
+    are a few panels of the states of ``TOY_CHAINS`` chains instead of a row per chain."""
     from .sample import sample_to_file
     from .sampler import sample_chain
 
     sc, steps = cfg.sample, cfg.sample_steps
-    out = sample_to_file(model, run_dir / "samples.npz", n=sc.n, steps=steps, seed=sc.seed)
-    chains = sample_chain(model, sc.chains, steps, seed=sc.seed, return_trajectory=True)
-    figures.save_chain_figure(run_dir / "chains.png", chains.trajectory_means,
-                              every=max(1, steps // 10))
+    points = model.d <= 2
+    out = sample_to_file(model, run_dir / "samples.npz", n=sc.n, steps=steps, seed=sc.seed,
+                         reference=reference if points else None)
+    chains = sample_chain(model, max(sc.chains, TOY_CHAINS) if points else sc.chains, steps,
+                          seed=sc.seed, return_trajectory=True)
+    figures.save_chain_figure(run_dir / "chains.png",  # points: the states, z(0) included
+                              chains.states if points else chains.trajectory_means,
+                              every=max(1, steps // (5 if points else 10)))
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         figures.save_curves(run_dir / "curve.png", metrics)

@@ -114,9 +114,28 @@ class DiffusionSettings:
         ])
 
 
+@dataclass(frozen=True)
+class FlowSettings:
+    """Flow matching / rectified flow (algorithms.md §14): ``method.flow.*``; ``method.T`` = the
+    default number of sampling (ODE) steps."""
+
+    data_scale: float = 2.0  # flow space y = (x - 0.5)·scale, as diffusion's
+    likelihood_steps: int = 50  # Heun steps of the probability-flow ODE for log p(x)
+
+    def validate(self) -> None:
+        p = "method.flow"
+        require([
+            (math.isfinite(self.data_scale) and self.data_scale > 0,
+             f"{p}.data_scale={self.data_scale}: expected > 0"),
+            (self.likelihood_steps >= 1,
+             f"{p}.likelihood_steps={self.likelihood_steps}: expected >= 1"),
+        ])
+
+
 # One settings class per method: ``method.<name>.*`` (adding a method adds a line here).
 METHOD_SETTINGS: dict[str, type] = {"infusion": InfusionSettings, "walkback": WalkbackSettings,
-                                    "gsn": GSNSettings, "diffusion": DiffusionSettings}
+                                    "gsn": GSNSettings, "diffusion": DiffusionSettings,
+                                    "flow": FlowSettings}
 METHOD_NAMES = tuple(METHOD_SETTINGS)
 
 
@@ -130,6 +149,7 @@ class MethodConfig:
     walkback: WalkbackSettings = field(default_factory=WalkbackSettings)
     gsn: GSNSettings = field(default_factory=GSNSettings)
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
+    flow: FlowSettings = field(default_factory=FlowSettings)
 
     @property
     def settings(self) -> Any:

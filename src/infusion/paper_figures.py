@@ -200,8 +200,8 @@ def likelihood_vs_k(path: str | Path, model, cfg: Config, raw: torch.Tensor, k_m
     from .methods import build_method
 
     method = build_method(cfg.method)
-    if not method.has_likelihood:
-        raise InputError(f"method {cfg.method.name!r} defines no likelihood")
+    if not method.has_likelihood or method.likelihood != "bound":
+        raise InputError(f"method {cfg.method.name!r} has no bound and IS estimate to draw")
     ks = [2**i for i in range(int(np.log2(k_max)))]
     est = estimate_likelihood(model, method, raw, k_max, seed=seed, ks=ks)
     ks.append(k_max)

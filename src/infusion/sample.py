@@ -17,10 +17,12 @@ from .sampler import sample_chain
 
 def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None = None,
                    seed: int = 0, batch_size: int = 500, grid_max: int = 100, *,
-                   seeds: Sequence[int] | None = None, png_dir: str | Path | None = None) -> Path:
+                   seeds: Sequence[int] | None = None, png_dir: str | Path | None = None,
+                   reference=None) -> Path:
     """Draw ``n`` samples (sample i from seed ``seed + i``, or ``seeds[i]``), write ``out``
-    (.npz) and its grid PNG; with ``png_dir``, also one PNG of each mean, ``seed-NNNNNN.png``
-    (for external metric tools)."""
+    (.npz) and its grid PNG (the first ``grid_max`` images; 2-D points: all of them, over the
+    ``reference`` points if given); with ``png_dir``, also one PNG of each mean,
+    ``seed-NNNNNN.png`` (for external metric tools)."""
     out = Path(out)
     if out.suffix != ".npz":
         raise InputError(f"--out {str(out)!r}: expected a .npz file name")
@@ -30,7 +32,9 @@ def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None
     arrays = {"samples": res.samples.numpy().astype(np.float32),
               "means": res.means.numpy().astype(np.float32)}
     save_npz(out, **arrays)
-    figures.save_grid(out.with_suffix(".png"), arrays["means"][:grid_max])
+    means = arrays["means"]
+    figures.save_grid(out.with_suffix(".png"), means if means.ndim == 2 else means[:grid_max],
+                      reference=reference)
     if png_dir is not None:
         if arrays["means"].ndim != 4:
             raise InputError(f"--png-dir: the model draws {model.shape} vectors, not images")

@@ -30,7 +30,7 @@ def validate(model: ChainModel, method: Method, data: Data, cfg: Config) -> dict
     if n < 2:
         return {}
     jobs = [("valid_loss", method.loss, data.valid, n, 1)]
-    if method.has_likelihood:
+    if method.has_likelihood and method.likelihood == "bound":
         jobs.append(("valid_bound", method.log_weight, data.valid, n, 1))
         n_train = min(cfg.train.train_bound_examples, len(data.train))
         if n_train >= 2:

@@ -47,12 +47,20 @@ def _likelihood_jobs(wanted: Sequence[str], s: EvalSettings) -> list[_Job]:
 
 
 def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: EvalSettings,
-                 progress: bool) -> None:
+                    progress: bool) -> None:
     """The likelihood rows of Table 2 (algorithms.md §7), each repetition written as it ends."""
     wanted = [m for m in metrics if m in LIKELIHOOD_METRICS]
     if wanted and not method.has_likelihood:
         run.skip(wanted, f"method {cfg.method.name!r} has no likelihood estimate")
         return
+    estimate = method.likelihood == "estimate"  # the flow: an unbiased estimate, not a bound
+    if estimate:
+        no_is = [m for m in wanted if m.startswith("is")]
+        if no_is:
+            run.skip(no_is, f"method {cfg.method.name!r}: its likelihood is an unbiased "
+                     "probability-flow ODE estimate, not a bound, so it has no IS estimate "
+                     "(algorithms.md §14)")
+        wanted = [m for m in wanted if m not in no_is]
     report, final_var = run.report, None
     for job in _likelihood_jobs(wanted, s):
         if job.isotropic and final_var is None:
@@ -78,6 +86,11 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
                     e["same_draws_as"] = job.fill["is"]
                 if job.isotropic:
                     e["final_var_selection"] = report["isotropic_variance"]
+                if estimate:
+                    train_row = ", train" if job.split == "train" else ""
+                    e["label"] = f"log-likelihood, ODE estimate{train_row} (nats)"
+                    e["protocol_note"] = ("mean of Hutchinson estimates through the "
+                                          "probability-flow ODE, not a bound; " + e["protocol_note"])
                 report["metrics"][name] = e
                 run.per_example[name] = res[kind].per_example
             run.status["running"] = f"{what} ({r} of {s.repeats} done)"

@@ -121,8 +121,9 @@ def markdown(report: dict) -> str:
             how.append(f"the draws of {e['same_draws_as']}")
         if e.get("isotropic"):
             how.append(f"final variance {e['final_var']:.3g} (chosen on validation)")
-        rows.append((label, num(e["mean"]), num(e["stderr"]), num(e.get("spread")),
-                     "; ".join(h for h in how if h), num(paper.get(name), "{:g}")))
+        rows.append((e.get("label", label), num(e["mean"]), num(e["stderr"]),
+                     num(e.get("spread")), "; ".join(h for h in how if h),
+                     num(paper.get(name), "{:g}")))
     if "parzen" in m:
         e = m["parzen"]
         f = e["fixed_sigma"]

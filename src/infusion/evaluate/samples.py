@@ -15,7 +15,7 @@ from .report import ReportWriter
 
 
 def sample_rows(run: ReportWriter, model, cfg, splits, metrics, s: EvalSettings,
-                    progress: bool) -> None:
+                progress: bool) -> None:
     """Parzen (algorithms.md §8), classifier metrics and memorisation, on drawn samples."""
     wanted = [m for m in metrics if m in SAMPLE_METRICS]
     if not wanted:

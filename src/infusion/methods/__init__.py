@@ -1,7 +1,7 @@
-"""Training methods and their registry (docs/algorithms.md §3–5, §11–13).
+"""Training methods and their registry (docs/algorithms.md §3–5, §11–14).
 
 Adding a method: one file here with a :class:`Method` subclass, one line in :data:`METHODS`,
-one settings class in :mod:`infusion.config` (``METHOD_SETTINGS``) and a preset.
+one settings class in :mod:`infusion.method_settings` (``METHOD_SETTINGS``) and a preset.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from ..config import MethodConfig
 from ..errors import InputError
 from .base import Method
 from .diffusion import Diffusion
+from .flow import Flow
 from .gsn import GSN
 from .infusion import Infusion
 from .walkback import Walkback
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Infusion, Walkback, GSN, Diffusion)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Infusion, Walkback, GSN, Diffusion,
+                                                         Flow)}
 
 
 def build_method(cfg: MethodConfig) -> Method:
@@ -24,4 +26,5 @@ def build_method(cfg: MethodConfig) -> Method:
     raise InputError(f"unknown method {cfg.name!r}; available: {', '.join(METHODS)}")
 
 
-__all__ = ["GSN", "METHODS", "Diffusion", "Infusion", "Method", "Walkback", "build_method"]
+__all__ = ["GSN", "METHODS", "Diffusion", "Flow", "Infusion", "Method", "Walkback",
+           "build_method"]

@@ -20,8 +20,11 @@ class Method(abc.ABC):
     """Base class of every training method.
 
     Capabilities (class attributes):
-      * ``has_likelihood``: :meth:`log_weight` returns one draw of the log-weight ℓ whose mean
-        is a lower bound on log p(x) and whose log-mean-exp is the IS estimate (§7);
+      * ``has_likelihood``: :meth:`log_weight` returns one draw of ℓ per example; with
+        ``likelihood = "bound"`` its mean is a lower bound on log p(x) and its log-mean-exp
+        the IS estimate (§7); with ``"estimate"`` (the flow, §14) each draw is an unbiased
+        estimate of log p(x) itself, reported as their mean, with no IS estimate, and too
+        costly to score every epoch (training validates on the loss);
       * ``has_infusion_chain``: :meth:`infusion_chain` returns the training chain for given
         targets (paper Fig. 2);
       * ``has_reversibility``: the model has a temperature-1 operator whose departure from
@@ -30,6 +33,7 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     has_likelihood: ClassVar[bool] = False
+    likelihood: ClassVar[str] = "bound"  # or "estimate": see above
     has_infusion_chain: ClassVar[bool] = False
     has_reversibility: ClassVar[bool] = False
 

@@ -47,7 +47,7 @@ def logsnr_steps(alpha_bar: np.ndarray | torch.Tensor, steps: int) -> list[int]:
     Why not diffusers' default "linspace" spacing, round(linspace(0, T − 1, S + 1))[::-1][:S]:
     it ends at step ≈ T/S, and the jump from there to the data returns the posterior mean, far
     from a sample. Measured on Gaussian data N(0.3, 0.2²) with the exact denoiser (T = 1000,
-    linear betas, 2,000 samples; tests/test_diffusion_solvers.py): sample std after 5 / 10 / 20
+    linear betas, 2,000 samples, x̂_0 not clipped): sample std after 5 / 10 / 20
     DPM-Solver++ steps 0.157 / 0.202 / 0.201 with these steps, 0.052 / 0.098 / 0.147 with
     diffusers' (and 0.100 / 0.200 / 0.248 with steps evenly spaced in t down to 0, where the
     uneven λ-steps make the multistep extrapolation overshoot).
@@ -70,10 +70,18 @@ class SolverChain(ChainModel):
     """A diffusion model's reverse process run by DDIM or DPM-Solver++(2M) on ``steps`` of its
     training steps (0-based ``timesteps``, decreasing; default :func:`logsnr_steps`). The
     sampler's step t goes from training step ``timesteps[t-1]`` to the next (or to the data).
-    Shares the diffusion model's network and prior."""
+    Shares the diffusion model's network and prior.
+
+    ``clip_x0`` (default) clips x̂_0 to the data's range, [0, 1] in model space, before it is
+    used, as diffusers' DDIM does by default (``clip_sample``): an ε-prediction divides by
+    √ᾱ, which is 5e-4 at the last step of the cosine schedule, so small errors of ε̂ blow up
+    in x̂_0. Measured on the ``spiral-diffusion`` model (experiments/toy_suite.py, MMD² ×10³
+    against held-out points; 100 ancestral steps: 9.7): DPM-Solver++ 10 steps 80.6 without
+    clipping, 14.3 with it; DDIM 100 steps (η = 0) 100.0 and 14.1.
+    """
 
     def __init__(self, model, kind: str, steps: int, eta: float = 0.0,
-                 timesteps: Sequence[int] | None = None) -> None:
+                 timesteps: Sequence[int] | None = None, clip_x0: bool = True) -> None:
         if kind not in SOLVERS:
             raise InputError(f"diffusion solver {kind!r}: expected one of {SOLVERS}")
         if not (math.isfinite(eta) and eta >= 0):
@@ -86,7 +94,7 @@ class SolverChain(ChainModel):
             raise InputError(f"timesteps {ts}: expected {steps} decreasing steps in 0..{model.T - 1}")
         super().__init__(model.shape, steps, model.net, model.prior)
         object.__setattr__(self, "base", model)  # a view: not a submodule of its own
-        self.kind, self.eta, self.timesteps = kind, float(eta), ts
+        self.kind, self.eta, self.timesteps, self.clip_x0 = kind, float(eta), ts, clip_x0
         self._last_t, self._prev = 0, None
 
     def _alpha_bar(self, i: int) -> torch.Tensor:
@@ -110,6 +118,8 @@ class SolverChain(ChainModel):
         ab, ab_next = self._alpha_bar(t - 1), self._alpha_bar(t)
         pred, _ = base.predict(y, k)
         x0, eps = base.data_and_noise(y, k, pred)
+        if self.clip_x0:  # the data lie in [0, 1] of model space: y in [-s/2, s/2]
+            x0 = x0.clamp(-0.5 * base.scale, 0.5 * base.scale)
         var = torch.zeros((), device=y.device)
         if self.kind == "ddim":
             var = self.eta**2 * (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
