@@ -35,7 +35,7 @@ import torch
 from infusion import config, train
 from infusion.checkpoint import load_model
 from infusion.data import load_mnist, to_unit
-from infusion.likelihood import parzen_estimate
+from infusion.parzen import parzen_estimate
 from infusion.runtime import resolve_device
 from infusion.sampler import sample_chain
 

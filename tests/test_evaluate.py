@@ -10,7 +10,7 @@ import pytest
 from infusion import evaluate as ev
 from infusion import train
 from infusion.cli import main
-from infusion.likelihood import LOW_DIM_SIGMA_GRID
+from infusion.parzen import LOW_DIM_SIGMA_GRID
 
 from .conftest import tiny_config
 
@@ -163,11 +163,12 @@ def test_paper_protocol_reduced_on_tiny_mnist(tiny_mnist, tmp_path):
 
 def test_interrupted_evaluation_leaves_a_valid_partial_report(toy_run, tmp_path, monkeypatch):
     from infusion import likelihood as lik
+    from infusion import parzen
 
     def boom(*a, **k):
         raise RuntimeError("boom in Parzen")
 
-    monkeypatch.setattr(lik, "parzen_estimates", boom)
+    monkeypatch.setattr(parzen, "parzen_estimates", boom)
     out = tmp_path / "r" / "report.json"
     s = ev.EvalSettings(is_examples=10, is_k=4, lb_examples=10, n_samples=30, batch_size=64)
     with pytest.raises(RuntimeError, match="boom"):

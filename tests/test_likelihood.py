@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from infusion import likelihood as lik
+from infusion import parzen as pz
 from infusion.config import InfusionSettings, MethodConfig
 from infusion.data import parzen_space
 from infusion.methods.infusion import Infusion
@@ -299,7 +300,7 @@ def test_parzen_one_sample_is_a_gaussian_density():
     g = torch.Generator().manual_seed(0)
     s, x, sigma = torch.rand(1, 6, generator=g), torch.rand(9, 6, generator=g), 0.3
     expected = torch.distributions.Normal(s.double(), sigma).log_prob(x.double()).sum(-1)
-    assert torch.allclose(lik.parzen_log_prob(s, x, sigma), expected, atol=1e-10)
+    assert torch.allclose(pz.parzen_log_prob(s, x, sigma), expected, atol=1e-10)
 
 
 def test_parzen_matches_independent_implementation_chunked_or_not():
@@ -307,29 +308,29 @@ def test_parzen_matches_independent_implementation_chunked_or_not():
     s, x = torch.rand(300, 20, generator=g), torch.rand(70, 20, generator=g)
     ref = _numpy_parzen(s, x, 0.17)
     for chunk in (7, 64, 4096):
-        got = lik.parzen_log_prob(s, x, 0.17, chunk=chunk).numpy()
+        got = pz.parzen_log_prob(s, x, 0.17, chunk=chunk).numpy()
         assert np.allclose(got, ref, atol=1e-8)
-    grid = lik.parzen_log_prob(s, x, [0.1, 0.17, 0.5], chunk=50)
+    grid = pz.parzen_log_prob(s, x, [0.1, 0.17, 0.5], chunk=50)
     assert grid.shape == (3, 70)
     assert np.allclose(grid[1].numpy(), ref, atol=1e-8)
     assert np.allclose(grid[2].numpy(), _numpy_parzen(s, x, 0.5), atol=1e-8)
     with pytest.raises(ValueError, match="dimensions"):
-        lik.parzen_log_prob(s, x[:, :3], 0.1)
+        pz.parzen_log_prob(s, x[:, :3], 0.1)
 
 
 def test_sigma_selection_finds_the_kernel_width_and_grid_has_paper_value():
-    assert 0.17 in lik.SIGMA_GRID
-    assert all(any(math.isclose(v, s) for s in lik.SIGMA_GRID) for v in np.logspace(-1, 0, 10))
+    assert 0.17 in pz.SIGMA_GRID
+    assert all(any(math.isclose(v, s) for s in pz.SIGMA_GRID) for v in np.logspace(-1, 0, 10))
     g = torch.Generator().manual_seed(2)
     centres = 10 * torch.rand(400, 5, generator=g)  # far apart: kernels do not overlap
     valid = centres + 0.1 * torch.randn(400, 5, generator=g)
-    best, table = lik.select_sigma(centres, valid, [0.03, 0.1, 0.3, 1.0])
+    best, table = pz.select_sigma(centres, valid, [0.03, 0.1, 0.3, 1.0])
     assert best == 0.1 and set(table) == {0.03, 0.1, 0.3, 1.0}
     raw = torch.randint(0, 256, (20, 1, 2, 2), dtype=torch.uint8)
-    est = lik.parzen_estimate(torch.rand(30, 1, 2, 2), raw[:10], raw[10:], grid=[0.2, 0.5])
+    est = pz.parzen_estimate(torch.rand(30, 1, 2, 2), raw[:10], raw[10:], grid=[0.2, 0.5])
     assert est.extra["sigma"] in (0.2, 0.5) and est.per_example.shape == (1, 10)
     with pytest.raises(ValueError, match="at least one sample"):
-        lik.parzen_log_prob(torch.zeros(0, 4), torch.zeros(1, 4), 1.0)
+        pz.parzen_log_prob(torch.zeros(0, 4), torch.zeros(1, 4), 1.0)
     assert torch.equal(parzen_space(raw), raw.reshape(20, -1).float() / 256)  # no noise
 
 
@@ -337,11 +338,11 @@ def test_parzen_estimates_fixed_and_validation_sigma():
     g = torch.Generator().manual_seed(3)
     samples = torch.rand(200, 1, 3, 3, generator=g)
     raw = torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8, generator=g)
-    est = lik.parzen_estimates(samples, raw[:20], raw[20:], grid=[0.1, 0.3, 1.0], fixed_sigma=0.17)
-    best, table = lik.select_sigma(samples, parzen_space(raw[:20]), [0.1, 0.3, 1.0])
+    est = pz.parzen_estimates(samples, raw[:20], raw[20:], grid=[0.1, 0.3, 1.0], fixed_sigma=0.17)
+    best, table = pz.select_sigma(samples, parzen_space(raw[:20]), [0.1, 0.3, 1.0])
     assert est["valid"].extra["sigma"] == best and est["valid"].extra["valid_by_sigma"] == table
     for key, sigma in (("valid", best), ("fixed", 0.17)):
-        expected = lik.parzen_log_prob(samples, parzen_space(raw[20:]), sigma).numpy()
+        expected = pz.parzen_log_prob(samples, parzen_space(raw[20:]), sigma).numpy()
         np.testing.assert_allclose(est[key].per_example[0], expected, rtol=1e-12)
         assert est[key].stderr == pytest.approx(expected.std(ddof=1) / math.sqrt(30))
     assert est["fixed"].extra["sigma"] == 0.17

@@ -26,7 +26,7 @@ _EXPORTS = {
     "sample_to_file": "sample",
     "load_mnist": "data", "toy": "data", "load_split": "data", "to_data_space": "data",
     "log_weights": "likelihood", "estimate_likelihood": "likelihood",
-    "parzen_log_prob": "likelihood", "parzen_estimate": "likelihood",
+    "parzen_log_prob": "parzen", "parzen_estimate": "parzen",
     "EvalSettings": "evaluate", "frechet_distance": "metrics", "get_extractor": "metrics",
     "register_extractor": "metrics",
 }

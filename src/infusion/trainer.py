@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import distributed, rundir
-from .config import Config, from_dict, override, to_dict
+from .config import Config, to_dict
 from .data import Data, load_data
 from .ema import EMA
 from .errors import InputError, UserError
@@ -36,10 +36,11 @@ from .finalize import finalize
 from .io import atomic_write
 from .methods import Method, build_method
 from .operator import ChainModel
+from .resume import TrainState, diverged_message, restore, run_config
 from .rundir import RunError, training_state_file
 from .runtime import batches, bf16_is_fast, mixed_precision, resolve_device
 from .validation import record_infusion_chains, validate
-from .watch import Callback, EpochEvent, TensorBoard, sample_preview, summary_writer
+from .watch import Callback, EpochEvent, TensorBoard, sample_preview
 
 __all__ = ["Diverged", "Interrupted", "RunError", "TrainState", "train", "training_state_file"]
 
@@ -50,23 +51,6 @@ class Diverged(UserError, RuntimeError):
 
 class Interrupted(UserError, RuntimeError):
     """SIGINT or SIGTERM stopped the run after saving a resumable checkpoint."""
-
-
-@dataclass
-class TrainState:
-    """Where a run stands, saved in every checkpoint (the weights and RNGs beside it)."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimiser steps
-    batch: int = 0  # minibatches done in the unfinished epoch (a mid-epoch checkpoint)
-    best: float = math.inf  # best validation score (lower is better)
-    bad_epochs: int = 0  # epochs since it improved
-    stopped_early: bool = False
-    seconds: float = 0.0  # wall time of the finished epochs (training + validation)
-    loss_sum: float = 0.0  # the unfinished epoch's summed loss, examples and training time
-    seen: int = 0
-    epoch_seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
 
 
 def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
@@ -157,7 +141,7 @@ class _Run:
     @classmethod
     def start(cls, cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log) -> _Run:
         saved = ckpt_io.load(training_state_file(run_dir), map_location=dev) if resume else None
-        cfg = _run_config(cfg, saved, overrides, run_dir, overwrite)
+        cfg = run_config(cfg, saved, overrides, run_dir, overwrite)
         tc = cfg.train
         if dev.type == "cpu" and tc.cpu_threads:
             torch.set_num_threads(tc.cpu_threads)  # process-wide, as torch has it
@@ -178,7 +162,7 @@ class _Run:
             state, epoch_rng = TrainState(), shuffle.get_state()
             fit_prior(model, data, cfg)
         else:
-            state, epoch_rng = _restore(saved, model, opt, ema, g, shuffle, tc, ctx, log)
+            state, epoch_rng = restore(saved, model, opt, ema, g, shuffle, tc, ctx, log)
         if ctx.main:
             atomic_write(run_dir / "config.json",
                          lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
@@ -228,7 +212,7 @@ class _Run:
             with self.autocast():
                 objective, loss = self.step_loss(x, len(idx), g)
             if not math.isfinite(loss):
-                raise Diverged(_diverged_message(self.run_dir, state, loss))
+                raise Diverged(diverged_message(self.run_dir, state, loss))
             self.opt.zero_grad(set_to_none=True)
             objective.backward()
             self.opt.step()
@@ -288,7 +272,7 @@ class _Run:
         """The resumable checkpoint ``epoch-NNNN.pt`` and ``metrics.jsonl`` beside it."""
         bad = [k for k, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise Diverged(_diverged_message(self.run_dir, self.state,
+            raise Diverged(diverged_message(self.run_dir, self.state,
                                              f"non-finite weights in {bad[0]}"))
         self.last_save = time.time()
         if not self.ctx.main:
@@ -308,67 +292,6 @@ class _Run:
         for old in ckpt_dir.glob("epoch-*.pt"):
             if old.name != name:
                 old.unlink()
-
-
-def _diverged_message(run_dir: Path, state: TrainState, what) -> str:
-    try:
-        last = f"{training_state_file(run_dir)} (the last finite checkpoint)"
-    except RunError:
-        last = "no checkpoint yet"
-    return (f"training diverged at epoch {state.epoch + 1}, step {state.step + 1}: loss {what}. "
-            f"Kept: {last}. Lower the learning rate, e.g. --resume --set train.lr=...")
-
-
-def _run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str], run_dir: Path,
-                overwrite: bool) -> Config:
-    """The run's config: new (refusing a used directory unless ``overwrite``), or the stored
-    one with ``train.*``/``sample.*`` overrides on resume (anything else is refused)."""
-    if saved is not None:
-        bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("train.", "sample."))]
-        if bad:
-            raise RunError(f"--resume cannot change {bad[0].split('=', 1)[0]!r}: a resumed run "
-                           "keeps its data, model and method (only train.* and sample.* may "
-                           "change); start a new run instead")
-        return override(from_dict(saved["config"]), list(overrides))
-    if cfg is None:
-        raise RunError("train() needs a config unless resuming")
-    cfg = override(cfg, list(overrides)).validate()
-    if cfg.train.tensorboard:
-        summary_writer()  # a missing package is an error before the run directory is claimed
-    rundir.claim(run_dir, overwrite)
-    return cfg
-
-
-def _restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc, ctx, log
-             ) -> tuple[TrainState, torch.Tensor]:
-    """Load a training checkpoint into the objects; returns the state and the shuffle state at
-    the start of the unfinished epoch. Checkpoints of version 0.1 (no ``state``) load too."""
-    model.load_state_dict(ckpt_io.migrate_state_dict(saved["model"]))
-    opt.load_state_dict(saved["optimizer"])
-    for group in opt.param_groups:  # an override of train.lr applies to the optimiser too
-        group["lr"] = tc.lr
-    if ema is not None and "ema" in saved:
-        ema.load_state_dict({**saved["ema"],
-                             "shadow": ckpt_io.migrate_state_dict(saved["ema"]["shadow"])})
-    known = {f.name for f in fields(TrainState)}
-    if "state" in saved:
-        state = TrainState(**{k: v for k, v in saved["state"].items() if k in known})
-    else:  # 0.1: loose counters; the rows come from metrics.jsonl up to the saved epoch
-        state = TrainState(epoch=saved["epoch"], step=saved["step"], best=saved["best"],
-                           bad_epochs=saved["bad_epochs"], stopped_early=saved["stopped_early"])
-        state.history = rundir.read_metrics(Path(saved["path"]).parent.parent, state.epoch)
-        state.seconds = sum(r.get("epoch_seconds", 0.0) + r.get("valid_seconds", 0.0)
-                            for r in state.history)
-    if ctx.rank == 0:  # other processes' chain noise restarts from their seeds
-        g.set_state(saved["rng"]["chain"].cpu())
-    shuffle.set_state(saved["rng"]["shuffle"].cpu())
-    epoch_rng = saved["rng"].get("epoch_start", saved["rng"]["shuffle"]).cpu()
-    if state.batch and saved["config"]["train"]["batch_size"] != tc.batch_size:
-        raise RunError("--resume from a mid-epoch checkpoint cannot change train.batch_size; "
-                       "resume with the old size and change it after the epoch")
-    log(f"resuming {saved['path']} (epoch {state.epoch}"
-        + (f", batch {state.batch}" if state.batch else "") + ")")
-    return state, epoch_rng
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .. import likelihood as lik
+from .. import parzen as pz
 from ..io import save_npz
 from .protocol import CLASSIFIER_METRICS, PAPER_PROTOCOL, SAMPLE_METRICS, EvalSettings, vs_paper
 from .report import ReportWriter
@@ -41,12 +42,12 @@ def sample_rows(run: ReportWriter, model, cfg, splits, metrics, s: EvalSettings,
         means_at(main_steps, "samples.npz")
     if "parzen" in wanted:
         means = means_at(parzen_steps, "samples.npz" if not drawn else "parzen_samples.npz")
-        grid = lik.SIGMA_GRID if means[0].numel() > 10 else lik.LOW_DIM_SIGMA_GRID
+        grid = pz.SIGMA_GRID if means[0].numel() > 10 else pz.LOW_DIM_SIGMA_GRID
         valid, tst = head(splits["valid"], s.parzen_valid), head(test, s.parzen_test)
         with run.step(["parzen"], f"Parzen window: {len(means):,} samples after {parzen_steps} "
                       f"steps, σ = {s.parzen_sigma:g} and σ chosen on {len(valid):,} validation "
                       f"examples, {len(tst):,} test examples"):
-            est = lik.parzen_estimates(means, valid, tst, grid, s.parzen_sigma, progress=progress)
+            est = pz.parzen_estimates(means, valid, tst, grid, s.parzen_sigma, progress=progress)
             e = est["valid"].summary()
             e.update(steps=parzen_steps, training_T=cfg.method.T,
                      fixed_sigma=est["fixed"].summary(),
@@ -107,7 +108,7 @@ def _draw(model, s: EvalSettings, steps: int, path: Path, progress: bool) -> tor
 
     chunk = max(1, min(s.batch_size, s.n_samples))
     parts = []
-    with lik._bar(s.n_samples, f"sampling ({steps} steps)", progress, unit="sample") as bar:
+    with lik.progress_bar(s.n_samples, f"sampling ({steps} steps)", progress, unit="sample") as bar:
         for lo in range(0, s.n_samples, chunk):
             n = min(chunk, s.n_samples - lo)
             parts.append(sample_chain(model, n, steps, seeds=range(s.seed + lo, s.seed + lo + n),
