@@ -97,7 +97,17 @@ def test_points_in_their_own_scale_from_another_directory(tmp_path, monkeypatch)
                         "--quiet", "--out", "report.json"], cwd=elsewhere, capture_output=True,
                        text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
-    assert (elsewhere / "report.json").exists()
+    rep = json.loads((elsewhere / "report.json").read_text())["metrics"]
+    for name in ("lb", "parzen"):  # densities also in the data's own units (log|det| added)
+        log_det = float(np.log(np.asarray(dc.scale)).sum())
+        assert rep[name]["data_units"]["mean"] == pytest.approx(rep[name]["mean"] + log_det)
+    r = subprocess.run([sys.executable, "-m", "infusion", "sample", "--checkpoint",
+                        "../runs/ring", "--n", "300", "--out", "s.npz"], cwd=elsewhere,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    z = np.load(elsewhere / "s.npz")
+    assert z["means"].max() <= 1 and 85 < np.median(z["data_means"][:, 0]) < 115
+    np.testing.assert_allclose(z["data_samples"], to_data_space(z["samples"], dc), rtol=1e-6)
 
     # the run directory is refused before anything is written; a changed data file is caught
     with pytest.raises(RunError, match="already holds a run"):

@@ -100,7 +100,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _free([out, out.with_suffix(".png")], args.overwrite)
     if args.png_dir:
         _free([Path(args.png_dir) / f"seed-{s:06d}.png" for s in args.seeds or ()], args.overwrite)
-    model, _ = load_for_sampling(args.checkpoint, args.device)
+    model, cfg = load_for_sampling(args.checkpoint, args.device)
     if args.sampler:
         model.sampler = args.sampler
     if args.eta is not None:
@@ -108,7 +108,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     seeds = args.seeds or list(range(args.seed, args.seed + args.n))
     steps = args.steps or model.sample_steps
     sample_to_file(model, out, n=len(seeds), steps=steps, seeds=seeds,
-                   batch_size=args.batch_size, png_dir=args.png_dir)
+                   batch_size=args.batch_size, png_dir=args.png_dir, data=cfg.data)
     say(f"wrote {len(seeds)} samples ({steps} steps, {model.sampler}) to {out} and a grid to "
         f"{out.with_suffix('.png')}" + (f"; one PNG per seed in {args.png_dir}" if args.png_dir
                                          else ""))

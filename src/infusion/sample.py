@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
+from .config import DataConfig
+from .data import to_data_space
 from .errors import InputError
 from .io import save_npz
 from .operator import ChainModel
@@ -18,11 +20,13 @@ from .sampler import sample_chain
 def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None = None,
                    seed: int = 0, batch_size: int = 500, grid_max: int = 100, *,
                    seeds: Sequence[int] | None = None, png_dir: str | Path | None = None,
-                   reference=None) -> Path:
+                   reference=None, data: DataConfig | None = None) -> Path:
     """Draw ``n`` samples (sample i from seed ``seed + i``, or ``seeds[i]``), write ``out``
     (.npz) and its grid PNG (the first ``grid_max`` images; 2-D points: all of them, over the
     ``reference`` points if given); with ``png_dir``, also one PNG of each mean,
-    ``seed-NNNNNN.png`` (for external metric tools)."""
+    ``seed-NNNNNN.png`` (for external metric tools). With ``data`` (the run's data config)
+    mapped into model space by ``data.scale``/``data.offset`` (:func:`infusion.fit` on float
+    data), ``data_samples`` and ``data_means`` hold the same in the data's own units."""
     out = Path(out)
     if out.suffix != ".npz":
         raise InputError(f"--out {str(out)!r}: expected a .npz file name")
@@ -31,6 +35,8 @@ def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None
     res = sample_chain(model, n, steps, seed, seeds=seeds, batch_size=batch_size)
     arrays = {"samples": res.samples.numpy().astype(np.float32),
               "means": res.means.numpy().astype(np.float32)}
+    if data is not None and data.scale:
+        arrays |= {f"data_{k}": to_data_space(v, data) for k, v in list(arrays.items())}
     save_npz(out, **arrays)
     means = arrays["means"]
     figures.save_grid(out.with_suffix(".png"), means if means.ndim == 2 else means[:grid_max],

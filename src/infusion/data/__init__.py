@@ -29,6 +29,7 @@ from .fetch import Remote, check_archive, safe_extract
 from .images import NAMES, SHAPES, ensure, load_images
 from .mnist import ensure_mnist, load_mnist, read_idx
 from .space import (
+    affine_log_det,
     apply_affine,
     dequantize,
     fit_affine,
@@ -52,6 +53,7 @@ __all__ = [
     "DataError",
     "Remote",
     "Split",
+    "affine_log_det",
     "apply_affine",
     "cache_dir",
     "check_archive",

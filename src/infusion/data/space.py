@@ -116,6 +116,15 @@ def invert_affine(x, scale: tuple[float, ...], offset: tuple[float, ...]):
     return _float32(x) if not scale else _affine(x, scale, offset, inverse=True)
 
 
+def affine_log_det(scale: tuple[float, ...], d: int) -> float:
+    """log |det| of the affine map into model space for d values per example: the nats to add
+    to a model-space log-density to express it in the data's own units (0 for no map)."""
+    if not scale:
+        return 0.0
+    logs = np.log(np.abs(np.asarray(scale, np.float64)))
+    return float(logs.sum() if len(scale) == d else d * logs[0])
+
+
 def _float32(x):
     """float32 (no copy if it already is); tensors stay tensors."""
     if isinstance(x, torch.Tensor):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .. import likelihood as lik
 from .protocol import LIKELIHOOD_METRICS, PAPER_PROTOCOL, EvalSettings, plural, vs_paper
 from .report import ReportWriter
-from .samples import head
+from .samples import add_data_units, head
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
                     e["label"] = f"log-likelihood, ODE estimate{train_row} (nats)"
                     e["protocol_note"] = ("mean of Hutchinson estimates through the "
                                           "probability-flow ODE, not a bound; " + e["protocol_note"])
+                add_data_units(e, cfg, model.d)
                 report["metrics"][name] = e
                 run.per_example[name] = res[kind].per_example
             run.status["running"] = f"{what} ({r} of {s.repeats} done)"

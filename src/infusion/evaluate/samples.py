@@ -53,6 +53,7 @@ def sample_rows(run: ReportWriter, model, cfg, splits, metrics, s: EvalSettings,
                      fixed_sigma=est["fixed"].summary(),
                      protocol_note=_parzen_note(len(means), parzen_steps, cfg.method.T,
                                                 len(tst), len(test)))
+            add_data_units(e, cfg, means[0].numel())
             report["metrics"]["parzen"] = e
             run.per_example["parzen"] = est["valid"].per_example
             run.per_example["parzen_fixed"] = est["fixed"].per_example
@@ -83,6 +84,18 @@ def _parzen_note(n_samples: int, steps: int, T: int, n_test: int, test_size: int
                                                       f", not the training T = {T}"),
                       f"{n_test:,} test examples" + ("" if n_test == test_size else
                                                      f" of {test_size:,}")])
+
+
+def add_data_units(e: dict, cfg, d: int) -> None:
+    """For data mapped into model space by ``data.scale``/``data.offset`` (:func:`infusion.fit`
+    on floats), the row's density in the data's own units beside the model-space one."""
+    from ..data import affine_log_det
+
+    log_det = affine_log_det(cfg.data.scale, d)
+    if log_det:
+        e["data_units"] = {"mean": e["mean"] + log_det, "log_det": log_det}
+        e["protocol_note"] = (f"{e['protocol_note']}; in the data's own units "
+                              f"{e['mean'] + log_det:.2f} (+ {log_det:.2f}, log|det| of data.scale)")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
