@@ -31,7 +31,7 @@ def test_toy_report(toy_run, tmp_path):
     rep = ev.evaluate(toy_run, None, out, SMALL, **QUIET)
     m = rep["metrics"]
     assert set(m) == {"lb", "is", "parzen", "memorisation"}
-    assert set(rep["skipped"]) == {"fid", "score", "coverage"}  # 2-D points are not images
+    assert set(rep["skipped"]) == {"fid", "kid", "precision", "score", "coverage"}  # not images
     assert m["lb"]["n"] == 60 and m["is"]["n"] == 30 and m["is"]["k"] == 20
     assert m["is"]["lb_same_draws"]["mean"] <= m["is"]["by_k"]["10"] <= m["is"]["mean"]
     assert m["lb"]["mean"] < m["is"]["mean"]

@@ -22,6 +22,44 @@ def _exact_moments(n, mean, cov, seed):
     return mean + z @ np.linalg.cholesky(cov).T
 
 
+def test_kernel_distance_against_torchmetrics():
+    """One subset of all rows: the plain unbiased MMD², which torchmetrics' KID (subsets=1,
+    subset_size=N, a pass-through feature network) computes too."""
+    tm = pytest.importorskip("torchmetrics.image.kid")
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(60, 5, generator=g), 0.3 + 1.2 * torch.randn(60, 5, generator=g)
+
+    class Identity(torch.nn.Module):
+        num_features = 5
+
+        def forward(self, x):
+            return x
+
+    ref = tm.KernelInceptionDistance(feature=Identity(), subsets=1, subset_size=60)
+    ref.update(real, real=True)
+    ref.update(fake, real=False)
+    expected = float(ref.compute()[0])
+    got, std = mt.kernel_distance(real, fake, subsets=1, subset_size=60)
+    assert got == pytest.approx(expected, rel=1e-5) and got > 0.01 and std == 0.0
+    same, _ = mt.kernel_distance(real, torch.randn(60, 5, generator=g), subsets=3)
+    assert abs(same) < got / 5  # another draw of the same distribution: near 0
+    with pytest.raises(ValueError, match="feature sets"):
+        mt.kernel_distance(real, fake[:, :3])
+
+
+def test_precision_recall_known_answers():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 3, generator=g)
+    assert mt.precision_recall(real, real, k=3) == {"precision": 1.0, "recall": 1.0, "k": 3}
+    far = mt.precision_recall(real, real + 100.0)
+    assert far["precision"] == far["recall"] == 0.0
+    # samples from one half of the data: all precise, half the data recalled
+    half = mt.precision_recall(real, real[real[:, 0] > 0] + 1e-3, chunk=64)
+    assert half["precision"] == 1.0 and 0.4 < half["recall"] < 0.7
+    with pytest.raises(ValueError, match="k=3"):
+        mt.precision_recall(real[:3], real)
+
+
 def test_frechet_distance_known_answers():
     a = np.random.default_rng(0).standard_normal((400, 6)) @ np.diag([1, 2, 3, 0.1, 0.5, 1])
     assert mt.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)

@@ -171,6 +171,56 @@ def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray)
     return float(max(fd, 0.0))
 
 
+def kernel_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
+                    subsets: int = 100, subset_size: int = 1000, seed: int = 0
+                    ) -> tuple[float, float]:
+    """KID (Bińkowski et al. 2018): the unbiased MMD² between feature sets (N, F) and (M, F)
+    under the kernel k(x, y) = (xᵀy/F + 1)³, averaged over ``subsets`` random subsets of
+    min(``subset_size``, N, M) rows of each (drawn from ``seed``); returns the mean and the
+    standard deviation over subsets. Checked against torchmetrics' KernelInceptionDistance."""
+    a, b = (torch.as_tensor(_np(v), dtype=torch.float64) for v in (a, b))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise InputError(f"kernel_distance needs two (N, F) feature sets with N >= 2, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    m, f = min(subset_size, len(a), len(b)), a.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=g)[:m]]
+        y = b[torch.randperm(len(b), generator=g)[:m]]
+        kxx, kyy, kxy = ((p @ q.T / f + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+        off = m * (m - 1)
+        values.append(float((kxx.sum() - kxx.diagonal().sum()) / off
+                            + (kyy.sum() - kyy.diagonal().sum()) / off - 2 * kxy.mean()))
+    return float(np.mean(values)), float(np.std(values))
+
+
+def precision_recall(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray,
+                     k: int = 3, chunk: int = 1000) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the
+    union of balls around its points reaching their k-th nearest neighbour in the same set;
+    precision is the fraction of ``fake`` inside the real manifold, recall the fraction of
+    ``real`` inside the fake one."""
+    real, fake = (torch.as_tensor(_np(v), dtype=torch.float64) for v in (real, fake))
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1] or min(
+            len(real), len(fake)) <= k:
+        raise InputError(f"precision_recall needs two (N, F) feature sets with N > k={k}, got "
+                         f"{tuple(real.shape)} and {tuple(fake.shape)}")
+
+    def blocks(x):  # rows in blocks, so that memory stays at chunk × N distances
+        return (x[i: i + chunk] for i in range(0, len(x), chunk))
+
+    def radii(x):  # distance to the k-th neighbour, the point itself excluded
+        return torch.cat([torch.cdist(q, x).kthvalue(k + 1, dim=1).values for q in blocks(x)])
+
+    def inside(points, centres, r):
+        hits = torch.cat([(torch.cdist(q, centres) <= r[None]).any(1) for q in blocks(points)])
+        return float(hits.double().mean())
+
+    return {"precision": inside(fake, real, radii(real)),
+            "recall": inside(real, fake, radii(fake)), "k": k}
+
+
 def classifier_score(logits: torch.Tensor | np.ndarray, splits: int = 10) -> tuple[float, float]:
     """The Inception-score analogue exp E_x KL(p(y|x) ‖ p(y)) over ``splits`` equal parts;
     returns the mean and standard deviation across the parts (Salimans et al. 2016)."""
@@ -273,13 +323,20 @@ def _np(x) -> np.ndarray:
 def sample_quality(extractor: FeatureExtractor, samples: torch.Tensor, reference: torch.Tensor,
                    metrics: Iterable[str] = ("fid", "score", "coverage"), splits: int = 10) -> dict:
     """Classifier metrics of ``samples`` against ``reference`` images (both (N, C, H, W) in
-    [0, 1]): ``fid`` (Fréchet distance on features), ``score`` (classifier score) and
-    ``coverage`` (:func:`class_coverage`)."""
+    [0, 1]): ``fid`` (Fréchet distance on features), ``kid`` (:func:`kernel_distance`),
+    ``precision`` (precision and recall, :func:`precision_recall`), ``score`` (classifier
+    score) and ``coverage`` (:func:`class_coverage`)."""
     metrics, out = set(metrics), {}
-    if "fid" in metrics:
-        out["fid"] = {"value": frechet_distance(extractor.features(samples),
-                                                extractor.features(reference)),
-                      "n_samples": len(samples), "n_reference": len(reference)}
+    if {"fid", "kid", "precision"} & metrics:
+        fs, fr = extractor.features(samples), extractor.features(reference)
+        counts = {"n_samples": len(samples), "n_reference": len(reference)}
+        if "fid" in metrics:
+            out["fid"] = {"value": frechet_distance(fs, fr), **counts}
+        if "kid" in metrics:
+            mean, std = kernel_distance(fs, fr)
+            out["kid"] = {"value": mean, "std": std, "subsets": 100, **counts}
+        if "precision" in metrics:
+            out["precision"] = {**precision_recall(fr, fs), **counts}
     if {"score", "coverage"} & metrics:
         logits = extractor.logits(samples)
         if "score" in metrics:

@@ -10,13 +10,14 @@ from dataclasses import asdict, dataclass
 from ..errors import InputError
 
 METRICS = ("lb", "is", "is-iso", "lb-train", "is-train", "is-iso-train", "parzen", "fid",
-           "score", "coverage", "memorisation", "reversibility")
-DEFAULT_METRICS = ("lb", "is", "parzen", "fid", "score", "coverage", "memorisation")
+           "kid", "precision", "score", "coverage", "memorisation", "reversibility")
+DEFAULT_METRICS = ("lb", "is", "parzen", "fid", "kid", "precision", "score", "coverage",
+                   "memorisation")
 # Table 2 (test and train columns) and Table 1.
 PAPER_METRICS = ("lb", "is", "is-iso", "lb-train", "is-train", "is-iso-train", "parzen")
 LIKELIHOOD_METRICS = {"lb", "is", "is-iso", "lb-train", "is-train", "is-iso-train"}
-SAMPLE_METRICS = {"parzen", "fid", "score", "coverage", "memorisation"}
-CLASSIFIER_METRICS = {"fid", "score", "coverage"}
+SAMPLE_METRICS = {"parzen", "fid", "kid", "precision", "score", "coverage", "memorisation"}
+CLASSIFIER_METRICS = {"fid", "kid", "precision", "score", "coverage"}
 # algorithms.md §10 (MNIST, nats): Table 1 Parzen; Table 2 IS, lower bound, isotropic IS.
 PAPER_MNIST = {"parzen": 312.0, "lb": 1350.598, "is": 1836.27, "is-iso": 413.297,
                "lb-train": 1230.305, "is-train": 1837.560, "is-iso-train": 450.695}

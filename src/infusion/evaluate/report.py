@@ -136,6 +136,16 @@ def markdown(report: dict) -> str:
         rows.append(("Fréchet distance (classifier features)", num(m["fid"]["value"], "{:.3f}"),
                      "", "", f"{m['fid']['n_samples']} samples vs {m['fid']['n_reference']} test",
                      ""))
+    if "kid" in m:
+        k = m["kid"]
+        how = f"{k['subsets']} subsets; {k['n_samples']} samples vs {k['n_reference']} test"
+        rows.append(("kernel distance, KID ×10³ (classifier features)",
+                     num(1e3 * k["value"], "{:.3f}"), "", num(1e3 * k["std"], "{:.3f}"), how, ""))
+    if "precision" in m:
+        p = m["precision"]
+        rows.append(("precision / recall (classifier features)",
+                     f"{p['precision']:.3f} / {p['recall']:.3f}", "", "",
+                     f"k = {p['k']} nearest neighbours (Kynkäänniemi et al. 2019)", ""))
     if "score" in m:
         rows.append(("classifier score", num(m["score"]["value"], "{:.3f}"),
                      "", num(m["score"]["std"], "{:.3f}"), f"{m['score']['splits']} splits", ""))
