@@ -64,7 +64,8 @@ def save_grid(path: str | Path, images, nrow: int | None = None, scale: int = 2,
 
 
 def save_chain_figure(path: str | Path, trajectory, every: int = 1, scale: int = 2) -> Path:
-    """Sampling chains (paper Fig. 1): one row per chain, one column per step.
+    """Sampling chains (paper Fig. 1): one row per chain, one column per step, each column
+    labelled with its step t.
 
     ``trajectory``: (steps+1, N, C, H, W); columns are steps 0, every, 2·every, …, last.
     For 2-D data, one scatter panel per shown step.
@@ -76,7 +77,39 @@ def save_chain_figure(path: str | Path, trajectory, every: int = 1, scale: int =
         return _scatter_panels(path, [pts[c] for c in cols], [f"t={c}" for c in cols])
     n = tr.shape[1]
     tiles = np.stack([tr[c, i] for i in range(n) for c in cols])  # row-major: chain i, step c
-    return save_png(path, make_grid(tiles, nrow=len(cols)), scale)
+    return save_labelled_grid(path, tiles, len(cols), [str(c) for c in cols], "step t", scale)
+
+
+def save_labelled_grid(path: str | Path, tiles, ncol: int, labels: Sequence[str],
+                       title: str = "", scale: float = 2.0) -> Path:
+    """Tiles (N, C, H, W) in [0, 1], ``ncol`` a row, with a label above each column and a
+    title; about ``scale`` screen pixels per image pixel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pad = 2
+    grid = make_grid(tiles, nrow=ncol, pad=pad)
+    h, w = grid.shape[:2]
+    tile = to_numpy(tiles).shape[-1]
+    lines = max(str(label).count("\n") + 1 for label in labels)  # room for labels and title
+    top = 0.14 * lines + (0.22 if title else 0.05)  # inches above the grid
+    height = h * scale / 110 + top + 0.05
+    fig, ax = plt.subplots(figsize=(w * scale / 110, height))
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.05 / height, top=1 - top / height)
+    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([pad + k * (tile + pad) + tile / 2 - 0.5 for k in range(len(labels))],
+                  labels, fontsize=7)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _save_fig(fig, path)
 
 
 def save_scatter(path: str | Path, points, title: str = "", reference=None) -> Path:
@@ -171,9 +204,10 @@ def save_neighbour_figure(path: str | Path, samples: torch.Tensor, train: torch.
     for r in range(rows):
         tiles += [samples[r * cols + c] for c in range(cols)]
         tiles.append(train[index[r * cols + cols - 1]])
-    grid = make_grid(torch.stack([torch.as_tensor(t, dtype=torch.float32) for t in tiles]),
-                     nrow=cols + 1)
-    return save_png(path, grid, scale=2)
+    labels = [""] * cols + ["nearest\ntrain"]
+    return save_labelled_grid(path, torch.stack([torch.as_tensor(t, dtype=torch.float32)
+                                                 for t in tiles]), cols + 1, labels,
+                              "samples; last column: the training image nearest the one before it")
 
 
 def save_distance_histogram(path: str | Path, sample_dist: torch.Tensor,

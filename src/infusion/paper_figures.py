@@ -122,12 +122,21 @@ def chain_panels(path: str | Path, panels: Sequence[tuple[str, np.ndarray, np.nd
             grids.append(figures.make_grid(tiles.transpose(1, 0, 2, 3, 4).reshape(s * n, *tiles.shape[2:]),
                                            nrow=s))
         h, w = grids[0].shape[:2]
-        fig, axes = plt.subplots(len(panels), 1, figsize=(w / 40, len(panels) * (h / 40 + 0.35)),
+        steps, side = first.shape[0], first.shape[-1]  # states z̃(0) … z̃(T-1), μ_T
+        labels = [str(t) for t in range(steps - 1)] + ["μ_T", "target"]
+        centres = [2 + k * (side + 2) + side / 2 - 0.5 for k in range(len(labels))]
+        # about 1.8 screen pixels per image pixel: readable, and a few hundred kB for 12 epochs
+        fig, axes = plt.subplots(len(panels), 1, figsize=(w / 60, len(panels) * (h / 60 + 0.4)),
                                  squeeze=False)
         for ax, grid, (title, _, _) in zip(axes[:, 0], grids, panels):
-            ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255)
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
+            ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+                      interpolation="nearest")
+            ax.set_title(f"{title} (columns: z̃(t), then μ_T and the target)", fontsize=8)
+            ax.set_xticks(centres, labels, fontsize=6)
+            ax.tick_params(length=0)
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
     else:
         fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2), squeeze=False)
         for ax, (title, chain, targets) in zip(axes[0], panels):
