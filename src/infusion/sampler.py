@@ -106,8 +106,8 @@ def sample_chain(
     ``start`` (N, d) or (N, *shape): z(0) = start instead of a prior draw (chains from data).
     ``callback`` receives each batch's states (``"batch"``: its first sample's index).
     ``sampler`` (default the model's ``sampler``, the run's ``sample.sampler``): "ancestral",
-    the model's own chain, or for diffusion "ddim" (stochasticity ``eta``) and "dpm++2m"
-    (:meth:`ChainModel.solver`). Uses the stored per-step batch-norm statistics (algorithms.md
+    the model's own chain; for diffusion "ddim" (stochasticity ``eta``) and "dpm++2m", for
+    the flow "euler" and "heun" (:meth:`ChainModel.solver`). Uses the stored per-step batch-norm statistics (algorithms.md
     §6); raises if missing.
     """
     steps = int(steps if steps is not None else model.sample_steps or model.T)
