@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, InputError, require
+from .errors import ConfigError, require
 from .method_settings import (  # noqa: F401  (re-exported: config.MethodConfig, …)
     METHOD_NAMES,
     METHOD_SETTINGS,
@@ -26,6 +25,7 @@ from .method_settings import (  # noqa: F401  (re-exported: config.MethodConfig,
     WalkbackSettings,
 )
 from .presets import PRESETS, describe, preset  # noqa: F401  (re-exported)
+from .typed import assign, build
 
 
 @dataclass(frozen=True)
@@ -250,24 +250,8 @@ def from_dict(d: dict[str, Any]) -> Config:
     unknown = set(d) - set(_SECTIONS) - {"preset"}
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {', '.join(_SECTIONS)}")
-    sections = {name: _build(cls, d.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    sections = {name: build(cls, d.get(name, {}), name) for name, cls in _SECTIONS.items()}
     return Config(**sections, preset=str(d.get("preset", "")))
-
-
-def _build(cls: type, raw: Any, path: str) -> Any:
-    """A (possibly nested) settings dataclass from a dict, each value coerced to its type."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config section {path!r} must be a mapping, got {raw!r}")
-    known = {g.name: g for g in fields(cls)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"unknown setting {path}.{key}; known: {', '.join(known)}")
-    values = {}
-    for key, v in raw.items():
-        hint = _hint(cls, key)
-        values[key] = (_build(hint, v, f"{path}.{key}") if dataclasses.is_dataclass(hint)
-                       else _coerce(v, hint, f"{path}.{key}"))
-    return cls(**values)
 
 
 # Version 0.1 kept every method's settings flat in ``method``: old key -> (section, new key).
@@ -319,70 +303,9 @@ def override(cfg: Config, assignments: list[str]) -> Config:
         if parts[0] not in _SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}; "
                               f"known: {', '.join(_SECTIONS)}")
-        cfg = _assign(cfg, parts, text, item)
+        cfg = assign(cfg, parts, text, item)
     return cfg.validate()
-
-
-def _assign(obj: Any, parts: list[str], text: str, item: str, prefix: str = "") -> Any:
-    """``obj`` with the field at ``parts`` set to ``text`` parsed by its type (frozen copies)."""
-    key = parts[0]
-    here = f"{prefix}{key}"
-    known = {g.name for g in fields(obj)} - {"preset"}
-    if key not in known:
-        raise ConfigError(f"--set {item!r}: unknown setting {here}; known: "
-                          f"{', '.join(sorted(known))}")
-    hint = _hint(type(obj), key)
-    if dataclasses.is_dataclass(hint):
-        if len(parts) == 1:
-            raise ConfigError(f"--set {item!r}: {here} is a section; name one of its settings")
-        return replace(obj, **{key: _assign(getattr(obj, key), parts[1:], text, item, here + ".")})
-    if len(parts) > 1:
-        raise ConfigError(f"--set {item!r}: {here} is a setting, not a section")
-    return replace(obj, **{key: _parse(text, hint, item.split("=", 1)[0])})
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
              "train": TrainConfig, "sample": SampleConfig}
-
-
-def _hint(cls: type, key: str) -> Any:
-    return typing.get_type_hints(cls)[key]
-
-
-def _parse(text: str, hint: Any, path: str) -> Any:
-    """Parse a command-line string into the field's type."""
-    if typing.get_origin(hint) is tuple:
-        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-        return _coerce(parts, hint, path)
-    return _coerce(text, hint, path)
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    try:
-        if typing.get_origin(hint) is tuple:
-            (elem, _) = typing.get_args(hint)
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-                raise TypeError(value)
-            return tuple(_coerce(v, elem, path) for v in value)
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise InputError(value)
-                return value.lower() in ("true", "1", "yes")
-            if not isinstance(value, (bool, int)):
-                raise TypeError(value)
-            return bool(value)
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise InputError(value)
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise TypeError(value)
-            return float(value)
-        if not isinstance(value, str):
-            raise TypeError(value)
-        return value
-    except (TypeError, ValueError, OverflowError):
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{path}={value!r}: expected {name}") from None
