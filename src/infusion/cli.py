@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
     s.add_argument("--png-dir", help="also write one PNG per seed (seed-NNNNNN.png) here")
     s.add_argument("--sampler", choices=SAMPLERS, help="default: the run's sample.sampler; "
-                   "ddim and dpm++2m are few-step solvers for diffusion models")
+                   "ddim and dpm++2m for diffusion models, euler and heun for flow models")
     s.add_argument("--eta", type=float, help="DDIM's stochasticity (0 deterministic, 1 ancestral)")
     s.add_argument("--batch-size", type=_positive, default=500, help="samples per batch")
     s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, …")
