@@ -197,6 +197,26 @@ def test_mlp_widths_rule():
     assert mlp_widths(784) == (1200, 1200)
 
 
+def test_a_moved_run_directory_finds_its_own_data(tmp_path):
+    import shutil
+
+    from infusion import evaluate as ev
+
+    res = infusion.fit(ring(200), run_dir=tmp_path / "a" / "ring", overrides=TINY, **QUIET)
+    moved = tmp_path / "b" / "ring"
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    _, cfg = infusion.load_model(moved)
+    assert cfg.data.path == str(moved / "data" / Path(res.config.data.path).name)
+    rep = ev.evaluate(moved, ["lb"], tmp_path / "r.json", ev.EvalSettings(lb_examples=10),
+                      **QUIET)
+    assert np.isfinite(rep["metrics"]["lb"]["mean"])
+    # fit again over it with other data: the replaced run's data file goes with it
+    res2 = infusion.fit(ring(150, seed=1), run_dir=moved, overrides=TINY, overwrite=True,
+                        **QUIET)
+    name = Path(res2.config.data.path).name
+    assert sorted(p.name for p in (moved / "data").iterdir()) == [name, name + ".sha256"]
+
+
 def test_relative_data_paths_are_stored_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = config.override(config.preset("folder"), ["data.path=pics"])

@@ -130,7 +130,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ch
         return from_pretrained(path, device)
     ckpt = load(path)
     model, cfg = build_model(ckpt["config"], ckpt["shape"], ckpt["model"], ckpt["path"], device)
-    return model.eval(), cfg
+    return model.eval(), _relocated_data(cfg, Path(ckpt["path"]).parent.parent)
+
+
+def _relocated_data(cfg: Config, run_dir: Path) -> Config:
+    """A run directory moved after training: the config holds the absolute path of the run's
+    own ``data/arrays-*.npz`` (:func:`infusion.fit`), so when that path is gone and the file
+    is in this run directory, use it (its sha256 is still checked on every load)."""
+    from dataclasses import replace
+
+    dc = cfg.data
+    if dc.name != "arrays" or not dc.path or Path(dc.path).exists():
+        return cfg
+    here = run_dir / "data" / Path(dc.path).name
+    return replace(cfg, data=replace(dc, path=str(here.resolve()))) if here.is_file() else cfg
 
 
 def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path:

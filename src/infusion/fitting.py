@@ -126,6 +126,10 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     if splits is not None:  # the arrays live in the run directory, verified on every load
         path, digest = arrays_mod.store(Path(cfg.data.path), splits)
         cfg = replace(cfg, data=replace(cfg.data, path=str(path), sha256=digest)).validate()
+        if train_kwargs.get("overwrite"):  # the replaced run's own data file goes with it
+            for old in path.parent.glob("arrays-*.npz*"):
+                if old.name not in (path.name, path.name + ".sha256"):
+                    old.unlink()
     final = train(cfg, run_dir, **train_kwargs)
     model, cfg = load_model(final, resolve_device(train_kwargs.get("device", "auto")))
     return FitResult(model.eval(), cfg, run_dir, Path(final))
