@@ -2,8 +2,9 @@
 
 The sections are here; the methods' own settings are in :mod:`infusion.method_settings` and
 the named presets (plain data naming what differs from the defaults) in
-:mod:`infusion.presets`; both are re-exported here. Every run directory and checkpoint stores the full config as a dict (:func:`to_dict`), and
-:func:`from_dict` rebuilds it, so a checkpoint alone says how it was made.
+:mod:`infusion.presets`; both are re-exported here. Every run directory and checkpoint
+stores the full config as a dict (:func:`to_dict`), and :func:`from_dict` rebuilds it, so a
+checkpoint alone says how it was made. The dict and ``--set`` machinery is :mod:`infusion.typed`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class DataConfig:
              f"data.scale/offset/sha256 belong to data.name='arrays', not {self.name!r}"),
             (len(self.scale) == len(self.offset),
              f"data.scale, data.offset: {len(self.scale)} and {len(self.offset)} values"),
-            (all(math.isfinite(s) and s > 0 for s in self.scale) and all(map(math.isfinite, self.offset)),
+            (all(math.isfinite(s) and s > 0 for s in self.scale)
+             and all(map(math.isfinite, self.offset)),
              "data.scale: expected finite scales > 0 and finite offsets"),
         ])
 
@@ -134,7 +136,8 @@ class TrainConfig:
         require([
             (self.epochs >= 0, f"train.epochs={self.epochs}: expected >= 0"),
             (self.batch_size >= 2, f"train.batch_size={self.batch_size}: batch norm needs >= 2"),
-            (math.isfinite(self.lr) and self.lr > 0, f"train.lr={self.lr}: expected a finite rate > 0"),
+            (math.isfinite(self.lr) and self.lr > 0,
+             f"train.lr={self.lr}: expected a finite rate > 0"),
             (self.patience >= 0, f"train.patience={self.patience}: expected >= 0"),
             (self.sample_every >= 0, f"train.sample_every={self.sample_every}: expected >= 0"),
             (math.isfinite(self.max_minutes) and self.max_minutes >= 0,

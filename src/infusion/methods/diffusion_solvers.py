@@ -88,7 +88,8 @@ class SolverChain(ChainModel):
             raise InputError(f"eta={eta}: expected a finite value >= 0")
         if kind == "dpm++2m" and eta != 0:
             raise InputError("eta: DPM-Solver++(2M) is deterministic; eta is for ddim")
-        ts = logsnr_steps(model.alpha_bar.cpu().numpy(), steps) if timesteps is None else [int(t) for t in timesteps]
+        ts = (logsnr_steps(model.alpha_bar.cpu().numpy(), steps) if timesteps is None
+              else [int(t) for t in timesteps])
         if len(ts) != steps or any(b >= a for a, b in itertools.pairwise(ts)) or not (
                 0 <= ts[-1] and ts[0] < model.T):
             raise InputError(f"timesteps {ts}: expected {steps} decreasing steps in 0..{model.T - 1}")
