@@ -150,3 +150,13 @@ def test_a_mid_training_checkpoint_samples_from_python(tmp_path):
     model, _ = infusion.load_model(state, "cpu", log=lambda s: None)  # computes §6 statistics
     assert model.stats_ready
     assert infusion.sample_chain(model, 4, seed=0).samples.shape == (4, 2)
+
+
+def test_config_knows_each_models_samplers():
+    """config.SAMPLERS_OF (checked without importing torch models) matches what the models run."""
+    from infusion.methods.diffusion import DiffusionModel
+    from infusion.methods.flow import FlowModel
+
+    assert config.SAMPLERS_OF == {"diffusion": DiffusionModel.samplers,
+                                  "flow": FlowModel.samplers}
+    assert set(config.SAMPLERS) == {s for v in config.SAMPLERS_OF.values() for s in v}
