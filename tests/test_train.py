@@ -136,6 +136,48 @@ def test_resume_continues_the_same_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_cosine_schedule_decays_the_rate_to_lr_final(tmp_path):
+    from infusion.trainer import learning_rate
+
+    tc = tiny_config(train={"epochs": 4, "lr": 1e-2, "lr_schedule": "cosine",
+                            "lr_final": 1e-4}).train
+    assert learning_rate(tc, 0, 10) == pytest.approx(1e-2)
+    assert learning_rate(tc, 20, 10) == pytest.approx((1e-2 + 1e-4) / 2)  # half way
+    assert learning_rate(tc, 40, 10) == pytest.approx(1e-4)
+    assert learning_rate(tc, 99, 10) == pytest.approx(1e-4)  # past the end (a longer resume)
+    assert learning_rate(tiny_config().train, 7, 10) == 1e-3  # constant: the paper's
+    train(tiny_config(train={"epochs": 3, "lr_schedule": "cosine", "lr_final": 1e-5}),
+          tmp_path / "run", **QUIET)
+    lrs = [r["lr"] for r in _rows(tmp_path / "run")]
+    assert lrs[0] < 1e-3 and lrs[0] > lrs[1] > lrs[2] > 1e-5
+    with pytest.raises(config.ConfigError, match="lr_final"):
+        tiny_config(train={"lr_final": 1.0})
+
+
+def test_init_from_starts_from_a_trained_model(tmp_path):
+    """A warm start (train.init_from) begins where the source model ended: with a rate too
+    small to move the weights, its first validation bound is the source's best one."""
+    source = tmp_path / "source"
+    train(tiny_config(train={"epochs": 3}), source, **QUIET)
+    best = max(r["valid_bound"] for r in _rows(source))
+    export = checkpoint.save_pretrained(*checkpoint.load_model(source), tmp_path / "export")
+    fresh = tiny_config(train={"epochs": 1, "lr": 1e-12})
+    for start in (export, source):
+        run = tmp_path / f"from-{start.name}"
+        train(config.override(fresh, [f"train.init_from={start}"]), run, **QUIET)
+        assert _rows(run)[0]["valid_bound"] == pytest.approx(best, abs=1e-3)
+        assert json.loads((run / "config.json").read_text())["train"]["init_from"] == \
+            str(start.resolve())
+    train(fresh, tmp_path / "cold", **QUIET)
+    assert _rows(tmp_path / "cold")[0]["valid_bound"] < best - 1.0
+    wider = config.override(tiny_config(model={"hidden": (48, 32)}), [f"train.init_from={export}"])
+    with pytest.raises(RunError, match="train.init_from=.*does not fit"):
+        train(wider, tmp_path / "misfit", **QUIET)
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        train(config.override(fresh, ["train.init_from=nowhere"]), tmp_path / "none", **QUIET)
+    assert not (tmp_path / "none" / "config.json").exists()  # the directory was not claimed
+
+
 def test_max_minutes_stops_and_leaves_a_resumable_run(tmp_path):
     cfg = tiny_config(train={"epochs": 50, "max_minutes": 1e-6})
     train(cfg, tmp_path / "run", **QUIET)

@@ -108,6 +108,12 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 512
     lr: float = 1e-3
+    # "constant" (the paper), or "cosine": lr decays to lr_final over train.epochs' steps
+    lr_schedule: str = "constant"
+    lr_final: float = 0.0
+    # start from the weights of an exported model, run directory or checkpoint (fine-tuning;
+    # a fresh optimiser): recorded as an absolute path
+    init_from: str = ""
     seed: int = 0
     patience: int = 10  # early stopping: epochs without validation improvement; 0 = off
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable
@@ -138,6 +144,10 @@ class TrainConfig:
             (self.batch_size >= 2, f"train.batch_size={self.batch_size}: batch norm needs >= 2"),
             (math.isfinite(self.lr) and self.lr > 0,
              f"train.lr={self.lr}: expected a finite rate > 0"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"train.lr_schedule={self.lr_schedule!r}: expected one of {LR_SCHEDULES}"),
+            (math.isfinite(self.lr_final) and 0 <= self.lr_final <= self.lr,
+             f"train.lr_final={self.lr_final}: expected 0 <= lr_final <= train.lr={self.lr}"),
             (self.patience >= 0, f"train.patience={self.patience}: expected >= 0"),
             (self.sample_every >= 0, f"train.sample_every={self.sample_every}: expected >= 0"),
             (math.isfinite(self.max_minutes) and self.max_minutes >= 0,
@@ -221,6 +231,7 @@ SAMPLERS_OF = {"diffusion": ("ancestral", "ddim", "dpm++2m"),
 DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
               "folder", "arrays")
 NET_NAMES = ("mlp", "conv")
+LR_SCHEDULES = ("constant", "cosine")
 
 def load_file(path: str) -> Config:
     """A config file: JSON or TOML (``.toml``), a full config as a run directory's

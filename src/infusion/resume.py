@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -62,10 +62,31 @@ def run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str],
     if cfg is None:
         raise RunError("train() needs a config unless resuming")
     cfg = override(cfg, list(overrides)).validate()
+    if cfg.train.init_from:  # a bad source is an error before the run directory is claimed
+        source = Path(cfg.train.init_from).resolve()
+        ckpt_io.load_model(source)
+        cfg = replace(cfg, train=replace(cfg.train, init_from=str(source)))
     if cfg.train.tensorboard:
         summary_writer()  # a missing package is an error before the run directory is claimed
     rundir.claim(run_dir, overwrite)
     return cfg
+
+
+def warm_start(model: ChainModel, source: str, log) -> None:
+    """Start from the weights and buffers (the prior, the per-step batch-norm statistics) of an
+    exported model, run directory or checkpoint: ``train.init_from``, fine-tuning with a fresh
+    optimiser. The source must be the same method, data shape and network."""
+    src, _ = ckpt_io.load_model(source)
+    mine, theirs = model.state_dict(), src.state_dict()
+    misfit = [k for k in mine.keys() | theirs.keys()
+              if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape]
+    if type(src) is not type(model) or src.shape != model.shape or misfit:
+        raise RunError(f"train.init_from={source!r}: its model ({type(src).__name__}, data shape "
+                       f"{tuple(src.shape)}) does not fit this run's ({type(model).__name__}, "
+                       f"{tuple(model.shape)})" + (f"; e.g. {min(misfit)!r} differs"
+                                                   if misfit else ""))
+    model.load_state_dict(theirs)
+    log(f"starting from the weights of {source} (train.init_from)")
 
 
 def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc, ctx, log

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from . import distributed, rundir
-from .config import Config, to_dict
+from .config import Config, TrainConfig, to_dict
 from .data import Data, load_data
 from .ema import EMA
 from .errors import InputError, UserError
@@ -36,7 +36,7 @@ from .finalize import finalize
 from .io import atomic_write
 from .methods import Method, build_method
 from .operator import ChainModel
-from .resume import TrainState, diverged_message, restore, run_config
+from .resume import TrainState, diverged_message, restore, run_config, warm_start
 from .rundir import RunError, training_state_file
 from .runtime import batches, bf16_is_fast, mixed_precision, resolve_device
 from .validation import record_infusion_chains, validate
@@ -154,13 +154,16 @@ class _Run:
         with torch.random.fork_rng(devices=[]):  # weight init from the run's seed only
             torch.manual_seed(tc.seed)
             model = method.build_model(data.shape, cfg.model).to(dev)
+        if saved is None:
+            fit_prior(model, data, cfg)
+            if tc.init_from:
+                warm_start(model, tc.init_from, log)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
         ema = EMA(model, tc.ema) if tc.ema > 0 else None  # the weights validated and sampled
         g = torch.Generator(device=dev).manual_seed(tc.seed + 7919 * ctx.rank)
         shuffle = torch.Generator().manual_seed(tc.seed + 3)
         if saved is None:
             state, epoch_rng = TrainState(), shuffle.get_state()
-            fit_prior(model, data, cfg)
         else:
             state, epoch_rng = restore(saved, model, opt, ema, g, shuffle, tc, ctx, log)
         if ctx.main:
@@ -215,6 +218,8 @@ class _Run:
                 raise Diverged(diverged_message(self.run_dir, state, loss))
             self.opt.zero_grad(set_to_none=True)
             objective.backward()
+            for group in self.opt.param_groups:
+                group["lr"] = learning_rate(tc, state.step, len(order))
             self.opt.step()
             if self.ema is not None:
                 self.ema.update(self.model)
@@ -263,7 +268,7 @@ class _Run:
         valid_seconds = scores.pop("valid_seconds")
         rate = len(self.data.train) * self.cfg.method.T / max(seconds, 1e-9)
         row = {"epoch": self.state.epoch, "step": self.state.step, "train_loss": train_loss,
-               **scores, "example_steps_per_s": rate, "epoch_seconds": seconds,
+               **scores, "lr": self.opt.param_groups[0]["lr"], "example_steps_per_s": rate, "epoch_seconds": seconds,
                "valid_seconds": valid_seconds, "seconds": self.state.seconds}
         self.state.history.append(row)
         return row
@@ -292,6 +297,15 @@ class _Run:
         for old in ckpt_dir.glob("epoch-*.pt"):
             if old.name != name:
                 old.unlink()
+
+
+def learning_rate(tc: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The rate of optimiser step ``step`` (from 0): ``train.lr``, or its cosine decay to
+    ``train.lr_final`` over ``train.epochs`` epochs (docs/algorithms.md §4)."""
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    progress = min(step / max(tc.epochs * steps_per_epoch, 1), 1.0)
+    return tc.lr_final + (tc.lr - tc.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
