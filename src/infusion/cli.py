@@ -50,6 +50,15 @@ def parse_seeds_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def parse_classes_arg(text: str) -> list[int]:
+    from .sample import parse_seeds
+
+    try:
+        return parse_seeds(text, "--classes")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infusion", description=(
         "Generative models learned as the transition operator of a Markov chain: "
@@ -98,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_non_negative, default=0, help="sample i uses seed SEED+i")
     s.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
     s.add_argument("--png-dir", help="also write one PNG per seed (seed-NNNNNN.png) here")
+    cls = s.add_mutually_exclusive_group()
+    cls.add_argument("--class", dest="class_", type=_non_negative,
+                     help="class-conditional model: draw every sample of this class")
+    cls.add_argument("--classes", type=parse_classes_arg,
+                     help="class-conditional model: the same seeds for each of these classes, "
+                          "e.g. 0-9 (one grid row per class)")
     s.add_argument("--sampler", choices=SAMPLERS, help="default: the run's sample.sampler; "
                    "ddim and dpm++2m for diffusion models, euler and heun for flow models")
     s.add_argument("--eta", type=float, help="DDIM's stochasticity (0 deterministic, 1 ancestral)")

@@ -97,21 +97,33 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .sample import sample_to_file
 
     out = Path(args.out)
+    seeds = args.seeds or list(range(args.seed, args.seed + args.n))
+    classes = args.classes if args.classes is not None else (
+        None if args.class_ is None else [args.class_])
+    labels = None if classes is None else [c for c in classes for _ in seeds]  # a row per class
+    seeds = seeds if classes is None else seeds * len(classes)
     _free([out, out.with_suffix(".png")], args.overwrite)
     if args.png_dir:
-        _free([Path(args.png_dir) / f"seed-{s:06d}.png" for s in args.seeds or ()], args.overwrite)
+        _free([Path(args.png_dir) / (f"seed-{s:06d}.png" if labels is None else
+                                     f"class-{c}-seed-{s:06d}.png")
+               for s, c in zip(seeds, labels or seeds)], args.overwrite)
     model, cfg = load_for_sampling(args.checkpoint, args.device)
+    if labels is not None and not model.classes:
+        raise InputError("--class/--classes: this model is unconditional (model.classes=0)")
     if args.sampler:
         model.sampler = args.sampler
     if args.eta is not None:
         model.eta = args.eta
-    seeds = args.seeds or list(range(args.seed, args.seed + args.n))
     steps = args.steps or model.sample_steps
+    per_class = len(seeds) // len(classes) if classes else None
     sample_to_file(model, out, n=len(seeds), steps=steps, seeds=seeds,
-                   batch_size=args.batch_size, png_dir=args.png_dir, data=cfg.data)
-    say(f"wrote {len(seeds)} samples ({steps} steps, {model.sampler}) to {out} and a grid to "
-        f"{out.with_suffix('.png')}" + (f"; one PNG per seed in {args.png_dir}" if args.png_dir
-                                         else ""))
+                   batch_size=args.batch_size, png_dir=args.png_dir, data=cfg.data,
+                   labels=labels, nrow=per_class,
+                   grid_max=len(seeds) if classes else 100)
+    what = "" if classes is None else f" of classes {','.join(map(str, classes))}"
+    say(f"wrote {len(seeds)} samples{what} ({steps} steps, {model.sampler}) to {out} and a grid "
+        f"to {out.with_suffix('.png')}" + (f"; one PNG per sample in {args.png_dir}"
+                                          if args.png_dir else ""))
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -88,6 +88,9 @@ class ModelConfig:
     beta: float = 0.1  # σ² = β·sigmoid(a_σ) + ε
     eps: float = 1e-4
     prior_var_floor: float = 1e-5  # authors' code adds 1e-5 to the prior variance
+    # class-conditional operator p(t)(· | z, y) with this many classes (0 = unconditional;
+    # algorithms.md §15): a learned class embedding added to every hidden layer
+    classes: int = 0
 
     def validate(self) -> None:
         require([
@@ -98,6 +101,7 @@ class ModelConfig:
             (math.isfinite(self.eps) and self.eps > 0, f"model.eps={self.eps}: expected > 0"),
             (math.isfinite(self.prior_var_floor) and self.prior_var_floor >= 0,
              f"model.prior_var_floor={self.prior_var_floor}: expected >= 0"),
+            (self.classes >= 0, f"model.classes={self.classes}: expected >= 0 (0 = unconditional)"),
         ])
 
 
@@ -215,7 +219,10 @@ class Config:
                    f"sample.steps={s}: sampling needs T' >= T={self.method.T} (algorithms.md §2)"),
                  (self.sample.sampler in SAMPLERS_OF.get(self.method.name, ("ancestral",)),
                   (f"sample.sampler={self.sample.sampler!r}: method.name={self.method.name} "
-                   f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}"))])
+                   f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}")),
+                 (self.model.classes == 0 or self.method.name in CONDITIONAL_METHODS,
+                  (f"model.classes={self.model.classes}: class-conditional models are built for "
+                  f"method.name in {CONDITIONAL_METHODS}, not {self.method.name!r}"))])
         return self
 
     @property
@@ -232,6 +239,7 @@ DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "cele
               "folder", "arrays")
 NET_NAMES = ("mlp", "conv")
 LR_SCHEDULES = ("constant", "cosine")
+CONDITIONAL_METHODS = ("infusion",)  # model.classes > 0 (algorithms.md §15)
 
 def load_file(path: str) -> Config:
     """A config file: JSON or TOML (``.toml``), a full config as a run directory's

@@ -133,7 +133,8 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 class LossModule(nn.Module):
-    """``forward(x, generator) -> (B,)``: the method's per-example training loss of ``model``.
+    """``forward(x, generator, y=None) -> (B,)``: the method's per-example training loss of
+    ``model`` (given the classes y of a class-conditional model, algorithms.md §15).
 
     The unit DDP wraps. ``model`` keeps its own parameters and state dict (save that one).
     """
@@ -142,8 +143,9 @@ class LossModule(nn.Module):
         super().__init__()
         self.model, self.method = model, method
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return self.method.loss(self.model, x, generator)
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.method.loss(self.model.given(y), x, generator)
 
 
 class DataParallelLoss:
@@ -167,10 +169,10 @@ class DataParallelLoss:
         lo, hi = shard_bounds(len(idx), self.ctx.rank, self.ctx.world)
         return idx[lo:hi]
 
-    def __call__(self, x: torch.Tensor, global_size: int, generator: torch.Generator | None
-                 ) -> tuple[torch.Tensor, float]:
+    def __call__(self, x: torch.Tensor, global_size: int, generator: torch.Generator | None,
+                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         with self._synced_batch_norm():
-            per_example = self.module(x, generator)
+            per_example = self.module(x, generator, y)
         objective = per_example.sum() * (self.ctx.world / global_size)  # DDP averages
         total = per_example.detach().sum()
         if self.ctx.world > 1:

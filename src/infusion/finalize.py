@@ -61,8 +61,24 @@ def write_figures(run_dir: Path, model: ChainModel, cfg: Config,
     figures.save_chain_figure(run_dir / "chains.png",  # points: the states, z(0) included
                               chains.states if points else chains.trajectory_means,
                               every=max(1, steps // (5 if points else 10)))
+    if model.classes:
+        class_grid(run_dir / "samples_by_class.png", model, steps, sc.seed)
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         figures.save_curves(run_dir / "curve.png", metrics)
     log(f"samples: {out}\ngrid: {out.with_suffix('.png')}\nchains: {run_dir / 'chains.png'}\n"
-        f"curve: {run_dir / 'curve.png'}")
+        f"curve: {run_dir / 'curve.png'}"
+        + (f"\nby class: {run_dir / 'samples_by_class.png'}" if model.classes else ""))
+
+
+def class_grid(path: Path, model: ChainModel, steps: int, seed: int = 0, per_class: int = 10,
+               max_classes: int = 20) -> Path:
+    """A class-conditional model's samples (algorithms.md §15), one row per class (the first
+    ``max_classes``), the same seeds ``seed`` … in every row: the means after ``steps``."""
+    from .sampler import sample_chain
+
+    classes = range(min(model.classes, max_classes))
+    res = sample_chain(model, per_class * len(classes), steps,
+                       seeds=[seed + i for _ in classes for i in range(per_class)],
+                       labels=[c for c in classes for _ in range(per_class)])
+    return figures.save_grid(path, res.means, per_class)

@@ -66,7 +66,8 @@ def mlp_widths(d: int) -> tuple[int, int]:
 
 
 def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | None = None,
-        valid: Any = None, overrides: Sequence[str] = (), **train_kwargs: Any) -> FitResult:
+        valid: Any = None, labels: Any = None, valid_labels: Any = None,
+        overrides: Sequence[str] = (), **train_kwargs: Any) -> FitResult:
     """Train a model of the user's own ``data`` and return a :class:`FitResult`.
 
     ``data``: a numpy array or tensor of examples, a map-style ``torch.utils.data.Dataset``
@@ -81,6 +82,10 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     10% (at least 2) of the training data, drawn with ``np.random.default_rng(0)``. A folder
     is split 80/10/10 by its own loader. Without a test split, ``evaluate`` scores the
     validation split.
+
+    ``labels`` (and ``valid_labels`` with ``valid``): one integer class 0…K-1 per example,
+    for a class-conditional model (algorithms.md §15; ``model.classes`` = K, the largest class
+    + 1, unless the preset or an override sets it); stored beside the arrays.
 
     ``preset`` (a name or a :class:`Config`) gives the network, method and training settings;
     without one, the defaults (the paper's: T = 15, Adam 1e-3, batch 512, early stopping)
@@ -107,15 +112,20 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     base = _base_config(preset)
     folder = _folder(data)
     if folder is not None:
+        if labels is not None or valid_labels is not None:
+            raise InputError("labels=: a folder of images has no labels; pass arrays")
         if valid is not None:
             raise InputError(f"valid=: a folder of images ({folder}) is split 80/10/10 by its "
                              "own loader; pass valid= with arrays only")
         size = base.data.image_size if base.data.name == "folder" else FOLDER_IMAGE_SIZE
         dc = DataConfig(name="folder", path=str(folder), image_size=size)
-        splits, run_dir = None, Path(run_dir or Path("runs") / folder.name)
+        splits, ys, run_dir = None, {}, Path(run_dir or Path("runs") / folder.name)
     else:
-        splits, name = _array_splits(data, valid)
-        file_name = arrays_mod.file_name(splits)  # arrays-<hash of the data>.npz
+        splits, name, split_off = _array_splits(data, valid)
+        ys = _labels(splits, labels, valid_labels, split_off)
+        if ys and not base.model.classes:
+            base = replace(base, model=replace(base.model, classes=int(ys["train"].max()) + 1))
+        file_name = arrays_mod.file_name(splits, ys)  # arrays-<hash of the data>.npz
         run_dir = Path(run_dir or Path("runs") / (name or f"fit-{file_name[7:15]}"))
         scale, offset = _float_map(splits["train"])
         dc = DataConfig(name="arrays", path=str(run_dir / "data" / file_name), scale=scale,
@@ -124,7 +134,7 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     cfg = _size_network(cfg, preset, overrides, splits, train_kwargs.get("progress", True))
     _check_run_dir(run_dir, bool(train_kwargs.get("overwrite")))
     if splits is not None:  # the arrays live in the run directory, verified on every load
-        path, digest = arrays_mod.store(Path(cfg.data.path), splits)
+        path, digest = arrays_mod.store(Path(cfg.data.path), splits, ys)
         cfg = replace(cfg, data=replace(cfg.data, path=str(path), sha256=digest)).validate()
         if train_kwargs.get("overwrite"):  # the replaced run's own data file goes with it
             for old in path.parent.glob("arrays-*.npz*"):
@@ -160,9 +170,9 @@ def _folder(data: Any) -> Path | None:
     return p.absolute()
 
 
-def _array_splits(data: Any, valid: Any) -> tuple[dict[str, np.ndarray], str | None]:
-    """The user's train / valid (/ test) examples, checked, and the file's name (None for
-    data in memory)."""
+def _array_splits(data: Any, valid: Any) -> tuple[dict[str, np.ndarray], str | None, bool]:
+    """The user's train / valid (/ test) examples, checked, the file's name (None for data in
+    memory), and whether the validation split was taken from the training examples."""
     if isinstance(data, (str, os.PathLike)):
         p = Path(data).expanduser()
         if not p.exists():
@@ -182,12 +192,44 @@ def _array_splits(data: Any, valid: Any) -> tuple[dict[str, np.ndarray], str | N
         if x.shape[1:] != train.shape[1:] or (x.dtype == np.uint8) != (train.dtype == np.uint8):
             raise InputError(f"{s} examples are {x.dtype} {x.shape[1:]} but the training "
                              f"examples {train.dtype} {train.shape[1:]}: they must match")
-    if "valid" not in splits:
+    split_off = "valid" not in splits
+    if split_off:
         splits["train"], splits["valid"] = arrays_mod.split_valid(train)
     if len(splits["train"]) < 2:
         raise InputError(f"{len(splits['train'])} training example(s): per-step batch norm "
                          "needs at least 2")
-    return splits, name
+    return splits, name, split_off
+
+
+def _labels(splits: dict[str, np.ndarray], labels: Any, valid_labels: Any, split_off: bool
+            ) -> dict[str, np.ndarray]:
+    """The classes of the train and valid splits (algorithms.md §15), checked: integers >= 0,
+    one per example; {} without labels. A validation split fit() took from the data takes
+    its labels from the same rows."""
+    if labels is None:
+        if valid_labels is not None:
+            raise InputError("valid_labels= needs labels= for the training data too")
+        return {}
+    given = {"train": labels} | ({} if valid_labels is None else {"valid": valid_labels})
+    ys = {}
+    for s, y in given.items():
+        y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
+        if y.ndim != 1 or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+            raise InputError(f"{s} labels: expected one integer class >= 0 per example, got "
+                             f"{y.dtype} of shape {y.shape}")
+        ys[s] = y.astype(np.int64)
+    if split_off == (valid_labels is not None):
+        raise InputError("valid_labels= goes with valid= (the validation examples' classes)"
+                         if split_off else "valid_labels=: needed with a validation split")
+    n_train = len(splits["train"]) + (len(splits["valid"]) if split_off else 0)
+    if len(ys["train"]) != n_train:
+        raise InputError(f"labels: {len(ys['train'])} classes for {n_train} training examples")
+    if split_off:  # fit() took the validation split from the training data: the same rows
+        ys["train"], ys["valid"] = arrays_mod.split_valid(ys["train"])
+    elif len(ys["valid"]) != len(splits["valid"]):
+        raise InputError(f"valid_labels: {len(ys['valid'])} classes for "
+                         f"{len(splits['valid'])} validation examples")
+    return ys
 
 
 def _examples_of(x: Any, what: str) -> Any:

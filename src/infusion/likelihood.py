@@ -42,6 +42,7 @@ def _check_ready(model) -> None:
 def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.Generator | None,
                       batch_size: int = 1000, final_var: float | None = None,
                       on_rows: Callable[[int], object] | None = None,
+                      labels: torch.Tensor | None = None,
                       ) -> Iterator[tuple[int, torch.Tensor]]:
     """ℓ of algorithms.md §7 for ``k`` proposal draws of every example, chunk by chunk.
 
@@ -53,7 +54,8 @@ def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.G
     ``x`` is in model space (already dequantised); ``final_var``: the final transition's
     variance replaced by this constant (the isotropic variant). Runs in eval mode (stored
     per-step statistics) and restores the model's mode. ``on_rows(n)`` is called after each
-    forward pass with its number of rows (progress).
+    forward pass with its number of rows (progress). ``labels`` (N,): the classes of a
+    class-conditional model's examples, so that ℓ bounds log p(x | y) (algorithms.md §15).
     """
     if not method.has_likelihood:
         raise InputError(f"method {method.name!r} has no likelihood estimate")
@@ -72,10 +74,12 @@ def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.G
     try:
         for lo in range(0, len(x), per):
             xs = x[lo: lo + per].to(device)
+            ys = None if labels is None else labels[lo: lo + per].to(device)
             for j in range(0, k, draws):
                 kk = min(draws, k - j)
                 rows = xs.repeat_interleave(kk, 0)  # (b·kk, d): example i's draws are adjacent
-                lw = method.log_weight(model, rows, generator, **kw)
+                given = model.given(None if ys is None else ys.repeat_interleave(kk, 0))
+                lw = method.log_weight(given, rows, generator, **kw)
                 if on_rows is not None:
                     on_rows(len(rows))
                 yield lo, lw.reshape(len(xs), kk).double().cpu()
@@ -85,7 +89,7 @@ def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.G
 
 def log_weights(model, method, x: torch.Tensor, k: int, generator: torch.Generator | None,
                 batch_size: int = 1000, final_var: float | None = None,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
     """ℓ for ``k`` independent proposal draws of every example, algorithms.md §7: (N, d) -> (N, k).
 
     The whole array, float64 on the CPU, from :func:`log_weight_chunks` (same draws, same
@@ -95,7 +99,7 @@ def log_weights(model, method, x: torch.Tensor, k: int, generator: torch.Generat
     filled = np.zeros(len(x), np.int64)
     with progress_bar(len(x) * k, f"log-weights (k={k})", progress) as bar:
         for lo, block in log_weight_chunks(model, method, x, k, generator, batch_size, final_var,
-                                           bar.update):
+                                           bar.update, labels):
             j = int(filled[lo])
             out[lo: lo + len(block), j: j + block.shape[1]] = block
             filled[lo: lo + len(block)] += block.shape[1]
@@ -172,14 +176,14 @@ class StreamingEstimate:
 def stream_estimate(model, method, x: torch.Tensor, k: int, generator: torch.Generator | None,
                     batch_size: int = 1000, final_var: float | None = None,
                     ks: Sequence[int] = (), on_rows: Callable[[int], object] | None = None,
-                    ) -> StreamingEstimate:
+                    labels: torch.Tensor | None = None) -> StreamingEstimate:
     """The bound and IS estimate of every example of ``x`` (model space) with ``k`` draws,
     algorithms.md §7, without ever holding (N, k): :func:`log_weight_chunks` folded into a
     :class:`StreamingEstimate` (with IS@k' for k' in ``ks``, k' < k). Same draws as
     :func:`log_weights` with the same generator and ``batch_size``."""
     acc = StreamingEstimate(len(x), [c for c in ks if c < k])
     for lo, block in log_weight_chunks(model, method, x, k, generator, batch_size, final_var,
-                                       on_rows):
+                                       on_rows, labels):
         acc.update(lo, block)
     return acc
 
@@ -218,7 +222,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
                         repeats: int = 1, batch_size: int = 1000, final_var: float | None = None,
                         ks: Sequence[int] | None = None, progress: bool = False,
                         on_repeat: Callable[[int, dict[str, Estimate]], object] | None = None,
-                        desc: str = "") -> dict[str, Estimate]:
+                        desc: str = "", labels=None) -> dict[str, Estimate]:
     """Lower bound and IS estimate of log p(x) for every example of ``data``, algorithms.md §7.
 
     ``data``: uint8 pixels (N, ...) — dequantised afresh in every repeat, once per example,
@@ -229,13 +233,15 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
     for each k' in ``ks`` (IS from the first k' of the same draws, so nested in k).
     ``final_var``: the isotropic variant's fixed final variance. ``on_repeat(r, partial)``
     is called after repeat r (1-based) with the estimates over the r repeats done so far.
-    ``progress``: one bar over all repeats' draws, with the remaining time.
+    ``progress``: one bar over all repeats' draws, with the remaining time. ``labels`` (N,):
+    the examples' classes for a class-conditional model: the estimates are of log p(x | y).
     """
     if repeats < 1:
         raise InputError(f"repeats={repeats}: expected >= 1")
     ks = sorted({int(c) for c in (ks or ()) if 1 <= int(c) < k})
     device = model_device(model)
     data = torch.as_tensor(data)
+    labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
     lbs, iss, sub = [], [], {c: [] for c in ks}
     common = {"k": k, "final_var": final_var, "seed": seed}
 
@@ -252,7 +258,8 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
                 bar.set_postfix_str(f"repeat {r + 1}/{repeats}")
             g = torch.Generator(device=device).manual_seed(seed + r)
             x = to_model_space(data.to(device), g)
-            acc = stream_estimate(model, method, x, k, g, batch_size, final_var, ks, bar.update)
+            acc = stream_estimate(model, method, x, k, g, batch_size, final_var, ks, bar.update,
+                                  labels)
             lbs.append(acc.lower_bound().numpy())
             iss.append(acc.importance_sampling().numpy())
             for c in ks:
@@ -264,7 +271,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
 
 def select_final_var(model, method, data: torch.Tensor, grid: Sequence[float] = ISO_VAR_GRID,
                      k: int = 10, *, seed: int = 0, batch_size: int = 1000,
-                     progress: bool = False) -> tuple[float, dict[float, float]]:
+                     progress: bool = False, labels=None) -> tuple[float, dict[float, float]]:
     """The isotropic variant's one final variance s², algorithms.md §7 (Table 2 "+ isotropic",
     as Wu et al. 2016): the value of ``grid`` with the highest mean IS estimate (``k`` draws)
     on ``data`` (validation examples, dequantised once). Every s² scores the same draws
@@ -279,7 +286,8 @@ def select_final_var(model, method, data: torch.Tensor, grid: Sequence[float] = 
     with progress_bar(len(grid) * len(x) * k, "isotropic variance (validation)", progress) as bar:
         for v in grid:
             g = torch.Generator(device=device).manual_seed(seed + 1)
-            acc = stream_estimate(model, method, x, k, g, batch_size, float(v), (), bar.update)
+            acc = stream_estimate(model, method, x, k, g, batch_size, float(v), (), bar.update,
+                                  None if labels is None else torch.as_tensor(labels))
             table[float(v)] = float(acc.importance_sampling().mean())
     return max(table, key=table.get), table
 

@@ -4,6 +4,10 @@ A network maps a flat state ``z`` (B, d) and a step index ``t`` (1-based) to the
 ``(a_μ, a_σ)``, each (B, d). All weights are shared across steps except batch norm, which has
 its own γ_t, β_t and statistics for every step (paper footnote 5); steps beyond the number of
 batch-norm slots reuse the last one (algorithms.md §2: sampling with T' > T reuses step T's).
+
+A class-conditional body (``classes`` > 0, algorithms.md §15) also takes the classes ``y``
+(B,) and adds a learned embedding of y to the pre-activation of every hidden layer (per unit,
+or per channel of a feature map), before its batch norm; the embeddings start at zero.
 """
 
 from __future__ import annotations
@@ -109,11 +113,37 @@ class StepBatchNorm(nn.Module):
         self._sum_mean = self._sum_var = self._count = None
 
 
+def class_embeddings(classes: int, widths: list[int]) -> nn.ModuleList | None:
+    """One embedding table of each hidden width for a class-conditional body (algorithms.md
+    §15), initialised at zero; None for an unconditional one."""
+    if not classes:
+        return None
+    tables = nn.ModuleList(nn.Embedding(classes, w) for w in widths)
+    for table in tables:
+        nn.init.zeros_(table.weight)
+    return tables
+
+
+def check_classes(net: nn.Module, y: torch.Tensor | None, batch: int) -> None:
+    """``y`` is given exactly when the body is class-conditional, one class per example."""
+    if net.class_embeds is None:
+        if y is not None:
+            raise InputError("this model is unconditional (model.classes=0): it takes no classes")
+    elif y is None:
+        raise InputError(f"this model is class-conditional (model.classes="
+                         f"{net.class_embeds[0].num_embeddings}): give the class of each example")
+    elif y.shape != (batch,):
+        raise InputError(f"classes of shape {tuple(y.shape)} for a batch of {batch}: "
+                         f"expected ({batch},)")
+
+
 class MLP(nn.Module):
     """MNIST/TFD operator body, algorithms.md §2: d → h₁ → … → ReLU with per-step BN → two heads of size d."""
 
-    def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True) -> None:
+    def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
+                 classes: int = 0) -> None:
         super().__init__()
+        self.class_embeds = class_embeddings(classes, list(hidden))
         self.linears = nn.ModuleList()
         self.norms = nn.ModuleList()
         width = d
@@ -124,10 +154,14 @@ class MLP(nn.Module):
         self.head_mu = nn.Linear(width, d)
         self.head_sigma = nn.Linear(width, d)
 
-    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, t: int, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        check_classes(self, y, z.shape[0])
         h = z
-        for linear, norm in zip(self.linears, self.norms):
+        for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
             h = linear(h)
+            if y is not None:
+                h = h + self.class_embeds[i](y)
             h = norm(h, t) if isinstance(norm, StepBatchNorm) else h
             h = torch.relu(h)
         return self.head_mu(h), self.head_sigma(h)
@@ -179,7 +213,8 @@ class ConvGenerator(nn.Module):
     convolution) and ReLU inside, as in the MLP.
     """
 
-    def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True) -> None:
+    def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
+                 classes: int = 0) -> None:
         super().__init__()
         side = 4 * 2 ** len(hidden)
         if d % (side * side):
@@ -194,13 +229,21 @@ class ConvGenerator(nn.Module):
         self.norms = nn.ModuleList([norm(16 * hidden[0])] + [norm(w) for w in widths[1:]])
         self.head_mu = _deconv(widths[-1], self.channels)
         self.head_sigma = _deconv(widths[-1], self.channels)
+        self.class_embeds = class_embeddings(classes, [16 * hidden[0]] + widths[1:])
 
-    def forward(self, z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, t: int, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        check_classes(self, y, z.shape[0])
         b = z.shape[0]
-        h = torch.relu(_norm(self.norms[0], self.fc(z), t))  # (B, 16·hidden[0])
-        h = h.view(b, self.hidden[0], 4, 4)
-        for deconv, norm in zip(self.deconvs, self.norms[1:]):
-            h = torch.relu(_norm(norm, deconv(h), t))  # side doubles
+        h = self.fc(z)  # (B, 16·hidden[0])
+        if y is not None:
+            h = h + self.class_embeds[0](y)
+        h = torch.relu(_norm(self.norms[0], h, t)).view(b, self.hidden[0], 4, 4)
+        for i, (deconv, norm) in enumerate(zip(self.deconvs, self.norms[1:]), 1):
+            h = deconv(h)  # side doubles
+            if y is not None:
+                h = h + self.class_embeds[i](y)[:, :, None, None]
+            h = torch.relu(_norm(norm, h, t))
         return self.head_mu(h).reshape(b, -1), self.head_sigma(h).reshape(b, -1)
 
 
@@ -213,12 +256,14 @@ def _norm(norm: nn.Module, h: torch.Tensor, t: int) -> torch.Tensor:
     return norm(h, t) if isinstance(norm, StepBatchNorm) else h
 
 
-def build_net(kind: str, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True) -> nn.Module:
-    """The network body named by ``model.net``: ``mlp`` (MNIST/TFD) or ``conv`` (CIFAR-10/CelebA)."""
+def build_net(kind: str, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
+              classes: int = 0) -> nn.Module:
+    """The network body named by ``model.net``: ``mlp`` (MNIST/TFD) or ``conv`` (CIFAR-10/CelebA),
+    class-conditional with ``classes`` > 0."""
     if kind == "mlp":
-        return MLP(d, hidden, steps, batch_norm)
+        return MLP(d, hidden, steps, batch_norm, classes)
     if kind == "conv":
-        return ConvGenerator(d, hidden, steps, batch_norm)
+        return ConvGenerator(d, hidden, steps, batch_norm, classes)
     raise InputError(f"unknown network {kind!r}; available: mlp, conv")
 
 

@@ -59,6 +59,7 @@ class ChainModel(nn.Module, metaclass=abc.ABCMeta):
     """
 
     aux_noise = False
+    classes = 0  # > 0: a class-conditional operator, run through :meth:`given`
     samplers: tuple[str, ...] = ("ancestral",)  # what :meth:`solver` can run
     # The defaults of sample_chain, set from the run's ``sample`` section when a model is loaded.
     sample_steps = 0  # T' (0: the training T)
@@ -96,6 +97,18 @@ class ChainModel(nn.Module, metaclass=abc.ABCMeta):
             raise InputError(f"eta={eta}: only diffusion's ddim sampler takes eta")
         return self.respaced(steps)
 
+    def given(self, y: torch.Tensor | None) -> ChainModel | Given:
+        """This class-conditional model with the classes ``y`` (B,) of a batch fixed: the
+        operator p(t)(· | z, y) of algorithms.md §15, with the model's whole surface, so the
+        methods and the sampler run it as they run an unconditional one. ``y`` None: the
+        model itself (an unconditional model's batches have no classes)."""
+        if y is None:
+            return self
+        if not self.classes:
+            raise InputError(f"{type(self).__name__} is unconditional (model.classes=0): "
+                             "it takes no classes")
+        return Given(self, y)
+
     @property
     def stats_ready(self) -> bool:
         """True once the per-step batch-norm statistics of algorithms.md §6 are stored (or the
@@ -111,11 +124,28 @@ class GaussianChainModel(ChainModel):
     def __init__(self, shape: tuple[int, ...], T: int, cfg: ModelConfig, slots: int | None = None
                  ) -> None:
         d = math.prod(shape)
-        net = build_net(cfg.net, d, tuple(cfg.hidden), slots or T, cfg.batch_norm)
+        net = build_net(cfg.net, d, tuple(cfg.hidden), slots or T, cfg.batch_norm, cfg.classes)
         super().__init__(shape, T, net, FactorialGaussianPrior(d))
-        self.beta, self.eps = cfg.beta, cfg.eps
+        self.beta, self.eps, self.classes = cfg.beta, cfg.eps, cfg.classes
 
-    def forward(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        a_mu, a_sigma = self.net(z, t)
+    def forward(self, z: torch.Tensor, t, noise: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ²) of step t; ``y`` (B,): the classes of a class-conditional model (§15)."""
+        a_mu, a_sigma = self.net(z, t, y)
         return torch.sigmoid(a_mu), self.beta * torch.sigmoid(a_sigma) + self.eps
+
+
+class Given:
+    """A class-conditional :class:`ChainModel` with the classes ``y`` of one batch fixed
+    (:meth:`ChainModel.given`): calls pass y on, everything else is the model's own. The prior
+    p(0) stays unconditional (algorithms.md §15)."""
+
+    def __init__(self, model: ChainModel, y: torch.Tensor) -> None:
+        self.model, self.y = model, y
+
+    def __call__(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(z, t, noise, y=self.y)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)

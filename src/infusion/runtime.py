@@ -88,7 +88,8 @@ def compute_step_statistics(model: ChainModel, method: Method, data, batch_size:
         total = -(-len(data.train) // batch_size)
         for idx in tqdm(batches(len(data.train), batch_size), total=total, leave=False,
                         desc="batch-norm statistics (algorithms.md §6)", disable=not progress):
-            method.loss(model, data.model_space(data.train[idx], g), g)
+            y = data.labels("train", idx)  # a class-conditional model's classes (§15)
+            method.loss(model.given(y), data.model_space(data.train[idx], g), g)
     except BaseException:
         for n in norms:
             n.collecting = False

@@ -72,13 +72,15 @@ class Samples:
     """Output of :func:`sample_chain`. ``samples``/``means``: (N, *shape) after the last step.
 
     With ``return_trajectory``: ``states`` (steps+1, N, *shape) = z(0) … z(T'), and
-    ``trajectory_means`` (steps+1, N, *shape) = prior mean, μ(1) … μ(T').
+    ``trajectory_means`` (steps+1, N, *shape) = prior mean, μ(1) … μ(T'). ``labels`` (N,):
+    the classes a class-conditional model was given (else None).
     """
 
     samples: torch.Tensor
     means: torch.Tensor
     states: torch.Tensor | None = None
     trajectory_means: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -96,6 +98,7 @@ def sample_chain(
     callback: Callback | None = None,
     sampler: str | None = None,
     eta: float | None = None,
+    labels: Sequence[int] | torch.Tensor | None = None,
 ) -> Samples:
     """Draw ``n`` samples with :func:`run_chain`, in batches; results on the CPU, float32.
 
@@ -107,8 +110,10 @@ def sample_chain(
     ``callback`` receives each batch's states (``"batch"``: its first sample's index).
     ``sampler`` (default the model's ``sampler``, the run's ``sample.sampler``): "ancestral",
     the model's own chain; for diffusion "ddim" (stochasticity ``eta``) and "dpm++2m", for
-    the flow "euler" and "heun" (:meth:`ChainModel.solver`). Uses the stored per-step batch-norm statistics (algorithms.md
-    §6); raises if missing.
+    the flow "euler" and "heun" (:meth:`ChainModel.solver`). ``labels`` (n classes): what a
+    class-conditional model draws (algorithms.md §15); by default sample i's class is its
+    seed modulo ``model.classes``. Uses the stored per-step batch-norm statistics
+    (algorithms.md §6); raises if missing.
     """
     steps = int(steps if steps is not None else model.sample_steps or model.T)
     if steps < 1:
@@ -124,6 +129,7 @@ def sample_chain(
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size}: expected >= 1")
     device = chain.prior.mean.device
+    labels = sample_labels(chain, labels, seeds)
     if start is not None:
         start = torch.as_tensor(start).reshape(-1, chain.d)
         if start.shape[0] != n:
@@ -143,7 +149,8 @@ def sample_chain(
                     callback({**info, "batch": lo})
 
             z0 = None if start is None else start[idx].to(device=device, dtype=torch.float32)
-            out = run_chain(chain, PerSampleNoise(seeds[idx], chain.d, device), steps, start=z0,
+            given = chain.given(None if labels is None else labels[idx].to(device))
+            out = run_chain(given, PerSampleNoise(seeds[idx], chain.d, device), steps, start=z0,
                             clamp=_clamp_rows(clamp, idx, chain.d, device), callback=report)
             outs.append(tuple(o.float().cpu() for o in out))
             if return_trajectory:
@@ -153,11 +160,32 @@ def sample_chain(
         chain.train(was_training)
     shape = chain.shape
     result = Samples(torch.cat([o[0] for o in outs]).reshape(n, *shape),
-                     torch.cat([o[1] for o in outs]).reshape(n, *shape))
+                     torch.cat([o[1] for o in outs]).reshape(n, *shape), labels=labels)
     if return_trajectory:
         result.states = torch.cat(states, 1).reshape(steps + 1, n, *shape)
         result.trajectory_means = torch.cat(means, 1).reshape(steps + 1, n, *shape)
     return result
+
+
+def sample_labels(model: ChainModel, labels, seeds: list[int]) -> torch.Tensor | None:
+    """The classes of a class-conditional model's samples (algorithms.md §15), (n,) int64 on
+    the CPU: ``labels`` checked, or each seed modulo ``model.classes``; None for an
+    unconditional model (which refuses labels)."""
+    k = model.classes
+    if not k:
+        if labels is not None:
+            raise InputError("labels: this model is unconditional (model.classes=0)")
+        return None
+    if labels is None:
+        return torch.tensor(seeds, dtype=torch.int64) % k
+    y = torch.as_tensor(labels).reshape(-1)
+    if y.is_floating_point() or len(y) != len(seeds):
+        raise InputError(f"labels: expected {len(seeds)} integer classes, got "
+                         f"{len(y)} of dtype {y.dtype}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise InputError(f"labels span {int(y.min())}..{int(y.max())}: this model has classes "
+                         f"0..{k - 1}")
+    return y.long()
 
 
 def _clamp_rows(clamp, idx: slice, d: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -211,9 +211,10 @@ class _Run:
         bar = tqdm(total=len(order), initial=state.batch, leave=False, dynamic_ncols=True,
                    desc=f"epoch {state.epoch + 1}/{tc.epochs}", disable=not self.progress)
         for idx in order[state.batch:]:
-            x = data.model_space(data.train[self.step_loss.shard(idx)], g)
+            mine = self.step_loss.shard(idx)
+            x = data.model_space(data.train[mine], g)
             with self.autocast():
-                objective, loss = self.step_loss(x, len(idx), g)
+                objective, loss = self.step_loss(x, len(idx), g, data.labels("train", mine))
             if not math.isfinite(loss):
                 raise Diverged(diverged_message(self.run_dir, state, loss))
             self.opt.zero_grad(set_to_none=True)

@@ -29,18 +29,20 @@ def validate(model: ChainModel, method: Method, data: Data, cfg: Config) -> dict
     n = min(cfg.train.valid_examples, len(data.valid))
     if n < 2:
         return {}
-    jobs = [("valid_loss", method.loss, data.valid, n, 1)]
+    jobs = [("valid_loss", method.loss, "valid", n, 1)]
     if method.has_likelihood and method.likelihood == "bound":
-        jobs.append(("valid_bound", method.log_weight, data.valid, n, 1))
+        jobs.append(("valid_bound", method.log_weight, "valid", n, 1))
         n_train = min(cfg.train.train_bound_examples, len(data.train))
         if n_train >= 2:
-            jobs.append(("train_bound", method.log_weight, data.train, n_train, 2))
+            jobs.append(("train_bound", method.log_weight, "train", n_train, 2))
     out = {}
-    for name, fn, split, count_max, seed_offset in jobs:
+    for name, fn, which, count_max, seed_offset in jobs:
+        split = data.train if which == "train" else data.valid
         g = torch.Generator(device=split.device).manual_seed(cfg.train.seed + seed_offset)
         total, count = 0.0, 0
         for idx in batches(count_max, cfg.train.batch_size):
-            total += float(fn(model, data.model_space(split[idx], g), g).sum())
+            y = data.labels(which, idx)  # log p(x | y) for a class-conditional model (§15)
+            total += float(fn(model.given(y), data.model_space(split[idx], g), g).sum())
             count += len(idx)
         out[name] = total / count
     return out
@@ -66,7 +68,8 @@ def record_infusion_chains(model: ChainModel, method: Method, data: Data, cfg: C
     model.train()
     try:
         x = data.model_space(data.valid[:n_batch], g)
-        states = method.infusion_chain(model, x, g)
+        y = data.labels("valid", slice(0, n_batch))
+        states = method.infusion_chain(model.given(y), x, g)
     finally:
         model.train(was_training)
     chain = torch.stack([s[:k] for s in states]).float().cpu().numpy()

@@ -57,6 +57,7 @@ __all__ = [
     "apply_affine",
     "cache_dir",
     "check_archive",
+    "class_labels",
     "dequantize",
     "ensure",
     "ensure_mnist",
@@ -153,12 +154,21 @@ def to_data_space(x: torch.Tensor | np.ndarray, cfg: DataConfig
 
 @dataclass
 class Data:
-    """Splits as stored (uint8 pixels, or float 2-D points), and the map into model space."""
+    """Splits as stored (uint8 pixels, or float 2-D points), and the map into model space;
+    for a class-conditional model (algorithms.md §15) the classes of both splits, (N,) int64."""
 
     train: torch.Tensor
     valid: torch.Tensor
     shape: tuple[int, ...]
     pixels: bool  # uint8 pixels that get dequantised (algorithms.md §1); else continuous toy points
+    train_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+
+    def labels(self, split: str, idx) -> torch.Tensor | None:
+        """The classes of examples ``idx`` of ``split`` ("train" or "valid"), or None for an
+        unconditional model."""
+        y = self.train_labels if split == "train" else self.valid_labels
+        return None if y is None else y[idx]
 
     def model_space(self, raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Flat model-space batch (B, d): dequantised pixels (algorithms.md §1) or the points as they are."""
@@ -167,9 +177,29 @@ class Data:
 
 def load_data(cfg: Config, device: torch.device | str = "cpu", *,
               progress: bool = True) -> Data:
-    """Training and validation splits for ``cfg.data``, kept on ``device``."""
-    train, valid = (load_split(cfg.data, s, progress=progress).images for s in ("train", "valid"))
-    pixels = train.dtype == np.uint8
-    t = torch.from_numpy(np.ascontiguousarray(train)).to(device)
-    v = torch.from_numpy(np.ascontiguousarray(valid)).to(device)
-    return Data(t, v, tuple(train.shape[1:]), pixels)
+    """Training and validation splits for ``cfg.data``, kept on ``device``; with their classes
+    when ``model.classes`` > 0 (:func:`class_labels`)."""
+    splits = {s: load_split(cfg.data, s, progress=progress) for s in ("train", "valid")}
+    train = splits["train"].images
+    t, v = (torch.from_numpy(np.ascontiguousarray(splits[s].images)).to(device)
+            for s in ("train", "valid"))
+    labels = [None, None]
+    if cfg.model.classes:
+        labels = [class_labels(splits[s], cfg, s).to(device) for s in ("train", "valid")]
+    return Data(t, v, tuple(train.shape[1:]), train.dtype == np.uint8, *labels)
+
+
+def class_labels(split: Split, cfg: Config, name: str) -> torch.Tensor:
+    """The int64 classes of a split for a class-conditional model (algorithms.md §15), checked
+    against ``model.classes``."""
+    k = cfg.model.classes
+    if split.labels is None:
+        raise DataError(f"model.classes={k} needs labelled data, but the {name} split of "
+                        f"data.name={cfg.data.name!r} has no labels")
+    y = torch.from_numpy(np.asarray(split.labels, np.int64))
+    if len(y) != len(split.images):
+        raise DataError(f"the {name} split has {len(split.images)} examples but {len(y)} labels")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise DataError(f"the {name} split's labels span {int(y.min())}..{int(y.max())}; "
+                        f"model.classes={k} needs classes 0..{k - 1}")
+    return y

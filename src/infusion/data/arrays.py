@@ -4,7 +4,8 @@
 ``torch.utils.data.Dataset``, a ``.npy``/``.npz`` file — into examples (:func:`as_examples`),
 splits off a validation set if none was given (:func:`split_valid`) and stores the splits in
 the run directory as a verified ``.npz`` (:func:`store`): ``train_x``, ``valid_x`` and, if the
-user gave one, ``test_x``, next to a ``.sha256`` record. The run's config records the file's
+user gave one, ``test_x`` (with ``train_y``… holding classes, for a class-conditional model,
+algorithms.md §15), next to a ``.sha256`` record. The run's config records the file's
 absolute path and sha256 (``data.path``, ``data.sha256``) and, for float data, the affine map
 into model space (``data.scale``, ``data.offset``, :func:`infusion.data.space.fit_affine`), so
 that ``evaluate``, ``sample`` and ``figures`` read the same data the same way from anywhere.
@@ -162,7 +163,8 @@ def _member(z, key: str, path: Path) -> np.ndarray:
 def split_valid(x: np.ndarray, fraction: float = VALID_FRACTION,
                 seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """(train, valid): a fixed random ``fraction`` (at least 2 examples) of ``x`` becomes the
-    validation split, chosen by ``np.random.default_rng(seed)``; both keep their order."""
+    validation split, chosen by ``np.random.default_rng(seed)``; both keep their order (the
+    same rows of an array of labels of the same length come out of the same call)."""
     n_valid = max(2, round(len(x) * fraction))
     if len(x) - n_valid < 2:
         raise InputError(f"{len(x)} example(s) are too few to split off a validation set "
@@ -175,20 +177,28 @@ def split_valid(x: np.ndarray, fraction: float = VALID_FRACTION,
 # ----------------------------------------------------------------------------- the stored file
 
 
-def file_name(splits: dict[str, np.ndarray]) -> str:
-    """``arrays-<hash>.npz``: 16 hex digits of the sha256 of the splits' names, dtypes, shapes
-    and bytes, so that a file's name says which data it holds."""
+def file_name(splits: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None = None) -> str:
+    """``arrays-<hash>.npz``: 16 hex digits of the sha256 of the splits' (and labels') names,
+    dtypes, shapes and bytes, so that a file's name says which data it holds."""
     h = hashlib.sha256()
-    for s in SPLITS:
-        if s in splits:
-            a = np.ascontiguousarray(splits[s])
-            h.update(f"{s}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(memoryview(a).cast("B"))
+    for name, a in _members(splits, labels).items():
+        a = np.ascontiguousarray(a)
+        h.update(f"{name.removesuffix('_x')}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B"))
     return f"arrays-{h.hexdigest()[:16]}.npz"
 
 
-def store(npz: Path, splits: dict[str, np.ndarray]) -> tuple[Path, str]:
-    """Write the splits (``train_x``, ``valid_x``, ``test_x``) to ``npz`` with its ``.sha256``
+def _members(splits: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None
+             ) -> dict[str, np.ndarray]:
+    """The stored file's arrays: ``train_x``… and, with labels, ``train_y``…"""
+    out = {f"{s}_x": splits[s] for s in SPLITS if s in splits}
+    return out | {f"{s}_y": labels[s] for s in SPLITS if s in (labels or {})}
+
+
+def store(npz: Path, splits: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None = None
+          ) -> tuple[Path, str]:
+    """Write the splits (``train_x``, ``valid_x``, ``test_x``; ``labels``: ``train_y``…) to
+    ``npz`` with its ``.sha256``
     record, atomically, and return its absolute path and sha256. A file already there that
     verifies is kept: named by :func:`file_name`, it holds the same data, so nothing of another
     run is ever replaced."""
@@ -198,7 +208,7 @@ def store(npz: Path, splits: dict[str, np.ndarray]) -> tuple[Path, str]:
             raise DataError("not written yet")
         verify_record(npz, "data file", "")
     except DataError:  # missing (the usual case) or damaged: (re)write it
-        write_cache(npz, {f"{s}_x": splits[s] for s in SPLITS if s in splits})
+        write_cache(npz, _members(splits, labels))
     return npz, sha256(npz)
 
 
@@ -231,17 +241,17 @@ def load_arrays(cfg, split: str) -> Split:
     _verify(path, cfg.sha256)
     try:
         with np.load(path, allow_pickle=False) as z:
-            key = f"{split}_x" if f"{split}_x" in z.files else "valid_x"
-            x = z[key]
+            key = split if f"{split}_x" in z.files else "valid"
+            x, y = z[f"{key}_x"], (z[f"{key}_y"] if f"{key}_y" in z.files else None)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise DataError(f"data file {path} is unreadable ({e})") from None
     if x.dtype == np.uint8:
-        return Split(x, None)
+        return Split(x, y)
     d = int(np.prod(x.shape[1:]))
     if len(cfg.scale) not in (0, 1, d):
         raise DataError(f"data.scale has {len(cfg.scale)} values, but the data in {path} have "
                         f"{d} per example (expected 1 or {d})")
-    return Split(apply_affine(x, cfg.scale, cfg.offset), None)
+    return Split(apply_affine(x, cfg.scale, cfg.offset), y)
 
 
 def stored_info(cfg) -> tuple[tuple[int, ...], np.dtype]:

@@ -72,7 +72,11 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
                          + "; pass --overwrite (or another --out) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg.method)
-    splits = _splits(cfg, progress)
+    splits, labels = _splits(cfg, progress)
+    if labels:
+        notes.append("class-conditional model (algorithms.md §15): the likelihood rows estimate "
+                     "log p(x | y) with each example's own class; samples cycle through the "
+                     "classes (sample i: class i mod model.classes)")
     report = {"checkpoint": ckpt_path, "preset": cfg.preset, "data": cfg.data.name,
               "method": cfg.method.name, "training_T": cfg.method.T,
               "protocol": {"name": s.protocol, "paper": PAPER_PROTOCOL,
@@ -84,7 +88,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     run = ReportWriter(out, report, log, t_start)
     run.save()
     try:
-        likelihood_rows(run, model, method, cfg, splits, metrics, s, progress)
+        likelihood_rows(run, model, method, cfg, splits, metrics, s, progress, labels)
         sample_rows(run, model, cfg, splits, metrics, s, progress)
         if "reversibility" in metrics:
             if not method.has_reversibility:
@@ -137,9 +141,13 @@ def _default_out(ckpt_path: str | None) -> Path:
     return run / "eval" / "report.json"
 
 
-def _splits(cfg, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Raw train / valid / test data of the model's data set (uint8 pixels or 2-D points)."""
-    from ..data import SPLITS, load_split
+def _splits(cfg, progress: bool = True
+            ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Raw train / valid / test data of the model's data set (uint8 pixels or 2-D points),
+    and for a class-conditional model their classes (else an empty dict)."""
+    from ..data import SPLITS, class_labels, load_split
 
-    return {s: torch.from_numpy(np.ascontiguousarray(load_split(cfg.data, s, progress=progress)
-                                                     .images)) for s in SPLITS}
+    raw = {s: load_split(cfg.data, s, progress=progress) for s in SPLITS}
+    splits = {s: torch.from_numpy(np.ascontiguousarray(r.images)) for s, r in raw.items()}
+    labels = ({s: class_labels(r, cfg, s) for s, r in raw.items()} if cfg.model.classes else {})
+    return splits, labels

@@ -47,8 +47,10 @@ def _likelihood_jobs(wanted: Sequence[str], s: EvalSettings) -> list[_Job]:
 
 
 def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: EvalSettings,
-                    progress: bool) -> None:
-    """The likelihood rows of Table 2 (algorithms.md §7), each repetition written as it ends."""
+                    progress: bool, labels=None) -> None:
+    """The likelihood rows of Table 2 (algorithms.md §7), each repetition written as it ends;
+    with ``labels`` ({split: classes}, a class-conditional model) rows of log p(x | y)."""
+    labels = labels or {}
     wanted = [m for m in metrics if m in LIKELIHOOD_METRICS]
     if wanted and not method.has_likelihood:
         run.skip(wanted, f"method {cfg.method.name!r} has no likelihood estimate")
@@ -64,7 +66,8 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
     report, final_var = run.report, None
     for job in _likelihood_jobs(wanted, s):
         if job.isotropic and final_var is None:
-            final_var = _isotropic_variance(run, model, method, splits, s, progress)
+            final_var = _isotropic_variance(run, model, method, splits, s, progress,
+                                            labels.get("valid"))
         data = head(splits[job.split], job.n)
         names = list(job.fill.values())
         ks = [c for c in (1, 10, 100, 1000, 10000) if c < job.k]
@@ -86,6 +89,8 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
                     e["same_draws_as"] = job.fill["is"]
                 if job.isotropic:
                     e["final_var_selection"] = report["isotropic_variance"]
+                if labels:
+                    e["conditional"] = "log p(x | y), y the example's class (algorithms.md §15)"
                 if estimate:
                     train_row = ", train" if job.split == "train" else ""
                     e["label"] = f"log-likelihood, ODE estimate{train_row} (nats)"
@@ -102,11 +107,12 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
                                     batch_size=s.batch_size,
                                     final_var=final_var if job.isotropic else None, ks=ks,
                                     progress=progress, on_repeat=publish,
-                                    desc=f"{' + '.join(names)} (k={job.k:,})")
+                                    desc=f"{' + '.join(names)} (k={job.k:,})",
+                                    labels=head(labels[job.split], job.n) if labels else None)
 
 
 def _isotropic_variance(run: ReportWriter, model, method, splits, s: EvalSettings,
-                        progress: bool) -> float:
+                        progress: bool, valid_labels=None) -> float:
     """The isotropic variant's one final variance, chosen on validation data (algorithms.md §7)."""
     valid = head(splits["valid"], s.iso_valid_examples)
     grid = lik.ISO_VAR_GRID
@@ -115,7 +121,9 @@ def _isotropic_variance(run: ReportWriter, model, method, splits, s: EvalSetting
                   timer="is-iso-variance"):
         best, table = lik.select_final_var(model, method, valid, grid, s.iso_valid_k,
                                            seed=s.seed + 5000, batch_size=s.batch_size,
-                                           progress=progress)
+                                           progress=progress,
+                                           labels=None if valid_labels is None
+                                           else head(valid_labels, s.iso_valid_examples))
         run.report["isotropic_variance"] = {
             "final_var": best, "grid": "logspace(-4, 0, 33)", "n_valid": len(valid),
             "k": s.iso_valid_k, "criterion": "the highest mean validation IS estimate",

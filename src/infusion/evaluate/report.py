@@ -121,9 +121,11 @@ def markdown(report: dict) -> str:
             how.append(f"the draws of {e['same_draws_as']}")
         if e.get("isotropic"):
             how.append(f"final variance {e['final_var']:.3g} (chosen on validation)")
-        rows.append((e.get("label", label), num(e["mean"]), num(e["stderr"]),
-                     num(e.get("spread")), "; ".join(h for h in how if h),
-                     num(paper.get(name), "{:g}")))
+        text, vs = e.get("label", label), num(paper.get(name), "{:g}")
+        if e.get("conditional"):  # log p(x | y): not the paper's log p(x)
+            text, vs = text.replace(" (nats)", " of log p(x | y) (nats)"), ""
+        rows.append((text, num(e["mean"]), num(e["stderr"]), num(e.get("spread")),
+                     "; ".join(h for h in how if h), vs))
     if "parzen" in m:
         e = m["parzen"]
         f = e["fixed_sigma"]
