@@ -29,6 +29,17 @@ def test_bench_counts_the_mlp_flops_exactly():
     assert r["train_example_steps_per_s"] == pytest.approx(B * T / r["train_step_s"])
 
 
+def test_bench_runs_a_class_conditional_model():
+    """The class embedding is a lookup: the same matmul FLOPs as the unconditional model."""
+    sets = ["model.hidden=16,8", "method.T=3"]
+    plain = config.override(config.preset("spiral"), sets)
+    cond = config.override(plain, ["model.classes=4"])
+    kw = {"steps": 1, "batch_size": 32, "min_seconds": 0.05, "matmul_n": 256}
+    r = bench(cond, torch.device("cpu"), **kw)
+    assert r["flops_per_train_step"] == bench(plain, torch.device("cpu"), **kw)["flops_per_train_step"]
+    assert r["sample_images_per_s"] > 0
+
+
 def test_matmul_peak_is_a_rate():
     assert 1e8 < matmul_peak(torch.device("cpu"), n=256, min_seconds=0.05) < 1e14
 

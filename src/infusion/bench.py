@@ -94,6 +94,9 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
         return to_model_space(raw, g)
 
     model.prior.fit(batch(), cfg.model.prior_var_floor)
+    classes = None  # a class-conditional model: random classes (algorithms.md §15)
+    if model.classes:
+        classes = torch.randint(0, model.classes, (B,), generator=g, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     if cfg.train.compile:
@@ -103,7 +106,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
 
     def train_step() -> None:
         with autocast():
-            loss = method.loss(model, batch(), g).mean()
+            loss = method.loss(model.given(classes), batch(), g).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,7 +127,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
     ex_steps = B * T / step_s
 
     # algorithms.md §6 statistics from the synthetic batch, so the sampler runs as it does after training
-    compute_step_statistics(model, method, Data(raw, raw, shape, pixels), B)
+    compute_step_statistics(model, method, Data(raw, raw, shape, pixels, classes, classes), B)
     model.eval()
     n = sample_n or B
     steps_sample = cfg.sample.steps or T
