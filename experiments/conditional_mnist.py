@@ -82,8 +82,15 @@ def main(argv=None) -> None:
     p.add_argument("--uncond", required=True, help="an unconditional run of the same budget")
     p.add_argument("--out", required=True)
     p.add_argument("--per-class", type=int, default=500, help="samples per class")
-    p.add_argument("--examples", type=int, default=200, help="test images for likelihoods")
+    p.add_argument("--examples", type=int, default=200,
+                   help="test images for likelihoods (0: skip them)")
+    p.add_argument("--sweep", default="", help="also read conditional samples and score both "
+                   "models' at these sampling steps, e.g. 10,15,25,40,80")
     p.add_argument("--k", type=int, default=100, help="IS draws per image and class")
+    p.add_argument("--cond-steps", type=int, default=0,
+                   help="sampling steps of the conditional model (default: its run's)")
+    p.add_argument("--uncond-steps", type=int, default=0,
+                   help="sampling steps of the unconditional model (default: its run's)")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,9 +107,12 @@ def main(argv=None) -> None:
     n = a.per_class
     t0 = time.time()
     asked = torch.arange(CLASSES).repeat_interleave(n)
-    cs = sample_chain(cond, CLASSES * n, seeds=[i for _ in range(CLASSES) for i in range(n)],
+    res["steps"] = {"cond": a.cond_steps or cond.sample_steps or cond.T,
+                    "uncond": a.uncond_steps or unc.sample_steps or unc.T}
+    cs = sample_chain(cond, CLASSES * n, res["steps"]["cond"],
+                      seeds=[i for _ in range(CLASSES) for i in range(n)],
                       labels=asked).means.clamp(0, 1)
-    us = sample_chain(unc, CLASSES * n, seed=0).means.clamp(0, 1)
+    us = sample_chain(unc, CLASSES * n, res["steps"]["uncond"], seed=0).means.clamp(0, 1)
     res["sample_seconds"] = time.time() - t0
     save_grid(out / "samples_by_class.png", cs.reshape(CLASSES, n, 1, 28, 28)[:, :10]
               .reshape(-1, 1, 28, 28), 10)
@@ -127,7 +137,27 @@ def main(argv=None) -> None:
     res["unconditional_class_fractions"] = [float((unc_read == c).float().mean())
                                             for c in range(CLASSES)]
 
-    # ---- likelihoods: log p(x | y) for every y, the model's marginal, the unconditional IS
+    # ---- the project's readings against the number of sampling steps
+    res["sweep"] = {}
+    for steps in [int(s) for s in a.sweep.split(",") if s]:
+        c = sample_chain(cond, CLASSES * n, steps, seeds=[i for _ in range(CLASSES)
+                                                          for i in range(n)], labels=asked)
+        u = sample_chain(unc, CLASSES * n, steps, seed=0)
+        cm, um = c.means.clamp(0, 1), u.means.clamp(0, 1)
+        res["sweep"][steps] = {
+            "read_as_asked": float((cnn.logits(cm).argmax(1) == asked).float().mean()),
+            "frechet_conditional": frechet_distance(cnn.features(cm), ft),
+            "frechet_unconditional": frechet_distance(cnn.features(um), ft)}
+    if a.examples:
+        likelihoods(res, a, cond, ccfg, unc, ucfg, train, test, test_y)
+    res["seconds"] = time.time() - t_all
+    (out / "conditional_mnist.json").write_text(json.dumps(res, indent=2))
+    (out / "conditional_mnist.md").write_text(table(res))
+    print(table(res))
+
+
+def likelihoods(res, a, cond, ccfg, unc, ucfg, train, test, test_y) -> None:
+    """log p(x | y) for every y, the model's marginal over y, the unconditional IS."""
     t0 = time.time()
     x, y = torch.from_numpy(test.images[: a.examples]), test_y[: a.examples]
     method = build_method(ccfg.method)
@@ -152,10 +182,6 @@ def main(argv=None) -> None:
                                            "stderr": se(true - unc_is)},
         "generative classifier accuracy": float((joint.argmax(1) == y.numpy()).mean()),
     }
-    res["seconds"] = time.time() - t_all
-    (out / "conditional_mnist.json").write_text(json.dumps(res, indent=2))
-    (out / "conditional_mnist.md").write_text(table(res))
-    print(table(res))
 
 
 def table(r: dict) -> str:
@@ -166,17 +192,25 @@ def table(r: dict) -> str:
                     + f" | **{100 * v['all']:.1f}** | {v['classes_present']} |")
     lines = [(f"Samples read as the class asked for, % ({r['per_class']} per class; the 3-NN "
              f"reader's test accuracy {100 * r['knn_test_accuracy']:.2f}%):"), "", *rows, "",
-             (f"Classifier Fréchet distance: conditional {r['frechet']['conditional']:.2f}, "
-             f"unconditional {r['frechet']['unconditional']:.2f} (same budget)."), "",
-             f"Likelihoods, {r['examples']} test images, k = {r['k']} (nats):", "",
-             "| estimate | mean | ± |", "|---|---|---|"]
-    for name, v in r["likelihood"].items():
-        if isinstance(v, dict):
-            lines.append(f"| {name} | {v['mean']:.2f} | {v['stderr']:.2f} |")
-    lines += ["", (f"Generative classifier (argmax_y p(x|y)p(y)) accuracy: "
-              f"{100 * r['likelihood']['generative classifier accuracy']:.1f}%"),
-              (f"Seconds: {r['seconds']:.0f} (sampling {r['sample_seconds']:.0f}, likelihoods "
-              f"{r['likelihood_seconds']:.0f}); {r['threads']} threads."), ""]
+             (f"Classifier Fréchet distance: conditional {r['frechet']['conditional']:.2f} "
+              f"({r['steps']['cond']} steps), unconditional "
+              f"{r['frechet']['unconditional']:.2f} ({r['steps']['uncond']} steps; the same "
+              "training budget)."), "",
+             ]
+    if r["sweep"]:
+        lines += [("| steps | read as asked (mnist-cnn) | Fréchet, conditional | Fréchet, "
+                  "unconditional |"), "|---|---|---|---|"]
+        lines += [f"| {s} | {100 * v['read_as_asked']:.1f}% | {v['frechet_conditional']:.1f} | "
+                  f"{v['frechet_unconditional']:.1f} |" for s, v in r["sweep"].items()] + [""]
+    if "likelihood" in r:
+        lines += [f"Likelihoods, {r['examples']} test images, k = {r['k']} (nats):", "",
+                  "| estimate | mean | ± |", "|---|---|---|"]
+        lines += [f"| {name} | {v['mean']:.2f} | {v['stderr']:.2f} |"
+                  for name, v in r["likelihood"].items() if isinstance(v, dict)]
+        lines += ["", (f"Generative classifier (argmax_y p(x|y)p(y)) accuracy: "
+                       f"{100 * r['likelihood']['generative classifier accuracy']:.1f}%")]
+    lines += [(f"Seconds: {r['seconds']:.0f} (sampling {r['sample_seconds']:.0f}); "
+              f"{r['threads']} threads."), ""]
     return "\n".join(lines)
 
 

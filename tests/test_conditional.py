@@ -177,6 +177,12 @@ def test_mnist_conditional_training_and_cli(tiny_mnist, tmp_path, capsys):
         sample_chain(model, 2, labels=[0, 10])
     cfg_json = json.loads((run / "config.json").read_text())
     assert cfg_json["model"]["classes"] == 10
+    from infusion.paper_figures import make_figures
+
+    done = make_figures(run, n=4, log=lambda s: None)  # chains and curves with each target's class
+    for name in ("fig1_sampling_chains", "fig4_nearest_neighbours",
+                 "fig7_constant_vs_increasing", "likelihood_vs_k"):
+        assert not str(done[name]).startswith("skipped"), (name, done[name])
 
 
 def test_conditional_needs_labelled_data(tmp_path):

@@ -187,11 +187,13 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
     attempt("fig4_nearest_neighbours", lambda: _fig4(out, run, data, cfg))
     g = torch.Generator(device=data.valid.device).manual_seed(seed)
     targets = data.model_space(data.valid[:n], g)
+    given = model.given(data.labels("valid", slice(0, n)))  # a conditional model: their classes
     attempt("fig7_constant_vs_increasing", lambda: chain_panels(
         out / "fig7_constant_vs_increasing.png",
-        constant_vs_increasing_chains(model, cfg, targets, seed)))
+        constant_vs_increasing_chains(given, cfg, targets, seed)))
     attempt("likelihood_vs_k", lambda: likelihood_vs_k(
-        out / "likelihood_vs_k.png", model, cfg, data.valid[:LIKELIHOOD_EXAMPLES], seed=seed))
+        out / "likelihood_vs_k.png", model, cfg, data.valid[:LIKELIHOOD_EXAMPLES], seed=seed,
+        labels=data.labels("valid", slice(0, LIKELIHOOD_EXAMPLES))))
     attempt("reversibility", lambda: reversibility_figure(
         out / "reversibility.png", model, cfg, seed=seed))
     return done
@@ -201,10 +203,11 @@ LIKELIHOOD_EXAMPLES = 200  # validation examples of the likelihood-against-k fig
 
 
 def likelihood_vs_k(path: str | Path, model, cfg: Config, raw: torch.Tensor, k_max: int = 64,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, labels: torch.Tensor | None = None) -> Path:
     """The IS estimate (algorithms.md §7) on ``raw`` validation data against the number of draws k, and
     the stochastic lower bound (the mean single-draw ℓ), through ``likelihood.estimate_likelihood``.
-    The estimate rises with k towards log p(x); how far it rises shows how loose the bound is."""
+    The estimate rises with k towards log p(x); how far it rises shows how loose the bound is.
+    ``labels``: the examples' classes, for a class-conditional model (log p(x | y))."""
     from .likelihood import estimate_likelihood
     from .methods import build_method
 
@@ -212,7 +215,8 @@ def likelihood_vs_k(path: str | Path, model, cfg: Config, raw: torch.Tensor, k_m
     if not method.has_likelihood or method.likelihood != "bound":
         raise InputError(f"method {cfg.method.name!r} has no bound and IS estimate to draw")
     ks = [2**i for i in range(int(np.log2(k_max)))]
-    est = estimate_likelihood(model, method, raw, k_max, seed=seed, ks=ks)
+    est = estimate_likelihood(model, method, raw, k_max, seed=seed, ks=ks,
+                              labels=None if labels is None else labels.cpu())
     ks.append(k_max)
     curve = [est[f"is@{c}"].mean for c in ks[:-1]] + [est["is"].mean]
     return figures.save_line_plot(

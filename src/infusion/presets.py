@@ -36,12 +36,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "mnist-cond": {
         "about": "class-conditional MNIST (algorithms.md §15): the mnist-demo network with a "
-                 "class embedding, 10 minutes on 2 CPU cores; infusion sample --classes 0-9",
+                 "class embedding, 8 minutes of training on a CPU; infusion sample --classes 0-9",
         "model": {"hidden": (1024, 1024), "classes": 10},
         "method": {"T": 10, "infusion": {"alpha0": 0.02, "omega": 0.02}},
         "train": {"epochs": 8, "batch_size": 256, "patience": 0, "max_minutes": 8.0,
                   "valid_examples": 2000},
-        "sample": {"steps": 25},
+        # T' = T: on a 3-epoch run (README) the project's classifier read 98.1% of 2,000
+        # samples as their class at 10 steps, 95.8% at 15, 90.7% at 25, 84.5% at 80
+        "sample": {"steps": 10},
     },
     "cifar10": {
         "about": "CIFAR-10 (paper §4): Salimans et al.'s generator (fc, 3 transposed convs), "
