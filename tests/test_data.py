@@ -9,14 +9,13 @@ import os
 import pickle
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from infusion import data
-from infusion.config import DataConfig
+from infusion.config import Config, DataConfig
 from infusion.data import DataError, fetch, mnist
 
 from .fake_images import serve
@@ -385,13 +384,13 @@ def test_shape_of_reads_nothing(tmp_path):
 
 
 def test_load_data_pixels_and_points(tiny_mnist):
-    d = data.load_data(SimpleNamespace(data=DataConfig(name="mnist", n_train=8)))
+    d = data.load_data(Config(data=DataConfig(name="mnist", n_train=8)))
     assert d.pixels and d.shape == (1, 28, 28) and d.train.dtype == torch.uint8
     assert len(d.train) == 8 and len(d.valid) == 32
     x = d.model_space(d.train, torch.Generator().manual_seed(0))
     k = d.train.reshape(8, -1).float()
     assert x.shape == (8, 784) and bool((x >= k / 256).all()) and bool((x < (k + 1) / 256).all())
-    pts = data.load_data(SimpleNamespace(data=DataConfig(name="circle", toy_size=40)))
+    pts = data.load_data(Config(data=DataConfig(name="circle", toy_size=40)))
     assert not pts.pixels and pts.shape == (2,) and pts.train.dtype == torch.float32
     assert torch.equal(pts.model_space(pts.train, None), pts.train)
 

@@ -24,6 +24,7 @@ from .config import Config
 from .data import TOYS, shape_of, to_model_space
 from .ema import EMA
 from .methods import build_method
+from .operator import given
 from .sampler import sample_chain
 
 # Training-set sizes (algorithms.md §1 and :mod:`infusion.data`) for the full-run estimate.
@@ -106,7 +107,7 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
 
     def train_step() -> None:
         with autocast():
-            loss = method.loss(model.given(classes), batch(), g).mean()
+            loss = method.loss(given(model, classes), batch(), g).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .nets import step_norms
+from .operator import given
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class LossModule(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None,
                 y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.method.loss(self.model.given(y), x, generator)
+        return self.method.loss(given(self.model, y), x, generator)
 
 
 class DataParallelLoss:

@@ -23,6 +23,7 @@ import torch
 
 from .data import to_model_space
 from .errors import InputError
+from .operator import given
 
 # The isotropic final variance s² (algorithms.md §7, Table 2 "+ isotropic"): logspace(-4, 0, 33),
 # eight values a decade from the operator's variance floor ε = 1e-4 to 1 (the whole pixel range
@@ -78,8 +79,8 @@ def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.G
             for j in range(0, k, draws):
                 kk = min(draws, k - j)
                 rows = xs.repeat_interleave(kk, 0)  # (b·kk, d): example i's draws are adjacent
-                given = model.given(None if ys is None else ys.repeat_interleave(kk, 0))
-                lw = method.log_weight(given, rows, generator, **kw)
+                conditioned = given(model, None if ys is None else ys.repeat_interleave(kk, 0))
+                lw = method.log_weight(conditioned, rows, generator, **kw)
                 if on_rows is not None:
                     on_rows(len(rows))
                 yield lo, lw.reshape(len(xs), kk).double().cpu()

@@ -135,6 +135,13 @@ class GaussianChainModel(ChainModel):
         return torch.sigmoid(a_mu), self.beta * torch.sigmoid(a_sigma) + self.eps
 
 
+def given(model, y: torch.Tensor | None):
+    """``model`` with the classes ``y`` of a batch fixed (:meth:`ChainModel.given`), or
+    ``model`` itself when ``y`` is None: an unconditional model's batches, or any object with
+    the chain's surface (tests' analytic chains)."""
+    return model if y is None else model.given(y)
+
+
 class Given:
     """A class-conditional :class:`ChainModel` with the classes ``y`` of one batch fixed
     (:meth:`ChainModel.given`): calls pass y on, everything else is the model's own. The prior

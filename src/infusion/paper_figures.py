@@ -30,7 +30,7 @@ from . import figures
 from .config import Config
 from .errors import InputError
 from .methods.infusion import infusion_rates
-from .operator import ChainModel
+from .operator import ChainModel, given
 from .sampler import sample_chain
 
 
@@ -187,10 +187,10 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
     attempt("fig4_nearest_neighbours", lambda: _fig4(out, run, data, cfg))
     g = torch.Generator(device=data.valid.device).manual_seed(seed)
     targets = data.model_space(data.valid[:n], g)
-    given = model.given(data.labels("valid", slice(0, n)))  # a conditional model: their classes
+    conditioned = given(model, data.labels("valid", slice(0, n)))  # a conditional model: their classes
     attempt("fig7_constant_vs_increasing", lambda: chain_panels(
         out / "fig7_constant_vs_increasing.png",
-        constant_vs_increasing_chains(given, cfg, targets, seed)))
+        constant_vs_increasing_chains(conditioned, cfg, targets, seed)))
     attempt("likelihood_vs_k", lambda: likelihood_vs_k(
         out / "likelihood_vs_k.png", model, cfg, data.valid[:LIKELIHOOD_EXAMPLES], seed=seed,
         labels=data.labels("valid", slice(0, LIKELIHOOD_EXAMPLES))))

@@ -16,7 +16,7 @@ from .config import Config
 from .errors import InputError
 from .methods import Method, build_method
 from .nets import step_norms
-from .operator import ChainModel
+from .operator import ChainModel, given
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -89,7 +89,7 @@ def compute_step_statistics(model: ChainModel, method: Method, data, batch_size:
         for idx in tqdm(batches(len(data.train), batch_size), total=total, leave=False,
                         desc="batch-norm statistics (algorithms.md §6)", disable=not progress):
             y = data.labels("train", idx)  # a class-conditional model's classes (§15)
-            method.loss(model.given(y), data.model_space(data.train[idx], g), g)
+            method.loss(given(model, y), data.model_space(data.train[idx], g), g)
     except BaseException:
         for n in norms:
             n.collecting = False

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-from .operator import ChainModel
+from .operator import ChainModel, given
 
 Noise = Callable[[], torch.Tensor]  # each call: the next (B, d) block of standard normals
 Callback = Callable[[dict], None]  # called with {"t", "z", "mean"} after z(0) and every step
@@ -149,8 +149,8 @@ def sample_chain(
                     callback({**info, "batch": lo})
 
             z0 = None if start is None else start[idx].to(device=device, dtype=torch.float32)
-            given = chain.given(None if labels is None else labels[idx].to(device))
-            out = run_chain(given, PerSampleNoise(seeds[idx], chain.d, device), steps, start=z0,
+            conditioned = given(chain, None if labels is None else labels[idx].to(device))
+            out = run_chain(conditioned, PerSampleNoise(seeds[idx], chain.d, device), steps, start=z0,
                             clamp=_clamp_rows(clamp, idx, chain.d, device), callback=report)
             outs.append(tuple(o.float().cpu() for o in out))
             if return_trajectory:

@@ -13,7 +13,7 @@ from .config import Config
 from .data import Data
 from .io import save_npz
 from .methods import Method
-from .operator import ChainModel
+from .operator import ChainModel, given
 from .runtime import batches
 
 
@@ -42,7 +42,7 @@ def validate(model: ChainModel, method: Method, data: Data, cfg: Config) -> dict
         total, count = 0.0, 0
         for idx in batches(count_max, cfg.train.batch_size):
             y = data.labels(which, idx)  # log p(x | y) for a class-conditional model (§15)
-            total += float(fn(model.given(y), data.model_space(split[idx], g), g).sum())
+            total += float(fn(given(model, y), data.model_space(split[idx], g), g).sum())
             count += len(idx)
         out[name] = total / count
     return out
@@ -69,7 +69,7 @@ def record_infusion_chains(model: ChainModel, method: Method, data: Data, cfg: C
     try:
         x = data.model_space(data.valid[:n_batch], g)
         y = data.labels("valid", slice(0, n_batch))
-        states = method.infusion_chain(model.given(y), x, g)
+        states = method.infusion_chain(given(model, y), x, g)
     finally:
         model.train(was_training)
     chain = torch.stack([s[:k] for s in states]).float().cpu().numpy()
