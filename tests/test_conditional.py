@@ -188,3 +188,25 @@ def test_mnist_conditional_training_and_cli(tiny_mnist, tmp_path, capsys):
 def test_conditional_needs_labelled_data(tmp_path):
     with pytest.raises(DataError, match="needs labelled data"):
         train(tiny_config(model={"classes": 2}, train={"epochs": 1}), tmp_path / "r", **QUIET)
+
+
+def test_fit_reads_the_classes_an_npz_holds(tmp_path):
+    """``infusion train --data file.npz`` with train_x/train_y … (or x and y) trains a
+    class-conditional model and evaluates log p(x | y) on the file's own test split."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((120, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    quick = ["train.epochs=1", "train.batch_size=32", "model.hidden=16,16", "method.T=3"]
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    res = infusion.fit(tmp_path / "xy.npz", run_dir=tmp_path / "a", overrides=quick, **QUIET)
+    assert res.model.classes == 2
+    np.savez(tmp_path / "split.npz", train_x=x[:80], train_y=y[:80], valid_x=x[80:100],
+             valid_y=y[80:100], test_x=x[100:], test_y=y[100:])
+    res = infusion.fit(tmp_path / "split.npz", run_dir=tmp_path / "b", overrides=quick, **QUIET)
+    small = ev.EvalSettings(lb_examples=20, is_examples=20, is_k=4)
+    report = ev.evaluate(res.checkpoint, "lb", tmp_path / "r.json", small, **QUIET)
+    assert report["metrics"]["lb"]["n"] == 20 and "conditional" in report["metrics"]["lb"]
+    np.savez(tmp_path / "notest.npz", train_x=x[:80], train_y=y[:80], valid_x=x[80:100],
+             valid_y=y[80:100], test_x=x[100:])
+    with pytest.raises(InputError, match="test examples need their classes"):
+        infusion.fit(tmp_path / "notest.npz", run_dir=tmp_path / "c", overrides=quick, **QUIET)

@@ -85,7 +85,8 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
 
     ``labels`` (and ``valid_labels`` with ``valid``): one integer class 0…K-1 per example,
     for a class-conditional model (algorithms.md §15; ``model.classes`` = K, the largest class
-    + 1, unless the preset or an override sets it); stored beside the arrays.
+    + 1, unless the preset or an override sets it); stored beside the arrays. An ``.npz``
+    with ``y`` or ``train_y`` (``valid_y``, ``test_y``) brings its own.
 
     ``preset`` (a name or a :class:`Config`) gives the network, method and training settings;
     without one, the defaults (the paper's: T = 15, Adam 1e-3, batch 512, early stopping)
@@ -122,7 +123,16 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
         splits, ys, run_dir = None, {}, Path(run_dir or Path("runs") / folder.name)
     else:
         splits, name, split_off = _array_splits(data, valid)
+        in_file = {}  # the classes a .npz holds beside its examples
+        if labels is None and valid_labels is None and isinstance(data, (str, os.PathLike)):
+            in_file = arrays_mod.read_labels(Path(data).expanduser())
+            labels, valid_labels = in_file.get("train"), in_file.get("valid")
         ys = _labels(splits, labels, valid_labels, split_off)
+        if ys and "test" in splits:  # a file's test split: evaluate scores log p(x | y) on it
+            if len(in_file.get("test", ())) != len(splits["test"]):
+                raise InputError(f"{str(data)!r}: its test examples need their classes too "
+                                 f"(test_y, {len(splits['test'])} integers)")
+            ys["test"] = _classes(in_file["test"], "test")
         if ys and not base.model.classes:
             base = replace(base, model=replace(base.model, classes=int(ys["train"].max()) + 1))
         file_name = arrays_mod.file_name(splits, ys)  # arrays-<hash of the data>.npz
@@ -211,13 +221,7 @@ def _labels(splits: dict[str, np.ndarray], labels: Any, valid_labels: Any, split
             raise InputError("valid_labels= needs labels= for the training data too")
         return {}
     given = {"train": labels} | ({} if valid_labels is None else {"valid": valid_labels})
-    ys = {}
-    for s, y in given.items():
-        y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
-        if y.ndim != 1 or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
-            raise InputError(f"{s} labels: expected one integer class >= 0 per example, got "
-                             f"{y.dtype} of shape {y.shape}")
-        ys[s] = y.astype(np.int64)
+    ys = {s: _classes(y, s) for s, y in given.items()}
     if split_off == (valid_labels is not None):
         raise InputError("valid_labels= goes with valid= (the validation examples' classes)"
                          if split_off else "valid_labels=: needed with a validation split")
@@ -230,6 +234,15 @@ def _labels(splits: dict[str, np.ndarray], labels: Any, valid_labels: Any, split
         raise InputError(f"valid_labels: {len(ys['valid'])} classes for "
                          f"{len(splits['valid'])} validation examples")
     return ys
+
+
+def _classes(y: Any, split: str) -> np.ndarray:
+    """One split's classes as int64, checked: one integer >= 0 per example."""
+    y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
+    if y.ndim != 1 or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+        raise InputError(f"{split} labels: expected one integer class >= 0 per example, got "
+                         f"{y.dtype} of shape {y.shape}")
+    return y.astype(np.int64)
 
 
 def _examples_of(x: Any, what: str) -> Any:

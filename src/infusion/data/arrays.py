@@ -131,7 +131,8 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
     """A ``.npy`` (the training examples) or ``.npz`` file -> ``{"train": …, "valid": …,
     "test": …}`` (the last two where the file has them). An ``.npz`` holds ``train`` (and
     ``valid``, ``test``), or ``train_x`` … as a run's own data file does, or ``x``, or one
-    array only. Pickled objects are never loaded."""
+    array only — beside classes (``train_y`` …, or ``y``; :func:`read_labels`). Pickled
+    objects are never loaded."""
     if path.suffix.lower() not in ARRAY_SUFFIXES:
         raise InputError(f"{str(path)!r}: expected a .npy or .npz file or a folder of images, "
                          f"not a {path.suffix or 'suffix-less'} file")
@@ -148,8 +149,24 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
                 return {s: _member(z, k, path) for s, k in zip(SPLITS, names) if k in keys}
         if "x" in keys or len(keys) == 1:
             return {"train": _member(z, "x" if "x" in keys else keys[0], path)}
+        if "train_x" not in keys and "train" not in keys and "y" in keys and len(keys) == 2:
+            x_key = next(k for k in keys if k != "y")  # one array of examples and its classes
+            return {"train": _member(z, x_key, path)}
     raise InputError(f"{str(path)!r} holds arrays {keys}; expected 'train' (with 'valid' and "
                      "'test' if you have them), or 'x', or a single array")
+
+
+def read_labels(path: Path) -> dict[str, np.ndarray]:
+    """The classes an ``.npz`` file holds beside its examples (algorithms.md §15):
+    ``train_y`` (and ``valid_y``, ``test_y``), or ``y`` for the training examples; {} for a
+    ``.npy`` or a file without them."""
+    if path.suffix.lower() != ".npz":
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.files)
+        if "y" in keys and "train_y" not in keys:
+            return {"train": _member(z, "y", path)}
+        return {s: _member(z, f"{s}_y", path) for s in SPLITS if f"{s}_y" in keys}
 
 
 def _member(z, key: str, path: Path) -> np.ndarray:
