@@ -269,7 +269,8 @@ class _Run:
         valid_seconds = scores.pop("valid_seconds")
         rate = len(self.data.train) * self.cfg.method.T / max(seconds, 1e-9)
         row = {"epoch": self.state.epoch, "step": self.state.step, "train_loss": train_loss,
-               **scores, "lr": self.opt.param_groups[0]["lr"], "example_steps_per_s": rate, "epoch_seconds": seconds,
+               **scores, "lr": self.opt.param_groups[0]["lr"], "example_steps_per_s": rate,
+               "epoch_seconds": seconds,
                "valid_seconds": valid_seconds, "seconds": self.state.seconds}
         self.state.history.append(row)
         return row
