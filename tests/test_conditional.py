@@ -148,11 +148,12 @@ def test_fit_label_errors(tmp_path):
 def test_mnist_conditional_training_and_cli(tiny_mnist, tmp_path, capsys):
     cfg = config.override(config.preset("mnist-cond"), [
         "model.hidden=32,32", "train.epochs=1", "train.batch_size=16", "train.valid_examples=16",
-        "sample.n=4", "sample.chains=2"])
+        "sample.n=4", "sample.chains=2", "train.sample_every=1"])
     run = tmp_path / "run"
     train(cfg, run, **QUIET)
     model, _ = checkpoint.load_model(run)
     assert model.classes == 10
+    assert (run / "samples" / "epoch-0001.png").exists()  # the preview grid, given classes
     out = tmp_path / "s.npz"
     main(["sample", "--checkpoint", str(run), "--classes", "3-5", "--n", "2", "--out", str(out),
           "--png-dir", str(tmp_path / "png")])

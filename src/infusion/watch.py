@@ -57,7 +57,9 @@ def sample_preview(model: ChainModel, method: Method, data: Data, cfg: Config, r
                    epoch: int) -> Path:
     """Draw the preview grid ``samples/epoch-NNNN.png`` (see the module docstring)."""
     preview = copy.deepcopy(model)
-    subset = dataclasses.replace(data, train=data.train[:PREVIEW_STATS_EXAMPLES])
+    n = PREVIEW_STATS_EXAMPLES
+    subset = dataclasses.replace(data, train=data.train[:n], train_labels=None if
+                                 data.train_labels is None else data.train_labels[:n])
     compute_step_statistics(preview, method, subset, cfg.train.batch_size, cfg.train.seed + 5)
     means = sample_chain(preview, cfg.sample.n, cfg.sample_steps, seed=cfg.sample.seed,
                          sampler=cfg.sample.sampler, eta=cfg.sample.eta).means
