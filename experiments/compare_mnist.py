@@ -1,76 +1,175 @@
-"""Infusion versus diffusion on MNIST — the comparison the infusion paper makes (algorithms.md §10, §13):
-sample quality against the number of sampling steps, with walkback and GSN as further rows.
+"""Infusion against diffusion, flow matching, walkback and GSN on MNIST, at equal training
+compute (algorithms.md §10, §13, §14): sample quality against the number of sampling steps, and
+the likelihood each method can estimate.
 
-Every method is trained by the shared trainer on the same network (``--hidden``), the same
-data and the same budget (``--epochs`` and ``--minutes`` per method, no early stopping), from
-its preset (``mnist``, ``mnist-diffusion``, ``mnist-walkback``, ``mnist-gsn``). Then each is
-sampled by the shared sampler at several step counts — diffusion respaced to 5, 10, 15, 30,
-100 and 1000 steps, infusion at T and 2T (the paper's 15 and 30), walkback at its cooling
-steps plus extra temperature-1 steps, GSN with a long chain — and scored on the final means by
+**Budget.** Every method trains the same network body (``--hidden``, the paper's 2×1200 MLP by
+default) from its preset (``mnist``, ``mnist-diffusion``, ``mnist-flow``, ``mnist-walkback``,
+``mnist-gsn``) for the same number of *training FLOPs* (``--budget``: matmuls and convolutions,
+forward and backward, as ``infusion bench`` counts them). A method's FLOPs and network passes
+per example and Adam step are counted on a throwaway model (infusion: T = 15 passes, one per
+chain step; diffusion and the flow: 1; walkback and GSN: their chain lengths), and its run stops
+at ``train.max_steps`` = budget / (batch × FLOPs per example). The measure does not depend on
+the machine or its load; the wall time is reported beside it. No validation pass, no early
+stopping: the last weights are scored.
 
-* the Fréchet distance of the project's MNIST classifier features against test images
-  (``infusion.metrics``, extractor ``mnist-cnn``; lower is better), and
-* the Parzen-window test log-likelihood, σ chosen on validation data (algorithms.md §8;
-  ``infusion.likelihood``; nats, higher is better).
+**Rows.** Each model is sampled by the shared sampler at the step counts ``--steps`` it can run:
+infusion, walkback and GSN from their training T up (longer chains reuse the last step),
+diffusion with its ancestral chain (respaced), DDIM (η = 0) and DPM-Solver++ (2M), the
+flow with Euler and Heun. Each row is scored on the final means against test images by the
+project's MNIST classifier (Fréchet distance, precision / recall: ``infusion.metrics``) and by
+the Parzen-window log-likelihood with σ chosen on validation images (algorithms.md §8). NFE:
+network evaluations per sample.
 
-Writes ``compare_mnist.md``, ``compare_mnist.json`` and ``compare_mnist.png`` (quality against
-steps) into ``--out``. The paper's budget:
+**Likelihoods** (per model, ``--lik-examples`` test digits): infusion's and walkback's lower
+bound and IS estimate from the same k draws (algorithms.md §7), diffusion's bound (k = 1), the
+flow's probability-flow ODE estimate (algorithms.md §14); GSN has none.
 
-    python experiments/compare_mnist.py --out runs/compare_mnist            # GPU: hours
+**Reference** (``--reference``): diffusers' own ``UNet2DModel`` + ``DDPMScheduler``, trained for
+the same training FLOPs (``experiments/diffusers_mnist.py``), sampled with its
+DPM-Solver++ scheduler.
 
-A reduced budget that runs on a 2-core CPU (numbers not comparable with the paper's):
+Writes ``compare_mnist.md``, ``compare_mnist.json`` and ``compare_mnist.png`` into ``--out``;
+finished runs in ``--out/runs`` are reused. The full budget (GPU):
 
-    OMP_NUM_THREADS=1 python experiments/compare_mnist.py --reduced --out runs/compare_mnist_cpu
+    python experiments/compare_mnist.py --reference --out runs/compare_mnist
+
+A reduced budget for a 2-core CPU (numbers not comparable with the paper's):
+
+    python experiments/compare_mnist.py --reduced --reference --out runs/compare_mnist_cpu
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))  # diffusers_mnist beside this file
+
 from infusion import config, train
 from infusion.checkpoint import load_model
 from infusion.data import load_mnist, to_unit
+from infusion.likelihood import estimate_likelihood
+from infusion.methods import build_method
+from infusion.metrics import get_extractor, sample_quality
 from infusion.parzen import parzen_estimate
 from infusion.runtime import resolve_device
 from infusion.sampler import sample_chain
 
-PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "walkback": "mnist-walkback",
-           "gsn": "mnist-gsn"}
-DIFFUSION_STEPS = (5, 10, 15, 30, 100, 1000)
-# The CPU budget: 8 minutes of training per method on all 50,000 digits, a 2 × 512 MLP.
-REDUCED = {"hidden": "512,512", "epochs": 200, "minutes": 8.0, "n_train": 0, "samples": 1000,
-           "test": 1000, "valid": 1000, "diffusion_T": 1000}
+PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "flow": "mnist-flow",
+           "walkback": "mnist-walkback", "gsn": "mnist-gsn"}
+SAMPLERS = {"diffusion": ("ancestral", "ddim", "dpm++2m"), "flow": ("euler", "heun")}
+STEPS = (1, 2, 5, 10, 15, 30, 100, 1000)
+# One infusion epoch of the 2×1200 network: 50,000 digits × 15 passes × 23.7 MFLOP (measured).
+INFUSION_EPOCH = 50_000 * 15 * 23.69e6
+# The full budget: 200 infusion epochs (about 3,000 of diffusion or the flow).
+FULL_BUDGET = 200 * INFUSION_EPOCH
+# A 2-core CPU: two infusion epochs, about 12 minutes a method at 50 GFLOP/s; chains and
+# solvers up to 100 steps (diffusion's ancestral chain up to its T = 1000), the diffusers
+# UNet (1.1 GFLOP an example, 47 times the MLP) up to 30.
+REDUCED = {"budget": 2 * INFUSION_EPOCH, "samples": 500, "test": 1000, "valid": 1000,
+           "lik_examples": 200, "lik_k": 100, "chain_max": 100, "reference_max": 30}
 
-# No validation pass during training (the last epoch's weights are used): the budget is the
-# same wall time for every method, and diffusion's bound, walking all T = 1000 steps, would
-# otherwise take more of it than its training epochs (measured: 60% of 8 minutes).
-LOGGED_VALID = 0
+
+def training_cost(cfg: config.Config, draws: int = 16, n: int = 32) -> tuple[float, float]:
+    """Network passes and FLOPs per training example of one Adam step of ``cfg``'s method: a
+    forward hook on a throwaway model's network counts the rows of ``draws`` losses and
+    :class:`~torch.utils.flop_counter.FlopCounterMode` their FLOPs, forward and backward
+    (matmuls and convolutions). Walkback draws its chain length per minibatch and runs its
+    heating chain without gradients: the mean over draws."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    method = build_method(cfg.method)
+    model = method.build_model((1, 28, 28), cfg.model).train()
+    rows = 0
+
+    def count(module, args, out) -> None:
+        nonlocal rows
+        rows += args[0].shape[0]
+
+    hook = model.net.register_forward_hook(count)
+    g, counter = torch.Generator().manual_seed(0), FlopCounterMode(display=False)
+    try:
+        with counter:
+            for _ in range(draws):
+                method.loss(model, torch.rand(n, 784, generator=g), g).mean().backward()
+    finally:
+        hook.remove()
+    return rows / (draws * n), counter.get_total_flops() / (draws * n)
 
 
-def step_counts(method: str, cfg: config.Config, requested: tuple[int, ...]) -> list[int]:
-    """Sampling step counts of one method's rows."""
+def step_rows(method: str, cfg: config.Config, steps: tuple[int, ...], solver_max: int,
+              chain_max: int):
+    """(sampler, steps) pairs a method is scored at."""
     T = cfg.method.T
-    if method == "diffusion":
-        return [s for s in requested if s <= T]
-    if method == "infusion":
-        return sorted({T, 2 * T} | {s for s in requested if T <= s <= 2 * T})
-    if method == "walkback":
-        return [T + cfg.method.walkback.extra]
-    return [cfg.sample.steps or T]  # gsn: one long chain
+    if method in SAMPLERS:
+        return [(s, n) for s in SAMPLERS[method] for n in steps
+                if n <= (T if s == "ancestral" else solver_max)]
+    # infusion, walkback, GSN: from the training T up (longer chains reuse the last step)
+    return [("ancestral", n) for n in sorted({T} | {n for n in steps if T < n <= chain_max})]
 
 
-def sample_model(model, method: str, steps: int, n: int, seed: int) -> tuple[torch.Tensor, float]:
-    """Final means (n, 1, 28, 28) of ``steps`` sampling steps, and the seconds it took."""
-    if method == "diffusion":
-        model = model.respaced(steps)
+def nfe(sampler: str, steps: int) -> int:
+    """Network evaluations per sample: Heun's last step is an Euler step."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def score(means: torch.Tensor, valid, test, test_unit, extractor) -> dict:
+    """Classifier FD and precision / recall against the test images; Parzen, σ on validation."""
+    parzen = parzen_estimate(means.reshape(len(means), -1), valid, test)
+    q = sample_quality(extractor, means, test_unit, metrics=("fid", "precision"))
+    return {"fid": q["fid"]["value"], "precision": q["precision"]["precision"],
+            "recall": q["precision"]["recall"], "parzen": parzen.mean, "parzen_se": parzen.stderr,
+            "parzen_sigma": parzen.extra["sigma"]}
+
+
+def train_method(m: str, a, out: Path, device) -> dict:
+    """Train (or reuse) one method's run under the budget; its model and bookkeeping."""
+    cfg = config.preset(PRESETS[m])
+    sets = [f"model.hidden={a.hidden}", "train.epochs=100000", "data.n_train=0",
+            "train.patience=0", f"train.seed={a.seed}", "sample.n=100",
+            # bookkeeping off, so the budget goes to training
+            "train.train_bound_examples=0", "train.record_chains_at=", "train.valid_examples=0"]
+    cfg = config.override(cfg, sets)
+    per_example, flops = training_cost(cfg)
+    max_steps = math.ceil(a.budget / (cfg.train.batch_size * flops))
+    cfg = config.override(cfg, [f"train.max_steps={max_steps}"])
+    run_dir = out / "runs" / m
+    final, timing = run_dir / "checkpoints" / "final.pt", run_dir / "train_seconds.txt"
+    if not (final.exists() and timing.exists()):
+        t0 = time.time()
+        train(cfg, run_dir, device=str(device), progress=False, overwrite=True, log=lambda s: None)
+        timing.write_text(f"{time.time() - t0:.3f}\n")
+    model, cfg = load_model(final, device)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"model": model, "cfg": cfg, "method": m, "passes_per_example": per_example,
+            "flops_per_example": flops, "train_flops": max_steps * cfg.train.batch_size * flops,
+            "optimiser_steps": max_steps, "batch": cfg.train.batch_size,
+            "passes": max_steps * cfg.train.batch_size * per_example,
+            "train_seconds": sum(r["epoch_seconds"] for r in rows),  # Adam steps only
+            "run_seconds": float(timing.read_text())}  # with data, prior, §6 statistics, figures
+
+
+def likelihood(run: dict, test, a) -> dict:
+    """The likelihood the method can estimate, on ``--lik-examples`` test digits."""
+    cfg = run["cfg"]
+    method = build_method(cfg.method)
+    if not method.has_likelihood or a.lik_examples == 0:
+        return {}
+    k = a.lik_k if cfg.method.name in ("infusion", "walkback") else 1
     t0 = time.time()
-    out = sample_chain(model, n, steps, seed=seed, batch_size=500)
-    return out.means.clamp(0, 1), time.time() - t0
+    est = estimate_likelihood(run["model"], method, test[: a.lik_examples], k, seed=a.seed)
+    out = {"lik_kind": ("ODE estimate" if method.likelihood == "estimate" else "lower bound"),
+           "lik": est["lb"].mean, "lik_se": est["lb"].stderr, "lik_k": k,
+           "lik_seconds": time.time() - t0}
+    if k > 1:
+        out.update({"is": est["is"].mean, "is_se": est["is"].stderr})
+    return out
 
 
 def main(argv=None) -> None:
@@ -79,15 +178,21 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default=",".join(PRESETS))
     p.add_argument("--reduced", action="store_true", help=f"CPU budget: {REDUCED}")
     p.add_argument("--hidden", default="1200,1200", help="the shared MLP's hidden widths")
-    p.add_argument("--epochs", type=int, default=200, help="epochs per method (same for all)")
-    p.add_argument("--minutes", type=float, default=0.0, help="wall-time cap per method (0: none)")
-    p.add_argument("--n-train", type=int, default=0, help="training examples (0: all 50,000)")
-    p.add_argument("--samples", type=int, default=10000, help="samples per row (Parzen: 10,000)")
+    p.add_argument("--budget", type=float, default=FULL_BUDGET,
+                   help="training FLOPs per method (forward + backward)")
+    p.add_argument("--samples", type=int, default=10000, help="samples per row")
     p.add_argument("--test", type=int, default=10000, help="test images scored")
     p.add_argument("--valid", type=int, default=10000, help="validation images for Parzen σ")
-    p.add_argument("--diffusion-T", type=int, default=1000, help="diffusion training steps")
-    p.add_argument("--steps", default=",".join(map(str, DIFFUSION_STEPS)))
-    p.add_argument("--no-fid", action="store_true", help="skip the classifier Fréchet distance")
+    p.add_argument("--steps", default=",".join(map(str, STEPS)))
+    p.add_argument("--solver-max", type=int, default=100,
+                   help="most steps for DDIM, DPM-Solver++, Euler and Heun")
+    p.add_argument("--chain-max", type=int, default=1000,
+                   help="most steps for infusion, walkback and GSN")
+    p.add_argument("--lik-examples", type=int, default=1000, help="test digits (0: no likelihood)")
+    p.add_argument("--lik-k", type=int, default=1000, help="draws of infusion's / walkback's bound")
+    p.add_argument("--reference", action="store_true",
+                   help="also diffusers' UNet2DModel under the same training FLOPs")
+    p.add_argument("--reference-max", type=int, default=100, help="most steps for the UNet")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -98,83 +203,104 @@ def main(argv=None) -> None:
     for m in methods:
         if m not in PRESETS:
             p.error(f"unknown method {m!r}; available: {', '.join(PRESETS)}")
-    requested = tuple(int(s) for s in a.steps.split(","))
+    steps = tuple(int(s) for s in a.steps.split(","))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(a.device)
+    test, valid = load_mnist("test").images[: a.test], load_mnist("valid").images[: a.valid]
+    test_unit, extractor = to_unit(torch.from_numpy(test)), get_extractor("mnist-cnn")
 
-    test = load_mnist("test").images[: a.test]
-    valid = load_mnist("valid").images[: a.valid]
-    test_unit = to_unit(torch.from_numpy(test))
-    extractor = None
-    if not a.no_fid:
-        from infusion.metrics import get_extractor, sample_quality
-
-        extractor = get_extractor("mnist-cnn")
-
-    rows, t_all = [], time.time()
+    rows, models, t_all = [], [], time.time()
     for m in methods:
-        cfg = config.preset(PRESETS[m])
-        sets = [f"model.hidden={a.hidden}", f"train.epochs={a.epochs}",
-                f"train.max_minutes={a.minutes}", f"data.n_train={a.n_train}",
-                "train.patience=0", f"train.seed={a.seed}", f"sample.n={min(100, a.samples)}",
-                # bookkeeping off or small, so the budget goes to training
-                "train.train_bound_examples=0", "train.record_chains_at=",
-                f"train.valid_examples={LOGGED_VALID}"]
-        if m == "diffusion":
-            sets.append(f"method.T={a.diffusion_T}")
-        cfg = config.override(cfg, sets)
-        run_dir = out / "runs" / m
-        final = run_dir / "checkpoints" / "final.pt"
-        timing = run_dir / "train_seconds.txt"
-        if not (final.exists() and timing.exists()):  # else reuse the finished run
+        run = train_method(m, a, out, device)
+        info = {k: v for k, v in run.items() if k not in ("model", "cfg")}
+        info.update(likelihood(run, torch.from_numpy(test), a))
+        models.append(info)
+        print(json.dumps(info), flush=True)
+        for sampler, n in step_rows(m, run["cfg"], steps, a.solver_max, a.chain_max):
             t0 = time.time()
-            train(cfg, run_dir, device=str(device), progress=False, log=lambda s: None)
-            timing.write_text(f"{time.time() - t0:.3f}\n")
-        train_s = float(timing.read_text())
-        curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        model, cfg = load_model(final, device)
-        for steps in step_counts(m, cfg, requested):
-            means, sample_s = sample_model(model, m, steps, a.samples, a.seed)
-            parzen = parzen_estimate(means.reshape(len(means), -1), valid, test)
-            row = {"method": m, "steps": steps, "parzen": parzen.mean, "parzen_se": parzen.stderr,
-                   "parzen_sigma": parzen.extra["sigma"], "sample_seconds": sample_s,
-                   "train_seconds": train_s, "epochs": curve[-1]["epoch"],
-                   "optimiser_steps": curve[-1]["step"], "samples": len(means)}
-            if extractor is not None:
-                q = sample_quality(extractor, means, test_unit, metrics=("fid",))
-                row["fid"] = q["fid"]["value"]
+            means = sample_chain(run["model"], a.samples, n, seed=a.seed, sampler=sampler,
+                                 batch_size=500).means.clamp(0, 1)
+            row = {"method": m, "sampler": sampler, "steps": n, "nfe": nfe(sampler, n),
+                   "sample_seconds": time.time() - t0, **score(means, valid, test, test_unit,
+                                                               extractor)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    settings = {k: v for k, v in vars(a).items()}
+    if a.reference:
+        ref_models, ref_rows = reference(a, models, steps, (valid, test, test_unit, extractor))
+        models += ref_models
+        rows += ref_rows
     total = time.time() - t_all
-    (out / "compare_mnist.json").write_text(json.dumps({"settings": settings, "rows": rows,
-                                                        "seconds": total}, indent=2))
-    write_table(out / "compare_mnist.md", rows, settings, total, str(device))
+    (out / "compare_mnist.json").write_text(json.dumps(
+        {"settings": vars(a), "device": str(device), "models": models, "rows": rows,
+         "seconds": total}, indent=2))
+    write_table(out / "compare_mnist.md", rows, models, vars(a), total, str(device))
     save_figure(out / "compare_mnist.png", rows)
     print(f"wrote {out / 'compare_mnist.md'} ({total:.0f} s)")
 
 
-def write_table(path: Path, rows, settings: dict, seconds: float, device: str) -> None:
-    head = ("| method | sampling steps | classifier FD ↓ | Parzen (nats) ↑ | σ | sample s | "
-            "training: s / epochs / Adam steps |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+def reference(a, models: list[dict], steps, scoring) -> tuple[list[dict], list[dict]]:
+    """diffusers' UNet2DModel trained for the same FLOPs (``--budget``) as the project's
+    methods, sampled with its DPM-Solver++ scheduler."""
+    import diffusers_mnist as ref
+
+    train_x = torch.from_numpy(load_mnist("train").images)
+    batch = 128
+    per_step = ref.flops_per_step(train_x, batch)
+    n_steps = max(1, round(a.budget / per_step))
+    t0 = time.time()
+    unet = ref.train_unet(train_x, n_steps, batch, seed=a.seed)
+    info = {"method": "diffusers-unet", "optimiser_steps": n_steps, "batch": batch,
+            "train_flops": n_steps * per_step,
+            "train_seconds": time.time() - t0,
+            "parameters": sum(p.numel() for p in unet.parameters())}
+    print(json.dumps(info), flush=True)
+    rows = []
+    for n in (s for s in steps if s <= a.reference_max):
+        t0 = time.time()
+        means = ref.sample_unet(unet, a.samples, n, seed=a.seed)
+        row = {"method": "diffusers-unet", "sampler": "dpm++2m", "steps": n, "nfe": n,
+               "sample_seconds": time.time() - t0, **score(means, *scoring)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return [info], rows
+
+
+def write_table(path: Path, rows, models, settings: dict, seconds: float, device: str) -> None:
+    lines = [("| method | sampler | steps | NFE | classifier FD ↓ | precision ↑ | recall ↑ | "
+             "Parzen (nats) ↑ | σ | sample s |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        fid = f"{r['fid']:.2f}" if "fid" in r else "—"
-        lines.append(f"| {r['method']} | {r['steps']} | {fid} | {r['parzen']:.1f} ± "
-                     f"{r['parzen_se']:.1f} | {r['parzen_sigma']:.3f} | {r['sample_seconds']:.1f} | "
-                     f"{r['train_seconds']:.0f} / {r['epochs']} / {r['optimiser_steps']} |")
-    budget = ", ".join(f"{k}={settings[k]}" for k in ("hidden", "epochs", "minutes", "n_train",
-                                                         "samples", "test", "diffusion_T"))
-    path.write_text("# MNIST: sample quality against sampling steps\n\n"
-                    f"Same network and budget for every method ({budget}); device {device}; "
-                    f"total {seconds:.0f} s. FD: Fréchet distance of the project's MNIST "
-                    "classifier features against test images; Parzen: algorithms.md §8 on the final "
-                    "means, σ chosen on validation images.\n\n" + "\n".join(lines) + "\n")
+        lines.append(f"| {r['method']} | {r['sampler']} | {r['steps']} | {r['nfe']} | "
+                     f"{r['fid']:.1f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['parzen']:.1f} ± {r['parzen_se']:.1f} | {r['parzen_sigma']:.3f} | "
+                     f"{r['sample_seconds']:.1f} |")
+    mlines = [("| method | passes / example | Adam steps × batch | training TFLOP | example passes "
+               "| training s | likelihood (nats) | IS (nats) |"),
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in models:
+        lik = (f"{m['lik']:.1f} ± {m['lik_se']:.1f} ({m['lik_kind']}, k = {m['lik_k']})"
+               if "lik" in m else "—")
+        is_ = f"{m['is']:.1f} ± {m['is_se']:.1f}" if "is" in m else "—"
+        passes = f"{m['passes']:,.0f}" if "passes" in m else "—"
+        per = f"{m['passes_per_example']:.2f}" if "passes_per_example" in m else "—"
+        mlines.append(f"| {m['method']} | {per} | {m['optimiser_steps']:,} × {m['batch']} | "
+                      f"{m['train_flops'] / 1e12:.1f} | {passes} | {m['train_seconds']:.0f} | "
+                      f"{lik} | {is_} |")
+    budget = ", ".join(f"{k}={settings[k]:g}" if isinstance(settings[k], float) else
+                       f"{k}={settings[k]}" for k in ("hidden", "budget", "samples", "test", "valid",
+                                                      "lik_examples", "lik_k", "chain_max"))
+    path.write_text(
+        "# MNIST at equal training compute: quality against sampling steps\n\n"
+        f"Settings: {budget}; device {device}; total {seconds:.0f} s. Budget: training FLOPs "
+        "(forward + backward, matmuls and convolutions) per method. FD: "
+        "Fréchet distance of the project's MNIST classifier features against test images; "
+        "precision / recall on the same features (k = 3); Parzen: algorithms.md §8 on the final "
+        "means, σ chosen on validation images.\n\n## Training\n\n" + "\n".join(mlines)
+        + "\n\n## Samples\n\n" + "\n".join(lines) + "\n")
 
 
 def save_figure(path: Path, rows) -> None:
-    """Sample quality against the number of sampling steps, a line (or point) per method."""
+    """Quality against sampling steps, a line per method and sampler."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,15 +308,17 @@ def save_figure(path: Path, rows) -> None:
 
     from infusion.figures import _save_fig
 
-    keys = [("parzen", "Parzen (nats) ↑")] + ([("fid", "classifier FD ↓")] if "fid" in rows[0] else [])
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    keys = [("fid", "classifier FD ↓"), ("parzen", "Parzen (nats) ↑"), ("recall", "recall ↑")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
-        for m in dict.fromkeys(r["method"] for r in rows):
-            pts = [(r["steps"], r[key]) for r in rows if r["method"] == m]
-            ax.plot(*zip(*pts), marker="o", label=m)
+        for m, s in dict.fromkeys((r["method"], r["sampler"]) for r in rows):
+            pts = [(r["steps"], r[key]) for r in rows if (r["method"], r["sampler"]) == (m, s)]
+            ax.plot(*zip(*pts), marker="o", ms=3, label=m if s == "ancestral" else f"{m} {s}")
         ax.set(xscale="log", xlabel="sampling steps", ylabel=label)
-        ax.legend(fontsize=8)
+        if key == "fid":
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     _save_fig(fig, path)
 

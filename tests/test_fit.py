@@ -120,15 +120,24 @@ def test_points_in_their_own_scale_from_another_directory(tmp_path, monkeypatch)
         load_split(dc, "train")
 
 
-def test_folder_of_pngs(tmp_path):
+def test_folder_of_pngs_is_stored_with_the_run(tmp_path):
     folder = write_pngs(tmp_path / "pics", 12)
     res = infusion.fit(folder, run_dir=tmp_path / "run",
                        overrides=[*TINY, "data.image_size=8"], **QUIET)
-    assert res.config.data.name == "folder" and res.config.data.path == str(folder)
+    dc = res.config.data
+    assert dc.name == "arrays" and Path(dc.path).parent == tmp_path / "run" / "data"
     assert res.model.shape == (3, 8, 8) and res.config.model.net == "mlp"
     s = res.sample(3)
     assert s.shape == (3, 3, 8, 8) and s.dtype == np.uint8  # pixels, as the data
-    assert not (tmp_path / "run" / "data").exists()  # the folder is read through the cache
+    sizes = {s: len(load_split(dc, s).images) for s in ("train", "valid", "test")}
+    assert sizes == {"train": 10, "valid": 1, "test": 1}  # the loader's 80/10/10 split
+    # the decoded pixels travel with the run: the folder can go
+    test = load_split(dc, "test").images
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
+    _, cfg = infusion.load_model(tmp_path / "run")
+    np.testing.assert_array_equal(load_split(cfg.data, "test").images, test)
 
 
 def test_cli_data_with_the_folder_preset(tmp_path):
@@ -140,7 +149,7 @@ def test_cli_data_with_the_folder_preset(tmp_path):
                  "--quiet", *tiny_conv]) == 0
     cfg = config.from_dict(json.loads((run / "config.json").read_text()))
     assert cfg.preset == "folder" and cfg.model.net == "conv"
-    assert cfg.data.name == "folder" and cfg.data.image_size == 32 and cfg.data.path == str(folder)
+    assert cfg.data.name == "arrays" and shape_of(cfg.data) == (3, 32, 32)  # the preset's crops
     assert "about" in config.PRESETS["folder"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from infusion import classifier as clf
 from infusion import metrics as mt
+from infusion.errors import InputError
 
 
 def _exact_moments(n, mean, cov, seed):
@@ -123,7 +125,7 @@ def test_memorisation_detects_copies_and_writes_figures(tmp_path):
 def test_extractor_plugins(tmp_path):
     with pytest.raises(ValueError, match="unknown feature extractor"):
         mt.get_extractor("nope")
-    with pytest.raises(FileNotFoundError, match="TorchScript"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         mt.get_extractor("inception", path=str(tmp_path / "absent.pt"))
 
     class Tiny(torch.nn.Module):
@@ -140,6 +142,52 @@ def test_extractor_plugins(tmp_path):
     assert ext.logits(images).shape == (5, 6)
     mt.register_extractor("tiny-test", lambda: ext)
     assert "tiny-test" in mt.extractor_names()
+
+
+class _FakeInceptionV3(torch.nn.Module):
+    """Stands in for torch-fidelity's FeatureExtractorInceptionV3 (its constructor and its
+    forward's contract: uint8 (N, 3, H, W) in, one tensor per requested feature out)."""
+
+    made: ClassVar[list] = []
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None):
+        super().__init__()
+        self.made.append((name, list(features_list), feature_extractor_weights_path))
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3
+        f = x.float().mean((2, 3))
+        return f, torch.cat([f, -f], 1)
+
+
+def test_inception_goes_through_torch_fidelity(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from infusion import inception as inc
+
+    # without the optional extra: a clear error naming it
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+    with pytest.raises(InputError, match=r"infusion-training\[inception\]"):
+        mt.get_extractor("inception")
+    fake = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    fake.FeatureExtractorInceptionV3 = _FakeInceptionV3
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    ext = mt.get_extractor("inception")  # torch-fidelity's own weights (its download)
+    assert _FakeInceptionV3.made[-1] == ("inception-v3-compat", ["2048", "logits_unbiased"], None)
+    k = torch.tensor([0, 1, 128, 255], dtype=torch.float32).view(1, 1, 2, 2)
+    feats = ext.features(k / 256)  # grey [0, 1] images -> RGB uint8 pixels k
+    assert torch.equal(feats, torch.full((1, 3), 96.0)) and ext.logits(k / 256).shape == (1, 6)
+    # a weights file is checked against the published sha256 before it is unpickled
+    bad = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(1)}, bad)
+    assert not inc.is_torchscript(bad)
+    with pytest.raises(InputError, match="not torch-fidelity's Inception weights"):
+        mt.get_extractor("inception", path=str(bad))
+    monkeypatch.setattr(inc, "WEIGHTS_SHA256_PREFIX", inc.sha256(bad)[:8])
+    assert mt.get_extractor("inception", path=str(bad)).info["path"] == str(bad)
+    assert _FakeInceptionV3.made[-1][2] == str(bad)
 
 
 def test_sample_quality_with_a_random_extractor():

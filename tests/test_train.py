@@ -10,6 +10,7 @@ import torch
 
 from infusion import checkpoint, config
 from infusion.data import load_data, toy
+from infusion.errors import ConfigError
 from infusion.io import atomic_write
 from infusion.methods import build_method
 from infusion.sampler import sample_chain
@@ -186,6 +187,19 @@ def test_max_minutes_stops_and_leaves_a_resumable_run(tmp_path):
     train(None, tmp_path / "run", resume=True, overrides=["train.max_minutes=0", "train.epochs=2"],
           **QUIET)
     assert len(_rows(tmp_path / "run")) == 2
+
+
+def test_max_steps_is_a_budget_in_optimiser_steps(tmp_path):
+    # 512 spiral points, 10% held out for validation: 8 batches of 64 an epoch
+    cfg = tiny_config(train={"epochs": 50, "max_steps": 5})
+    train(cfg, tmp_path / "run", **QUIET)
+    rows = _rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [5]  # the first epoch ended at the budget
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").exists()
+    train(None, tmp_path / "run", resume=True, overrides=["train.max_steps=12"], **QUIET)
+    assert [r["step"] for r in _rows(tmp_path / "run")] == [5, 12]
+    with pytest.raises(ConfigError, match="train.max_steps=-1"):
+        tiny_config(train={"max_steps": -1})
 
 
 def test_training_on_image_data(tiny_mnist, tmp_path):

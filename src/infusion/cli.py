@@ -208,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--memo-samples", type=_non_negative, default=None,
                    help="samples in the memorisation check (default 1000)")
     e.add_argument("--extractor", default=None, help="feature extractor: mnist-cnn (default), "
-                   "torchscript or inception (the last two need --extractor-path)")
-    e.add_argument("--extractor-path", help="TorchScript feature model file")
+                   "torchscript (needs --extractor-path) or inception (torch-fidelity's "
+                   "Inception-v3, pip install 'infusion-training[inception]', or a TorchScript "
+                   "one)")
+    e.add_argument("--extractor-path", help="TorchScript feature model file, or torch-fidelity's "
+                   "Inception weights file (then nothing is downloaded)")
     e.add_argument("--batch-size", type=_positive, default=None,
                    help="rows per forward pass (default 1000 on a CPU, 20000 on CUDA); memory "
                    "does not grow with k")

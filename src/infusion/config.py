@@ -121,6 +121,9 @@ class TrainConfig:
     seed: int = 0
     patience: int = 10  # early stopping: epochs without validation improvement; 0 = off
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable
+    # stop after this many optimiser steps (0 = no limit), ending the epoch in progress there:
+    # a training budget that does not depend on the machine's speed or load
+    max_steps: int = 0
     valid_examples: int = 10000  # validation examples scored each epoch
     checkpoint_every: int = 1  # epochs
     checkpoint_minutes: float = 15.0  # also save a resumable state inside an epoch (0 = off)
@@ -156,6 +159,7 @@ class TrainConfig:
             (self.sample_every >= 0, f"train.sample_every={self.sample_every}: expected >= 0"),
             (math.isfinite(self.max_minutes) and self.max_minutes >= 0,
              f"train.max_minutes={self.max_minutes}: expected >= 0"),
+            (self.max_steps >= 0, f"train.max_steps={self.max_steps}: expected >= 0 (0 = no limit)"),
             (self.valid_examples >= 0, f"train.valid_examples={self.valid_examples}: expected >= 0"),
             (self.checkpoint_every >= 1,
              f"train.checkpoint_every={self.checkpoint_every}: expected >= 1"),

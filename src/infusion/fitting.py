@@ -2,8 +2,8 @@
 
 ``fit`` takes what a user has — a numpy array, a tensor, a ``torch.utils.data.Dataset``, a
 ``.npy``/``.npz`` file or a folder of images — and builds the run's config around it: the data
-stored in the run directory as a verified ``.npz`` (:mod:`infusion.data.arrays`) or the folder
-read through the image cache (:mod:`infusion.data.images`), the map into model space recorded
+stored in the run directory as a verified ``.npz`` (:mod:`infusion.data.arrays`; a folder is
+decoded first, by :mod:`infusion.data.images`), the map into model space recorded
 in ``data.*``, and the network from a preset or, without one, an MLP sized by the data
 (:func:`mlp_widths`). Then it calls :func:`infusion.train` and hands back the trained model.
 """
@@ -80,8 +80,9 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
 
     ``valid``: the validation examples (same kinds as ``data``, not a folder); else a fixed
     10% (at least 2) of the training data, drawn with ``np.random.default_rng(0)``. A folder
-    is split 80/10/10 by its own loader. Without a test split, ``evaluate`` scores the
-    validation split.
+    is decoded into square centre crops (``data.image_size``, else 32) and split 80/10/10 by
+    the image loader; its pixels are stored as arrays are, so the folder may move or change
+    afterwards. Without a test split, ``evaluate`` scores the validation split.
 
     ``labels`` (and ``valid_labels`` with ``valid``): one integer class 0…K-1 per example,
     for a class-conditional model (algorithms.md §15; ``model.classes`` = K, the largest class
@@ -118,38 +119,39 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
         if valid is not None:
             raise InputError(f"valid=: a folder of images ({folder}) is split 80/10/10 by its "
                              "own loader; pass valid= with arrays only")
-        size = base.data.image_size if base.data.name == "folder" else FOLDER_IMAGE_SIZE
-        dc = DataConfig(name="folder", path=str(folder), image_size=size)
-        splits, ys, run_dir = None, {}, Path(run_dir or Path("runs") / folder.name)
+        size = config_mod.override(base, list(overrides)).data.image_size or FOLDER_IMAGE_SIZE
+        splits, name, split_off = _folder_splits(folder, size, train_kwargs), folder.name, False
     else:
         splits, name, split_off = _array_splits(data, valid)
-        in_file = {}  # the classes a .npz holds beside its examples
-        if labels is None and valid_labels is None and isinstance(data, (str, os.PathLike)):
-            in_file = arrays_mod.read_labels(Path(data).expanduser())
-            labels, valid_labels = in_file.get("train"), in_file.get("valid")
-        ys = _labels(splits, labels, valid_labels, split_off)
-        if ys and "test" in splits:  # a file's test split: evaluate scores log p(x | y) on it
-            if len(in_file.get("test", ())) != len(splits["test"]):
-                raise InputError(f"{str(data)!r}: its test examples need their classes too "
-                                 f"(test_y, {len(splits['test'])} integers)")
-            ys["test"] = _classes(in_file["test"], "test")
-        if ys and not base.model.classes:
-            base = replace(base, model=replace(base.model, classes=int(ys["train"].max()) + 1))
-        file_name = arrays_mod.file_name(splits, ys)  # arrays-<hash of the data>.npz
-        run_dir = Path(run_dir or Path("runs") / (name or f"fit-{file_name[7:15]}"))
-        scale, offset = _float_map(splits["train"])
-        dc = DataConfig(name="arrays", path=str(run_dir / "data" / file_name), scale=scale,
-                        offset=offset)
+    in_file = {}  # the classes a .npz holds beside its examples
+    if (folder is None and labels is None and valid_labels is None
+            and isinstance(data, (str, os.PathLike))):
+        in_file = arrays_mod.read_labels(Path(data).expanduser())
+        labels, valid_labels = in_file.get("train"), in_file.get("valid")
+    ys = _labels(splits, labels, valid_labels, split_off)
+    if ys and "test" in splits:  # a file's test split: evaluate scores log p(x | y) on it
+        if len(in_file.get("test", ())) != len(splits["test"]):
+            raise InputError(f"{str(data)!r}: its test examples need their classes too "
+                             f"(test_y, {len(splits['test'])} integers)")
+        ys["test"] = _classes(in_file["test"], "test")
+    if ys and not base.model.classes:
+        base = replace(base, model=replace(base.model, classes=int(ys["train"].max()) + 1))
+    file_name = arrays_mod.file_name(splits, ys)  # arrays-<hash of the data>.npz
+    run_dir = Path(run_dir or Path("runs") / (name or f"fit-{file_name[7:15]}"))
+    scale, offset = _float_map(splits["train"])
+    dc = DataConfig(name="arrays", path=str(run_dir / "data" / file_name), scale=scale,
+                    offset=offset)
     cfg = config_mod.override(replace(base, data=dc), list(overrides))
-    cfg = _size_network(cfg, preset, overrides, splits, train_kwargs.get("progress", True))
+    cfg = replace(cfg, data=replace(cfg.data, image_size=0))  # a folder's size is in its pixels
+    cfg = _size_network(cfg, preset, overrides, splits["train"].shape[1:])
     _check_run_dir(run_dir, bool(train_kwargs.get("overwrite")))
-    if splits is not None:  # the arrays live in the run directory, verified on every load
-        path, digest = arrays_mod.store(Path(cfg.data.path), splits, ys)
-        cfg = replace(cfg, data=replace(cfg.data, path=str(path), sha256=digest)).validate()
-        if train_kwargs.get("overwrite"):  # the replaced run's own data file goes with it
-            for old in path.parent.glob("arrays-*.npz*"):
-                if old.name not in (path.name, path.name + ".sha256"):
-                    old.unlink()
+    # the arrays live in the run directory, verified on every load
+    path, digest = arrays_mod.store(Path(cfg.data.path), splits, ys)
+    cfg = replace(cfg, data=replace(cfg.data, path=str(path), sha256=digest)).validate()
+    if train_kwargs.get("overwrite"):  # the replaced run's own data file goes with it
+        for old in path.parent.glob("arrays-*.npz*"):
+            if old.name not in (path.name, path.name + ".sha256"):
+                old.unlink()
     final = train(cfg, run_dir, **train_kwargs)
     model, cfg = load_model(final, resolve_device(train_kwargs.get("device", "auto")))
     return FitResult(model.eval(), cfg, run_dir, Path(final))
@@ -178,6 +180,17 @@ def _folder(data: Any) -> Path | None:
         raise InputError(f"folder {str(p)!r} holds {n} image(s) ({', '.join(IMAGE_SUFFIXES)}); "
                          "expected at least 3 (split into train, valid and test)")
     return p.absolute()
+
+
+def _folder_splits(folder: Path, size: int, train_kwargs: dict) -> dict[str, np.ndarray]:
+    """A folder's train / valid / test images, uint8 (N, C, size, size): decoded once through
+    the image cache (:func:`infusion.data.images.load_images`, an 80/10/10 split)."""
+    from .data.images import load_images
+
+    return {s: load_images("folder", s, path=folder, image_size=size,
+                           log=train_kwargs.get("log", print),
+                           progress=train_kwargs.get("progress", True)).images
+            for s in ("train", "valid", "test")}
 
 
 def _array_splits(data: Any, valid: Any) -> tuple[dict[str, np.ndarray], str | None, bool]:
@@ -268,18 +281,12 @@ def _float_map(train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
     return fit_affine(train, per_dimension=train.ndim == 2)
 
 
-def _size_network(cfg: Config, preset, overrides: Sequence[str],
-                  splits: dict[str, np.ndarray] | None, progress: bool) -> Config:
+def _size_network(cfg: Config, preset, overrides: Sequence[str], shape: tuple[int, ...]
+                  ) -> Config:
     """Without a preset (or a model.hidden override), the MLP's widths from d."""
     if preset is not None or cfg.model.net != "mlp" or any(
             o.split("=", 1)[0].strip() == "model.hidden" for o in overrides):
         return cfg
-    if splits is not None:
-        shape = splits["train"].shape[1:]
-    else:  # a folder: its cache is built now (train() reads it back); grey or RGB decides C
-        from .data import load_split
-
-        shape = load_split(cfg.data, "train", progress=progress).images.shape[1:]
     return replace(cfg, model=replace(cfg.model, hidden=mlp_widths(math.prod(shape)))).validate()
 
 

@@ -8,10 +8,12 @@ name with :func:`register_extractor`. Built in:
 
 * ``mnist-cnn`` — a small MNIST CNN the project trains itself (:mod:`infusion.classifier`),
   deterministically from a seed, cached with a sha256 record (≥ 99% test accuracy);
-* ``torchscript`` / ``inception`` — a user-supplied TorchScript feature model (``path=``),
-  e.g. an Inception-v3 exported elsewhere with ``torch.jit.script``; its forward returns the
-  features, or a tuple ``(features, logits)``. ``inception`` resizes to 299×299 and repeats grey
-  images to 3 channels first. Nothing is downloaded.
+* ``torchscript`` — a user-supplied TorchScript feature model (``path=``); its forward returns
+  the features, or a tuple ``(features, logits)``;
+* ``inception`` — the Inception-v3 of FID and the Inception score (:mod:`infusion.inception`):
+  torch-fidelity's network (an optional extra; ``path=`` its weights file, else it downloads
+  them once), or a TorchScript Inception (``path=`` an archive), resized to 299×299 with grey
+  images repeated to 3 channels.
 """
 
 from __future__ import annotations
@@ -140,8 +142,15 @@ class TorchScriptExtractor:
 
 register_extractor("mnist-cnn", mnist_cnn)
 register_extractor("torchscript", TorchScriptExtractor)
-register_extractor("inception", lambda path=None, **kw: TorchScriptExtractor(
-    path, name="inception", size=(299, 299), channels=3, **kw))
+
+
+def _inception(path: str | Path | None = None, **kwargs) -> FeatureExtractor:
+    from .inception import inception
+
+    return inception(path, **kwargs)
+
+
+register_extractor("inception", _inception)
 
 
 def _batched(fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -77,12 +77,12 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
         cleanup.callback(run.close_watchers)  # however the run ends
         tc, state = run.cfg.train, run.state
         start = time.time()
-        while not state.stopped_early and state.epoch < tc.epochs:
+        while not state.stopped_early and state.epoch < tc.epochs and not budget_spent(tc, state):
             # ---- one epoch of minibatches (checkpoints on time and on a signal inside it)
-            train_loss, seconds = run.epoch(stop)
+            train_loss, seconds, seen = run.epoch(stop)
             # ---- validate, record Fig. 2's chains, keep the best weights (the EMA's, if any)
             scores = run.validate_epoch()
-            row = run.add_row(train_loss, seconds, scores)
+            row = run.add_row(train_loss, seconds, seen, scores)
             shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
             log(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
                 f"{row['example_steps_per_s']:,.0f} example-steps/s")
@@ -94,7 +94,7 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
                 log(f"early stop: no validation improvement for {state.bad_epochs} epochs")
             out_of_time = tc.max_minutes > 0 and (time.time() - start) / 60 >= tc.max_minutes
             out_of_time = distributed.agree(ctx, out_of_time)  # every process stops together
-            finished = state.stopped_early or state.epoch >= tc.epochs
+            finished = state.stopped_early or state.epoch >= tc.epochs or budget_spent(tc, state)
             if out_of_time and not finished:
                 log(f"stopping after {tc.max_minutes} minutes (train.max_minutes); --resume continues")
             if state.epoch % tc.checkpoint_every == 0 or finished or out_of_time or stop.requested:
@@ -199,10 +199,11 @@ class _Run:
         for w in self.watchers:
             w.close()
 
-    def epoch(self, stop: rundir.StopRequest) -> tuple[float, float]:
+    def epoch(self, stop: rundir.StopRequest) -> tuple[float, float, int]:
         """Adam steps over this epoch's minibatches (a resumed epoch skips those it has done);
         a resumable state every ``train.checkpoint_minutes`` and on a signal. Returns the
-        epoch's mean training loss and its training seconds."""
+        epoch's mean training loss, its training seconds and the examples it saw (fewer than
+        the training set when ``train.max_steps`` ends it)."""
         tc, state, data, g = self.cfg.train, self.state, self.data, self.g
         self.shuffle.set_state(self.epoch_rng)
         order = list(batches(len(data.train), tc.batch_size, self.shuffle))
@@ -211,6 +212,8 @@ class _Run:
         bar = tqdm(total=len(order), initial=state.batch, leave=False, dynamic_ncols=True,
                    desc=f"epoch {state.epoch + 1}/{tc.epochs}", disable=not self.progress)
         for idx in order[state.batch:]:
+            if budget_spent(tc, state):  # train.max_steps ends the epoch here
+                break
             mine = self.step_loss.shard(idx)
             x = data.model_space(data.train[mine], g)
             with self.autocast():
@@ -238,11 +241,11 @@ class _Run:
                                       f"{state.epoch + 1}; --resume continues from here")
         bar.close()
         seconds = state.epoch_seconds + time.time() - t0
-        loss = state.loss_sum / max(state.seen, 1)
+        loss, seen = state.loss_sum / max(state.seen, 1), state.seen
         state.epoch, state.batch, state.loss_sum, state.seen = state.epoch + 1, 0, 0.0, 0
         state.seconds, state.epoch_seconds = state.seconds + seconds, 0.0
         self.epoch_rng = self.shuffle.get_state()
-        return loss, seconds
+        return loss, seconds, seen
 
     def validate_epoch(self) -> dict[str, float]:
         """Validation scores of the weights that will be sampled; keeps ``best.pt``."""
@@ -264,10 +267,10 @@ class _Run:
         state.seconds += scores["valid_seconds"]
         return scores
 
-    def add_row(self, train_loss: float, seconds: float, scores: dict) -> dict:
+    def add_row(self, train_loss: float, seconds: float, seen: int, scores: dict) -> dict:
         """The epoch's row of ``metrics.jsonl`` (kept in the state, written with checkpoints)."""
         valid_seconds = scores.pop("valid_seconds")
-        rate = len(self.data.train) * self.cfg.method.T / max(seconds, 1e-9)
+        rate = seen * self.cfg.method.T / max(seconds, 1e-9)
         row = {"epoch": self.state.epoch, "step": self.state.step, "train_loss": train_loss,
                **scores, "lr": self.opt.param_groups[0]["lr"], "example_steps_per_s": rate,
                "epoch_seconds": seconds,
@@ -299,6 +302,11 @@ class _Run:
         for old in ckpt_dir.glob("epoch-*.pt"):
             if old.name != name:
                 old.unlink()
+
+
+def budget_spent(tc: TrainConfig, state: TrainState) -> bool:
+    """Whether ``train.max_steps`` optimiser steps are done."""
+    return tc.max_steps > 0 and state.step >= tc.max_steps
 
 
 def learning_rate(tc: TrainConfig, step: int, steps_per_epoch: int) -> float:

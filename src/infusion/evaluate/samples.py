@@ -138,7 +138,7 @@ def _classifier_unsupported(s: EvalSettings, means: torch.Tensor) -> str | None:
         return f"samples of shape {tuple(means.shape[1:])} are not images; classifier metrics skipped"
     if s.extractor == "mnist-cnn" and tuple(means.shape[1:]) != (1, 28, 28):
         return (f"the mnist-cnn extractor takes (1, 28, 28) images, not {tuple(means.shape[1:])}; "
-                "pass another extractor (--extractor torchscript --extractor-path FILE)")
+                "pass another extractor (--extractor inception, or torchscript with --extractor-path FILE)")
     return None
 
 
