@@ -58,6 +58,13 @@ def test_nested_settings_validate_themselves_and_name_the_setting():
         config.override(config.preset("mnist"), ["method.walkback=1"])
     with pytest.raises(config.ConfigError, match="unknown setting method.gsn.bogus"):
         config.override(config.preset("mnist"), ["method.gsn.bogus=1"])
+    # diffusion and the flow run a step-embedding MLP: any step count, no conv body
+    flow = config.override(config.preset("mnist-flow"), ["sample.steps=5"])
+    assert flow.sample_steps == 5 < flow.method.T
+    with pytest.raises(config.ConfigError, match="model.net='conv': method.name=flow"):
+        config.override(config.preset("mnist-flow"), ["model.net=conv"])
+    with pytest.raises(config.ConfigError, match="sample.steps=5: sampling needs T' >= T=15"):
+        config.override(config.preset("mnist"), ["sample.steps=5"])
     # the flat names of version 0.1 still work on the command line
     old = config.override(config.preset("mnist"), ["method.alpha0=0.1", "method.vw_n1=3"])
     assert old.method.infusion.alpha0 == 0.1 and old.method.walkback.n1 == 3

@@ -219,8 +219,11 @@ class Config:
         for section in (self.data, self.model, self.method, self.train, self.sample):
             section.validate()
         s = self.sample.steps
-        require([(s == 0 or s >= self.method.T or self.method.name == "diffusion",
+        require([(s == 0 or s >= self.method.T or self.method.name in STEP_EMBEDDING_METHODS,
                    f"sample.steps={s}: sampling needs T' >= T={self.method.T} (algorithms.md §2)"),
+                 (self.model.net == "mlp" or self.method.name not in STEP_EMBEDDING_METHODS,
+                  (f"model.net={self.model.net!r}: method.name={self.method.name} runs an MLP "
+                   "with a step embedding (there is no convolutional body for it yet)")),
                  (self.sample.sampler in SAMPLERS_OF.get(self.method.name, ("ancestral",)),
                   (f"sample.sampler={self.sample.sampler!r}: method.name={self.method.name} "
                    f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}")),
@@ -243,6 +246,9 @@ DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "cele
               "folder", "arrays")
 NET_NAMES = ("mlp", "conv")
 LR_SCHEDULES = ("constant", "cosine")
+# methods whose network takes the (continuous) step as an input, so any number of sampling
+# steps works; their body is nets.StepEmbeddingMLP, whatever model.net says
+STEP_EMBEDDING_METHODS = ("diffusion", "flow")
 CONDITIONAL_METHODS = ("infusion",)  # model.classes > 0 (algorithms.md §15)
 
 def load_file(path: str) -> Config:
