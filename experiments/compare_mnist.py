@@ -28,8 +28,10 @@ flow's probability-flow ODE estimate (algorithms.md §14); GSN has none.
 the same training FLOPs (``experiments/diffusers_mnist.py``), sampled with its
 DPM-Solver++ scheduler.
 
-Writes ``compare_mnist.md``, ``compare_mnist.json`` and ``compare_mnist.png`` into ``--out``;
-finished runs in ``--out/runs`` are reused. The full budget (GPU):
+Writes ``compare_mnist.md``, ``compare_mnist.json``, ``compare_mnist.png`` (quality against
+steps) and ``compare_mnist_samples.png`` (ten samples of every sampler at ``--figure-steps``)
+into ``--out``; finished runs in ``--out/runs`` are reused, and ``--figure-only`` draws the
+samples figure alone from them. The full budget (GPU):
 
     python experiments/compare_mnist.py --reference --out runs/compare_mnist
 
@@ -128,7 +130,7 @@ def score(means: torch.Tensor, valid, test, test_unit, extractor) -> dict:
             "parzen_sigma": parzen.extra["sigma"]}
 
 
-def train_method(m: str, a, out: Path, device) -> dict:
+def train_method(m: str, a, out: Path, device, reuse_only: bool = False) -> dict:
     """Train (or reuse) one method's run under the budget; its model and bookkeeping."""
     cfg = config.preset(PRESETS[m])
     sets = [f"model.hidden={a.hidden}", "train.epochs=100000", "data.n_train=0",
@@ -142,6 +144,8 @@ def train_method(m: str, a, out: Path, device) -> dict:
     run_dir = out / "runs" / m
     final, timing = run_dir / "checkpoints" / "final.pt", run_dir / "train_seconds.txt"
     if not (final.exists() and timing.exists()):
+        if reuse_only:
+            raise SystemExit(f"{run_dir}: no finished run to draw samples from")
         t0 = time.time()
         train(cfg, run_dir, device=str(device), progress=False, overwrite=True, log=lambda s: None)
         timing.write_text(f"{time.time() - t0:.3f}\n")
@@ -193,6 +197,10 @@ def main(argv=None) -> None:
     p.add_argument("--reference", action="store_true",
                    help="also diffusers' UNet2DModel under the same training FLOPs")
     p.add_argument("--reference-max", type=int, default=100, help="most steps for the UNet")
+    p.add_argument("--figure-steps", type=int, default=15,
+                   help="sampling steps of the samples figure (T where a chain needs more)")
+    p.add_argument("--figure-only", action="store_true",
+                   help="only the samples figure, from finished runs (no training, no scores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -210,7 +218,17 @@ def main(argv=None) -> None:
     test, valid = load_mnist("test").images[: a.test], load_mnist("valid").images[: a.valid]
     test_unit, extractor = to_unit(torch.from_numpy(test)), get_extractor("mnist-cnn")
 
-    rows, models, t_all = [], [], time.time()
+    if a.figure_only:
+        shown = {}
+        for m in methods:
+            run = train_method(m, a, out, device, reuse_only=True)
+            for sampler in SAMPLERS.get(m, ("ancestral",)):
+                n = max(a.figure_steps, run["cfg"].method.T if m not in SAMPLERS else 1)
+                shown[(m, sampler, n)] = sample_chain(run["model"], 10, n, seed=a.seed,
+                                                      sampler=sampler).means.clamp(0, 1)
+        save_samples(out / "compare_mnist_samples.png", shown)
+        return
+    rows, models, shown, t_all = [], [], {}, time.time()
     for m in methods:
         run = train_method(m, a, out, device)
         info = {k: v for k, v in run.items() if k not in ("model", "cfg")}
@@ -226,8 +244,11 @@ def main(argv=None) -> None:
                                                                extractor)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if n == max(a.figure_steps, run["cfg"].method.T if m not in SAMPLERS else 1):
+                shown[(m, sampler, n)] = means[:10]
     if a.reference:
-        ref_models, ref_rows = reference(a, models, steps, (valid, test, test_unit, extractor))
+        ref_models, ref_rows = reference(a, models, steps, (valid, test, test_unit, extractor),
+                                         shown)
         models += ref_models
         rows += ref_rows
     total = time.time() - t_all
@@ -236,10 +257,12 @@ def main(argv=None) -> None:
          "seconds": total}, indent=2))
     write_table(out / "compare_mnist.md", rows, models, vars(a), total, str(device))
     save_figure(out / "compare_mnist.png", rows)
+    save_samples(out / "compare_mnist_samples.png", shown)
     print(f"wrote {out / 'compare_mnist.md'} ({total:.0f} s)")
 
 
-def reference(a, models: list[dict], steps, scoring) -> tuple[list[dict], list[dict]]:
+def reference(a, models: list[dict], steps, scoring, shown: dict
+              ) -> tuple[list[dict], list[dict]]:
     """diffusers' UNet2DModel trained for the same FLOPs (``--budget``) as the project's
     methods, sampled with its DPM-Solver++ scheduler."""
     import diffusers_mnist as ref
@@ -263,6 +286,8 @@ def reference(a, models: list[dict], steps, scoring) -> tuple[list[dict], list[d
                "sample_seconds": time.time() - t0, **score(means, *scoring)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if n == a.figure_steps:
+            shown[("diffusers-unet", "dpm++2m", n)] = means[:10]
     return [info], rows
 
 
@@ -319,6 +344,27 @@ def save_figure(path: Path, rows) -> None:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def save_samples(path: Path, shown: dict) -> None:
+    """Ten samples (final means) of every (method, sampler, steps), a row each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from infusion.figures import _save_fig
+
+    fig, axes = plt.subplots(len(shown), 1, figsize=(7.5, 0.85 * len(shown)), squeeze=False)
+    for ax, ((m, sampler, n), means) in zip(axes[:, 0], shown.items()):
+        strip = torch.cat(list(means[:, 0]), dim=1)  # (28, 280)
+        ax.imshow(strip.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = m if sampler == "ancestral" else f"{m}\n{sampler}"
+        ax.set_ylabel(f"{label}\n{n} steps", rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     _save_fig(fig, path)
 
