@@ -124,10 +124,12 @@ def nfe(sampler: str, steps: int) -> int:
 def score(means: torch.Tensor, valid, test, test_unit, extractor) -> dict:
     """Classifier FD and precision / recall against the test images; Parzen, σ on validation."""
     parzen = parzen_estimate(means.reshape(len(means), -1), valid, test)
-    q = sample_quality(extractor, means, test_unit, metrics=("fid", "precision"))
-    return {"fid": q["fid"]["value"], "precision": q["precision"]["precision"],
-            "recall": q["precision"]["recall"], "parzen": parzen.mean, "parzen_se": parzen.stderr,
-            "parzen_sigma": parzen.extra["sigma"]}
+    out = {"parzen": parzen.mean, "parzen_se": parzen.stderr, "parzen_sigma": parzen.extra["sigma"]}
+    if extractor is not None:
+        q = sample_quality(extractor, means, test_unit, metrics=("fid", "precision"))
+        out.update(fid=q["fid"]["value"], precision=q["precision"]["precision"],
+                   recall=q["precision"]["recall"])
+    return out
 
 
 def train_method(m: str, a, out: Path, device, reuse_only: bool = False) -> dict:
@@ -137,6 +139,8 @@ def train_method(m: str, a, out: Path, device, reuse_only: bool = False) -> dict
             "train.patience=0", f"train.seed={a.seed}", "sample.n=100",
             # bookkeeping off, so the budget goes to training
             "train.train_bound_examples=0", "train.record_chains_at=", "train.valid_examples=0"]
+    if m == "diffusion":
+        sets.append(f"method.T={a.diffusion_T}")
     cfg = config.override(cfg, sets)
     per_example, flops = training_cost(cfg)
     max_steps = math.ceil(a.budget / (cfg.train.batch_size * flops))
@@ -188,6 +192,9 @@ def main(argv=None) -> None:
     p.add_argument("--test", type=int, default=10000, help="test images scored")
     p.add_argument("--valid", type=int, default=10000, help="validation images for Parzen σ")
     p.add_argument("--steps", default=",".join(map(str, STEPS)))
+    p.add_argument("--diffusion-T", type=int, default=1000, help="diffusion's training steps")
+    p.add_argument("--no-fid", action="store_true",
+                   help="skip the classifier's FD and precision / recall (Parzen only)")
     p.add_argument("--solver-max", type=int, default=100,
                    help="most steps for DDIM, DPM-Solver++, Euler and Heun")
     p.add_argument("--chain-max", type=int, default=1000,
@@ -216,7 +223,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(a.device)
     test, valid = load_mnist("test").images[: a.test], load_mnist("valid").images[: a.valid]
-    test_unit, extractor = to_unit(torch.from_numpy(test)), get_extractor("mnist-cnn")
+    test_unit = to_unit(torch.from_numpy(test))
+    extractor = None if a.no_fid else get_extractor("mnist-cnn")
 
     if a.figure_only:
         shown = {}
@@ -295,8 +303,10 @@ def write_table(path: Path, rows, models, settings: dict, seconds: float, device
     lines = [("| method | sampler | steps | NFE | classifier FD ↓ | precision ↑ | recall ↑ | "
              "Parzen (nats) ↑ | σ | sample s |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        fid, pr = ((f"{r['fid']:.1f}", f"{r['precision']:.3f} | {r['recall']:.3f}") if "fid" in r
+                   else ("—", "— | —"))
         lines.append(f"| {r['method']} | {r['sampler']} | {r['steps']} | {r['nfe']} | "
-                     f"{r['fid']:.1f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{fid} | {pr} | "
                      f"{r['parzen']:.1f} ± {r['parzen_se']:.1f} | {r['parzen_sigma']:.3f} | "
                      f"{r['sample_seconds']:.1f} |")
     mlines = [("| method | passes / example | Adam steps × batch | training TFLOP | example passes "
@@ -312,8 +322,9 @@ def write_table(path: Path, rows, models, settings: dict, seconds: float, device
                       f"{m['train_flops'] / 1e12:.1f} | {passes} | {m['train_seconds']:.0f} | "
                       f"{lik} | {is_} |")
     budget = ", ".join(f"{k}={settings[k]:g}" if isinstance(settings[k], float) else
-                       f"{k}={settings[k]}" for k in ("hidden", "budget", "samples", "test", "valid",
-                                                      "lik_examples", "lik_k", "chain_max"))
+                       f"{k}={settings[k]}" for k in ("hidden", "budget", "diffusion_T", "samples",
+                                                      "test", "valid", "lik_examples", "lik_k",
+                                                      "chain_max"))
     path.write_text(
         "# MNIST at equal training compute: quality against sampling steps\n\n"
         f"Settings: {budget}; device {device}; total {seconds:.0f} s. Budget: training FLOPs "
@@ -334,6 +345,7 @@ def save_figure(path: Path, rows) -> None:
     from infusion.figures import _save_fig
 
     keys = [("fid", "classifier FD ↓"), ("parzen", "Parzen (nats) ↑"), ("recall", "recall ↑")]
+    keys = [k for k in keys if k[0] in rows[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
         for m, s in dict.fromkeys((r["method"], r["sampler"]) for r in rows):
@@ -350,6 +362,8 @@ def save_figure(path: Path, rows) -> None:
 
 def save_samples(path: Path, shown: dict) -> None:
     """Ten samples (final means) of every (method, sampler, steps), a row each."""
+    if not shown:  # no row at --figure-steps
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -60,11 +60,26 @@ def test_toy_suite_end_to_end(tmp_path):
 def test_compare_mnist_end_to_end(tiny_mnist, tmp_path):
     compare = _load("compare_mnist")
     compare.main(["--out", str(tmp_path), "--methods", "diffusion,walkback", "--no-fid",
-                  "--hidden", "16", "--epochs", "1", "--diffusion-T", "20", "--steps", "5,20",
-                  "--samples", "40", "--test", "32", "--valid", "32"])
-    rows = json.loads((tmp_path / "compare_mnist.json").read_text())["rows"]
-    assert [(r["method"], r["steps"]) for r in rows] == [
-        ("diffusion", 5), ("diffusion", 20), ("walkback", 13)]
+                  "--hidden", "16", "--budget", "2e9", "--diffusion-T", "20",
+                  "--steps", "5,10,20", "--solver-max", "5", "--chain-max", "10",
+                  "--samples", "40", "--test", "32", "--valid", "32", "--lik-examples", "4",
+                  "--lik-k", "3"])
+    report = json.loads((tmp_path / "compare_mnist.json").read_text())
+    rows, models = report["rows"], report["models"]
+    assert [(r["method"], r["sampler"], r["steps"]) for r in rows] == [
+        ("diffusion", "ancestral", 5), ("diffusion", "ancestral", 10),
+        ("diffusion", "ancestral", 20), ("diffusion", "ddim", 5), ("diffusion", "dpm++2m", 5),
+        ("walkback", "ancestral", 8), ("walkback", "ancestral", 10)]
     assert all(math.isfinite(r["parzen"]) for r in rows)
-    assert "| diffusion | 5 |" in (tmp_path / "compare_mnist.md").read_text()
+    # the same training FLOPs: diffusion runs its network once an example, walkback ~20 times
+    diff, walk = models
+    assert diff["passes_per_example"] == 1 and walk["passes_per_example"] > 8
+    assert diff["optimiser_steps"] > 8 * walk["optimiser_steps"]
+    for m in models:
+        assert 2e9 <= m["train_flops"] < 2e9 + m["flops_per_example"] * m["batch"]
+        steps = [json.loads(x)["step"] for x in
+                 (tmp_path / "runs" / m["method"] / "metrics.jsonl").read_text().splitlines()]
+        assert steps[-1] == m["optimiser_steps"]  # train.max_steps ended the run there
+    assert diff["lik_kind"] == "lower bound" and "is" in walk and math.isfinite(walk["lik"])
+    assert "| diffusion | ddim | 5 |" in (tmp_path / "compare_mnist.md").read_text()
     assert (tmp_path / "compare_mnist.png").stat().st_size > 0
