@@ -255,8 +255,7 @@ def main(argv=None) -> None:
             if n == max(a.figure_steps, run["cfg"].method.T if m not in SAMPLERS else 1):
                 shown[(m, sampler, n)] = means[:10]
     if a.reference:
-        ref_models, ref_rows = reference(a, models, steps, (valid, test, test_unit, extractor),
-                                         shown)
+        ref_models, ref_rows = reference(a, steps, (valid, test, test_unit, extractor), shown)
         models += ref_models
         rows += ref_rows
     total = time.time() - t_all
@@ -269,8 +268,7 @@ def main(argv=None) -> None:
     print(f"wrote {out / 'compare_mnist.md'} ({total:.0f} s)")
 
 
-def reference(a, models: list[dict], steps, scoring, shown: dict
-              ) -> tuple[list[dict], list[dict]]:
+def reference(a, steps, scoring, shown: dict) -> tuple[list[dict], list[dict]]:
     """diffusers' UNet2DModel trained for the same FLOPs (``--budget``) as the project's
     methods, sampled with its DPM-Solver++ scheduler."""
     import diffusers_mnist as ref
