@@ -247,7 +247,7 @@ DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "cele
 NET_NAMES = ("mlp", "conv")
 LR_SCHEDULES = ("constant", "cosine")
 # methods whose network takes the (continuous) step as an input, so any number of sampling
-# steps works; their body is nets.StepEmbeddingMLP, whatever model.net says
+# steps works; their body is nets.StepEmbeddingMLP (model.net must be "mlp")
 STEP_EMBEDDING_METHODS = ("diffusion", "flow")
 CONDITIONAL_METHODS = ("infusion",)  # model.classes > 0 (algorithms.md §15)
 

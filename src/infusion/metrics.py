@@ -1,6 +1,7 @@
-"""Sample quality without downloads: feature extractors, Fréchet distance, classifier score,
-class coverage and the memorisation check (nearest training neighbours, paper Fig. 4; its
-figures are drawn by :mod:`infusion.figures`).
+"""Sample quality: feature extractors, Fréchet distance, KID, precision / recall, classifier
+score, class coverage and the memorisation check (nearest training neighbours, paper Fig. 4;
+its figures are drawn by :mod:`infusion.figures`). Nothing is downloaded, except the Inception
+weights torch-fidelity fetches when ``inception`` is given no weights file.
 
 Feature extractors are plug-ins: anything with ``features(images) -> (N, F)`` and
 ``logits(images) -> (N, classes)`` (images (N, C, H, W) in [0, 1]) can be registered under a
