@@ -116,6 +116,11 @@ def step_rows(method: str, cfg: config.Config, steps: tuple[int, ...], solver_ma
     return [("ancestral", n) for n in sorted({T} | {n for n in steps if T < n <= chain_max})]
 
 
+def figure_steps(method: str, cfg: config.Config, wanted: int) -> int:
+    """The samples figure's step count: ``wanted``, or the training T of a chain that needs more."""
+    return wanted if method in SAMPLERS else max(wanted, cfg.method.T)
+
+
 def nfe(sampler: str, steps: int) -> int:
     """Network evaluations per sample: Heun's last step is an Euler step."""
     return 2 * steps - 1 if sampler == "heun" else steps
@@ -231,7 +236,7 @@ def main(argv=None) -> None:
         for m in methods:
             run = train_method(m, a, out, device, reuse_only=True)
             for sampler in SAMPLERS.get(m, ("ancestral",)):
-                n = max(a.figure_steps, run["cfg"].method.T if m not in SAMPLERS else 1)
+                n = figure_steps(m, run["cfg"], a.figure_steps)
                 shown[(m, sampler, n)] = sample_chain(run["model"], 10, n, seed=a.seed,
                                                       sampler=sampler).means.clamp(0, 1)
         save_samples(out / "compare_mnist_samples.png", shown)
@@ -252,7 +257,7 @@ def main(argv=None) -> None:
                                                                extractor)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if n == max(a.figure_steps, run["cfg"].method.T if m not in SAMPLERS else 1):
+            if n == figure_steps(m, run["cfg"], a.figure_steps):
                 shown[(m, sampler, n)] = means[:10]
     if a.reference:
         ref_models, ref_rows = reference(a, steps, (valid, test, test_unit, extractor), shown)
