@@ -2,8 +2,8 @@
 compute (algorithms.md §10, §13, §14): sample quality against the number of sampling steps, and
 the likelihood each method can estimate.
 
-**Budget.** Every method trains the same network body (``--hidden``, the paper's 2×1200 MLP by
-default) from its preset (``mnist``, ``mnist-diffusion``, ``mnist-flow``, ``mnist-walkback``,
+**Budget.** Every method trains the same network body (``--net`` and ``--hidden``: the paper's
+2×1200 MLP by default, or ``--net unet``, the small U-Net of algorithms.md §14) from its preset (``mnist``, ``mnist-diffusion``, ``mnist-flow``, ``mnist-walkback``,
 ``mnist-gsn``) for the same number of *training FLOPs* (``--budget``: matmuls and convolutions,
 forward and backward, as ``infusion bench`` counts them). A method's FLOPs and network passes
 per example and Adam step are counted on a throwaway model (infusion: T = 15 passes, one per
@@ -67,6 +67,9 @@ PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "flow": "mnist-f
            "walkback": "mnist-walkback", "gsn": "mnist-gsn"}
 SAMPLERS = {"diffusion": ("ancestral", "ddim", "dpm++2m"), "flow": ("euler", "heun")}
 STEPS = (1, 2, 5, 10, 15, 30, 100, 1000)
+# the shared body's widths unless --hidden: the paper's MLP; a U-Net at 28, 14 and 7 pixels
+# (2.7 times the MLP's FLOPs per pass)
+NET_WIDTHS = {"mlp": "1200,1200", "unet": "16,32,32"}
 # One infusion epoch of the 2×1200 network: 50,000 digits × 15 passes × 23.7 MFLOP (measured).
 INFUSION_EPOCH = 50_000 * 15 * 23.69e6
 # The full budget: 200 infusion epochs (about 3,000 of diffusion or the flow).
@@ -140,7 +143,8 @@ def score(means: torch.Tensor, valid, test, test_unit, extractor) -> dict:
 def train_method(m: str, a, out: Path, device, reuse_only: bool = False) -> dict:
     """Train (or reuse) one method's run under the budget; its model and bookkeeping."""
     cfg = config.preset(PRESETS[m])
-    sets = [f"model.hidden={a.hidden}", "train.epochs=100000", "data.n_train=0",
+    sets = [f"model.net={a.net}", f"model.hidden={a.hidden}", "train.epochs=100000",
+            "data.n_train=0",
             "train.patience=0", f"train.seed={a.seed}", "sample.n=100",
             # bookkeeping off, so the budget goes to training
             "train.train_bound_examples=0", "train.record_chains_at=", "train.valid_examples=0"]
@@ -190,7 +194,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="runs/compare_mnist")
     p.add_argument("--methods", default=",".join(PRESETS))
     p.add_argument("--reduced", action="store_true", help=f"CPU budget: {REDUCED}")
-    p.add_argument("--hidden", default="1200,1200", help="the shared MLP's hidden widths")
+    p.add_argument("--net", default="mlp", choices=tuple(NET_WIDTHS),
+                   help="the shared body: the paper's MLP or a small U-Net")
+    p.add_argument("--hidden", default="",
+                   help=f"the body's widths (MLP) or channels per level (U-Net); default {NET_WIDTHS}")
     p.add_argument("--budget", type=float, default=FULL_BUDGET,
                    help="training FLOPs per method (forward + backward)")
     p.add_argument("--samples", type=int, default=10000, help="samples per row")
@@ -216,6 +223,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    a.hidden = a.hidden or NET_WIDTHS[a.net]
     if a.reduced:
         for k, v in REDUCED.items():
             setattr(a, k, v)
@@ -325,9 +333,9 @@ def write_table(path: Path, rows, models, settings: dict, seconds: float, device
                       f"{m['train_flops'] / 1e12:.1f} | {passes} | {m['train_seconds']:.0f} | "
                       f"{lik} | {is_} |")
     budget = ", ".join(f"{k}={settings[k]:g}" if isinstance(settings[k], float) else
-                       f"{k}={settings[k]}" for k in ("hidden", "budget", "diffusion_T", "samples",
-                                                      "test", "valid", "lik_examples", "lik_k",
-                                                      "chain_max"))
+                       f"{k}={settings[k]}" for k in ("net", "hidden", "budget", "diffusion_T",
+                                                      "samples", "test", "valid", "lik_examples",
+                                                      "lik_k", "chain_max"))
     path.write_text(
         "# MNIST at equal training compute: quality against sampling steps\n\n"
         f"Settings: {budget}; device {device}; total {seconds:.0f} s. Budget: training FLOPs "

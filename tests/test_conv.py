@@ -10,8 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+import infusion
 from infusion import config, data, train
-from infusion.nets import ConvGenerator, StepBatchNorm, build_net
+from infusion.methods import build_method
+from infusion.nets import ConvGenerator, StepBatchNorm, UNet, build_net
+from infusion.runtime import compute_step_statistics
+from infusion.sampler import sample_chain
+
+from .conftest import short_fit
 
 
 def _deconvs(net: nn.Module) -> list[nn.ConvTranspose2d]:
@@ -23,8 +29,8 @@ def test_preset_networks_follow_the_paper(name, side, n_deconv):
     cfg = config.preset(name)
     d = 3 * side * side
     with torch.device("meta"):  # shapes only: no memory, no arithmetic
-        net = build_net(cfg.model.net, d, cfg.model.hidden, cfg.method.T)
-    assert isinstance(net, ConvGenerator) and net.side == side and net.channels == 3
+        net = build_net(cfg.model.net, (3, side, side), cfg.model.hidden, cfg.method.T)
+    assert isinstance(net, ConvGenerator) and net.base == (4, 4) and net.channels == 3
     assert net.fc.in_features == d and net.fc.out_features == 4 * 4 * 512  # one fc layer
     # the transposed convolutions in depth: the body's plus one level of two heads
     assert len(net.deconvs) + 1 == n_deconv
@@ -38,8 +44,85 @@ def test_preset_networks_follow_the_paper(name, side, n_deconv):
 
 
 def test_conv_net_rejects_a_mismatched_image_size():
-    with pytest.raises(ValueError, match="32×32"):
-        build_net("conv", 784, (8, 4, 2), 3)
+    with pytest.raises(ValueError, match="multiples of 8, but the data are 28×28"):
+        build_net("conv", (1, 28, 28), (8, 4, 2), 3)
+    with pytest.raises(ValueError, match=r"needs images .* shape \(784,\): use model.net=mlp"):
+        build_net("conv", (784,), (8, 4), 3)
+    net = build_net("conv", (1, 28, 28), (8, 4), 3)  # MNIST: 7×7 doubled twice
+    assert net.base == (7, 7) and net(torch.rand(2, 784), 1)[0].shape == (2, 784)
+
+
+def test_unet_takes_any_image_size_with_per_step_batch_norm():
+    torch.manual_seed(0)
+    net = build_net("unet", (1, 28, 28), (4, 8, 8), 3)
+    assert isinstance(net, UNet)
+    norms = [n for n in net.modules() if isinstance(n, StepBatchNorm)]
+    # inp at 28×28, down to 14 and 7, up to 14 and 28: per-channel, one slot per step
+    assert [n.weight.shape for n in norms] == [(3, w) for w in (4, 8, 8, 8, 4)]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.uniform_(0.5, 1.5)
+    z = torch.rand(5, 784)
+    a_mu, a_sigma = net(z, 1)
+    assert a_mu.shape == a_sigma.shape == (5, 784)
+    assert not torch.allclose(net(z, 2)[0], a_mu)  # each step its own γ_t
+    odd = build_net("unet", (3, 9, 13), (4, 6), 2)  # odd sides: 9×13 → 5×7 → 9×13
+    assert odd(torch.rand(4, 3 * 9 * 13), 2)[1].shape == (4, 3 * 9 * 13)
+    with pytest.raises(ValueError, match=r"needs images .* shape \(2,\)"):
+        build_net("unet", (2,), (4,), 3)
+
+
+def test_step_embedding_unet_treats_each_example_alone():
+    # diffusion and the flow train on batches that mix steps: group norm and the per-example
+    # step embedding make each output depend on its own state and step only
+    torch.manual_seed(0)
+    net = build_net("unet", (1, 9, 11), (4, 8), 1, batch_norm=False, embed=16)
+    assert not any(isinstance(n, StepBatchNorm) for n in net.modules())
+    z, t = torch.rand(5, 99), torch.tensor([1, 50, 200, 999, 3])
+    a_mu, a_sigma = net(z, t)
+    for i in range(5):
+        one = net(z[i:i + 1], t[i:i + 1])
+        torch.testing.assert_close(one[0], a_mu[i:i + 1])
+        torch.testing.assert_close(one[1], a_sigma[i:i + 1])
+    assert not torch.allclose(net(z, t.flip(0))[0], a_mu)  # the step matters
+    with pytest.raises(ValueError, match="model.net=conv .* takes no step embedding"):
+        build_net("conv", (1, 8, 8), (4,), 1, embed=16)
+
+
+def _blobs(n: int, side: int, seed: int = 0) -> np.ndarray:
+    """Smooth grey blobs at random places, uint8 (n, 1, side, side)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    cx, cy = rng.uniform(0.3, 0.7, (2, n, 1, 1))
+    return (255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.05))[:, None].astype(np.uint8)
+
+
+@pytest.mark.parametrize("preset", ["mnist", "mnist-walkback", "mnist-gsn", "mnist-diffusion",
+                                    "mnist-flow"])
+def test_every_method_learns_on_the_unet(preset):
+    cfg = config.override(config.preset(preset), ["model.net=unet", "model.hidden=6,8",
+                                                  "method.T=4", "sample.steps=0"])
+    method = build_method(cfg.method)
+    model = method.build_model((1, 10, 10), cfg.model)
+    assert isinstance(model.net, UNet)
+    x = torch.from_numpy(_blobs(64, 10)).float().div(255).reshape(64, -1)
+    first, last = short_fit(method, model, x, steps=40, batch=32, lr=1e-2)
+    assert last < first
+    compute_step_statistics(model, method, data.Data(x, x, (1, 10, 10), pixels=True), 32)
+    out = sample_chain(model.eval(), 3, cfg.sample_steps, seed=0).samples
+    assert out.shape == (3, 1, 10, 10) and bool(torch.isfinite(out).all())
+
+
+def test_a_unet_run_saves_and_reloads(tmp_path):
+    res = infusion.fit(_blobs(40, 8), run_dir=tmp_path / "run", progress=False,
+                       log=lambda _: None,
+                       overrides=["model.net=unet", "model.hidden=4,6", "method.T=2",
+                                  "train.epochs=1", "train.batch_size=16"])
+    model, cfg = infusion.load_model(res.run_dir)
+    assert cfg.model.net == "unet" and isinstance(model.net, UNet)
+    assert res.sample(3, seed=1).shape == (3, 1, 8, 8)
+    torch.testing.assert_close(sample_chain(model, 3, 2, seed=1).samples,
+                               sample_chain(res.model, 3, 2, seed=1).samples)
 
 
 def test_step_batch_norm_is_per_channel_and_per_step():

@@ -60,7 +60,7 @@ def test_toy_suite_end_to_end(tmp_path):
 def test_compare_mnist_end_to_end(tiny_mnist, tmp_path):
     compare = _load("compare_mnist")
     compare.main(["--out", str(tmp_path), "--methods", "diffusion,walkback", "--no-fid",
-                  "--hidden", "16", "--budget", "2e9", "--diffusion-T", "20",
+                  "--net", "unet", "--hidden", "4", "--budget", "2e9", "--diffusion-T", "20",
                   "--steps", "5,10,20", "--solver-max", "5", "--chain-max", "10",
                   "--samples", "40", "--test", "32", "--valid", "32", "--lik-examples", "4",
                   "--lik-k", "3"])
@@ -80,6 +80,8 @@ def test_compare_mnist_end_to_end(tiny_mnist, tmp_path):
         steps = [json.loads(x)["step"] for x in
                  (tmp_path / "runs" / m["method"] / "metrics.jsonl").read_text().splitlines()]
         assert steps[-1] == m["optimiser_steps"]  # train.max_steps ended the run there
+        run_cfg = json.loads((tmp_path / "runs" / m["method"] / "config.json").read_text())
+        assert run_cfg["model"]["net"] == "unet"  # one body for every method
     assert diff["lik_kind"] == "lower bound" and "is" in walk and math.isfinite(walk["lik"])
     assert "| diffusion | ddim | 5 |" in (tmp_path / "compare_mnist.md").read_text()
     assert (tmp_path / "compare_mnist.png").stat().st_size > 0

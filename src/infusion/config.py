@@ -221,9 +221,9 @@ class Config:
         s = self.sample.steps
         require([(s == 0 or s >= self.method.T or self.method.name in STEP_EMBEDDING_METHODS,
                    f"sample.steps={s}: sampling needs T' >= T={self.method.T} (algorithms.md §2)"),
-                 (self.model.net == "mlp" or self.method.name not in STEP_EMBEDDING_METHODS,
-                  (f"model.net={self.model.net!r}: method.name={self.method.name} runs an MLP "
-                   "with a step embedding (there is no convolutional body for it yet)")),
+                 (self.model.net != "conv" or self.method.name not in STEP_EMBEDDING_METHODS,
+                  (f"model.net='conv': method.name={self.method.name} needs a body with a step "
+                   "embedding, model.net=mlp or unet (the paper's conv generator has none)")),
                  (self.sample.sampler in SAMPLERS_OF.get(self.method.name, ("ancestral",)),
                   (f"sample.sampler={self.sample.sampler!r}: method.name={self.method.name} "
                    f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}")),
@@ -244,10 +244,10 @@ SAMPLERS_OF = {"diffusion": ("ancestral", "ddim", "dpm++2m"),
                "flow": ("ancestral", "euler", "heun")}
 DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
               "folder", "arrays")
-NET_NAMES = ("mlp", "conv")
+NET_NAMES = ("mlp", "conv", "unet")
 LR_SCHEDULES = ("constant", "cosine")
 # methods whose network takes the (continuous) step as an input, so any number of sampling
-# steps works; their body is nets.StepEmbeddingMLP (model.net must be "mlp")
+# steps works; their body is an MLP or a U-Net with a step embedding (model.net mlp or unet)
 STEP_EMBEDDING_METHODS = ("diffusion", "flow")
 CONDITIONAL_METHODS = ("infusion",)  # model.classes > 0 (algorithms.md §15)
 

@@ -1,4 +1,5 @@
-"""Network bodies shared by every method: the MLP and conv generator of algorithms.md §2, per-step BN.
+"""Network bodies shared by every method: the MLP and conv generator of algorithms.md §2, a small
+U-Net (algorithms.md §14), per-step BN.
 
 A network maps a flat state ``z`` (B, d) and a step index ``t`` (1-based) to the two raw heads
 ``(a_μ, a_σ)``, each (B, d). All weights are shared across steps except batch norm, which has
@@ -137,6 +138,25 @@ def check_classes(net: nn.Module, y: torch.Tensor | None, batch: int) -> None:
                          f"expected ({batch},)")
 
 
+STEP_EMBED = 64  # sinusoidal step features of the diffusion and flow bodies
+
+
+def check_embed(embed: int) -> int:
+    if embed < 2 or embed % 2:
+        raise InputError(f"embed={embed}: expected an even number >= 2")
+    return embed
+
+
+def step_features(t, embed: int, z: torch.Tensor) -> torch.Tensor:
+    """Sinusoidal features (B, embed) of the steps t (an int or (B,)) of a batch z (B, …),
+    frequencies 1 … 1/10000 (the transformer's, as DDPM embeds its step)."""
+    t = torch.as_tensor(t, device=z.device).reshape(-1).expand(z.shape[0])
+    half = embed // 2
+    freqs = torch.exp(-torch.arange(half, device=z.device) * (9.2103404 / max(half - 1, 1)))
+    arg = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(arg), torch.cos(arg)], 1)
+
+
 class MLP(nn.Module):
     """MNIST/TFD operator body, algorithms.md §2: d → h₁ → … → ReLU with per-step BN → two heads of size d."""
 
@@ -178,21 +198,11 @@ class StepEmbeddingMLP(MLP):
     def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
                  embed: int = 64) -> None:
         super().__init__(d, hidden, steps, batch_norm)
-        if embed < 2 or embed % 2:
-            raise InputError(f"embed={embed}: expected an even number >= 2")
-        self.embed = embed
+        self.embed = check_embed(embed)
         self.step_proj = nn.ModuleList(nn.Linear(embed, h) for h in hidden)
 
-    def step_features(self, t: torch.Tensor) -> torch.Tensor:
-        """Sinusoidal features (B, embed) of steps t (B,), frequencies 1 … 1/10000."""
-        half = self.embed // 2
-        freqs = torch.exp(-torch.arange(half, device=t.device) * (9.2103404 / max(half - 1, 1)))
-        arg = t.float()[:, None] * freqs[None]
-        return torch.cat([torch.sin(arg), torch.cos(arg)], 1)
-
     def forward(self, z: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = torch.as_tensor(t, device=z.device).reshape(-1).expand(z.shape[0])
-        feats = self.step_features(steps)
+        feats = step_features(t, self.embed, z)
         h = z
         for linear, proj, norm in zip(self.linears, self.step_proj, self.norms):
             h = linear(h) + proj(feats)
@@ -204,47 +214,119 @@ class StepEmbeddingMLP(MLP):
 class ConvGenerator(nn.Module):
     """CIFAR-10 / CelebA operator body, algorithms.md §2 (paper §4; the generator of Salimans et al. 2016).
 
-    The flat state z(t-1) (B, C·H·W) goes through one fully connected layer to a 4×4 map of
-    ``hidden[0]`` channels, then transposed convolutions (5×5, stride 2) that double the side
-    and step through ``hidden[1:]`` channels, then two transposed-convolution heads with C
-    channels for a_μ and a_σ: ``len(hidden)`` doublings in all, so the images are square with
-    side 4·2^len(hidden) (CIFAR-10: (512, 256, 128) → 32; CelebA: (512, 256, 128, 64) → 64).
-    Per-step batch norm (per unit after the linear layer, per channel after each transposed
-    convolution) and ReLU inside, as in the MLP.
+    The flat state z(t-1) (B, C·H·W) goes through one fully connected layer to a map of
+    ``hidden[0]`` channels at the image's size divided by 2^len(hidden), then transposed
+    convolutions (5×5, stride 2) that double the side and step through ``hidden[1:]`` channels,
+    then two transposed-convolution heads with C channels for a_μ and a_σ: ``len(hidden)``
+    doublings in all (CIFAR-10: (512, 256, 128), 4×4 → 32×32; CelebA: (512, 256, 128, 64),
+    4×4 → 64×64; MNIST with two widths: 7×7 → 28×28). Per-step batch norm (per unit after the
+    linear layer, per channel after each transposed convolution) and ReLU inside, as in the MLP.
     """
 
-    def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
-                 classes: int = 0) -> None:
+    def __init__(self, shape: tuple[int, ...], hidden: tuple[int, ...], steps: int,
+                 batch_norm: bool = True, classes: int = 0) -> None:
         super().__init__()
-        side = 4 * 2 ** len(hidden)
-        if d % (side * side):
-            raise InputError(f"conv net with hidden={tuple(hidden)} makes {side}×{side} images, "
-                             f"but the data have d={d} values, not a multiple of {side * side}; "
-                             f"use one channel width per doubling of 4×4 up to the image side")
-        self.channels, self.side, self.hidden = d // (side * side), side, tuple(hidden)
-        self.fc = nn.Linear(d, 16 * hidden[0])
+        self.channels, height, width = image_shape(shape, "conv")
+        scale = 2 ** len(hidden)
+        if height % scale or width % scale:
+            raise InputError(f"conv net with hidden={tuple(hidden)} doubles the side "
+                             f"{len(hidden)} times, so it makes images whose sides are multiples "
+                             f"of {scale}, but the data are {height}×{width}; use one channel "
+                             "width per doubling up to the image's side (or model.net=unet)")
+        self.base, self.hidden = (height // scale, width // scale), tuple(hidden)
+        first = self.base[0] * self.base[1] * hidden[0]
+        self.fc = nn.Linear(self.channels * height * width, first)
         widths = list(hidden)
         self.deconvs = nn.ModuleList(_deconv(a, b) for a, b in itertools.pairwise(widths))
         norm = (lambda f: StepBatchNorm(f, steps)) if batch_norm else (lambda f: nn.Identity())
-        self.norms = nn.ModuleList([norm(16 * hidden[0])] + [norm(w) for w in widths[1:]])
+        self.norms = nn.ModuleList([norm(first)] + [norm(w) for w in widths[1:]])
         self.head_mu = _deconv(widths[-1], self.channels)
         self.head_sigma = _deconv(widths[-1], self.channels)
-        self.class_embeds = class_embeddings(classes, [16 * hidden[0]] + widths[1:])
+        self.class_embeds = class_embeddings(classes, [first] + widths[1:])
 
     def forward(self, z: torch.Tensor, t: int, y: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         check_classes(self, y, z.shape[0])
         b = z.shape[0]
-        h = self.fc(z)  # (B, 16·hidden[0])
+        h = self.fc(z)  # (B, base_h·base_w·hidden[0])
         if y is not None:
             h = h + self.class_embeds[0](y)
-        h = torch.relu(_norm(self.norms[0], h, t)).view(b, self.hidden[0], 4, 4)
+        h = torch.relu(_norm(self.norms[0], h, t)).view(b, self.hidden[0], *self.base)
         for i, (deconv, norm) in enumerate(zip(self.deconvs, self.norms[1:]), 1):
             h = deconv(h)  # side doubles
             if y is not None:
                 h = h + self.class_embeds[i](y)[:, :, None, None]
             h = torch.relu(_norm(norm, h, t))
         return self.head_mu(h).reshape(b, -1), self.head_sigma(h).reshape(b, -1)
+
+
+class UNet(nn.Module):
+    """A small convolutional U-Net body for images of any size, for every method (algorithms.md §14).
+
+    ``hidden`` gives the channels of each resolution: a 3×3 convolution to ``hidden[0]``
+    channels at the image's size, one stride-2 3×3 convolution per further width (the side
+    halves, rounded up: 28 → 14 → 7), then back up: nearest-neighbour upsampling to the size
+    of the matching encoder map, concatenation with it and a 3×3 convolution to its width; two
+    3×3 heads with C channels for a_μ and a_σ. After every convolution but the heads: the
+    class embedding (``classes`` > 0, algorithms.md §15) and a projection of the sinusoidal
+    step embedding (``embed`` > 0: diffusion and the flow) are added per channel, then a
+    normalisation, then ReLU. The normalisation is per-step batch norm when ``batch_norm`` (the
+    chains indexed by their step, as in the MLP), else group norm, which is per example, so
+    that one training batch may mix steps.
+    """
+
+    def __init__(self, shape: tuple[int, ...], hidden: tuple[int, ...], steps: int,
+                 batch_norm: bool = True, classes: int = 0, embed: int = 0) -> None:
+        super().__init__()
+        self.shape = image_shape(shape, "unet")
+        widths = list(hidden)
+        pairs = list(itertools.pairwise(widths))
+        self.inp = nn.Conv2d(self.shape[0], widths[0], 3, padding=1)
+        self.down = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in pairs)
+        self.up = nn.ModuleList(nn.Conv2d(b + a, a, 3, padding=1) for a, b in reversed(pairs))
+        layers = widths + widths[-2::-1]  # the widths of inp, the downs, the ups
+        self.norms = nn.ModuleList(StepBatchNorm(w, steps) if batch_norm
+                                   else nn.GroupNorm(math.gcd(w, 8), w) for w in layers)
+        self.head_mu = nn.Conv2d(widths[0], self.shape[0], 3, padding=1)
+        self.head_sigma = nn.Conv2d(widths[0], self.shape[0], 3, padding=1)
+        self.class_embeds = class_embeddings(classes, layers)
+        self.embed = check_embed(embed) if embed else 0
+        self.step_proj = nn.ModuleList(nn.Linear(embed, w) for w in layers) if embed else None
+
+    def forward(self, z: torch.Tensor, t, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        check_classes(self, y, z.shape[0])
+        b = z.shape[0]
+        feats = step_features(t, self.embed, z) if self.embed else None
+
+        def layer(i: int, h: torch.Tensor) -> torch.Tensor:
+            if y is not None:
+                h = h + self.class_embeds[i](y)[:, :, None, None]
+            if feats is not None:
+                h = h + self.step_proj[i](feats)[:, :, None, None]
+            norm = self.norms[i]  # a step-embedding body shares one batch-norm slot
+            h = norm(h, 1 if self.embed else t) if isinstance(norm, StepBatchNorm) else norm(h)
+            return torch.relu(h)
+
+        h = layer(0, self.inp(z.view(b, *self.shape)))
+        skips = [h]
+        for i, conv in enumerate(self.down, 1):
+            h = layer(i, conv(h))
+            skips.append(h)
+        skips.pop()  # the deepest map is h itself
+        for i, conv in enumerate(self.up, 1 + len(self.down)):
+            skip = skips.pop()
+            h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = layer(i, conv(torch.cat([h, skip], 1)))
+        return self.head_mu(h).reshape(b, -1), self.head_sigma(h).reshape(b, -1)
+
+
+def image_shape(shape: tuple[int, ...], kind: str) -> tuple[int, int, int]:
+    """(C, H, W) of image states, or a clear error for flat ones."""
+    if len(shape) != 3:
+        raise InputError(f"model.net={kind} needs images (channels, height, width), but the "
+                         f"states have shape {tuple(shape)}: use model.net=mlp")
+    return tuple(int(s) for s in shape)
 
 
 def _deconv(c_in: int, c_out: int) -> nn.ConvTranspose2d:
@@ -256,15 +338,26 @@ def _norm(norm: nn.Module, h: torch.Tensor, t: int) -> torch.Tensor:
     return norm(h, t) if isinstance(norm, StepBatchNorm) else h
 
 
-def build_net(kind: str, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
-              classes: int = 0) -> nn.Module:
-    """The network body named by ``model.net``: ``mlp`` (MNIST/TFD) or ``conv`` (CIFAR-10/CelebA),
-    class-conditional with ``classes`` > 0."""
+def build_net(kind: str, shape: tuple[int, ...], hidden: tuple[int, ...], steps: int,
+              batch_norm: bool = True, classes: int = 0, embed: int = 0) -> nn.Module:
+    """The network body named by ``model.net`` for states of ``shape``: ``mlp`` (MNIST/TFD),
+    ``conv`` (the paper's CIFAR-10/CelebA generator) or ``unet`` (images of any size);
+    class-conditional with ``classes`` > 0; with a step embedding of ``embed`` features
+    (diffusion and the flow) for ``mlp`` and ``unet``."""
+    d = math.prod(shape)
     if kind == "mlp":
-        return MLP(d, hidden, steps, batch_norm, classes)
+        if embed and classes:
+            raise InputError("the step-embedding MLP is unconditional (model.classes=0)")
+        return StepEmbeddingMLP(d, hidden, steps, batch_norm, embed) if embed else MLP(
+            d, hidden, steps, batch_norm, classes)
     if kind == "conv":
-        return ConvGenerator(d, hidden, steps, batch_norm, classes)
-    raise InputError(f"unknown network {kind!r}; available: mlp, conv")
+        if embed:
+            raise InputError("model.net=conv (the paper's generator) takes no step embedding: "
+                             "use model.net=unet or mlp")
+        return ConvGenerator(shape, hidden, steps, batch_norm, classes)
+    if kind == "unet":
+        return UNet(shape, hidden, steps, batch_norm, classes, embed)
+    raise InputError(f"unknown network {kind!r}; available: mlp, conv, unet")
 
 
 def step_norms(module: nn.Module) -> list[StepBatchNorm]:

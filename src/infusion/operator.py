@@ -124,7 +124,7 @@ class GaussianChainModel(ChainModel):
     def __init__(self, shape: tuple[int, ...], T: int, cfg: ModelConfig, slots: int | None = None
                  ) -> None:
         d = math.prod(shape)
-        net = build_net(cfg.net, d, tuple(cfg.hidden), slots or T, cfg.batch_norm, cfg.classes)
+        net = build_net(cfg.net, shape, tuple(cfg.hidden), slots or T, cfg.batch_norm, cfg.classes)
         super().__init__(shape, T, net, FactorialGaussianPrior(d))
         self.beta, self.eps, self.classes = cfg.beta, cfg.eps, cfg.classes
 

@@ -9,11 +9,12 @@ Ho et al.), so that the data's spread is comparable to the unit noise it diffuse
 model itself reads and writes the model space x (the shared sampler's states, the prior
 N(½, 1/s²)), and densities of x are those of y plus d·log s.
 
-Reverse: p(x_{k-1} | x_k) = N(μ, σ²) on the same MLP body as every method (algorithms.md §2), made step
-aware by a sinusoidal step embedding added to each hidden layer
-(:class:`~infusion.nets.StepEmbeddingMLP`) because one training batch mixes steps; without
-batch norm (``model.batch_norm`` is ignored), since a batch of the reverse chain shares one
-step while a training batch mixes them, so batch statistics would differ between the two.
+Reverse: p(x_{k-1} | x_k) = N(μ, σ²) on the same body as every method (algorithms.md §2,
+§14: ``model.net`` mlp or unet), made step aware by a sinusoidal step embedding added to each
+hidden layer (:class:`~infusion.nets.StepEmbeddingMLP`, :class:`~infusion.nets.UNet`) because
+one training batch mixes steps; without batch norm (``model.batch_norm`` is ignored; the U-Net
+uses group norm), since a batch of the reverse chain shares one step while a training batch
+mixes them, so batch statistics would differ between the two.
 Head a_μ predicts (``method.diffusion.predict``) the noise ε, μ = (x_k − β_k/√(1-ᾱ_k)·ε̂)/√α_k
 (Ho et al.); the clean x̂_0, μ = the forward posterior's mean μ̃(x_k, x̂_0); or
 v = √ᾱ_k·ε − √(1-ᾱ_k)·x_0 (Salimans & Ho 2022), x̂_0 = √ᾱ_k·x_k − √(1-ᾱ_k)·v̂, μ = μ̃(x_k, x̂_0).
@@ -49,7 +50,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..distributions import normal_log_prob
 from ..errors import InputError
-from ..nets import StepEmbeddingMLP
+from ..nets import STEP_EMBED, build_net
 from ..operator import ChainModel, FactorialGaussianPrior
 from .base import Method
 
@@ -127,7 +128,8 @@ class DiffusionModel(ChainModel):
             # one, so batch statistics would differ between the two (measured: the validation
             # bound, scored in batch-statistics mode, was best after epoch 1 and kept the model
             # untrained); the step embedding alone conditions on the step
-            net = StepEmbeddingMLP(d, tuple(cfg.hidden), 1, batch_norm=False)
+            net = build_net(cfg.net, shape, tuple(cfg.hidden), 1, batch_norm=False,
+                            embed=STEP_EMBED)
         super().__init__(shape, len(schedule.alpha_bar), net,
                          prior if prior is not None else DiffusionPrior(d, float(scale)))
         self.schedule = schedule

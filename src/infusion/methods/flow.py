@@ -5,8 +5,8 @@ densities are reported for the model-space x (+ d·log s).
 
 Path and loss: y_τ = (1 − τ)·y + τ·ε with τ ~ U(0, 1) per example and ε ~ N(0, I); the
 network regresses the velocity u = ε − y, loss ‖v̂(y_τ, τ) − u‖² summed over dimensions. The
-body is the MLP of every method, conditioned on τ through diffusion's sinusoidal step embedding
-(of 1000·τ), without batch norm (a training batch mixes τ).
+body is every method's (``model.net`` mlp or unet, algorithms.md §14), conditioned on τ through
+diffusion's sinusoidal step embedding (of 1000·τ), without batch norm (a training batch mixes τ).
 
 Sampling: the ODE dy/dτ = v̂(y, τ) from τ = 1 (the prior) to τ = 0 in S equal steps of
 h = 1/S (S = ``method.T`` unless ``sample.steps`` says otherwise), deterministic (σ² = 0):
@@ -31,7 +31,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..distributions import normal_log_prob
 from ..errors import InputError
-from ..nets import StepEmbeddingMLP
+from ..nets import STEP_EMBED, build_net
 from ..operator import ChainModel, FactorialGaussianPrior
 from .base import Method
 from .diffusion import DiffusionPrior
@@ -53,7 +53,8 @@ class FlowModel(ChainModel):
         if net is None:
             if cfg is None:
                 raise InputError("FlowModel needs a ModelConfig or a network")
-            net = StepEmbeddingMLP(d, tuple(cfg.hidden), 1, batch_norm=False)
+            net = build_net(cfg.net, shape, tuple(cfg.hidden), 1, batch_norm=False,
+                            embed=STEP_EMBED)
         super().__init__(shape, steps, net, prior if prior is not None else DiffusionPrior(d, scale))
         self.scale, self.integrator = float(scale), integrator
 

@@ -62,7 +62,7 @@ class WalkbackModel(ChainModel):
                  base: float = 2.0, sigma_offset: float = 0.0, sigma_max: float = 0.5,
                  variance_scaling: bool = True) -> None:
         d = math.prod(shape)
-        super().__init__(shape, T, build_net(cfg.net, d, tuple(cfg.hidden), T, cfg.batch_norm),
+        super().__init__(shape, T, build_net(cfg.net, shape, tuple(cfg.hidden), T, cfg.batch_norm),
                          FactorialGaussianPrior(d))
         self.alpha, self.base, self.sigma_offset = alpha, base, sigma_offset
         self.variance_scaling = variance_scaling
