@@ -33,7 +33,8 @@ def _model(classes=3, net="mlp", hidden=(16, 16), shape=(2,)):
 
 
 @pytest.mark.parametrize("net,hidden,shape", [("mlp", (16, 16), (2,)),
-                                              ("conv", (8, 4), (1, 16, 16))])
+                                              ("conv", (8, 4), (1, 16, 16)),
+                                              ("unet", (4, 6), (1, 10, 10))])
 def test_the_class_reaches_the_operator(net, hidden, shape):
     """Zero-initialised embeddings: at first every class gives the unconditional transition;
     once they differ, the transition depends on y and on nothing else of the batch."""
