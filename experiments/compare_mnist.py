@@ -38,6 +38,9 @@ samples figure alone from them. The full budget (GPU):
 A reduced budget for a 2-core CPU (numbers not comparable with the paper's):
 
     python experiments/compare_mnist.py --reduced --reference --out runs/compare_mnist_cpu
+
+On the U-Net body instead of the MLP, add ``--net unet`` (README: the CPU run of infusion,
+diffusion and the flow, ``--methods infusion,diffusion,flow``).
 """
 
 from __future__ import annotations
