@@ -12,6 +12,7 @@ from torch import nn
 
 import infusion
 from infusion import config, data, train
+from infusion.fitting import UNET_CHANNELS
 from infusion.methods import build_method
 from infusion.nets import ConvGenerator, StepBatchNorm, UNet, build_net
 from infusion.runtime import compute_step_statistics
@@ -116,10 +117,11 @@ def test_every_method_learns_on_the_unet(preset):
 def test_a_unet_run_saves_and_reloads(tmp_path):
     res = infusion.fit(_blobs(40, 8), run_dir=tmp_path / "run", progress=False,
                        log=lambda _: None,
-                       overrides=["model.net=unet", "model.hidden=4,6", "method.T=2",
-                                  "train.epochs=1", "train.batch_size=16"])
+                       overrides=["model.net=unet", "method.T=2", "train.epochs=1",
+                                  "train.batch_size=16"])
     model, cfg = infusion.load_model(res.run_dir)
     assert cfg.model.net == "unet" and isinstance(model.net, UNet)
+    assert cfg.model.hidden == UNET_CHANNELS  # not the MLP's 1200 channels
     assert res.sample(3, seed=1).shape == (3, 1, 8, 8)
     torch.testing.assert_close(sample_chain(model, 3, 2, seed=1).samples,
                                sample_chain(res.model, 3, 2, seed=1).samples)

@@ -58,6 +58,9 @@ class FitResult:
         return to_data_space((res.means if means else res.samples).numpy(), self.config.data)
 
 
+UNET_CHANNELS = (32, 64, 64)  # model.net=unet without a preset: channels at 1, 1/2, 1/4 of the side
+
+
 def mlp_widths(d: int) -> tuple[int, int]:
     """Two hidden layers of 2·d units rounded up to a multiple of 64, kept within [128, 1200]:
     128 for 2-D points (the spiral presets' width), 1200 from d = 600 on (the paper's MNIST
@@ -91,7 +94,8 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
 
     ``preset`` (a name or a :class:`Config`) gives the network, method and training settings;
     without one, the defaults (the paper's: T = 15, Adam 1e-3, batch 512, early stopping)
-    with an MLP of :func:`mlp_widths` (d), and a folder read at 32×32. ``overrides`` are
+    with an MLP of :func:`mlp_widths` (d) (with ``model.net=unet``: a U-Net of
+    :data:`UNET_CHANNELS`), and a folder read at 32×32. ``overrides`` are
     ``--set`` strings (``"train.epochs=5"``); the rest (``device``, ``overwrite``,
     ``progress``, ``log``) go to :func:`infusion.train`. ``run_dir`` defaults to
     ``runs/<file or folder name>``, or ``runs/fit-<hash of the data>`` for in-memory data.
@@ -283,11 +287,13 @@ def _float_map(train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 def _size_network(cfg: Config, preset, overrides: Sequence[str], shape: tuple[int, ...]
                   ) -> Config:
-    """Without a preset (or a model.hidden override), the MLP's widths from d."""
-    if preset is not None or cfg.model.net != "mlp" or any(
+    """Without a preset (or a model.hidden override), the MLP's widths from d, or the U-Net's
+    :data:`UNET_CHANNELS` (the default widths are the paper's MLP's, far too many channels)."""
+    if preset is not None or cfg.model.net == "conv" or any(
             o.split("=", 1)[0].strip() == "model.hidden" for o in overrides):
         return cfg
-    return replace(cfg, model=replace(cfg.model, hidden=mlp_widths(math.prod(shape)))).validate()
+    hidden = mlp_widths(math.prod(shape)) if cfg.model.net == "mlp" else UNET_CHANNELS
+    return replace(cfg, model=replace(cfg.model, hidden=hidden)).validate()
 
 
 def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
