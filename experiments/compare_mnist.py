@@ -39,8 +39,9 @@ A reduced budget for a 2-core CPU (numbers not comparable with the paper's):
 
     python experiments/compare_mnist.py --reduced --reference --out runs/compare_mnist_cpu
 
-On the U-Net body instead of the MLP, add ``--net unet`` (README: the CPU run of infusion,
-diffusion and the flow, ``--methods infusion,diffusion,flow``).
+On the U-Net body instead of the MLP, add ``--net unet`` (README: the reduced CPU run of
+every method, as ``--methods infusion,diffusion,flow`` and then ``--methods walkback`` and
+``--methods gsn``, each with its own ``--out``).
 """
 
 from __future__ import annotations
