@@ -26,7 +26,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "about": "recognisable MNIST digits within 10 minutes on 2 CPU cores (2x1024, T=10)",
         "model": {"hidden": (1024, 1024)},
         "method": {"T": 10, "infusion": {"alpha0": 0.02, "omega": 0.02}},
+        # the rate decays to 0 on a cosine over the 8 epochs and an EMA of the weights is
+        # validated, sampled and exported: at 8 epochs (README) Parzen 291.1 against 285.3
+        # for the constant rate, validation bound 956.7 against 902.3, but classifier FD
+        # 152 against 119 at 25 steps and recall 0.019 against 0.033 (a trade-off)
         "train": {"epochs": 8, "batch_size": 256, "patience": 0, "max_minutes": 8.0,
+                  "lr_schedule": "cosine", "ema": 0.999,
                   "valid_examples": 2000, "record_chains_at": (0, 1, 2, 4, 8),
                   "train_bound_examples": 2000},
         # T' = 2.5T: on 5,000 samples (README) 25 steps gave 90% confident digits with every
