@@ -72,3 +72,16 @@ def test_console_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "infusion", "presets"], capture_output=True,
                        text=True, timeout=60, check=False)
     assert r.returncode == 0 and "mnist-demo" in r.stdout and "spiral" in r.stdout
+
+
+def test_evaluate_help_names_every_metric():
+    """The --metrics help is written out by hand (the CLI does not import torch); it must name
+    every metric evaluate accepts."""
+    import argparse
+
+    from infusion.cli import build_parser
+    from infusion.evaluate.protocol import METRICS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = next(a.help for a in sub.choices["evaluate"]._actions if "--metrics" in a.option_strings)
+    assert set(text.split("comma list of ")[1].split(" ")[0].split(",")) == set(METRICS)

@@ -175,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reduction"))
     e.add_argument("--metrics", default=None,
                    help="comma list of lb,is,is-iso,lb-train,is-train,is-iso-train,parzen,fid,"
-                   "score,coverage,memorisation,reversibility (walkback); 'default' = lb,is,parzen "
-                   "and the sample metrics, 'paper' = the likelihood rows and parzen, 'all' "
-                   "(default: the protocol's)")
+                   "kid,precision,score,coverage,memorisation,reversibility (walkback); "
+                   "'default' = lb,is,parzen and the sample metrics, 'paper' = the likelihood "
+                   "rows and parzen, 'all' (default: the protocol's)")
     e.add_argument("--out", help="report .json (default: RUN_DIR/eval/report.json); rewritten "
                    "after every metric and repetition")
     e.add_argument("--k", type=_positive, default=None,
