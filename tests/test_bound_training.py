@@ -77,8 +77,10 @@ def test_bound_training_raises_the_validation_bound_and_records_figures(tmp_path
                              "train_bound_examples": 128})
     train(cfg, tmp_path, progress=False, log=lambda s: None)
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert all("train_bound" in r and "valid_bound" in r for r in rows)
-    assert rows[-1]["valid_bound"] > rows[0]["valid_bound"]
+    keys = ("train_bound_population", "valid_bound_population", "train_bound_batch",
+            "valid_bound_batch")
+    assert all(k in r for r in rows for k in keys)
+    assert rows[-1]["valid_bound_population"] > rows[0]["valid_bound_population"]
     import numpy as np
 
     recorded = sorted(p.name for p in (tmp_path / "infusion_chains").glob("*.npz"))

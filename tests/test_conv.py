@@ -184,7 +184,7 @@ def test_conv_presets_train_on_synthetic_images(synthetic_images, tmp_path, name
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     losses = [r["train_loss"] for r in rows]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    assert rows[-1]["valid_bound"] > rows[0]["valid_bound"]
+    assert rows[-1]["valid_bound_population"] > rows[0]["valid_bound_population"]
     samples = np.load(tmp_path / "run" / "samples.npz")["samples"]
     assert samples.shape == (4, 3, side, side)
     assert final.is_file()

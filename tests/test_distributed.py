@@ -95,4 +95,4 @@ def test_torchrun_trains_walkback_end_to_end(tmp_path):
     assert res.stdout.count("final checkpoint:") == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert all(abs(r["valid_bound"]) < 1e6 for r in rows)
+    assert all(abs(r["valid_bound_population"]) < 1e6 for r in rows)

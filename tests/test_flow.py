@@ -97,7 +97,7 @@ def test_training_and_evaluation(tmp_path):
     cfg = config.override(cfg, ["method.flow.likelihood_steps=4"])
     final = train(cfg, tmp_path / "run", **QUIET)
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert all("valid_bound" not in r and "valid_loss" in r for r in rows)  # loss only
+    assert all("valid_bound_population" not in r and "valid_loss" in r for r in rows)  # loss only
     s = ev.EvalSettings(lb_examples=20, is_examples=10, is_k=3, train_examples=5, n_samples=30,
                         batch_size=64)
     rep = ev.evaluate(final, ["lb", "is", "lb-train", "parzen"], None, s, **QUIET)

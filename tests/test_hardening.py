@@ -154,8 +154,8 @@ def test_kill_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_pat
     a = checkpoint.load(tmp_path / "resume" / "checkpoints" / "final.pt")["model"]
     b = checkpoint.load(whole / "checkpoints" / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
-    assert [r["valid_bound"] for r in rows(tmp_path / "resume")] == \
-           [r["valid_bound"] for r in rows(whole)]
+    assert [r["valid_bound_population"] for r in rows(tmp_path / "resume")] == \
+           [r["valid_bound_population"] for r in rows(whole)]
     assert not list((tmp_path / "resume").glob("**/.*.tmp"))
 
 

@@ -31,7 +31,7 @@ def test_loss_falls_on_toy_data(tmp_path):
     rows = _rows(tmp_path / "run")
     assert len(rows) == 6
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.5
-    assert rows[-1]["valid_bound"] > rows[0]["valid_bound"]
+    assert rows[-1]["valid_bound_population"] > rows[0]["valid_bound_population"]
 
 
 def test_toy_figures_are_readable(tmp_path):
@@ -160,17 +160,17 @@ def test_init_from_starts_from_a_trained_model(tmp_path):
     small to move the weights, its first validation bound is the source's best one."""
     source = tmp_path / "source"
     train(tiny_config(train={"epochs": 3}), source, **QUIET)
-    best = max(r["valid_bound"] for r in _rows(source))
+    best = max(r["valid_bound_population"] for r in _rows(source))
     export = checkpoint.save_pretrained(*checkpoint.load_model(source), tmp_path / "export")
     fresh = tiny_config(train={"epochs": 1, "lr": 1e-12})
     for start in (export, source):
         run = tmp_path / f"from-{start.name}"
         train(config.override(fresh, [f"train.init_from={start}"]), run, **QUIET)
-        assert _rows(run)[0]["valid_bound"] == pytest.approx(best, abs=1e-3)
+        assert _rows(run)[0]["valid_bound_population"] == pytest.approx(best, abs=1e-3)
         assert json.loads((run / "config.json").read_text())["train"]["init_from"] == \
             str(start.resolve())
     train(fresh, tmp_path / "cold", **QUIET)
-    assert _rows(tmp_path / "cold")[0]["valid_bound"] < best - 1.0
+    assert _rows(tmp_path / "cold")[0]["valid_bound_population"] < best - 1.0
     wider = config.override(tiny_config(model={"hidden": (48, 32)}), [f"train.init_from={export}"])
     with pytest.raises(RunError, match="train.init_from=.*does not fit"):
         train(wider, tmp_path / "misfit", **QUIET)

@@ -132,6 +132,13 @@ class TrainConfig:
     record_chains_at: tuple[int, ...] = ()
     record_chains_n: int = 8  # targets in each recorded chain
     train_bound_examples: int = 0  # training examples scored each epoch (0 = off)
+    # Validation scores a fixed model (algorithms.md §6): before each epoch's validation, a short
+    # statistics pass over this many training batches (0 = the whole training set) stores
+    # per-step batch-norm statistics; selection, best.pt and patience use these scores. With
+    # valid_batch_stats the bounds with each minibatch's own statistics (the paper's appendix
+    # A.1 mode) are logged beside them as *_batch.
+    valid_stats_batches: int = 20
+    valid_batch_stats: bool = True
     # Watching (infusion.watch): a preview sample grid every N epochs (0 = off), TensorBoard.
     sample_every: int = 0
     tensorboard: bool = False
@@ -174,6 +181,9 @@ class TrainConfig:
             (self.cpu_threads >= 0, f"train.cpu_threads={self.cpu_threads}: expected >= 0 (0 = default)"),
             (self.train_bound_examples >= 0,
              f"train.train_bound_examples={self.train_bound_examples}: expected >= 0"),
+            (self.valid_stats_batches >= 0,
+             f"train.valid_stats_batches={self.valid_stats_batches}: expected >= 0 "
+             "(0 = the whole training set)"),
         ])
 
 

@@ -135,18 +135,31 @@ def _scatter_panels(path, panels: Sequence[np.ndarray], titles: Sequence[str], r
     return _save_fig(fig, path)
 
 
+# The bound panel of the training curves: population statistics (what selection uses), then
+# minibatch statistics (the paper's appendix A.1 mode; the only one of runs before 0.3).
+BOUND_KEYS = ("valid_bound_population", "train_bound_population", "valid_bound_batch",
+              "train_bound_batch")
+# metrics.jsonl keys of versions before 0.3, whose bounds used minibatch statistics
+LEGACY_METRIC_KEYS = {"valid_bound": "valid_bound_batch", "train_bound": "train_bound_batch"}
+
+
+def read_metric_rows(metrics_file: str | Path) -> list[dict]:
+    """The epoch rows of ``metrics.jsonl``, old runs' bound keys renamed to say their mode."""
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    return [{LEGACY_METRIC_KEYS.get(k, k): v for k, v in r.items()} for r in rows if "epoch" in r]
+
+
 def save_curves(path: str | Path, metrics_file: str | Path,
-                panels: Sequence[Sequence[str]] = (("train_loss", "valid_loss"),
-                                                   ("valid_bound", "train_bound"))
+                panels: Sequence[Sequence[str]] = (("train_loss", "valid_loss"), BOUND_KEYS)
                 ) -> Path:
-    """Training curves from ``metrics.jsonl``: one panel per group of keys, against the epoch."""
+    """Training curves from ``metrics.jsonl``: one panel per group of keys, against the epoch
+    (minibatch-statistics bounds dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "epoch" in r]
+    rows = read_metric_rows(metrics_file)
     panels = [keys for keys in panels if any(r.get(k) is not None for r in rows for k in keys)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.5),
                              squeeze=False)
@@ -154,7 +167,8 @@ def save_curves(path: str | Path, metrics_file: str | Path,
         for key in keys:
             pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=key)
+                ax.plot(*zip(*pts), marker="o", ms=3, label=key,
+                        ls="--" if key.endswith("_batch") else "-")
         ax.set(xlabel="epoch", ylabel="nats / example")
         ax.legend()
         ax.grid(alpha=0.3)

@@ -42,6 +42,10 @@ def batch_moments(h: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor
     return mean, var
 
 
+# How a statistics pass averages the batch statistics (algorithms.md §6).
+BN_AVERAGES = ("exact", "moving")
+
+
 class StepBatchNorm(nn.Module):
     """Per-step batch norm (paper footnote 5; algorithms.md §2, §6).
 
@@ -50,7 +54,9 @@ class StepBatchNorm(nn.Module):
         (training, and the paper's validation scoring during training).
       * ``eval()`` with stored statistics: normalise with the per-step averages of algorithms.md §6.
       * while ``collecting``: use batch statistics and add the batch mean and (biased) variance
-        of each step to running sums, so :meth:`finish_collect` stores their exact average.
+        of each step to running sums, so :meth:`finish_collect` stores their exact average
+        (or, with ``average="moving"``, keep the authors' moving average, rate 0.1, of the
+        batch mean and inverse standard deviation, starting from 0 and 1).
     """
 
     def __init__(self, features: int, steps: int, eps: float = 1e-5) -> None:
@@ -62,7 +68,7 @@ class StepBatchNorm(nn.Module):
         self.register_buffer("stat_var", torch.ones(steps, features))
         self.register_buffer("stat_ready", torch.zeros((), dtype=torch.bool))
         self.collecting = False
-        self._sum_mean = self._sum_var = self._count = None
+        self._sum_mean = self._sum_var = self._count = self._moving = None
         # A differentiable sum across processes (set by distributed.shard_model), so that a
         # batch split over processes is normalised with the whole batch's statistics.
         self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -82,7 +88,13 @@ class StepBatchNorm(nn.Module):
         x = h.float()  # statistics in fp32, also under bf16 autocast
         if self.training or self.collecting or not self.has_stats:
             mean, var = batch_moments(x, self.reduce)
-            if self.collecting:
+            if self.collecting and self._moving is not None:  # the authors' running averages
+                r = self._moving
+                self._sum_mean[k] = (1 - r) * self._sum_mean[k] + r * mean.detach().double()
+                inv_std = torch.rsqrt(var.detach().double() + self.eps)
+                self._sum_var[k] = (1 - r) * self._sum_var[k] + r * inv_std
+                self._count[k] += 1
+            elif self.collecting:
                 self._sum_mean[k] += mean.detach().double()
                 self._sum_var[k] += var.detach().double()
                 self._count[k] += 1
@@ -93,25 +105,46 @@ class StepBatchNorm(nn.Module):
                * self.weight[k].view(view) + self.bias[k].view(view))
         return out.to(h.dtype)
 
-    def start_collect(self) -> None:
+    def start_collect(self, average: str = "exact", rate: float = 0.1) -> None:
+        """Begin a statistics pass: ``average="exact"`` (algorithms.md §6) or ``"moving"``
+        (the authors' code: m ← (1-r)·m + r·mean, s ← (1-r)·s + r/√(var+ε) from m = 0, s = 1)."""
+        if average not in BN_AVERAGES:
+            raise InputError(f"batch-norm statistics average {average!r}: expected one of "
+                             f"{', '.join(BN_AVERAGES)}")
         shape = self.stat_mean.shape
         dev = self.stat_mean.device
+        self._moving = rate if average == "moving" else None
         self._sum_mean = torch.zeros(shape, dtype=torch.float64, device=dev)
-        self._sum_var = torch.zeros(shape, dtype=torch.float64, device=dev)
+        self._sum_var = (torch.ones if self._moving else torch.zeros)(
+            shape, dtype=torch.float64, device=dev)
         self._count = torch.zeros(shape[0], dtype=torch.float64, device=dev)
         self.collecting = True
 
     def finish_collect(self) -> None:
-        """Store the exact average over collected batches, per step (algorithms.md §6)."""
+        """Store the exact average over collected batches, per step (algorithms.md §6), or the
+        moving averages, the inverse std s stored as the variance 1/s² − ε it stands for."""
         seen = self._count > 0
         if not bool(seen.all()):
             missing = [i + 1 for i in range(self.steps) if not seen[i]]
             raise RuntimeError(f"batch-norm statistics pass saw no batch for steps {missing}")
-        self.stat_mean.copy_((self._sum_mean / self._count[:, None]).to(self.stat_mean.dtype))
-        self.stat_var.copy_((self._sum_var / self._count[:, None]).to(self.stat_var.dtype))
+        if self._moving is not None:
+            mean, var = self._sum_mean, (self._sum_var.pow(-2) - self.eps).clamp_min(0.0)
+        else:
+            mean = self._sum_mean / self._count[:, None]
+            var = self._sum_var / self._count[:, None]
+        self.stat_mean.copy_(mean.to(self.stat_mean.dtype))
+        self.stat_var.copy_(var.to(self.stat_var.dtype))
         self.stat_ready.fill_(True)
         self.collecting = False
-        self._sum_mean = self._sum_var = self._count = None
+        self._sum_mean = self._sum_var = self._count = self._moving = None
+
+    def stats_snapshot(self) -> tuple[torch.Tensor, ...]:
+        """Copies of the stored statistics (see :meth:`stats_restore`)."""
+        return self.stat_mean.clone(), self.stat_var.clone(), self.stat_ready.clone()
+
+    def stats_restore(self, snap: tuple[torch.Tensor, ...]) -> None:
+        for buf, value in zip((self.stat_mean, self.stat_var, self.stat_ready), snap):
+            buf.copy_(value)
 
 
 def class_embeddings(classes: int, widths: list[int]) -> nn.ModuleList | None:

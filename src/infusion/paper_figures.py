@@ -57,12 +57,13 @@ def fig2_infusion_chains(path: str | Path, run_dir: str | Path) -> Path:
 
 
 def fig3_bound_curves(path: str | Path, metrics_file: str | Path) -> Path:
-    """Fig. 3: the stochastic lower bound on training and validation examples per epoch."""
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "epoch" in r]
-    if not any(r.get("valid_bound") is not None for r in rows):
-        raise InputError(f"{str(metrics_file)!r} holds no valid_bound values")
-    return figures.save_curves(path, metrics_file, panels=(("train_bound", "valid_bound"),))
+    """Fig. 3: the stochastic lower bound on training and validation examples per epoch, with
+    population statistics (a fixed model, algorithms.md §6) and, dashed, with each minibatch's
+    own statistics (the paper's mode during training)."""
+    rows = figures.read_metric_rows(metrics_file)
+    if not any(r.get(k) is not None for r in rows for k in figures.BOUND_KEYS):
+        raise InputError(f"{str(metrics_file)!r} holds no validation bound values")
+    return figures.save_curves(path, metrics_file, panels=(figures.BOUND_KEYS,))
 
 
 def fig4_nearest_neighbours(path: str | Path, samples: torch.Tensor, train: torch.Tensor) -> Path:

@@ -109,6 +109,13 @@ def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc
         state.history = rundir.read_metrics(Path(saved["path"]).parent.parent, state.epoch)
         state.seconds = sum(r.get("epoch_seconds", 0.0) + r.get("valid_seconds", 0.0)
                             for r in state.history)
+    last = state.history[-1] if state.history else {}
+    if "valid_bound" in last and "valid_bound_population" not in last:
+        # a run of version <= 0.2 selected on the minibatch-statistics bound: selection
+        # restarts on the population bound (algorithms.md §6); its best.pt stays until beaten
+        state.best, state.bad_epochs = math.inf, 0
+        log("this run's earlier epochs were validated with minibatch statistics; selection and "
+            "early stopping restart on the population-statistics bound (algorithms.md §6)")
     if ctx.rank == 0:  # other processes' chain noise restarts from their seeds
         g.set_state(saved["rng"]["chain"].cpu())
     shuffle.set_state(saved["rng"]["shuffle"].cpu())

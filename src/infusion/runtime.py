@@ -74,20 +74,32 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
 
 @torch.no_grad()
 def compute_step_statistics(model: ChainModel, method: Method, data, batch_size: int,
-                            seed: int = 0, progress: bool = False) -> None:
+                            seed: int = 0, progress: bool = False, max_batches: int = 0,
+                            average: str = "exact") -> None:
     """algorithms.md §6: one pass over the whole training set through the method's training
     chain (with targets, no gradient, batch statistics), storing per step the exact average of
-    the batch means and variances. ``data``: a :class:`~infusion.data.Data`."""
+    the batch means and variances. ``data``: a :class:`~infusion.data.Data`.
+
+    ``max_batches`` > 0: a short pass over that many batches drawn at random (by ``seed``)
+    from the training set, as validation during training uses. ``average="moving"``: the
+    authors' moving average (rate 0.1) of the batch mean and inverse std instead of the
+    exact average (:class:`~infusion.nets.StepBatchNorm`)."""
     norms = step_norms(model)
     if not norms:
         return
     g = torch.Generator(device=data.train.device).manual_seed(seed)
+    order = None
+    if max_batches > 0:  # a random subset: a user's file may be sorted by class
+        order = torch.Generator().manual_seed(seed)
     for n in norms:
-        n.start_collect()
+        n.start_collect(average)
     try:
         total = -(-len(data.train) // batch_size)
-        for idx in tqdm(batches(len(data.train), batch_size), total=total, leave=False,
-                        desc="batch-norm statistics (algorithms.md §6)", disable=not progress):
+        if max_batches > 0:
+            total = min(total, max_batches)
+        chosen = batches(len(data.train), batch_size, order)
+        for _, idx in tqdm(zip(range(total), chosen), total=total, leave=False,
+                           desc="batch-norm statistics (algorithms.md §6)", disable=not progress):
             y = data.labels("train", idx)  # a class-conditional model's classes (§15)
             method.loss(given(model, y), data.model_space(data.train[idx], g), g)
     except BaseException:

@@ -1,8 +1,9 @@
 """The training loop, read top to bottom (docs/algorithms.md §4, §6).
 
 ``train(cfg, run_dir)`` fits the prior, runs the method's loss with Adam over shuffled, freshly
-dequantised minibatches, scores the validation set every epoch (batch statistics, as the paper
-does during training), keeps the best epoch and stops early. At the end it restores the best
+dequantised minibatches, scores the validation set every epoch (with per-step statistics from a
+short statistics pass, §6; the paper's minibatch-statistics bound is logged beside it), keeps
+the best epoch and stops early. At the end it restores the best
 weights, stores the per-step batch-norm statistics (§6), writes ``final.pt`` and draws samples
 and figures. A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and the
 figures; it is locked while a run writes it (:mod:`infusion.rundir`).
@@ -257,7 +258,8 @@ class _Run:
                 record_infusion_chains(model, self.method, self.data, self.cfg, state.epoch,
                                        self.run_dir)
             # lower is better; a method without a bound early-stops on its validation loss
-            valid = -scores["valid_bound"] if "valid_bound" in scores else scores.get("valid_loss")
+            valid = (-scores["valid_bound_population"] if "valid_bound_population" in scores
+                     else scores.get("valid_loss"))
             improved = valid is not None and valid < state.best
             if improved and ctx.main:
                 ckpt_io.save(self.run_dir / "checkpoints" / "best.pt",
