@@ -182,8 +182,7 @@ class TrainConfig:
             (self.train_bound_examples >= 0,
              f"train.train_bound_examples={self.train_bound_examples}: expected >= 0"),
             (self.valid_stats_batches >= 0,
-             f"train.valid_stats_batches={self.valid_stats_batches}: expected >= 0 "
-             "(0 = the whole training set)"),
+             f"train.valid_stats_batches={self.valid_stats_batches}: expected >= 0 (0 = all)"),
         ])
 
 

@@ -18,7 +18,6 @@ likelihood and reversibility figures of the baselines (algorithms.md §7, §11).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path

@@ -21,6 +21,7 @@ from .nets import step_norms
 from .operator import ChainModel, given
 from .runtime import batches, compute_step_statistics
 
+
 @contextlib.contextmanager
 def population_statistics(model: ChainModel, method: Method, data: Data, cfg: Config
                           ) -> Iterator[None]:
