@@ -3,7 +3,7 @@
     python benchmarks/run_bench.py --presets mnist --device cpu --steps 5 --tag cpu
     python benchmarks/run_bench.py --presets mnist cifar10 --device cuda --tag h100
 
-Each preset is measured by :func:`infusion.bench.bench` (training example-steps/s, sampling
+Each preset is measured by :func:`infusion.training.bench.bench` (training example-steps/s, sampling
 images/s, peak memory, model FLOP/s as a fraction of the device's measured matmul peak, and
 the estimated time of the preset's full run).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from infusion import config
-from infusion.bench import bench, format_report
-from infusion.runtime import resolve_device
+from infusion.device import resolve_device
+from infusion.training.bench import bench, format_report
 
 COLUMNS = [("preset", "preset", "{}"), ("device", "device", "{}"),
            ("precision", "precision", "{}"), ("batch_size", "batch", "{}"),

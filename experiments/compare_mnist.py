@@ -16,7 +16,7 @@ stopping: the last weights are scored.
 infusion, walkback and GSN from their training T up (longer chains reuse the last step),
 diffusion with its ancestral chain (respaced), DDIM (η = 0) and DPM-Solver++ (2M), the
 flow with Euler and Heun. Each row is scored on the final means against test images by the
-project's MNIST classifier (Fréchet distance, precision / recall: ``infusion.metrics``) and by
+project's MNIST classifier (Fréchet distance, precision / recall: ``infusion.evaluate.metrics``) and by
 the Parzen-window log-likelihood with σ chosen on validation images (algorithms.md §8). NFE:
 network evaluations per sample.
 
@@ -58,14 +58,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # diffusers_mnist beside this file
 
 from infusion import config, train
-from infusion.checkpoint import load_model
+from infusion.chain.sampler import sample_chain
 from infusion.data import load_mnist, to_unit
-from infusion.likelihood import estimate_likelihood
+from infusion.device import resolve_device
+from infusion.evaluate.likelihood import estimate_likelihood
+from infusion.evaluate.metrics import get_extractor, sample_quality
+from infusion.evaluate.parzen import parzen_estimate
 from infusion.methods import build_method
-from infusion.metrics import get_extractor, sample_quality
-from infusion.parzen import parzen_estimate
-from infusion.runtime import resolve_device
-from infusion.sampler import sample_chain
+from infusion.training.checkpoint import load_model
 
 PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "flow": "mnist-flow",
            "walkback": "mnist-walkback", "gsn": "mnist-gsn"}

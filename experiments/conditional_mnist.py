@@ -11,7 +11,7 @@ Samples: ``--per-class`` for each digit (seeds 0 … n-1 in every class: only th
 between rows), the means after each model's own T' steps; the unconditional model draws
 10 × ``--per-class`` samples from seeds 0, 1, …. Readings:
 
-* the project's MNIST classifier (``infusion.metrics`` extractor ``mnist-cnn``): the fraction
+* the project's MNIST classifier (``infusion.evaluate.metrics`` extractor ``mnist-cnn``): the fraction
   of each class's samples it reads as that class, and the classifier Fréchet distance of
   conditional and of unconditional samples against the first 10,000 test images;
 * an independent reader written here, not part of the library: a 3-nearest-neighbour vote in
@@ -42,13 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infusion.checkpoint import load_model
+from infusion.chain.sampler import sample_chain
 from infusion.data import load_mnist, to_unit
+from infusion.evaluate.likelihood import estimate_likelihood
+from infusion.evaluate.metrics import frechet_distance, get_extractor
 from infusion.figures import save_grid
-from infusion.likelihood import estimate_likelihood
 from infusion.methods import build_method
-from infusion.metrics import frechet_distance, get_extractor
-from infusion.sampler import sample_chain
+from infusion.training.checkpoint import load_model
 
 CLASSES = 10
 

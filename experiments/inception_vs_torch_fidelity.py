@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     import torch_fidelity
 
-    from infusion import inception, metrics
+    from infusion.evaluate import inception, metrics
 
     path = a.weights
     if path is None:

@@ -1,8 +1,8 @@
 """Inpainting on MNIST read by an independent classifier (algorithms.md §9, paper §4.3 / Fig. 5).
 
 For each mask (top, bottom, left, right half observed) completes the first ``--n`` test
-digits with ``--chains`` clamped chains each (``infusion.inpaint``) and scores them with the
-project's MNIST CNN (``infusion.metrics``, trained separately from the generative model):
+digits with ``--chains`` clamped chains each (``infusion.generate.inpaint``) and scores them with the
+project's MNIST CNN (``infusion.evaluate.metrics``, trained separately from the generative model):
 the fraction of completions read as the true digit, against the full digits (ceiling) and the
 observed half alone with the free pixels black (floor), and how many distinct classes an
 image's chains produce. Writes ``inpaint_mnist.md``, ``inpaint_mnist.json`` and one Fig. 5
@@ -18,7 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from infusion.inpaint import (
+from infusion.evaluate.metrics import get_extractor
+from infusion.generate.inpaint import (
     HALVES,
     classifier_consistency,
     inpaint,
@@ -26,8 +27,7 @@ from infusion.inpaint import (
     parse_mask,
     save_inpainting,
 )
-from infusion.metrics import get_extractor
-from infusion.runtime import load_ready_model
+from infusion.training.checkpoint import load_ready_model
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,5 @@
 """Sampling longer than training (T' = 2T, algorithms.md §2; paper §4: 30 sampling steps for a model
-trained with 15) and its effect on the classifier metrics of ``infusion.metrics``.
+trained with 15) and its effect on the classifier metrics of ``infusion.evaluate.metrics``.
 
 For each T' the same seeds are used (sample i from seed + i), so the rows differ only in the
 number of steps. Metrics on the final means against real test images: Fréchet distance on the
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infusion.runtime import load_ready_model
-from infusion.sampler import sample_chain
+from infusion.chain.sampler import sample_chain
+from infusion.training.checkpoint import load_ready_model
 
 
 def measure(checkpoint: str, steps: list[int] | None = None, n: int = 5000, n_reference: int = 10000,
@@ -30,7 +30,7 @@ def measure(checkpoint: str, steps: list[int] | None = None, n: int = 5000, n_re
             log=print) -> dict:
     """Classifier metrics of ``n`` samples at each T' in ``steps`` (default T and 2T)."""
     from infusion.data import load_mnist, to_unit
-    from infusion.metrics import get_extractor, sample_quality
+    from infusion.evaluate.metrics import get_extractor, sample_quality
 
     model, cfg = load_ready_model(checkpoint, device, log=log)
     if cfg.data.name != "mnist":

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from infusion import config as C
-from infusion.checkpoint import load_model
 from infusion.methods import build_method
+from infusion.training.checkpoint import load_model
 
 # The paper's grids (thesis Table A.1 / Fig. A.1) and its test lower bounds (nats).
 PAPER_GRID: dict[tuple[str, int], tuple[float, ...]] = {
@@ -102,7 +102,7 @@ def config_for(p: Point, s: dict, seed: int) -> C.Config:
 def test_bound(run: Path, n: int, seed: int = 0) -> float:
     """Mean test lower bound (algorithms.md §7, one draw per example) with the stored statistics."""
     from infusion.data import load_mnist
-    from infusion.likelihood import estimate_likelihood
+    from infusion.evaluate.likelihood import estimate_likelihood
 
     model, cfg = load_model(run)
     method = build_method(cfg.method)

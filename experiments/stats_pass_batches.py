@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from infusion.checkpoint import load_model
 from infusion.data import load_data
 from infusion.evaluate.report import machine
 from infusion.methods import build_method
-from infusion.runtime import compute_step_statistics
-from infusion.validation import _mean_score
+from infusion.methods.statistics import compute_step_statistics
+from infusion.training.checkpoint import load_model
+from infusion.training.validation import _mean_score
 
 
 def main(argv=None) -> None:

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from infusion import config, train
-from infusion.checkpoint import load_model
+from infusion.chain.sampler import sample_chain
 from infusion.data import toy
-from infusion.sampler import sample_chain
+from infusion.training.checkpoint import load_model
 
 METHODS = {"infusion": "spiral", "walkback": "spiral-walkback", "gsn": "spiral-gsn",
            "diffusion": "spiral-diffusion", "diffusion-dpm10": "spiral-diffusion",

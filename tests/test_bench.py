@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from infusion import cli, config, train
-from infusion.bench import bench, matmul_peak
-from infusion.ema import EMA
-from infusion.runtime import mixed_precision
+from infusion.device import mixed_precision
+from infusion.training.bench import bench, matmul_peak
+from infusion.training.ema import EMA
 
 from .conftest import tiny_config
 

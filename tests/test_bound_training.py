@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from infusion.chain.nets import step_norms
 from infusion.config import ConfigError, InfusionSettings, MethodConfig, ModelConfig, override
 from infusion.methods import build_method
-from infusion.nets import step_norms
 
 from .conftest import tiny_config
 
@@ -56,7 +56,7 @@ def test_gradients_reach_the_first_step_through_the_draws():
         mean, var = model(z, t)
         z = (mean + var.sqrt() * torch.randn(x.shape)).detach()
     mean, var = model(z, m.T)
-    from infusion.distributions import normal_log_prob
+    from infusion.chain.distributions import normal_log_prob
 
     (-normal_log_prob(x, mean, var)).mean().backward()
     assert all(float(n.weight.grad[0].abs().sum()) == 0 for n in step_norms(model))

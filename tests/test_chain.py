@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from infusion.chain.distributions import log_q_mixture, normal_log_prob
+from infusion.chain.model import GaussianChainModel
+from infusion.chain.nets import StepBatchNorm
 from infusion.config import ModelConfig
-from infusion.distributions import log_q_mixture, normal_log_prob
 from infusion.methods.infusion import infuse, infusion_rates
-from infusion.nets import StepBatchNorm
-from infusion.operator import GaussianChainModel
 
 
 def test_rates_follow_schedule_and_clip():

@@ -89,7 +89,7 @@ def test_outputs_are_not_replaced_unless_asked(tmp_path, spiral_run, capsys):
 
 def test_a_pt2_extractor_is_refused_before_anything_is_unpickled(tmp_path):
     from infusion.errors import InputError
-    from infusion.metrics import get_extractor
+    from infusion.evaluate.metrics import get_extractor
 
     marker = tmp_path / "pwned"
 
@@ -111,7 +111,7 @@ def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(monkeypatch,
         return 1 / 0
 
     parser = cli.build_parser
-    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), "presets", broken))
+    monkeypatch.setattr(cli.parser, "build_parser", lambda: _with_func(parser(), "presets", broken))
     code, _, err = run(["presets"], capsys)
     assert code == 1 and "ZeroDivisionError" in err and "Traceback" in err and "bug" in err
 

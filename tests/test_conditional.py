@@ -11,15 +11,16 @@ import pytest
 import torch
 
 import infusion
-from infusion import checkpoint, config
+from infusion import config
 from infusion import evaluate as ev
+from infusion.chain.sampler import sample_chain
 from infusion.cli import main
 from infusion.data import DataError
 from infusion.errors import ConfigError, InputError
-from infusion.likelihood import log_weights
+from infusion.evaluate.likelihood import log_weights
 from infusion.methods import build_method
-from infusion.sampler import sample_chain
-from infusion.trainer import train
+from infusion.training import checkpoint
+from infusion.training.loop import train
 
 from .conftest import tiny_config
 
@@ -74,7 +75,7 @@ def test_conditional_bound_is_the_unconditional_one_given_y():
     plain.load_state_dict({k: v for k, v in cond.state_dict().items() if "class_embeds" not in k})
     method = build_method(cfg.method)
     from infusion.data import Data
-    from infusion.runtime import compute_step_statistics
+    from infusion.methods.statistics import compute_step_statistics
 
     x = torch.rand(64, 2) * 0.5 + 0.25
     y = torch.arange(64) % 3
@@ -179,7 +180,7 @@ def test_mnist_conditional_training_and_cli(tiny_mnist, tmp_path, capsys):
         sample_chain(model, 2, labels=[0, 10])
     cfg_json = json.loads((run / "config.json").read_text())
     assert cfg_json["model"]["classes"] == 10
-    from infusion.paper_figures import make_figures
+    from infusion.evaluate.paper_figures import make_figures
 
     done = make_figures(run, n=4, log=lambda s: None)  # chains and curves with each target's class
     for name in ("fig1_sampling_chains", "fig4_nearest_neighbours",

@@ -12,11 +12,11 @@ from torch import nn
 
 import infusion
 from infusion import config, data, train
-from infusion.fitting import UNET_CHANNELS
+from infusion.chain.nets import ConvGenerator, StepBatchNorm, UNet, build_net
+from infusion.chain.sampler import sample_chain
 from infusion.methods import build_method
-from infusion.nets import ConvGenerator, StepBatchNorm, UNet, build_net
-from infusion.runtime import compute_step_statistics
-from infusion.sampler import sample_chain
+from infusion.methods.statistics import compute_step_statistics
+from infusion.training.fit import UNET_CHANNELS
 
 from .conftest import short_fit
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from infusion.chain.distributions import normal_log_prob
+from infusion.chain.sampler import sample_chain
 from infusion.config import ModelConfig
 from infusion.data import toy
-from infusion.distributions import normal_log_prob
-from infusion.likelihood import importance_sampling, log_weights, lower_bound
+from infusion.evaluate.likelihood import importance_sampling, log_weights, lower_bound
 from infusion.methods import build_method
 from infusion.methods.diffusion import Diffusion, Schedule, make_betas
-from infusion.sampler import sample_chain
 
 from .conftest import short_fit, tiny_config
 
@@ -167,7 +167,7 @@ def test_short_run_lowers_loss_and_respaced_sampling():
     first, last = short_fit(method, model, x, steps=150, batch=128)
     assert last < first * 0.7
     from infusion.data import Data
-    from infusion.runtime import compute_step_statistics
+    from infusion.methods.statistics import compute_step_statistics
 
     compute_step_statistics(model, method, Data(x, x, (2,), pixels=False), 128)
     for steps in (5, 50, 60):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from infusion import config
+from infusion.chain.sampler import run_chain, sample_chain
 from infusion.errors import InputError
 from infusion.methods import build_method
 from infusion.methods.diffusion import DiffusionModel, Schedule, make_betas
 from infusion.methods.diffusion_solvers import SolverChain, logsnr_steps
-from infusion.sampler import run_chain, sample_chain
 
 T, D = 50, 6
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from infusion.distributed import shard_bounds
+from infusion.training.distributed import shard_bounds
 
 
 def test_shard_bounds_cover_the_batch_in_order():
@@ -35,7 +35,8 @@ def _torchrun(tmp_path, args: list[str], timeout: int = 240) -> subprocess.Compl
 GRADIENT_SCRIPT = """
 import json, sys, torch
 import torch.distributed as dist
-from infusion import config, distributed
+from infusion import config
+from infusion.training import distributed
 from infusion.methods.base import Method
 
 class Deterministic(Method):
@@ -49,7 +50,7 @@ class Deterministic(Method):
 ctx, dev = distributed.setup(torch.device("cpu"))
 cfg = config.preset("spiral")
 torch.manual_seed(0)
-from infusion.operator import GaussianChainModel
+from infusion.chain.model import GaussianChainModel
 model = GaussianChainModel((2,), 3, cfg.model)
 ref = GaussianChainModel((2,), 3, cfg.model)
 ref.load_state_dict(model.state_dict())

@@ -10,7 +10,7 @@ import pytest
 from infusion import evaluate as ev
 from infusion import train
 from infusion.cli import main
-from infusion.parzen import LOW_DIM_SIGMA_GRID
+from infusion.evaluate.parzen import LOW_DIM_SIGMA_GRID
 
 from .conftest import tiny_config
 
@@ -162,8 +162,8 @@ def test_paper_protocol_reduced_on_tiny_mnist(tiny_mnist, tmp_path):
 
 
 def test_interrupted_evaluation_leaves_a_valid_partial_report(toy_run, tmp_path, monkeypatch):
-    from infusion import likelihood as lik
-    from infusion import parzen
+    from infusion.evaluate import likelihood as lik
+    from infusion.evaluate import parzen
 
     def boom(*a, **k):
         raise RuntimeError("boom in Parzen")

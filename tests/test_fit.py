@@ -19,8 +19,8 @@ from infusion import config
 from infusion.cli import main
 from infusion.data import DataError, load_split, shape_of, to_data_space
 from infusion.errors import InputError
-from infusion.fitting import mlp_widths
-from infusion.rundir import RunError
+from infusion.training.fit import mlp_widths
+from infusion.training.rundir import RunError
 
 TINY = ["model.hidden=16,16", "method.T=3", "train.epochs=1", "train.batch_size=32",
         "train.valid_examples=64", "sample.n=4", "sample.chains=2"]

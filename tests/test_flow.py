@@ -11,11 +11,11 @@ import torch
 
 from infusion import config, train
 from infusion import evaluate as ev
+from infusion.chain.distributions import normal_log_prob
+from infusion.chain.sampler import sample_chain
 from infusion.data import toy
-from infusion.distributions import normal_log_prob
 from infusion.methods import build_method
 from infusion.methods.flow import FlowModel, _velocity_and_divergence
-from infusion.sampler import sample_chain
 
 from .conftest import short_fit, tiny_config
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from infusion.chain.distributions import normal_log_prob
+from infusion.chain.sampler import sample_chain
 from infusion.config import ModelConfig
-from infusion.distributions import normal_log_prob
 from infusion.methods import build_method
 from infusion.methods.gsn import GSN, corrupt
-from infusion.sampler import sample_chain
 
 from .conftest import short_fit, tiny_config
 
@@ -71,7 +71,7 @@ def test_short_run_lowers_loss_and_samples():
     first, last = short_fit(method, model, x, steps=150, batch=128)
     assert last < first - 1.0
     from infusion.data import Data
-    from infusion.runtime import compute_step_statistics
+    from infusion.methods.statistics import compute_step_statistics
 
     data = Data(x, x, (2,), pixels=False)
     compute_step_statistics(model, method, data, 128)

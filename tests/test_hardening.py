@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from infusion import checkpoint, config
-from infusion.trainer import Diverged, Interrupted, RunError, train
+from infusion import config
+from infusion.training import checkpoint
+from infusion.training.loop import Diverged, Interrupted, RunError, train
 
 TINY = ["data.toy_size=512", "model.hidden=8,8", "method.T=3", "train.epochs=2",
         "train.batch_size=32", "train.valid_examples=64", "sample.n=4", "sample.chains=2"]
@@ -65,7 +66,7 @@ def test_a_locked_run_directory_is_refused(tmp_path):
         fcntl.flock(f, fcntl.LOCK_EX)  # another process (here: this one) holds the run
         f.write("4242")
         f.flush()
-        code = ("import sys; from infusion import config; from infusion.trainer import train\n"
+        code = ("import sys; from infusion import config; from infusion.training.loop import train\n"
                 f"train(config.override(config.preset('spiral'), {TINY!r}), {str(run)!r}, "
                 "progress=False, log=lambda s: None)")
         res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from infusion.cli import main
-from infusion.inpaint import half_mask, inpaint, load_mask_file, parse_mask
+from infusion.generate.inpaint import half_mask, inpaint, load_mask_file, parse_mask
 
 from .conftest import tiny_config
 
@@ -65,8 +65,8 @@ def test_mask_files_png_npy_and_bad_ones(tmp_path):
 
 
 def test_clamped_dimensions_never_move_and_chains_differ(mnist_run):
-    from infusion.checkpoint import load_model
-    from infusion.inpaint import load_images
+    from infusion.generate.inpaint import load_images
+    from infusion.training.checkpoint import load_model
 
     model, _ = load_model(mnist_run)
     images, _ = load_images("mnist", "test", 3)
@@ -119,13 +119,13 @@ class _MeanBrightnessClassifier:
 
 
 def _result(originals, completions, mask):
-    from infusion.inpaint import Inpainting
+    from infusion.generate.inpaint import Inpainting
 
     return Inpainting(originals, mask, originals, completions, completions)
 
 
 def test_classifier_consistency_known_answers():
-    from infusion.inpaint import classifier_consistency
+    from infusion.generate.inpaint import classifier_consistency
 
     mask = torch.zeros(1, 2, 2, dtype=torch.bool)
     mask[0, 0] = True  # the top row observed
@@ -147,7 +147,7 @@ def test_classifier_consistency_known_answers():
 def test_cli_inpaint_classify_writes_scores(mnist_run, tmp_path, capsys, monkeypatch):
     import json
 
-    from infusion import metrics
+    from infusion.evaluate import metrics
 
     monkeypatch.setitem(metrics._REGISTRY, "fake-brightness", lambda **kw: _MeanBrightnessClassifier())
     out = tmp_path / "inp"

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from infusion import likelihood as lik
-from infusion import parzen as pz
+from infusion.chain.model import FactorialGaussianPrior
 from infusion.config import InfusionSettings, MethodConfig
 from infusion.data import parzen_space
+from infusion.evaluate import likelihood as lik
+from infusion.evaluate import parzen as pz
 from infusion.methods.infusion import Infusion
-from infusion.operator import FactorialGaussianPrior
 
 
 class LinearGaussianChain(nn.Module):
@@ -350,10 +350,11 @@ def test_parzen_estimates_fixed_and_validation_sigma():
 
 # ----------------------------------------------------------------------------- algorithms.md §6
 def test_step_statistics_are_exact_averages_of_batch_moments():
+    from infusion.chain.nets import step_norms
     from infusion.data import load_data
+    from infusion.data.batches import batches
     from infusion.methods import build_method
-    from infusion.nets import step_norms
-    from infusion.runtime import batches, compute_step_statistics
+    from infusion.methods.statistics import compute_step_statistics
 
     from .conftest import tiny_config
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from infusion import classifier as clf
-from infusion import metrics as mt
 from infusion.errors import InputError
+from infusion.evaluate import classifier as clf
+from infusion.evaluate import metrics as mt
 
 
 def _exact_moments(n, mean, cov, seed):
@@ -164,7 +164,7 @@ def test_inception_goes_through_torch_fidelity(tmp_path, monkeypatch):
     import sys
     import types
 
-    from infusion import inception as inc
+    from infusion.evaluate import inception as inc
 
     # without the optional extra: a clear error naming it
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)

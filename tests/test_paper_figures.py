@@ -12,7 +12,7 @@ from .conftest import tiny_config
 
 
 def _train(run, **train):
-    from infusion.trainer import train as fit
+    from infusion.training.loop import train as fit
 
     cfg = tiny_config(data={"name": "mnist"}, model={"hidden": (24,)},
                       method={"T": 3, "alpha0": 0.1, "omega": 0.3},
@@ -52,8 +52,8 @@ def test_missing_records_are_skipped_with_a_reason(tiny_mnist, tmp_path, capsys)
 
 
 def test_constant_and_increasing_chains_share_noise_but_not_rates(tiny_mnist, tmp_path):
-    from infusion.checkpoint import load_model
-    from infusion.paper_figures import constant_vs_increasing_chains
+    from infusion.evaluate.paper_figures import constant_vs_increasing_chains
+    from infusion.training.checkpoint import load_model
 
     run = tmp_path / "run"
     cfg = _train(run)
@@ -72,8 +72,8 @@ def test_constant_and_increasing_chains_share_noise_but_not_rates(tiny_mnist, tm
 def test_infusion_chain_figure_is_labelled_and_compact(tmp_path):
     """Fig. 2 for 3 epochs of T = 15 MNIST chains (8 targets) of random pixels, the worst case
     for PNG compression: 17 labelled columns, under 1 MB (version 0.1 wrote about 4 MB)."""
+    from infusion.evaluate.paper_figures import fig2_infusion_chains
     from infusion.io import save_npz
-    from infusion.paper_figures import fig2_infusion_chains
 
     rng = np.random.default_rng(0)
     for epoch in (0, 1, 5):

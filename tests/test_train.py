@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from infusion import checkpoint, config
+from infusion import config
+from infusion.chain.sampler import sample_chain
 from infusion.data import load_data, toy
 from infusion.errors import ConfigError
 from infusion.io import atomic_write
 from infusion.methods import build_method
-from infusion.sampler import sample_chain
-from infusion.trainer import RunError, train
+from infusion.training import checkpoint
+from infusion.training.loop import RunError, train
 
 from .conftest import tiny_config
 
@@ -138,7 +139,7 @@ def test_resume_continues_the_same_run(tmp_path):
 
 
 def test_cosine_schedule_decays_the_rate_to_lr_final(tmp_path):
-    from infusion.trainer import learning_rate
+    from infusion.training.loop import learning_rate
 
     tc = tiny_config(train={"epochs": 4, "lr": 1e-2, "lr_schedule": "cosine",
                             "lr_final": 1e-4}).train

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
-from infusion import checkpoint, figures
+from infusion import figures
+from infusion.chain.nets import StepBatchNorm, step_norms
 from infusion.data import load_data
 from infusion.methods import build_method
-from infusion.nets import StepBatchNorm, step_norms
-from infusion.trainer import train
-from infusion.validation import validate
+from infusion.training import checkpoint
+from infusion.training.loop import train
+from infusion.training.validation import validate
 
 from .conftest import tiny_config
 

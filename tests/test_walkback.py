@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from infusion import config
+from infusion.chain.distributions import normal_log_prob
 from infusion.config import ModelConfig
 from infusion.data import toy
-from infusion.distributions import normal_log_prob
-from infusion.likelihood import importance_sampling, log_weights, lower_bound
+from infusion.evaluate.likelihood import importance_sampling, log_weights, lower_bound
 from infusion.methods import build_method
 from infusion.methods.walkback import Walkback, reversibility
 
@@ -179,8 +179,8 @@ def test_reversibility_known_answers():
 
 def test_spiral_preset_trains_and_samples(tmp_path):
     from infusion import train
-    from infusion.checkpoint import load_model
-    from infusion.sampler import sample_chain
+    from infusion.chain.sampler import sample_chain
+    from infusion.training.checkpoint import load_model
 
     cfg = config.override(tiny_config(method={"name": "walkback", "T": 3, "vw_n1": 1,
                                               "vw_extra": 2}), ["sample.steps=5"])
@@ -198,7 +198,7 @@ def test_spiral_preset_trains_and_samples(tmp_path):
 def test_walkback_figures_and_reversibility_come_from_the_shared_paths(tmp_path):
     from infusion import evaluate as ev
     from infusion import train
-    from infusion.paper_figures import make_figures
+    from infusion.evaluate.paper_figures import make_figures
 
     cfg = config.override(tiny_config(method={"name": "walkback", "T": 3, "vw_n1": 1,
                                               "vw_extra": 2}), ["sample.steps=5"])

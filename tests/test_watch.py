@@ -1,4 +1,4 @@
-"""Watching a run (infusion.watch): callbacks, preview grids, TensorBoard, resumed without
+"""Watching a run (infusion.training.watch): callbacks, preview grids, TensorBoard, resumed without
 repeated events."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def test_preview_does_not_change_training(tmp_path):
     """The preview draws from its own generators on a copy: the run's weights are the same."""
     import torch
 
-    from infusion.checkpoint import load
+    from infusion.training.checkpoint import load
 
     finals = []
     for every in (0, 1):

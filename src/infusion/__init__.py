@@ -3,33 +3,38 @@
 Infusion Training (Bordes, Honari & Vincent, ICLR 2017) and the methods it is measured against,
 sharing one operator, one sampler, one trainer and one set of evaluations. The public API is
 re-exported here lazily, so ``import infusion`` stays cheap. A name is always one thing:
-``infusion.train`` is the training function (the loop lives in :mod:`infusion.trainer`).
+``infusion.train`` is the training function (the loop lives in :mod:`infusion.training.loop`).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from . import _compat
+
 __version__ = "0.2.0"
 
 _EXPORTS = {
     "Config": "config", "preset": "config", "override": "config", "PRESETS": "config",
     "ConfigError": "config",
-    "ChainModel": "operator", "GaussianChainModel": "operator",
-    "FactorialGaussianPrior": "operator",
+    "ChainModel": "chain.model", "GaussianChainModel": "chain.model",
+    "FactorialGaussianPrior": "chain.model",
     "Method": "methods", "METHODS": "methods", "build_method": "methods",
-    "sample_chain": "sampler", "run_chain": "sampler", "Samples": "sampler",
-    "train": "trainer", "fit": "fitting", "FitResult": "fitting",
-    "compute_step_statistics": "runtime", "load_ready_model": "runtime",
-    "load_model": "runtime", "save_pretrained": "checkpoint", "from_pretrained": "checkpoint",
-    "export": "checkpoint",
-    "sample_to_file": "sample",
+    "sample_chain": "chain.sampler", "run_chain": "chain.sampler", "Samples": "chain.sampler",
+    "train": "training.loop", "fit": "training.fit", "FitResult": "training.fit",
+    "compute_step_statistics": "methods.statistics",
+    "load_model": "training.checkpoint", "load_ready_model": "training.checkpoint",
+    "save_pretrained": "training.checkpoint", "from_pretrained": "training.checkpoint",
+    "export": "training.checkpoint",
+    "sample_to_file": "generate.files",
     "load_mnist": "data", "toy": "data", "load_split": "data", "to_data_space": "data",
-    "log_weights": "likelihood", "estimate_likelihood": "likelihood",
-    "parzen_log_prob": "parzen", "parzen_estimate": "parzen",
-    "EvalSettings": "evaluate", "frechet_distance": "metrics", "get_extractor": "metrics",
-    "register_extractor": "metrics",
+    "log_weights": "evaluate.likelihood", "estimate_likelihood": "evaluate.likelihood",
+    "parzen_log_prob": "evaluate.parzen", "parzen_estimate": "evaluate.parzen",
+    "EvalSettings": "evaluate", "frechet_distance": "evaluate.metrics",
+    "get_extractor": "evaluate.metrics", "register_extractor": "evaluate.metrics",
 }
+
+_compat.install()  # module paths of version 0.2 (infusion.training.loop, …) for one version
 
 
 def __getattr__(name: str):

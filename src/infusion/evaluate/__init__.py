@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .likelihoods import likelihood_rows
+from .likelihood_rows import likelihood_rows
 from .protocol import (  # noqa: F401  (the public names of infusion.evaluate)
     DEFAULT_METRICS,
     METRICS,
@@ -39,7 +39,7 @@ from .protocol import (  # noqa: F401  (the public names of infusion.evaluate)
     parse_metrics,
 )
 from .report import ReportWriter, machine, markdown  # noqa: F401
-from .samples import sample_rows
+from .sample_rows import sample_rows
 
 
 def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path | None = None,
@@ -56,8 +56,8 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     running and missing (``"complete"`` at the end, ``"interrupted"`` if an error or a signal
     stopped it). ``overwrite=False`` refuses to replace an existing report.
     """
+    from ..device import resolve_device
     from ..methods import build_method
-    from ..runtime import resolve_device
 
     s = (settings or EvalSettings()).validate()
     metrics = parse_metrics(metrics if metrics is not None else s.protocol)
@@ -112,13 +112,13 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
 
 def _load(source, cfg, dev, progress):
     """(model on dev with algorithms.md §6 statistics, cfg, checkpoint path or None, notes)."""
-    from ..checkpoint import is_export, load_model, resolve
-    from ..runtime import ensure_step_statistics
+    from ..methods.statistics import ensure_step_statistics
+    from ..training.checkpoint import is_export, load_model, resolve
 
     notes = []
     if isinstance(source, (str, Path)):  # a checkpoint, a run directory or an exported folder
         path = str(source if is_export(source) else resolve(source))
-        model, cfg = load_model(path, dev)
+        model, cfg = load_model(path, dev, statistics=False)
     else:
         if cfg is None:
             raise InputError("evaluate(model, ...) needs cfg= (the model's Config)")
@@ -130,7 +130,7 @@ def _load(source, cfg, dev, progress):
 
 
 def _default_out(ckpt_path: str | None) -> Path:
-    from ..checkpoint import is_export
+    from ..training.checkpoint import is_export
 
     if ckpt_path is None:
         return Path("eval") / "report.json"

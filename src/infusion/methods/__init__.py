@@ -1,7 +1,7 @@
 """Training methods and their registry (docs/algorithms.md §3–5, §11–14).
 
 Adding a method: one file here with a :class:`Method` subclass, one line in :data:`METHODS`,
-one settings class in :mod:`infusion.method_settings` (``METHOD_SETTINGS``) and a preset.
+one settings class in :mod:`infusion.config.method_settings` (``METHOD_SETTINGS``) and a preset.
 """
 
 from __future__ import annotations

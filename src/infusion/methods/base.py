@@ -8,12 +8,13 @@ name or probes it with ``hasattr``: it reads the declared capabilities below.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
+from ..chain.model import ChainModel
 from ..config import MethodConfig, ModelConfig
-from ..operator import ChainModel
 
 
 class Method(abc.ABC):
@@ -41,6 +42,10 @@ class Method(abc.ABC):
         self.cfg = cfg
         self.T = cfg.T
         self.settings: Any = getattr(cfg, self.name)  # this method's ``method.<name>.*``
+        # A random choice made once per minibatch (e.g. walkback's n) on which the steps'
+        # collectives depend: the identity, or, inside a data-parallel training step, rank 0's
+        # value on every process (set by infusion.training.distributed for that step).
+        self.shared_choice: Callable[[int], int] = _identity
 
     @abc.abstractmethod
     def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> ChainModel:
@@ -62,3 +67,7 @@ class Method(abc.ABC):
                        generator: torch.Generator | None) -> list[torch.Tensor]:
         """The training chain's states for targets x (only where ``has_infusion_chain``)."""
         raise TypeError(f"method {self.name!r} has no infusion chain (has_infusion_chain is False)")
+
+
+def _identity(value: int) -> int:
+    return value

@@ -11,7 +11,7 @@ N(½, 1/s²)), and densities of x are those of y plus d·log s.
 
 Reverse: p(x_{k-1} | x_k) = N(μ, σ²) on the same body as every method (algorithms.md §2,
 §14: ``model.net`` mlp or unet), made step aware by a sinusoidal step embedding added to each
-hidden layer (:class:`~infusion.nets.StepEmbeddingMLP`, :class:`~infusion.nets.UNet`) because
+hidden layer (:class:`~infusion.chain.nets.StepEmbeddingMLP`, :class:`~infusion.chain.nets.UNet`) because
 one training batch mixes steps; without batch norm (``model.batch_norm`` is ignored; the U-Net
 uses group norm), since a batch of the reverse chain shares one step while a training batch
 mixes them, so batch statistics would differ between the two.
@@ -47,11 +47,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..chain.distributions import normal_log_prob
+from ..chain.model import ChainModel, FactorialGaussianPrior
+from ..chain.nets import STEP_EMBED, build_net
 from ..config import ModelConfig
-from ..distributions import normal_log_prob
 from ..errors import InputError
-from ..nets import STEP_EMBED, build_net
-from ..operator import ChainModel, FactorialGaussianPrior
 from .base import Method
 
 HYBRID_WEIGHT = 1e-3  # weight of the bound in the "noise" loss (Nichol & Dhariwal 2021)

@@ -19,7 +19,7 @@ our step k = t + 1), and after the last one ᾱ = 1, the clean data.
   where x̂_0^prev and λ^prev are those of the previous step; the first step uses D = x̂_0 (first
   order), and the last (into σ' = 0) gives y' = x̂_0, as diffusers does. Being multistep, the
   operator remembers the previous step's x̂_0: it must be run from step 1 in order, as
-  :func:`infusion.sampler.run_chain` does (it checks).
+  :func:`infusion.chain.sampler.run_chain` does (it checks).
 
 Checked against diffusers' schedulers on the same network and noise (tests/test_diffusion_solvers.py).
 """
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..chain.model import ChainModel
 from ..errors import InputError
-from ..operator import ChainModel
 
 SOLVERS = ("ddim", "dpm++2m")
 
@@ -108,7 +108,7 @@ class SolverChain(ChainModel):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if t != 1 and t != self._last_t + 1:
             raise RuntimeError(f"solver step {t} after step {self._last_t}: run the steps in order "
-                               "from 1 (infusion.sampler.run_chain does)")
+                               "from 1 (infusion.chain.sampler.run_chain does)")
         if t > self.T:
             raise InputError(f"the {self.kind} solver was built for {self.T} steps, not {t}")
         if t == 1:

@@ -28,11 +28,11 @@ import math
 import torch
 from torch import nn
 
+from ..chain.distributions import normal_log_prob
+from ..chain.model import ChainModel, FactorialGaussianPrior
+from ..chain.nets import STEP_EMBED, build_net
 from ..config import ModelConfig
-from ..distributions import normal_log_prob
 from ..errors import InputError
-from ..nets import STEP_EMBED, build_net
-from ..operator import ChainModel, FactorialGaussianPrior
 from .base import Method
 from .diffusion import DiffusionPrior
 

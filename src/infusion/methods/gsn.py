@@ -12,7 +12,7 @@ bit with probability ``level``).
 
 Walkback training: from a data point, k = ``method.T`` alternating corrupt/reconstruct steps,
 every reconstruction penalised against the clean x: L = −Σ_j log p(x | x̃_j); the walk's draws
-carry no gradient. Sampling: a long chain with :func:`~infusion.sampler.sample_chain`, from the
+carry no gradient. Sampling: a long chain with :func:`~infusion.chain.sampler.sample_chain`, from the
 prior (noise) or from data (``start=``); conditional sampling by clamping (``clamp=``).
 A GSN defines no tractable likelihood (``has_likelihood`` is False): use the Parzen estimate
 and the sample-quality metrics for it.
@@ -24,10 +24,10 @@ import math
 
 import torch
 
+from ..chain.distributions import normal_log_prob
+from ..chain.model import GaussianChainModel
 from ..config import ModelConfig
-from ..distributions import normal_log_prob
 from ..errors import InputError
-from ..operator import GaussianChainModel
 from .base import Method
 
 

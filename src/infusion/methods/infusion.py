@@ -14,10 +14,10 @@ import math
 
 import torch
 
+from ..chain.distributions import log_q_mixture, normal_log_prob
+from ..chain.model import ChainModel, GaussianChainModel
 from ..config import MethodConfig, ModelConfig
-from ..distributions import log_q_mixture, normal_log_prob
 from ..errors import InputError
-from ..operator import ChainModel, GaussianChainModel
 from .base import Method
 
 

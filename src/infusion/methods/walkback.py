@@ -42,12 +42,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from ..chain.distributions import normal_log_prob
+from ..chain.model import ChainModel, FactorialGaussianPrior
+from ..chain.nets import build_net, step_norms
 from ..config import ModelConfig
-from ..distributed import same_on_all_ranks
-from ..distributions import normal_log_prob
 from ..errors import InputError
-from ..nets import build_net, step_norms
-from ..operator import ChainModel, FactorialGaussianPrior
 from .base import Method
 
 
@@ -143,7 +142,7 @@ class Walkback(Method):
         """
         n = int(torch.randint(0, self.settings.n1 + 1, (), generator=generator,
                               device=x.device))
-        n = same_on_all_ranks(n)  # one n per global minibatch under DDP
+        n = self.shared_choice(n)  # one n per global minibatch under DDP
         states = self.heat(model, x, n, generator)
         total = -model.prior.log_prob(states[-1])
         for t, level in enumerate(self.levels(n), start=1):

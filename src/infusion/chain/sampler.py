@@ -1,0 +1,200 @@
+"""The sampler (docs/algorithms.md §2, §9): run a model's chain from its prior for T' steps.
+
+:func:`run_chain` is the algorithm, close to the paper: z(0) ~ p(0), then
+z(t) = μ_t + σ_t·ε_t with (μ_t, σ²_t) = model(z(t-1), t), optionally clamping observed
+dimensions after every step (inpainting, §9). It is handed its noise one step at a time and
+reports every state through ``callback`` (as k-diffusion's samplers do), so memory is O(B·d)
+for any number of steps. :func:`sample_chain` adds batching and per-sample seeds: sample i's
+noise comes from its own generator, so it is the same at any batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from .model import ChainModel, given
+
+Noise = Callable[[], torch.Tensor]  # each call: the next (B, d) block of standard normals
+Callback = Callable[[dict], None]  # called with {"t", "z", "mean"} after z(0) and every step
+
+
+class PerSampleNoise:
+    """Standard-normal noise for a batch whose row i comes from a generator seeded by
+    ``seeds[i]``: every call draws each row's next (d,) block, on the CPU, then moves the
+    (B, d) block to ``device``."""
+
+    def __init__(self, seeds: Sequence[int], d: int, device: torch.device | str = "cpu") -> None:
+        self.d, self.device = d, device
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self) -> torch.Tensor:
+        rows = [torch.randn(self.d, generator=g) for g in self.generators]
+        return torch.stack(rows).to(self.device)
+
+
+@torch.no_grad()
+def run_chain(model: ChainModel, noise: Noise, steps: int, *, start: torch.Tensor | None = None,
+              clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
+              callback: Callback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling chain of algorithms.md §2 for one batch; returns (z(T'), μ(T')), each (B, d).
+
+    ``noise()`` gives the next (B, d) standard-normal block: first for z(0) (unless ``start``
+    is given), then at each step one for the model's internal draw (if ``model.aux_noise``)
+    and one for the step. ``clamp = (mask, values)`` (B, d) sets the masked dimensions to
+    ``values`` at z(0) and after every step.
+    """
+    if start is None:
+        z = model.prior.sample(noise())
+        mean = model.prior.mean.expand_as(z)
+    else:
+        z = mean = start
+    if clamp is not None:
+        z, mean = torch.where(clamp[0], clamp[1], z), torch.where(clamp[0], clamp[1], mean)
+    if callback is not None:
+        callback({"t": 0, "z": z, "mean": mean})
+    for t in range(1, steps + 1):
+        aux = noise() if model.aux_noise else None
+        mean, var = model(z, t, aux)
+        z = mean + var.sqrt() * noise()
+        if clamp is not None:
+            z, mean = torch.where(clamp[0], clamp[1], z), torch.where(clamp[0], clamp[1], mean)
+        if callback is not None:
+            callback({"t": t, "z": z, "mean": mean})
+    return z, mean
+
+
+@dataclass
+class Samples:
+    """Output of :func:`sample_chain`. ``samples``/``means``: (N, *shape) after the last step.
+
+    With ``return_trajectory``: ``states`` (steps+1, N, *shape) = z(0) … z(T'), and
+    ``trajectory_means`` (steps+1, N, *shape) = prior mean, μ(1) … μ(T'). ``labels`` (N,):
+    the classes a class-conditional model was given (else None).
+    """
+
+    samples: torch.Tensor
+    means: torch.Tensor
+    states: torch.Tensor | None = None
+    trajectory_means: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def sample_chain(
+    model: ChainModel,
+    n: int,
+    steps: int | None = None,
+    seed: int = 0,
+    *,
+    seeds: Sequence[int] | None = None,
+    batch_size: int = 500,
+    clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
+    return_trajectory: bool = False,
+    start: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    sampler: str | None = None,
+    eta: float | None = None,
+    labels: Sequence[int] | torch.Tensor | None = None,
+) -> Samples:
+    """Draw ``n`` samples with :func:`run_chain`, in batches; results on the CPU, float32.
+
+    Sample i uses the seed ``seed + i`` (or ``seeds[i]``), so it does not depend on the batch.
+    ``steps`` = T' defaults to the model's ``sample_steps`` (the run's ``sample.steps``, set
+    when a model is loaded) or else its training T; T' > T reuses step T's batch norm; T' < T
+    runs ``model.respaced(T')`` (diffusion). ``clamp = (mask, values)``, each (N, d) or (d,).
+    ``start`` (N, d) or (N, *shape): z(0) = start instead of a prior draw (chains from data).
+    ``callback`` receives each batch's states (``"batch"``: its first sample's index).
+    ``sampler`` (default the model's ``sampler``, the run's ``sample.sampler``): "ancestral",
+    the model's own chain; for diffusion "ddim" (stochasticity ``eta``) and "dpm++2m", for
+    the flow "euler" and "heun" (:meth:`ChainModel.solver`). ``labels`` (n classes): what a
+    class-conditional model draws (algorithms.md §15); by default sample i's class is its
+    seed modulo ``model.classes``. Uses the stored per-step batch-norm statistics
+    (algorithms.md §6); raises if missing.
+    """
+    steps = int(steps if steps is not None else model.sample_steps or model.T)
+    if steps < 1:
+        raise InputError(f"steps={steps}: expected >= 1")
+    chain = model.solver(sampler or model.sampler, steps, model.eta if eta is None else eta)
+    if not chain.stats_ready:
+        raise RuntimeError(
+            "the model has no stored per-step batch-norm statistics; run the statistics pass of "
+            "algorithms.md §6 (infusion.compute_step_statistics) before sampling")
+    seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != n:
+        raise InputError(f"got {len(seeds)} seeds for n={n} samples")
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size}: expected >= 1")
+    device = chain.prior.mean.device
+    labels = sample_labels(chain, labels, seeds)
+    if start is not None:
+        start = torch.as_tensor(start).reshape(-1, chain.d)
+        if start.shape[0] != n:
+            raise InputError(f"start has {start.shape[0]} rows for n={n} samples")
+    outs, states, means = [], [], []
+    was_training = chain.training
+    chain.eval()
+    try:
+        for lo in range(0, n, batch_size):
+            idx = slice(lo, min(n, lo + batch_size))
+            keep: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+            def report(info: dict, lo: int = lo, keep: list = keep) -> None:
+                if return_trajectory:
+                    keep.append((info["z"].float().cpu(), info["mean"].float().cpu()))
+                if callback is not None:
+                    callback({**info, "batch": lo})
+
+            z0 = None if start is None else start[idx].to(device=device, dtype=torch.float32)
+            conditioned = given(chain, None if labels is None else labels[idx].to(device))
+            out = run_chain(conditioned, PerSampleNoise(seeds[idx], chain.d, device), steps, start=z0,
+                            clamp=_clamp_rows(clamp, idx, chain.d, device), callback=report)
+            outs.append(tuple(o.float().cpu() for o in out))
+            if return_trajectory:
+                states.append(torch.stack([k[0] for k in keep]))
+                means.append(torch.stack([k[1] for k in keep]))
+    finally:
+        chain.train(was_training)
+    shape = chain.shape
+    result = Samples(torch.cat([o[0] for o in outs]).reshape(n, *shape),
+                     torch.cat([o[1] for o in outs]).reshape(n, *shape), labels=labels)
+    if return_trajectory:
+        result.states = torch.cat(states, 1).reshape(steps + 1, n, *shape)
+        result.trajectory_means = torch.cat(means, 1).reshape(steps + 1, n, *shape)
+    return result
+
+
+def sample_labels(model: ChainModel, labels, seeds: list[int]) -> torch.Tensor | None:
+    """The classes of a class-conditional model's samples (algorithms.md §15), (n,) int64 on
+    the CPU: ``labels`` checked, or each seed modulo ``model.classes``; None for an
+    unconditional model (which refuses labels)."""
+    k = model.classes
+    if not k:
+        if labels is not None:
+            raise InputError("labels: this model is unconditional (model.classes=0)")
+        return None
+    if labels is None:
+        return torch.tensor(seeds, dtype=torch.int64) % k
+    y = torch.as_tensor(labels).reshape(-1)
+    if y.is_floating_point() or len(y) != len(seeds):
+        raise InputError(f"labels: expected {len(seeds)} integer classes, got "
+                         f"{len(y)} of dtype {y.dtype}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise InputError(f"labels span {int(y.min())}..{int(y.max())}: this model has classes "
+                         f"0..{k - 1}")
+    return y.long()
+
+
+def _clamp_rows(clamp, idx: slice, d: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """This batch's rows of ``clamp = (mask, values)`` (rows or one row for all), on ``device``."""
+    if clamp is None:
+        return None
+    mask, values = (torch.as_tensor(c) for c in clamp)
+    mask = mask.reshape(-1, d).bool()
+    values = values.reshape(-1, d).float()
+    mask = mask if mask.shape[0] == 1 else mask[idx]
+    values = values if values.shape[0] == 1 else values[idx]
+    return mask.to(device), values.to(device)

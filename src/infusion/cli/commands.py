@@ -1,0 +1,267 @@
+"""The command-line commands (``infusion train``, ``sample``, …): each ``cmd_*`` takes the
+parsed arguments of :mod:`infusion.cli` and calls the library. User errors are raised as
+:class:`~infusion.errors.UserError`; :func:`infusion.cli.main` prints them as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .. import config as config_mod
+from ..errors import InputError
+
+
+def say(message: str) -> None:
+    """Print a line; if stdout has gone (piped into ``head``), keep working silently."""
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 — stays open for the process
+
+
+def _free(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to replace a user's files unless ``--overwrite``; refuse directories always."""
+    for p in paths:
+        if p.is_dir():
+            raise InputError(f"output {str(p)!r} is a directory; expected a file name")
+        if p.exists() and not overwrite:
+            raise InputError(f"output {str(p)!r} exists; pass --overwrite to replace it")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..training.loop import train
+
+    if args.resume:
+        if not args.run_dir:
+            raise InputError("--resume needs --run-dir")
+        if args.preset or args.config or args.data:
+            raise InputError("--resume continues the run stored in --run-dir with its own "
+                             "config and data; drop --preset/--config/--data (change train.* "
+                             "with --set)")
+        final = train(None, args.run_dir, resume=True, device=args.device, overrides=args.set,
+                      progress=not args.quiet, log=say)
+    elif args.data:  # the user's own data: infusion.fit builds the config around them
+        from ..training.fit import fit
+
+        if args.preset and args.config:
+            raise InputError("--data takes at most one of --preset NAME or --config FILE")
+        base = config_mod.load_file(args.config) if args.config else args.preset
+        final = fit(args.data, preset=base, run_dir=args.run_dir, overrides=args.set,
+                    overwrite=args.overwrite, device=args.device, progress=not args.quiet,
+                    log=say).checkpoint
+    else:
+        cfg = _config_from(args)
+        run_dir = args.run_dir or f"runs/{args.preset or Path(args.config).stem}"
+        final = train(cfg, run_dir, overwrite=args.overwrite, device=args.device,
+                      progress=not args.quiet, log=say)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        say(f"final checkpoint: {final}")
+
+
+def _config_from(args: argparse.Namespace) -> config_mod.Config:
+    """--preset NAME or --config FILE (JSON or TOML, as a run directory's config.json), then --set."""
+    if bool(args.preset) == bool(args.config):
+        raise InputError("train needs exactly one of --preset NAME (see `infusion presets`) or "
+                         "--config FILE, or your own data as --data PATH")
+    if args.preset:
+        cfg = config_mod.preset(args.preset)
+    else:
+        cfg = config_mod.load_file(args.config)
+    return config_mod.override(cfg, args.set)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Train the ``mnist-demo`` preset (resuming an unfinished run) and say where everything is."""
+    from ..training.loop import train
+
+    run_dir = Path(args.run_dir)
+    final = run_dir / "checkpoints" / "final.pt"
+    if final.exists():
+        say(f"{run_dir} already holds a finished demo run (delete it to train again)")
+    else:
+        resume = any((run_dir / "checkpoints").glob("epoch-*.pt"))
+        cfg = config_mod.override(config_mod.preset("mnist-demo"), args.set)
+        train(None if resume else cfg, run_dir, resume=resume, device=args.device,
+              overrides=args.set if resume else (), progress=not args.quiet, log=say)
+    say(f"\nrun directory: {run_dir}")
+    for name in ("samples.npz", "samples.png", "chains.png", "curve.png", "metrics.jsonl"):
+        say(f"  {run_dir / name}")
+    say(f"  {final}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from ..generate.files import sample_to_file
+
+    out = Path(args.out)
+    seeds = args.seeds or list(range(args.seed, args.seed + args.n))
+    classes = args.classes if args.classes is not None else (
+        None if args.class_ is None else [args.class_])
+    labels = None if classes is None else [c for c in classes for _ in seeds]  # a row per class
+    seeds = seeds if classes is None else seeds * len(classes)
+    _free([out, out.with_suffix(".png")], args.overwrite)
+    if args.png_dir:
+        _free([Path(args.png_dir) / (f"seed-{s:06d}.png" if labels is None else
+                                     f"class-{c}-seed-{s:06d}.png")
+               for s, c in zip(seeds, labels or seeds)], args.overwrite)
+    model, cfg = load_for_sampling(args.checkpoint, args.device)
+    if labels is not None and not model.classes:
+        raise InputError("--class/--classes: this model is unconditional (model.classes=0)")
+    if args.sampler:
+        model.sampler = args.sampler
+    if args.eta is not None:
+        model.eta = args.eta
+    steps = args.steps or model.sample_steps
+    per_class = len(seeds) // len(classes) if classes else None
+    sample_to_file(model, out, n=len(seeds), steps=steps, seeds=seeds,
+                   batch_size=args.batch_size, png_dir=args.png_dir, data=cfg.data,
+                   labels=labels, nrow=per_class,
+                   grid_max=len(seeds) if classes else 100)
+    what = "" if classes is None else f" of classes {','.join(map(str, classes))}"
+    say(f"wrote {len(seeds)} samples{what} ({steps} steps, {model.sampler}) to {out} and a grid "
+        f"to {out.with_suffix('.png')}" + (f"; one PNG per sample in {args.png_dir}"
+                                          if args.png_dir else ""))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """A run's model (with its batch-norm statistics) as config.json + model.safetensors."""
+    from ..training.checkpoint import save_pretrained
+
+    out = Path(args.out)
+    _free([out / "config.json", out / "model.safetensors"], args.overwrite)
+    model, cfg = load_for_sampling(args.checkpoint, "cpu")
+    save_pretrained(model, cfg, out)
+    say(f"exported {args.checkpoint} to {out} (load with infusion.load_model({str(out)!r}))")
+
+
+def load_for_sampling(checkpoint: str, device: str = "auto"):
+    """:func:`infusion.load_model`, telling stderr when statistics are computed."""
+    from ..training.checkpoint import load_model
+
+    return load_model(checkpoint, device, log=lambda s: print(s, file=sys.stderr))
+
+
+def cmd_inpaint(args: argparse.Namespace) -> None:
+    """Complete test images whose observed part is clamped (algorithms.md §9, paper Fig. 5)."""
+    from ..generate.inpaint import inpaint, load_images, parse_mask, save_inpainting
+
+    if args.classify:
+        from ..evaluate.metrics import extractor_names
+
+        if args.classify not in extractor_names():
+            raise InputError(f"--classify {args.classify!r}: expected one of "
+                             f"{', '.join(extractor_names())}")
+    out = Path(args.out)
+    _free([out / "inpaint.png", out / "inpaint.npz", out / "inpaint_scores.json"], args.overwrite)
+    model, cfg = load_for_sampling(args.checkpoint, args.device)
+    mask = parse_mask(args.mask, model.shape)
+    images, labels = load_images(cfg.data, args.split, args.n)
+    if args.classify and labels is None:
+        raise InputError(f"--classify needs labelled images; {cfg.data.name} has none")
+    steps = args.steps or model.sample_steps
+    res = inpaint(model, images.to(model.prior.mean.device), mask, args.chains, steps, args.seed)
+    png, npz = save_inpainting(args.out, res, labels)
+    say(f"inpainted {len(images)} {args.split} images x {args.chains} chains ({steps} steps, mask "
+          f"{args.mask}): figure {png}, arrays {npz}")
+    if args.classify:
+        from ..evaluate.metrics import get_extractor
+        from ..generate.inpaint import classifier_consistency
+        from ..io import atomic_write
+
+        scores = classifier_consistency(res, labels, get_extractor(args.classify))
+        scores.update(mask=args.mask, steps=steps, classifier=args.classify)
+        path = Path(args.out) / "inpaint_scores.json"
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(scores, indent=1)))
+        say(f"classifier {args.classify}: {scores['completions']:.1%} of completions read as "
+              f"the true digit (full images {scores['originals']:.1%}, observed part alone "
+              f"{scores['masked']:.1%}); {scores['classes_per_image']:.2f} classes per image "
+              f"across chains -> {path}")
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    """The paper's figures from a run directory."""
+    from ..evaluate.paper_figures import make_figures
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError(f"figures directory {str(out)!r} is not empty; pass --overwrite to "
+                         "replace its figures")
+    done = make_figures(args.run_dir, args.out, device=args.device, n=args.n, seed=args.seed,
+                        log=lambda s: None)
+    for name, what in done.items():
+        say(f"{name}: {what}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Likelihood bounds, Parzen window and sample-quality metrics of a checkpoint (issue 3),
+    under the default protocol or the paper's (``--protocol paper``, reduced by --k, --repeats,
+    --examples; algorithms.md §7–8)."""
+    from ..evaluate import EvalSettings, evaluate
+
+    common = {"n_samples": args.n_samples, "steps": args.steps,
+              "parzen_valid": args.parzen_valid, "parzen_test": args.parzen_test,
+              "memo_samples": args.memo_samples, "extractor": args.extractor,
+              "extractor_path": args.extractor_path or "", "batch_size": args.batch_size,
+              "seed": args.seed, "sampler": args.sampler, "eta": args.eta}
+    common = {k: v for k, v in common.items() if v is not None}
+    if args.train_examples is not None:
+        common["train_examples"] = args.train_examples
+    if args.protocol == "paper":
+        given = [f for f, v in (("--lb-examples", args.lb_examples), ("--lb-k", args.lb_k))
+                 if v is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)}: the paper protocol takes the bound from "
+                             "the IS draws; reduce it with --k and --examples")
+        s = EvalSettings.paper(k=args.k, repeats=args.repeats, examples=args.examples, **common)
+    else:
+        for name, value in (("lb_examples", args.lb_examples), ("lb_k", args.lb_k),
+                            ("is_k", args.k), ("repeats", args.repeats),
+                            ("is_examples", args.examples)):
+            if value is not None:
+                common[name] = value
+        s = EvalSettings(**common)
+    evaluate(args.checkpoint, args.metrics, args.out, s, device=args.device,
+             progress=not args.quiet, overwrite=args.overwrite, log=say)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from ..data import ensure, ensure_mnist
+
+    if args.name != "mnist":
+        path = ensure(args.name, path=args.path, image_size=args.image_size)
+        say(f"{args.name} ready: {path}")
+        return
+    path = ensure_mnist(idx_dir=args.idx_dir)
+    say(f"MNIST ready: {path}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from ..device import resolve_device
+    from ..training.bench import bench, format_report
+
+    if args.json:
+        _free([Path(args.json)], args.overwrite)
+    cfg = config_mod.override(config_mod.preset(args.preset), args.set)
+    result = bench(cfg, resolve_device(args.device), steps=args.steps, batch_size=args.batch_size,
+                   matmul_n=args.matmul_size or None)
+    say(format_report(result))
+    if args.json:
+        from ..io import atomic_write
+
+        atomic_write(Path(args.json), lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    """The presets with their descriptions; with a NAME, that preset's whole config."""
+    if args.name:
+        say(f"# {args.name}: {config_mod.describe(args.name)}")
+        say(json.dumps(config_mod.to_dict(config_mod.preset(args.name)), indent=2))
+        return
+    width = max(map(len, config_mod.PRESETS))
+    for name in sorted(config_mod.PRESETS):
+        say(f"{name:<{width}}  {config_mod.describe(name)}")
+        if args.verbose:
+            say(json.dumps(config_mod.to_dict(config_mod.preset(name)), indent=2))

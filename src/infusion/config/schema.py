@@ -1,0 +1,351 @@
+"""One typed configuration: frozen dataclasses, typed ``--set`` overrides, key migration.
+
+The sections are here; the methods' own settings are in :mod:`infusion.config.method_settings`
+and the named presets (plain data naming what differs from the defaults) in
+:mod:`infusion.config.presets`; :mod:`infusion.config` re-exports all three. Every run directory and checkpoint
+stores the full config as a dict (:func:`to_dict`), and :func:`from_dict` rebuilds it, so a
+checkpoint alone says how it was made. The dict and ``--set`` machinery is :mod:`infusion.config.typed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError, require
+from .method_settings import (  # noqa: F401  (re-exported by infusion.config)
+    METHOD_NAMES,
+    METHOD_SETTINGS,
+    DiffusionSettings,
+    GSNSettings,
+    InfusionSettings,
+    MethodConfig,
+    WalkbackSettings,
+)
+from .typed import assign, build
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set (algorithms.md §1). ``name`` is ``mnist``, a 2-D toy (``spiral``,
+    ``circle``, ``gaussians``), an image set of :mod:`infusion.data` (``cifar10``, ``svhn``,
+    ``celeba``, ``tfd``, ``folder``) or ``arrays``, a user's own data that :func:`infusion.fit`
+    stored as a verified ``.npz`` (:mod:`infusion.data.arrays`). ``n_train`` > 0 keeps only the
+    first n training examples (quick runs).
+
+    ``path`` is stored absolute (``~`` expanded, made absolute against the working directory
+    when the config is built), so a run made here is evaluated, sampled and drawn from any
+    directory. For ``arrays``, ``sha256`` is the data file's checksum, verified on every load,
+    and ``scale``/``offset`` the affine map of float data into model space, x = raw·scale +
+    offset, one value or one per dimension (empty: the data are used as they are;
+    :func:`infusion.data.to_data_space` maps outputs back)."""
+
+    name: str = "mnist"
+    n_train: int = 0
+    toy_size: int = 20000  # points per split for 2-D toys
+    seed: int = 0  # seed of the toy generator
+    path: str = ""  # user's source: celeba zip/folder, TFD .mat, image folder, arrays .npz
+    image_size: int = 0  # folder: side of the square centre crops (0 = 64)
+    sha256: str = ""  # arrays: the data file's sha256
+    scale: tuple[float, ...] = ()  # arrays: model space x = raw·scale + offset
+    offset: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        import os.path
+
+        if self.path:  # absolute, so that the run works from any working directory
+            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
+
+    def validate(self) -> None:
+        require([
+            (self.name in DATA_NAMES, f"data.name={self.name!r}: expected one of {DATA_NAMES}"),
+            (self.n_train >= 0, f"data.n_train={self.n_train}: expected >= 0"),
+            (self.toy_size > 0, f"data.toy_size={self.toy_size}: expected > 0"),
+            (self.image_size >= 0, f"data.image_size={self.image_size}: expected >= 0"),
+            (self.name != "arrays" or bool(self.path),
+             "data.name='arrays' needs data.path, the .npz file infusion.fit stores"),
+            (self.name == "arrays" or not (self.scale or self.offset or self.sha256),
+             f"data.scale/offset/sha256 belong to data.name='arrays', not {self.name!r}"),
+            (len(self.scale) == len(self.offset),
+             f"data.scale, data.offset: {len(self.scale)} and {len(self.offset)} values"),
+            (all(math.isfinite(s) and s > 0 for s in self.scale)
+             and all(map(math.isfinite, self.offset)),
+             "data.scale: expected finite scales > 0 and finite offsets"),
+        ])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network body and the Gaussian heads (algorithms.md §2)."""
+
+    net: str = "mlp"
+    hidden: tuple[int, ...] = (1200, 1200)
+    batch_norm: bool = True  # per-step batch norm, paper footnote 5
+    beta: float = 0.1  # σ² = β·sigmoid(a_σ) + ε
+    eps: float = 1e-4
+    prior_var_floor: float = 1e-5  # authors' code adds 1e-5 to the prior variance
+    # class-conditional operator p(t)(· | z, y) with this many classes (0 = unconditional;
+    # algorithms.md §15): a learned class embedding added to every hidden layer
+    classes: int = 0
+
+    def validate(self) -> None:
+        require([
+            (self.net in NET_NAMES, f"model.net={self.net!r}: expected one of {NET_NAMES}"),
+            (len(self.hidden) > 0 and all(h > 0 for h in self.hidden),
+             f"model.hidden={self.hidden}: expected positive layer widths"),
+            (math.isfinite(self.beta) and self.beta > 0, f"model.beta={self.beta}: expected > 0"),
+            (math.isfinite(self.eps) and self.eps > 0, f"model.eps={self.eps}: expected > 0"),
+            (math.isfinite(self.prior_var_floor) and self.prior_var_floor >= 0,
+             f"model.prior_var_floor={self.prior_var_floor}: expected >= 0"),
+            (self.classes >= 0, f"model.classes={self.classes}: expected >= 0 (0 = unconditional)"),
+        ])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (algorithms.md §4: Adam, lr 1e-3, batch 512) and run bookkeeping."""
+
+    epochs: int = 200
+    batch_size: int = 512
+    lr: float = 1e-3
+    # "constant" (the paper), or "cosine": lr decays to lr_final over train.epochs' steps
+    lr_schedule: str = "constant"
+    lr_final: float = 0.0
+    # start from the weights of an exported model, run directory or checkpoint (fine-tuning;
+    # a fresh optimiser): recorded as an absolute path
+    init_from: str = ""
+    seed: int = 0
+    patience: int = 10  # early stopping: epochs without validation improvement; 0 = off
+    max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable
+    # stop after this many optimiser steps (0 = no limit), ending the epoch in progress there:
+    # a training budget that does not depend on the machine's speed or load
+    max_steps: int = 0
+    valid_examples: int = 10000  # validation examples scored each epoch
+    checkpoint_every: int = 1  # epochs
+    checkpoint_minutes: float = 15.0  # also save a resumable state inside an epoch (0 = off)
+    # Paper figures: infusion chains for fixed validation targets recorded after these epochs
+    # (0 = before training; Fig. 2), and a train-set lower bound beside the valid one (Fig. 3).
+    record_chains_at: tuple[int, ...] = ()
+    record_chains_n: int = 8  # targets in each recorded chain
+    train_bound_examples: int = 0  # training examples scored each epoch (0 = off)
+    # Validation scores a fixed model (algorithms.md §6): before each epoch's validation, a short
+    # statistics pass over this many training batches (0 = the whole training set) stores
+    # per-step batch-norm statistics; selection, best.pt and patience use these scores. With
+    # valid_batch_stats the bounds with each minibatch's own statistics (the paper's appendix
+    # A.1 mode) are logged beside them as *_batch.
+    valid_stats_batches: int = 20
+    valid_batch_stats: bool = True
+    # Watching (infusion.training.watch): a preview sample grid every N epochs (0 = off), TensorBoard.
+    sample_every: int = 0
+    tensorboard: bool = False
+    # Speed: bf16 autocast ("auto" = fp32: bf16 measured no faster on an H100 for mnist),
+    # torch.compile of the network body, and an exponential moving average of the weights used
+    # for validation and sampling (0 = off).
+    precision: str = "auto"  # "auto", "fp32" or "bf16"
+    compile: bool = False
+    ema: float = 0.0  # EMA decay per optimiser step, e.g. 0.999
+    # torch CPU threads for the process when training on the CPU (0 = torch's default, one per
+    # core). Tiny models (the 2-D toys) train fastest on one: their steps are all overhead.
+    cpu_threads: int = 0
+
+    def validate(self) -> None:
+        require([
+            (self.epochs >= 0, f"train.epochs={self.epochs}: expected >= 0"),
+            (self.batch_size >= 2, f"train.batch_size={self.batch_size}: batch norm needs >= 2"),
+            (math.isfinite(self.lr) and self.lr > 0,
+             f"train.lr={self.lr}: expected a finite rate > 0"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"train.lr_schedule={self.lr_schedule!r}: expected one of {LR_SCHEDULES}"),
+            (math.isfinite(self.lr_final) and 0 <= self.lr_final <= self.lr,
+             f"train.lr_final={self.lr_final}: expected 0 <= lr_final <= train.lr={self.lr}"),
+            (self.patience >= 0, f"train.patience={self.patience}: expected >= 0"),
+            (self.sample_every >= 0, f"train.sample_every={self.sample_every}: expected >= 0"),
+            (math.isfinite(self.max_minutes) and self.max_minutes >= 0,
+             f"train.max_minutes={self.max_minutes}: expected >= 0"),
+            (self.max_steps >= 0, f"train.max_steps={self.max_steps}: expected >= 0 (0 = no limit)"),
+            (self.valid_examples >= 0, f"train.valid_examples={self.valid_examples}: expected >= 0"),
+            (self.checkpoint_every >= 1,
+             f"train.checkpoint_every={self.checkpoint_every}: expected >= 1"),
+            (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0,
+             f"train.checkpoint_minutes={self.checkpoint_minutes}: expected >= 0 (0 = off)"),
+            (all(e >= 0 for e in self.record_chains_at),
+             f"train.record_chains_at={self.record_chains_at}: expected epochs >= 0"),
+            (self.record_chains_n >= 1, f"train.record_chains_n={self.record_chains_n}: expected >= 1"),
+            (self.precision in ("auto", "fp32", "bf16"),
+             f"train.precision={self.precision!r}: expected 'auto', 'fp32' or 'bf16'"),
+            (0.0 <= self.ema < 1.0, f"train.ema={self.ema}: expected a decay in [0, 1) (0 = off)"),
+            (self.cpu_threads >= 0, f"train.cpu_threads={self.cpu_threads}: expected >= 0 (0 = default)"),
+            (self.train_bound_examples >= 0,
+             f"train.train_bound_examples={self.train_bound_examples}: expected >= 0"),
+            (self.valid_stats_batches >= 0,
+             f"train.valid_stats_batches={self.valid_stats_batches}: expected >= 0 (0 = all)"),
+        ])
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """What the trainer draws at the end of a run, and the default number of sampling steps
+    everywhere (algorithms.md §2)."""
+
+    steps: int = 0  # T' (0 = the training T)
+    n: int = 100  # samples in the grid
+    chains: int = 8  # chains in the sampling-chain figure
+    seed: int = 0
+    # "ancestral" (the model's own chain), for diffusion "ddim" / "dpm++2m", for the flow
+    # "euler" / "heun" (algorithms.md §14); eta: DDIM's stochasticity (0 deterministic, 1 the
+    # ancestral posterior's variance)
+    sampler: str = "ancestral"
+    eta: float = 0.0
+
+    def validate(self) -> None:
+        require([
+            (self.sampler in SAMPLERS, (f"sample.sampler={self.sampler!r}: expected one of "
+             f"{SAMPLERS}")),
+            (math.isfinite(self.eta) and self.eta >= 0, f"sample.eta={self.eta}: expected >= 0"),
+            (self.eta == 0 or self.sampler == "ddim",
+             f"sample.eta={self.eta}: only the ddim sampler takes eta"),
+            (self.steps >= 0, f"sample.steps={self.steps}: expected >= 0"),
+            (self.n >= 1, f"sample.n={self.n}: expected >= 1"),
+            (self.chains >= 1, f"sample.chains={self.chains}: expected >= 1"),
+        ])
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    preset: str = ""
+
+    def validate(self) -> Config:
+        """Raise :class:`ConfigError` naming the first nonsensical setting."""
+        for section in (self.data, self.model, self.method, self.train, self.sample):
+            section.validate()
+        s = self.sample.steps
+        require([(s == 0 or s >= self.method.T or self.method.name in STEP_EMBEDDING_METHODS,
+                   f"sample.steps={s}: sampling needs T' >= T={self.method.T} (algorithms.md §2)"),
+                 (self.model.net != "conv" or self.method.name not in STEP_EMBEDDING_METHODS,
+                  (f"model.net='conv': method.name={self.method.name} needs a body with a step "
+                   "embedding, model.net=mlp or unet (the paper's conv generator has none)")),
+                 (self.sample.sampler in SAMPLERS_OF.get(self.method.name, ("ancestral",)),
+                  (f"sample.sampler={self.sample.sampler!r}: method.name={self.method.name} "
+                   f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}")),
+                 (self.model.classes == 0 or self.method.name in CONDITIONAL_METHODS,
+                  (f"model.classes={self.model.classes}: class-conditional models are built for "
+                  f"method.name in {CONDITIONAL_METHODS}, not {self.method.name!r}"))])
+        return self
+
+    @property
+    def sample_steps(self) -> int:
+        """The default number of sampling steps T' (``sample.steps``, or the training T)."""
+        return self.sample.steps or self.method.T
+
+
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "euler", "heun")
+# the samplers beyond a method's own chain ("ancestral"): diffusion's solvers, the flow's ODE
+SAMPLERS_OF = {"diffusion": ("ancestral", "ddim", "dpm++2m"),
+               "flow": ("ancestral", "euler", "heun")}
+DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
+              "folder", "arrays")
+NET_NAMES = ("mlp", "conv", "unet")
+LR_SCHEDULES = ("constant", "cosine")
+# methods whose network takes the (continuous) step as an input, so any number of sampling
+# steps works; their body is an MLP or a U-Net with a step embedding (model.net mlp or unet)
+STEP_EMBEDDING_METHODS = ("diffusion", "flow")
+CONDITIONAL_METHODS = ("infusion",)  # model.classes > 0 (algorithms.md §15)
+
+def load_file(path: str) -> Config:
+    """A config file: JSON or TOML (``.toml``), a full config as a run directory's
+    ``config.json`` holds it, or a partial one (the rest at its defaults)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+        d = tomllib.loads(text.decode()) if str(path).endswith(".toml") else json.loads(text)
+    except OSError as e:
+        raise ConfigError(f"--config {path!r}: cannot read it: {e.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        kind = "TOML" if str(path).endswith(".toml") else "JSON"
+        raise ConfigError(f"--config {path!r}: not valid {kind}: {e}") from None
+    return from_dict(d).validate()
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict` output (or a partial dict of sections),
+    migrating keys of older versions (:func:`migrate`)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
+    d = migrate(d)
+    unknown = set(d) - set(_SECTIONS) - {"preset"}
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {', '.join(_SECTIONS)}")
+    sections = {name: build(cls, d.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    return Config(**sections, preset=str(d.get("preset", "")))
+
+
+# Version 0.1 kept every method's settings flat in ``method``: old key -> (section, new key).
+# (Walkback configs of 0.1 scaled the std by the temperature: ``temperature_scales="std"``.)
+_FLAT_METHOD_KEYS = {
+    "alpha0": ("infusion", "alpha0"), "omega": ("infusion", "omega"),
+    "target_var": ("infusion", "target_var"), "loss": ("infusion", "loss"),
+    "step_weight": ("infusion", "step_weight"),
+    "vw_alpha": ("walkback", "alpha"), "vw_schedule": ("walkback", "schedule"),
+    "vw_n1": ("walkback", "n1"), "vw_extra": ("walkback", "extra"),
+    "vw_sigma_offset": ("walkback", "sigma_offset"), "vw_sigma_max": ("walkback", "sigma_max"),
+    "vw_prior_momentum": ("walkback", "prior_momentum"),
+    "gsn_noise": ("gsn", "noise"), "gsn_noise_level": ("gsn", "noise_level"),
+    "diff_schedule": ("diffusion", "schedule"), "diff_loss": ("diffusion", "loss"),
+    "diff_data_scale": ("diffusion", "data_scale"), "diff_predict": ("diffusion", "predict"),
+}
+
+
+def migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of an older version in today's layout (a copy; today's dicts unchanged).
+
+    0.1 -> 0.2: the flat method keys (``method.vw_alpha``, ``method.alpha0``, …) move into
+    per-method sections (``method.walkback.alpha``, ``method.infusion.alpha0``, …), and such a
+    walkback config keeps the temperature scaling it was trained with (std, not variance).
+    """
+    method = d.get("method")
+    if not isinstance(method, dict) or not set(method) & set(_FLAT_METHOD_KEYS):
+        return d
+    new = {k: v for k, v in method.items() if k not in _FLAT_METHOD_KEYS}
+    for old, (section, key) in _FLAT_METHOD_KEYS.items():
+        if old in method:
+            new.setdefault(section, {})
+            if isinstance(new[section], dict):
+                new[section] = {**new[section], key: method[old]}
+    new["walkback"] = {"temperature_scales": "std", **new.get("walkback", {})}
+    return {**d, "method": new}
+
+
+def override(cfg: Config, assignments: list[str]) -> Config:
+    """Apply ``section.key=value`` (or ``method.walkback.key=value``) strings, typed by the
+    dataclass field, then validate. Old flat method keys (``method.alpha0``) are accepted."""
+    for item in assignments:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=3")
+        path, text = item.split("=", 1)
+        parts = path.split(".")
+        if parts[0] == "method" and len(parts) == 2 and parts[1] in _FLAT_METHOD_KEYS:
+            parts = ["method", *_FLAT_METHOD_KEYS[parts[1]]]
+        if parts[0] not in _SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}; "
+                              f"known: {', '.join(_SECTIONS)}")
+        cfg = assign(cfg, parts, text, item)
+    return cfg.validate()
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
+             "train": TrainConfig, "sample": SampleConfig}

@@ -1,0 +1,148 @@
+"""The likelihood rows of Table 2 (algorithms.md §7): the bound and IS estimate from the same
+draws, the isotropic variant with one final variance chosen on validation, the train rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import likelihood as lik
+from .protocol import LIKELIHOOD_METRICS, PAPER_PROTOCOL, EvalSettings, plural, vs_paper
+from .report import ReportWriter
+from .sample_rows import add_data_units, head
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One likelihood estimate: ``fill`` maps its "lb" / "is" results to report metrics."""
+
+    split: str
+    n: int
+    k: int
+    isotropic: bool
+    seed: int
+    fill: dict
+
+
+def _likelihood_jobs(wanted: Sequence[str], s: EvalSettings) -> list[_Job]:
+    """The estimates that serve the wanted likelihood metrics: a bound and an IS estimate with
+    the same examples and k come from the same draws (the paper's protocol)."""
+    shared = (s.lb_examples, s.lb_k) == (s.is_examples, s.is_k)
+    jobs = []
+
+    def add(split, n, k, iso, seed, **fill):
+        fill = {kind: name for kind, name in fill.items() if name in wanted}
+        if fill:
+            jobs.append(_Job(split, n, k, iso, seed, fill))
+
+    if not shared:
+        add("test", s.lb_examples, s.lb_k, False, s.seed, lb="lb")
+    add("test", s.is_examples, s.is_k, False, s.seed + 1000, **{"is": "is", "lb": "lb" if shared
+                                                               else ""})
+    add("test", s.is_examples, s.is_k, True, s.seed + 1000, **{"is": "is-iso"})
+    add("train", s.train_examples, s.is_k, False, s.seed + 3000,
+        **{"is": "is-train", "lb": "lb-train"})
+    add("train", s.train_examples, s.is_k, True, s.seed + 3000, **{"is": "is-iso-train"})
+    return jobs
+
+
+def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: EvalSettings,
+                    progress: bool, labels=None) -> None:
+    """The likelihood rows of Table 2 (algorithms.md §7), each repetition written as it ends;
+    with ``labels`` ({split: classes}, a class-conditional model) rows of log p(x | y)."""
+    labels = labels or {}
+    wanted = [m for m in metrics if m in LIKELIHOOD_METRICS]
+    if wanted and not method.has_likelihood:
+        run.skip(wanted, f"method {cfg.method.name!r} has no likelihood estimate")
+        return
+    estimate = method.likelihood == "estimate"  # the flow: an unbiased estimate, not a bound
+    if estimate:
+        no_is = [m for m in wanted if m.startswith("is")]
+        if no_is:
+            run.skip(no_is, f"method {cfg.method.name!r}: its likelihood is an unbiased "
+                     "probability-flow ODE estimate, not a bound, so it has no IS estimate "
+                     "(algorithms.md §14)")
+        wanted = [m for m in wanted if m not in no_is]
+    report, final_var = run.report, None
+    for job in _likelihood_jobs(wanted, s):
+        if job.isotropic and final_var is None:
+            final_var = _isotropic_variance(run, model, method, splits, s, progress,
+                                            labels.get("valid"))
+        data = head(splits[job.split], job.n)
+        names = list(job.fill.values())
+        ks = [c for c in (1, 10, 100, 1000, 10000) if c < job.k]
+        what = (f"{' + '.join(names)}: {len(data):,} {job.split} examples, k = {job.k:,}, "
+                f"{plural(s.repeats, 'repeat')}" + (f", final variance {final_var:.3g}"
+                                                     if job.isotropic else ""))
+
+        def publish(r: int, res: dict, job=job, ks=ks, what=what) -> None:
+            for kind, name in job.fill.items():
+                e = res[kind].summary()
+                e.update(split=job.split, isotropic=job.isotropic, repeats_planned=s.repeats,
+                         complete=r == s.repeats,
+                         protocol_note=_likelihood_note(job.split, e["n"], job.k, r, s.repeats))
+                if kind == "is":
+                    e["lb_same_draws"] = res["lb"].summary()
+                    e["by_k"] = ({str(c): res[f"is@{c}"].mean for c in ks}
+                                 | {str(job.k): e["mean"]})
+                elif "is" in job.fill:
+                    e["same_draws_as"] = job.fill["is"]
+                if job.isotropic:
+                    e["final_var_selection"] = report["isotropic_variance"]
+                if labels:
+                    e["conditional"] = "log p(x | y), y the example's class (algorithms.md §15)"
+                if estimate:
+                    train_row = ", train" if job.split == "train" else ""
+                    e["label"] = f"log-likelihood, ODE estimate{train_row} (nats)"
+                    e["protocol_note"] = ("mean of Hutchinson estimates through the "
+                                          "probability-flow ODE, not a bound; " + e["protocol_note"])
+                add_data_units(e, cfg, model.d)
+                report["metrics"][name] = e
+                run.per_example[name] = res[kind].per_example
+            run.status["running"] = f"{what} ({r} of {s.repeats} done)"
+            run.save()
+
+        with run.step(names, what):
+            lik.estimate_likelihood(model, method, data, job.k, seed=job.seed, repeats=s.repeats,
+                                    batch_size=s.batch_size,
+                                    final_var=final_var if job.isotropic else None, ks=ks,
+                                    progress=progress, on_repeat=publish,
+                                    desc=f"{' + '.join(names)} (k={job.k:,})",
+                                    labels=head(labels[job.split], job.n) if labels else None)
+
+
+def _isotropic_variance(run: ReportWriter, model, method, splits, s: EvalSettings,
+                        progress: bool, valid_labels=None) -> float:
+    """The isotropic variant's one final variance, chosen on validation data (algorithms.md §7)."""
+    valid = head(splits["valid"], s.iso_valid_examples)
+    grid = lik.ISO_VAR_GRID
+    with run.step([], f"isotropic final variance: {len(grid)} values of logspace(-4, 0, 33) "
+                  f"on {len(valid):,} validation examples, k = {s.iso_valid_k}",
+                  timer="is-iso-variance"):
+        best, table = lik.select_final_var(model, method, valid, grid, s.iso_valid_k,
+                                           seed=s.seed + 5000, batch_size=s.batch_size,
+                                           progress=progress,
+                                           labels=None if valid_labels is None
+                                           else head(valid_labels, s.iso_valid_examples))
+        run.report["isotropic_variance"] = {
+            "final_var": best, "grid": "logspace(-4, 0, 33)", "n_valid": len(valid),
+            "k": s.iso_valid_k, "criterion": "the highest mean validation IS estimate",
+            "valid_is_by_var": {str(v): m for v, m in table.items()}}
+    edge = " (at the edge of the grid)" if best in (min(grid), max(grid)) else ""
+    run.log(f"isotropic final variance s² = {best:.4g}{edge}")
+    return best
+
+
+def _likelihood_note(split: str, n: int, k: int, done: int, planned: int) -> str:
+    """A likelihood row's departures from the paper's protocol, e.g. "k = 100 of the paper's
+    20,000; 1 repeat of 10; 1,000 test examples"."""
+    P = PAPER_PROTOCOL
+    paper_n = P["examples"] if split == "test" else P["train_examples"]
+    parts = [f"k = {k:,}{vs_paper(k, P['k'])}",
+             plural(planned, "repeat") + ("" if planned == P["repeats"] else f" of {P['repeats']}"),
+             f"{n:,} {split} examples{vs_paper(n, paper_n)}"]
+    if (k, planned, n) == (P["k"], P["repeats"], paper_n):
+        parts.append("the paper's protocol")
+    if done < planned:
+        parts.append(f"partial: {done} of {planned} repeats done")
+    return "; ".join(parts)

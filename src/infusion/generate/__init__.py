@@ -1,0 +1,1 @@
+"""Samples to files (:mod:`.files`) and inpainting (:mod:`.inpaint`, docs/algorithms.md §9)."""

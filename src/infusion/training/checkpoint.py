@@ -1,0 +1,210 @@
+"""Checkpoints and exported models as plain data (DESIGN.md): safe loading, a ``latest``
+pointer, and the inference format ``config.json`` + ``model.safetensors``.
+
+A checkpoint is a dict of state dicts, the config as a dict, counters and RNG states, loadable
+with ``torch.load(weights_only=True)`` and written atomically (:func:`infusion.io.atomic_write`).
+Everything that takes a model — a checkpoint file, a run directory, or an exported folder —
+goes through :func:`load_model`, which also migrates what older versions wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..chain.model import ChainModel
+from ..config import Config, ConfigError, from_dict, to_dict
+from ..errors import UserError
+from ..io import atomic_write
+
+FORMAT = 1
+LATEST = "latest"
+EXPORT_FILES = ("config.json", "model.safetensors")
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that is missing, unreadable or not ours; the message names the path."""
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically save a checkpoint dict (adds the format version)."""
+    payload = {"format": FORMAT, **payload}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def set_latest(ckpt_dir: Path, name: str) -> None:
+    atomic_write(Path(ckpt_dir) / LATEST, lambda tmp: tmp.write_text(name + "\n"))
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is an exported model folder (``config.json`` + ``model.safetensors``)."""
+    p = Path(path)
+    return p.is_dir() and all((p / f).is_file() for f in EXPORT_FILES)
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory / its ``checkpoints/`` folder -> the latest
+    checkpoint (the ``latest`` pointer names a file inside that folder, nothing else)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    if p.is_dir():
+        ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        pointer = ckpt_dir / LATEST
+        if not pointer.is_file():
+            raise CheckpointError(f"{str(p)!r} is neither a run directory (no checkpoints/latest "
+                                  f"pointer) nor an exported model ({' + '.join(EXPORT_FILES)})")
+        name = pointer.read_text().strip()
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{str(pointer)!r} must name a file in {str(ckpt_dir)!r}, "
+                                  f"not {name!r}")
+        p = ckpt_dir / name
+        if not p.is_file():
+            raise CheckpointError(f"{str(pointer)!r} points to {name!r}, which does not exist")
+    return p
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", *,
+         weights_only: bool = False) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``torch.load(weights_only=True)``); clear errors for bad
+    files. ``weights_only``: also accept a file with weights but no config (``best.pt``)."""
+    p = resolve(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 — corrupt, truncated or not a torch file
+        raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise CheckpointError(f"{str(p)!r} is not an infusion checkpoint (format {FORMAT})")
+    if not weights_only and ("config" not in ckpt or "shape" not in ckpt):
+        raise CheckpointError(f"{str(p)!r} holds weights only (e.g. best.pt); load the run "
+                              "directory, final.pt or an epoch-*.pt training state instead")
+    ckpt["path"] = str(p)
+    return ckpt
+
+
+def migrate_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameter names of version 0.1 in today's layout: the paper's model kept its network
+    under ``op.net.``, every model now has it under ``net.``."""
+    return {("net." + k[len("op.net."):] if k.startswith("op.net.") else k): v
+            for k, v in sd.items()}
+
+
+def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], where: str,
+                device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
+    """The model and :class:`Config` for a stored config dict, data shape and state dict."""
+    from ..methods import build_method
+
+    try:
+        cfg = from_dict(config).validate()
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: its config is not valid here: {e}") from None
+    model = build_method(cfg.method).build_model(tuple(int(s) for s in shape), cfg.model)
+    try:
+        model.load_state_dict(migrate_state_dict(state))
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: the weights do not fit the model its config "
+                              f"describes: {e}") from None
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and
+           not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{where} holds non-finite weights (NaN or inf, e.g. {bad[0]}): "
+                              "the run diverged; use an earlier checkpoint")
+    set_sampling_defaults(model, cfg)
+    return model.to(device), cfg
+
+
+def set_sampling_defaults(model: ChainModel, cfg: Config) -> None:
+    """The run's ``sample`` section as the model's defaults for :func:`~infusion.chain.sampler.sample_chain`
+    (steps T', sampler, eta): one default for Python and every command."""
+    model.sample_steps = cfg.sample_steps
+    model.sampler, model.eta = cfg.sample.sampler, cfg.sample.eta
+
+
+def load_model(source: str | Path, device: str | torch.device = "auto", *,
+               statistics: bool = True, log: Callable[[str], object] = print,
+               progress: bool = False) -> tuple[ChainModel, Config]:
+    """The one loader: a checkpoint file, run directory or exported folder -> (model on
+    ``device`` in eval mode, config); ``infusion.load_model``.
+
+    With ``statistics`` (the default), a model without per-step batch-norm statistics (a
+    mid-training checkpoint) gets them from one pass over its training set (algorithms.md
+    §6), announced through ``log``; ``statistics=False`` returns the stored weights as they
+    are. The model's ``sample_steps`` is the run's ``sample.steps`` (or T): the default of
+    every sampler and command. ``device``: "auto" (CUDA if present), "cpu", "cuda[:N]" or a
+    :class:`torch.device`."""
+    from ..device import resolve_device
+    from ..methods.statistics import ensure_step_statistics
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if is_export(source):
+        model, cfg = from_pretrained(source, dev)
+    else:
+        ckpt = load(source)
+        model, cfg = build_model(ckpt["config"], ckpt["shape"], ckpt["model"], ckpt["path"], dev)
+        cfg = _relocated_data(cfg, Path(ckpt["path"]).parent.parent)
+    if statistics and not model.stats_ready:
+        log("checkpoint has no per-step batch-norm statistics; computing them (algorithms.md §6)")
+        ensure_step_statistics(model, cfg, dev, progress)
+    return model.eval(), cfg
+
+
+load_ready_model = load_model  # the name of version 0.2
+
+
+def _relocated_data(cfg: Config, run_dir: Path) -> Config:
+    """A run directory moved after training: the config holds the absolute path of the run's
+    own ``data/arrays-*.npz`` (:func:`infusion.fit`), so when that path is gone and the file
+    is in this run directory, use it (its sha256 is still checked on every load)."""
+    from dataclasses import replace
+
+    dc = cfg.data
+    if dc.name != "arrays" or not dc.path or Path(dc.path).exists():
+        return cfg
+    here = run_dir / "data" / Path(dc.path).name
+    return replace(cfg, data=replace(dc, path=str(here.resolve()))) if here.is_file() else cfg
+
+
+def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path:
+    """Inference export: ``config.json`` (the config and data shape) + ``model.safetensors``
+    (fp32 weights and buffers, the per-step batch-norm statistics included)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "config": to_dict(cfg), "shape": list(model.shape)}
+    tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point()
+               else v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    return out
+
+
+export = save_pretrained  # the name of version 0.1
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[ChainModel, Config]:
+    """An exported folder (:func:`save_pretrained`) -> (model in eval mode, config)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not is_export(p):
+        raise CheckpointError(f"{str(p)!r} is not an exported model: expected "
+                              f"{' and '.join(EXPORT_FILES)} in it")
+    try:
+        meta = json.loads((p / "config.json").read_text())
+        config, shape = meta["config"], meta["shape"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{str(p / 'config.json')!r} is not an export's config: "
+                              f"{type(e).__name__}: {e}") from None
+    try:
+        state = load_file(str(p / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {str(p / 'model.safetensors')!r}: {e}") from None
+    model, cfg = build_model(config, shape, state, str(p), device)
+    return model.eval(), cfg
