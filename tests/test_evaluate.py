@@ -149,7 +149,16 @@ def test_paper_protocol_reduced_on_tiny_mnist(tiny_mnist, tmp_path):
     assert m["lb"]["same_draws_as"] == "is" and m["lb"]["mean"] < m["is"]["mean"]
     assert m["lb-train"]["mean"] == m["is-train"]["lb_same_draws"]["mean"]
     assert m["is-train"]["protocol_note"] == ("k = 8 of the paper's 20,000; 2 repeats of 10; "
-                                              "64 train examples of the paper's 100")
+                                              "64 train examples of the paper's 100; the paper "
+                                              "scored its train row with minibatch statistics: "
+                                              "compare with the -batch row")
+    # the train rows as the paper scored them: one minibatch-statistics batch of the 64 examples
+    assert m["lb-train-batch"]["bn_stats"] == "batch" and m["lb-train-batch"]["bn_batch"] == 64
+    assert m["lb-train-batch"]["protocol_note"].startswith("transductive")
+    assert m["lb-train-batch"]["mean"] != m["lb-train"]["mean"]
+    spread = m["lb"]["stats_pass_spread"]  # the statistics pass re-run with 3 other seeds
+    assert spread["passes"] == 3 and len(spread["others"]) == 3 and spread["std"] > 0
+    assert rep["bn_stats"]["mode"] == "stored"
     p = m["parzen"]
     assert p["steps"] == p["training_T"] == 2 and rep["samples"]["steps"] == 2
     assert p["fixed_sigma"]["sigma"] == 0.17 and p["fixed_sigma"]["n_samples"] == 10000

@@ -205,7 +205,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               "parzen_valid": args.parzen_valid, "parzen_test": args.parzen_test,
               "memo_samples": args.memo_samples, "extractor": args.extractor,
               "extractor_path": args.extractor_path or "", "batch_size": args.batch_size,
-              "seed": args.seed, "sampler": args.sampler, "eta": args.eta}
+              "seed": args.seed, "sampler": args.sampler, "eta": args.eta,
+              "bn_stats": args.bn_stats, "stats_spread": args.stats_spread}
     common = {k: v for k, v in common.items() if v is not None}
     if args.train_examples is not None:
         common["train_examples"] = args.train_examples

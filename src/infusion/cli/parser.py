@@ -173,8 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
         "draws/s on an H100, about 37 minutes. --k, --repeats and --examples reduce it "
         "(--k 100 --repeats 1: about 20 minutes on one core), and the report states every "
         "reduction"))
+    e.add_argument("--bn-stats", choices=("stored", "ema", "batch"), default=None, help=(
+        "per-step batch-norm statistics of the evaluation (docs/algorithms.md §6): stored "
+        "(default; the pass over the training set, exact averages: a fixed model), ema (the "
+        "authors' moving average, recomputed: a fixed model) or batch (TRANSDUCTIVE: every "
+        "example normalised with its evaluation batch, not the density of a fixed model; the "
+        "paper's mode for its train row)"))
+    e.add_argument("--stats-spread", type=_non_negative, default=None, help=(
+        "re-run the statistics pass with this many other seeds and report how far the bound "
+        "(k = 1) moves (default 0; paper protocol 3)"))
     e.add_argument("--metrics", default=None,
-                   help="comma list of lb,is,is-iso,lb-train,is-train,is-iso-train,parzen,fid,"
+                   help="comma list of lb,is,is-iso,lb-train,is-train,is-iso-train,"
+                   "lb-train-batch,is-train-batch,parzen,fid,"
                    "kid,precision,score,coverage,memorisation,reversibility (walkback); "
                    "'default' = lb,is,parzen and the sample metrics, 'paper' = the likelihood "
                    "rows and parzen, 'all' (default: the protocol's)")

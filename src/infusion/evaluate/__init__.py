@@ -28,6 +28,7 @@ import torch
 from ..errors import InputError
 from .likelihood_rows import likelihood_rows
 from .protocol import (  # noqa: F401  (the public names of infusion.evaluate)
+    BN_STATS,
     DEFAULT_METRICS,
     METRICS,
     PAPER_COST,
@@ -66,6 +67,10 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     if s.batch_size == 0:  # measured: 197k draws/s at 20,000 rows on an H100
         s = replace(s, batch_size=20000 if dev.type == "cuda" else 1000)
     model, cfg, ckpt_path, notes = _load(source, cfg, dev, progress)
+    if s.bn_stats == "ema":
+        _moving_average_statistics(model, cfg, dev, progress)
+        notes.append("batch-norm statistics recomputed as the authors' moving average (rate "
+                      "0.1) over one pass of the training set; every row uses them")
     out = Path(out) if out is not None else _default_out(ckpt_path)
     if out.is_dir() or (out.exists() and not overwrite):
         raise InputError(f"report {str(out)!r} exists" + ("" if out.is_file() else " as a directory")
@@ -83,6 +88,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
                            "reductions": s.reductions(), "full_paper_cost": PAPER_COST},
               "status": {"state": "running", "done": [], "running": None,
                          "missing": list(metrics)},
+              "bn_stats": {"mode": s.bn_stats, "meaning": BN_STATS[s.bn_stats]},
               "metrics": {}, "skipped": {}, "notes": notes, "settings": asdict(s),
               "seconds": {}, "machine": machine()}
     run = ReportWriter(out, report, log, t_start)
@@ -127,6 +133,18 @@ def _load(source, cfg, dev, progress):
         notes.append("the checkpoint had no per-step batch-norm statistics; they were computed "
                      "here with the algorithms.md §6 pass")
     return model.eval(), cfg, path, notes
+
+
+def _moving_average_statistics(model, cfg, dev, progress: bool) -> None:
+    """``bn_stats="ema"``: the per-step statistics as the authors' code keeps them
+    (algorithms.md §6), from one pass over the training set, in place of the stored ones."""
+    from ..data import load_data
+    from ..methods import build_method
+    from ..methods.statistics import compute_step_statistics
+
+    compute_step_statistics(model, build_method(cfg.method), load_data(cfg, dev, progress=progress),
+                            cfg.train.batch_size, cfg.train.seed + 5, progress, average="moving")
+    model.eval()
 
 
 def _default_out(ckpt_path: str | None) -> Path:

@@ -9,7 +9,10 @@ running sums and log-sum-exps, so memory is O(batch_size + N) whatever k is (the
 k = 20,000 on 1,000 examples would be 160 MB of float64 ℓ per repeat if kept).
 :func:`log_weights` still returns the whole (N, k) array for small k and for tests. Evaluation
 uses the stored per-step batch-norm statistics (algorithms.md §6): the model is put in eval
-mode, so examples never influence each other.
+mode, so examples never influence each other. ``bn_stats="batch"`` instead normalises each
+example with the statistics of its evaluation batch (distinct examples, one draw each per
+pass): transductive, not the density of a fixed model — the paper's appendix A.1 mode for its
+train row, offered to reproduce it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -30,6 +34,9 @@ from ..errors import InputError
 # [0, 1] as one standard deviation). One grid step changes log s² by 0.29, which costs at most
 # (d/2)·0.144²/2 ≈ 4 nats on MNIST (d = 784) against the best s² in between.
 ISO_VAR_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 0, 33))
+# How a likelihood evaluation normalises per-step batch norm (algorithms.md §6): the stored
+# per-step statistics, or each evaluation batch's own ("batch", transductive).
+BN_MODES = ("stored", "batch")
 
 
 def _check_ready(model) -> None:
@@ -43,7 +50,7 @@ def _check_ready(model) -> None:
 def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.Generator | None,
                       batch_size: int = 1000, final_var: float | None = None,
                       on_rows: Callable[[int], object] | None = None,
-                      labels: torch.Tensor | None = None,
+                      labels: torch.Tensor | None = None, bn_stats: str = "stored",
                       ) -> Iterator[tuple[int, torch.Tensor]]:
     """ℓ of algorithms.md §7 for ``k`` proposal draws of every example, chunk by chunk.
 
@@ -57,16 +64,27 @@ def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.G
     per-step statistics) and restores the model's mode. ``on_rows(n)`` is called after each
     forward pass with its number of rows (progress). ``labels`` (N,): the classes of a
     class-conditional model's examples, so that ℓ bounds log p(x | y) (algorithms.md §15).
+
+    ``bn_stats="batch"`` (transductive): runs in train mode, each forward pass one draw of
+    every example of a chunk of up to ``batch_size`` distinct examples (chunks of even sizes),
+    so each example is normalised with its chunk's statistics; blocks are (b, 1).
     """
+    if bn_stats not in BN_MODES:
+        raise InputError(f"bn_stats={bn_stats!r}: expected one of {', '.join(BN_MODES)}")
     if not method.has_likelihood:
         raise InputError(f"method {method.name!r} has no likelihood estimate")
     if k < 1 or batch_size < 1:
         raise InputError(f"log_weights: k={k} and batch_size={batch_size} must be >= 1")
     if final_var is not None and not final_var > 0:
         raise InputError(f"final_var={final_var}: the isotropic final variance must be > 0")
-    _check_ready(model)
+    if bn_stats == "stored":
+        _check_ready(model)
     device = model_device(model)
     x = x.reshape(len(x), -1)
+    if bn_stats == "batch":
+        yield from _transductive_chunks(model, method, x, k, generator, batch_size, final_var,
+                                        on_rows, labels, device)
+        return
     draws = min(k, batch_size)  # draws per chunk
     per = max(1, batch_size // draws)  # examples per chunk
     kw = {} if final_var is None else {"final_var": float(final_var)}
@@ -88,9 +106,36 @@ def log_weight_chunks(model, method, x: torch.Tensor, k: int, generator: torch.G
         model.train(was_training)
 
 
+def _transductive_chunks(model, method, x, k, generator, batch_size, final_var, on_rows, labels,
+                         device) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`log_weight_chunks` with ``bn_stats="batch"``: one draw of every example of an
+    evaluation batch per pass, batch norm with that batch's statistics (train mode)."""
+    n_chunks = -(-len(x) // batch_size)
+    bounds = [len(x) * i // n_chunks for i in range(n_chunks + 1)]  # even chunk sizes
+    if min(b - a for a, b in pairwise(bounds)) < 2:
+        raise InputError(f"bn_stats='batch' normalises each example with its evaluation batch: "
+                         f"{len(x)} example(s) in batches of {batch_size} leave a batch of "
+                         "fewer than 2; score at least 2 examples")
+    kw = {} if final_var is None else {"final_var": float(final_var)}
+    was_training = model.training
+    model.train()
+    try:
+        for lo, hi in pairwise(bounds):
+            xs = x[lo:hi].to(device)
+            conditioned = given(model, None if labels is None else labels[lo:hi].to(device))
+            for _ in range(k):
+                lw = method.log_weight(conditioned, xs, generator, **kw)
+                if on_rows is not None:
+                    on_rows(len(xs))
+                yield lo, lw.reshape(len(xs), 1).double().cpu()
+    finally:
+        model.train(was_training)
+
+
 def log_weights(model, method, x: torch.Tensor, k: int, generator: torch.Generator | None,
                 batch_size: int = 1000, final_var: float | None = None,
-                progress: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+                progress: bool = False, labels: torch.Tensor | None = None,
+                bn_stats: str = "stored") -> torch.Tensor:
     """ℓ for ``k`` independent proposal draws of every example, algorithms.md §7: (N, d) -> (N, k).
 
     The whole array, float64 on the CPU, from :func:`log_weight_chunks` (same draws, same
@@ -100,7 +145,7 @@ def log_weights(model, method, x: torch.Tensor, k: int, generator: torch.Generat
     filled = np.zeros(len(x), np.int64)
     with progress_bar(len(x) * k, f"log-weights (k={k})", progress) as bar:
         for lo, block in log_weight_chunks(model, method, x, k, generator, batch_size, final_var,
-                                           bar.update, labels):
+                                           bar.update, labels, bn_stats):
             j = int(filled[lo])
             out[lo: lo + len(block), j: j + block.shape[1]] = block
             filled[lo: lo + len(block)] += block.shape[1]
@@ -177,14 +222,15 @@ class StreamingEstimate:
 def stream_estimate(model, method, x: torch.Tensor, k: int, generator: torch.Generator | None,
                     batch_size: int = 1000, final_var: float | None = None,
                     ks: Sequence[int] = (), on_rows: Callable[[int], object] | None = None,
-                    labels: torch.Tensor | None = None) -> StreamingEstimate:
+                    labels: torch.Tensor | None = None, bn_stats: str = "stored"
+                    ) -> StreamingEstimate:
     """The bound and IS estimate of every example of ``x`` (model space) with ``k`` draws,
     algorithms.md §7, without ever holding (N, k): :func:`log_weight_chunks` folded into a
     :class:`StreamingEstimate` (with IS@k' for k' in ``ks``, k' < k). Same draws as
     :func:`log_weights` with the same generator and ``batch_size``."""
     acc = StreamingEstimate(len(x), [c for c in ks if c < k])
     for lo, block in log_weight_chunks(model, method, x, k, generator, batch_size, final_var,
-                                       on_rows, labels):
+                                       on_rows, labels, bn_stats):
         acc.update(lo, block)
     return acc
 
@@ -223,7 +269,8 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
                         repeats: int = 1, batch_size: int = 1000, final_var: float | None = None,
                         ks: Sequence[int] | None = None, progress: bool = False,
                         on_repeat: Callable[[int, dict[str, Estimate]], object] | None = None,
-                        desc: str = "", labels=None) -> dict[str, Estimate]:
+                        desc: str = "", labels=None, bn_stats: str = "stored"
+                        ) -> dict[str, Estimate]:
     """Lower bound and IS estimate of log p(x) for every example of ``data``, algorithms.md §7.
 
     ``data``: uint8 pixels (N, ...) — dequantised afresh in every repeat, once per example,
@@ -236,6 +283,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
     is called after repeat r (1-based) with the estimates over the r repeats done so far.
     ``progress``: one bar over all repeats' draws, with the remaining time. ``labels`` (N,):
     the examples' classes for a class-conditional model: the estimates are of log p(x | y).
+    ``bn_stats``: "stored" (a fixed model) or "batch" (transductive; see the module docstring).
     """
     if repeats < 1:
         raise InputError(f"repeats={repeats}: expected >= 1")
@@ -244,7 +292,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
     data = torch.as_tensor(data)
     labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
     lbs, iss, sub = [], [], {c: [] for c in ks}
-    common = {"k": k, "final_var": final_var, "seed": seed}
+    common = {"k": k, "final_var": final_var, "seed": seed, "bn_stats": bn_stats}
 
     def results() -> dict[str, Estimate]:
         out = {"lb": Estimate.from_array(np.stack(lbs), **common),
@@ -260,7 +308,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
             g = torch.Generator(device=device).manual_seed(seed + r)
             x = to_model_space(data.to(device), g)
             acc = stream_estimate(model, method, x, k, g, batch_size, final_var, ks, bar.update,
-                                  labels)
+                                  labels, bn_stats)
             lbs.append(acc.lower_bound().numpy())
             iss.append(acc.importance_sampling().numpy())
             for c in ks:

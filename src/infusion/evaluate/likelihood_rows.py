@@ -1,10 +1,14 @@
 """The likelihood rows of Table 2 (algorithms.md §7): the bound and IS estimate from the same
-draws, the isotropic variant with one final variance chosen on validation, the train rows."""
+draws, the isotropic variant with one final variance chosen on validation, the train rows —
+with stored statistics, and as the paper scored them, one minibatch-statistics batch
+(algorithms.md §6) — and the spread of the statistics pass beside the bound's standard error."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import likelihood as lik
 from .protocol import LIKELIHOOD_METRICS, PAPER_PROTOCOL, EvalSettings, plural, vs_paper
@@ -22,6 +26,7 @@ class _Job:
     isotropic: bool
     seed: int
     fill: dict
+    bn: str = "stored"  # likelihood.BN_MODES
 
 
 def _likelihood_jobs(wanted: Sequence[str], s: EvalSettings) -> list[_Job]:
@@ -30,10 +35,12 @@ def _likelihood_jobs(wanted: Sequence[str], s: EvalSettings) -> list[_Job]:
     shared = (s.lb_examples, s.lb_k) == (s.is_examples, s.is_k)
     jobs = []
 
-    def add(split, n, k, iso, seed, **fill):
+    bn = "batch" if s.bn_stats == "batch" else "stored"
+
+    def add(split, n, k, iso, seed, mode=bn, **fill):
         fill = {kind: name for kind, name in fill.items() if name in wanted}
         if fill:
-            jobs.append(_Job(split, n, k, iso, seed, fill))
+            jobs.append(_Job(split, n, k, iso, seed, fill, mode))
 
     if not shared:
         add("test", s.lb_examples, s.lb_k, False, s.seed, lb="lb")
@@ -43,6 +50,8 @@ def _likelihood_jobs(wanted: Sequence[str], s: EvalSettings) -> list[_Job]:
     add("train", s.train_examples, s.is_k, False, s.seed + 3000,
         **{"is": "is-train", "lb": "lb-train"})
     add("train", s.train_examples, s.is_k, True, s.seed + 3000, **{"is": "is-iso-train"})
+    add("train", s.train_examples, s.is_k, False, s.seed + 3000, "batch",
+        **{"is": "is-train-batch", "lb": "lb-train-batch"})
     return jobs
 
 
@@ -71,11 +80,13 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
         data = head(splits[job.split], job.n)
         names = list(job.fill.values())
         ks = [c for c in (1, 10, 100, 1000, 10000) if c < job.k]
+        batch = min(len(data), s.batch_size)
         what = (f"{' + '.join(names)}: {len(data):,} {job.split} examples, k = {job.k:,}, "
                 f"{plural(s.repeats, 'repeat')}" + (f", final variance {final_var:.3g}"
-                                                     if job.isotropic else ""))
+                                                     if job.isotropic else "")
+                + (f", minibatch statistics (batches of {batch:,})" if job.bn == "batch" else ""))
 
-        def publish(r: int, res: dict, job=job, ks=ks, what=what) -> None:
+        def publish(r: int, res: dict, job=job, ks=ks, what=what, batch=batch) -> None:
             for kind, name in job.fill.items():
                 e = res[kind].summary()
                 e.update(split=job.split, isotropic=job.isotropic, repeats_planned=s.repeats,
@@ -89,6 +100,14 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
                     e["same_draws_as"] = job.fill["is"]
                 if job.isotropic:
                     e["final_var_selection"] = report["isotropic_variance"]
+                if job.bn == "batch":
+                    e["bn_batch"] = batch
+                    e["protocol_note"] = (f"transductive: each example normalised with the "
+                                          f"statistics of its batch of {batch:,} (not a fixed "
+                                          f"model's density); " + e["protocol_note"])
+                elif job.split == "train" and cfg.data.name == "mnist":
+                    e["protocol_note"] += ("; the paper scored its train row with minibatch "
+                                           "statistics: compare with the -batch row")
                 if labels:
                     e["conditional"] = "log p(x | y), y the example's class (algorithms.md §15)"
                 if estimate:
@@ -108,7 +127,54 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
                                     final_var=final_var if job.isotropic else None, ks=ks,
                                     progress=progress, on_repeat=publish,
                                     desc=f"{' + '.join(names)} (k={job.k:,})",
-                                    labels=head(labels[job.split], job.n) if labels else None)
+                                    labels=head(labels[job.split], job.n) if labels else None,
+                                    bn_stats=job.bn)
+    if s.stats_spread and "lb" in report["metrics"] and s.bn_stats != "batch":
+        _stats_pass_spread(run, model, method, cfg, splits, s, progress, labels.get("test"))
+
+
+def _stats_pass_spread(run: ReportWriter, model, method, cfg, splits, s: EvalSettings,
+                       progress: bool, test_labels=None) -> None:
+    """How far the bound moves when the statistics pass (algorithms.md §6) is re-run with other
+    noise: the bound (k = 1, the same test examples and draws) with the model's statistics and
+    after ``s.stats_spread`` passes of other seeds; the model's statistics are kept."""
+    from ..chain.nets import step_norms
+    from ..data import load_data
+    from ..methods.statistics import compute_step_statistics
+
+    norms = step_norms(model)
+    if not norms:
+        return
+    e = run.report["metrics"]["lb"]
+    data = head(splits["test"], e["n"])
+    lab = None if test_labels is None else head(test_labels, e["n"])
+
+    def bound() -> float:
+        res = lik.estimate_likelihood(model, method, data, 1, seed=s.seed + 7000,
+                                      batch_size=s.batch_size, labels=lab)
+        return res["lb"].mean
+
+    kept = [n.stats_snapshot() for n in norms]
+    with run.step([], f"statistics-pass spread: {plural(s.stats_spread, 'pass')} over the training set "
+                  f"with other seeds, the bound (k = 1) on {len(data):,} test examples each",
+                  timer="stats-pass-spread"):
+        train_data = load_data(cfg, lik.model_device(model), progress=progress)
+        means = []
+        try:
+            base = bound()
+            for i in range(s.stats_spread):
+                compute_step_statistics(model, method, train_data, cfg.train.batch_size,
+                                        seed=s.seed + 9000 + i, progress=progress)
+                means.append(bound())
+        finally:
+            for n, snap in zip(norms, kept):
+                n.stats_restore(snap)
+    e["stats_pass_spread"] = {
+        "passes": s.stats_spread, "k": 1, "n": len(data), "stored": base, "others": means,
+        "std": float(np.std(means + [base], ddof=1)),
+        "what": "the standard deviation of the mean bound (k = 1, same draws) over the "
+                "model's statistics pass and others with other seeds (algorithms.md §6)"}
+    run.save()
 
 
 def _isotropic_variance(run: ReportWriter, model, method, splits, s: EvalSettings,

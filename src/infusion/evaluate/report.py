@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write, save_npz
-from .protocol import PAPER_MNIST
+from .protocol import BN_STATS, PAPER_MNIST
 
 
 class ReportWriter:
@@ -87,6 +87,11 @@ def machine() -> dict:
     return info
 
 
+def _bn_line(report: dict) -> str:
+    bn = report.get("bn_stats") or {"mode": "stored", "meaning": BN_STATS["stored"]}
+    return f"batch norm: {bn['mode']} — {bn['meaning']}"
+
+
 def _write(out: Path, report: dict, per_example: dict[str, np.ndarray]) -> None:
     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(markdown(report)))
@@ -108,7 +113,9 @@ def markdown(report: dict) -> str:
     labels = {"lb": "lower bound (nats)", "is": "IS estimate (nats)",
               "is-iso": "IS, isotropic output (nats)", "lb-train": "lower bound, train (nats)",
               "is-train": "IS estimate, train (nats)",
-              "is-iso-train": "IS, isotropic output, train (nats)"}
+              "is-iso-train": "IS, isotropic output, train (nats)",
+              "lb-train-batch": "lower bound, train, minibatch statistics (nats)",
+              "is-train-batch": "IS estimate, train, minibatch statistics (nats)"}
     for name, label in labels.items():
         if name not in m:
             continue
@@ -121,6 +128,10 @@ def markdown(report: dict) -> str:
             how.append(f"the draws of {e['same_draws_as']}")
         if e.get("isotropic"):
             how.append(f"final variance {e['final_var']:.3g} (chosen on validation)")
+        if e.get("stats_pass_spread"):
+            sp = e["stats_pass_spread"]
+            how.append(f"statistics pass re-run {sp['passes']}× with other noise: the bound "
+                       f"(k = 1) moves by ± {sp['std']:.1f} (s.d.)")
         text, vs = e.get("label", label), num(paper.get(name), "{:g}")
         if e.get("conditional"):  # log p(x | y): not the paper's log p(x)
             text, vs = text.replace(" (nats)", " of log p(x | y) (nats)"), ""
@@ -187,7 +198,8 @@ def markdown(report: dict) -> str:
                f"{report.get('preset') or '-'}; seed {s['seed']}; "
                f"{report['seconds'].get('total', 0):.0f} s on {report['machine']['cpu_count']} CPUs"
                f"{', ' + report['machine']['cuda_device'] if 'cuda_device' in report['machine'] else ''}"),
-              "", proto_line, "", "| metric | value | ± s.e. | spread | how | paper |",
+              "", proto_line, "", _bn_line(report), "",
+              "| metric | value | ± s.e. | spread | how | paper |",
               "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     extra = [f"- skipped {name}: {why}" for name, why in report.get("skipped", {}).items()]
