@@ -15,7 +15,7 @@ from infusion.errors import ConfigError
 from infusion.io import atomic_write
 from infusion.methods import build_method
 from infusion.training import checkpoint
-from infusion.training.loop import RunError, train
+from infusion.training.loop import RunError, train, training_state_file
 
 from .conftest import tiny_config
 
@@ -180,14 +180,20 @@ def test_init_from_starts_from_a_trained_model(tmp_path):
     assert not (tmp_path / "none" / "config.json").exists()  # the directory was not claimed
 
 
-def test_max_minutes_stops_and_leaves_a_resumable_run(tmp_path):
-    cfg = tiny_config(train={"epochs": 50, "max_minutes": 1e-6})
+def test_max_minutes_stops_mid_epoch_and_resumes_the_same_run(tmp_path):
+    """train.max_minutes stops within a step of the limit, inside the first epoch, with a
+    resumable state; the resumed run is the uninterrupted one, row for row."""
+    cfg = tiny_config(train={"epochs": 2, "max_minutes": 1e-6})
     train(cfg, tmp_path / "run", **QUIET)
-    assert len(_rows(tmp_path / "run")) == 1
+    state = checkpoint.load(training_state_file(tmp_path / "run"))["state"]
+    assert (state["epoch"], state["batch"]) == (0, 1)  # one step of the first epoch's eight
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or _rows(tmp_path / "run") == []
     assert (tmp_path / "run" / "checkpoints" / "final.pt").exists()
-    train(None, tmp_path / "run", resume=True, overrides=["train.max_minutes=0", "train.epochs=2"],
-          **QUIET)
-    assert len(_rows(tmp_path / "run")) == 2
+    train(None, tmp_path / "run", resume=True, overrides=["train.max_minutes=0"], **QUIET)
+    train(config.override(cfg, ["train.max_minutes=0"]), tmp_path / "whole", **QUIET)
+    keys = ("step", "train_loss", "valid_bound_population")
+    assert [[r[k] for k in keys] for r in _rows(tmp_path / "run")] == \
+           [[r[k] for k in keys] for r in _rows(tmp_path / "whole")]
 
 
 def test_max_steps_is_a_budget_in_optimiser_steps(tmp_path):

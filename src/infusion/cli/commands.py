@@ -75,7 +75,13 @@ def _config_from(args: argparse.Namespace) -> config_mod.Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Train the ``mnist-demo`` preset (resuming an unfinished run) and say where everything is."""
+    """Train the ``mnist-demo`` preset (resuming an unfinished run) and say where everything is.
+
+    The demo is a fixed amount of work (``train.epochs``, no time cap), so every machine ends
+    with the same model; a few timed steps first say how long it will take here, and where a
+    machine whose other work slows several threads below one, the run takes one thread."""
+    from ..device import resolve_device
+    from ..training.bench import probe
     from ..training.loop import train
 
     run_dir = Path(args.run_dir)
@@ -85,8 +91,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
     else:
         resume = any((run_dir / "checkpoints").glob("epoch-*.pt"))
         cfg = config_mod.override(config_mod.preset("mnist-demo"), args.set)
+        overrides = list(args.set)
+        dev = resolve_device(args.device)
+        if not resume and dev.type == "cpu" and not cfg.train.cpu_threads:
+            p = probe(cfg, dev)
+            say(f"mnist-demo: {cfg.train.epochs} epochs; {p['example_steps_per_s']:,.0f} "
+                f"example-steps/s here on {p['threads']} thread(s)"
+                + (f", {p['one_thread']:,.0f} on one" if p["one_thread"] else ""))
+            if p["busy"]:
+                say("  this machine is busy: its other work slows several torch threads below "
+                    "one, so the demo trains on one thread (--set train.cpu_threads=N to "
+                    "choose; the model is the same)")
+                overrides.append("train.cpu_threads=1")
+                cfg = config_mod.override(cfg, ["train.cpu_threads=1"])
+            say(f"  about {p['run_s'] / 60:.0f} minutes ({p['epoch_s'] / 60:.1f} per epoch); "
+                f"the model and its figures go to {run_dir}")
         train(None if resume else cfg, run_dir, resume=resume, device=args.device,
-              overrides=args.set if resume else (), progress=not args.quiet, log=say)
+              overrides=overrides if resume else (), progress=not args.quiet, log=say)
     say(f"\nrun directory: {run_dir}")
     for name in ("samples.npz", "samples.png", "chains.png", "curve.png", "metrics.jsonl"):
         say(f"  {run_dir / name}")

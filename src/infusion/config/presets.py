@@ -21,33 +21,29 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "train_bound_examples": 10000},
         "sample": {"steps": 30}},
     "mnist-demo": {
-        "about": "recognisable MNIST digits within 10 minutes on 2 CPU cores (2x1024, T=10)",
+        "about": "recognisable MNIST digits in minutes on a CPU: 2x1024, T=10, 8 epochs",
         "model": {"hidden": (1024, 1024)},
-        # T = 5, omega = 0.1 for 12 epochs (same wall time; README) gave validation bound 1042.8
-        # and classifier FD 56 at 25 steps, but Parzen 280.7 at T: T = 10 kept for the Parzen
+        # the demo's recipe against others (a shorter chain, the constant rate): docs/results.md
         "method": {"T": 10, "infusion": {"alpha0": 0.02, "omega": 0.02}},
         # the rate decays to 0 on a cosine over the 8 epochs and an EMA of the weights is
-        # validated, sampled and exported: at 8 epochs (README) Parzen 291.1 against 285.3
-        # for the constant rate, validation bound 956.7 against 902.3, but classifier FD
-        # 152 against 119 at 25 steps and recall 0.019 against 0.033 (a trade-off)
-        "train": {"epochs": 8, "batch_size": 256, "patience": 0, "max_minutes": 8.0,
+        # validated, sampled and exported; a fixed amount of work (no time cap), so every
+        # machine trains the same model
+        "train": {"epochs": 8, "batch_size": 256, "patience": 0,
                   "lr_schedule": "cosine", "ema": 0.999,
                   "valid_examples": 2000, "record_chains_at": (0, 1, 2, 4, 8),
                   "train_bound_examples": 2000},
-        # T' = 2.5T: on 5,000 samples (README) 25 steps gave 90% confident digits with every
-        # class >= 6.3%; 20 steps 88% / 6.4%, 30 steps 92% / 5.7% (more steps sharpen digits
-        # but drift towards the common classes).
+        # T' = 2.5T: more steps sharpen digits but drift towards the common classes
+        # (docs/results.md)
         "sample": {"steps": 25},
     },
     "mnist-cond": {
         "about": "class-conditional MNIST (algorithms.md §15): the mnist-demo network with a "
-                 "class embedding, 8 minutes of training on a CPU; infusion sample --classes 0-9",
+                 "class embedding, minutes of training on a CPU; infusion sample --classes 0-9",
         "model": {"hidden": (1024, 1024), "classes": 10},
         "method": {"T": 10, "infusion": {"alpha0": 0.02, "omega": 0.02}},
         "train": {"epochs": 8, "batch_size": 256, "patience": 0, "max_minutes": 8.0,
                   "valid_examples": 2000},
-        # T' = T: on a 3-epoch run (README) the project's classifier read 98.1% of 2,000
-        # samples as their class at 10 steps, 95.8% at 15, 90.7% at 25, 84.5% at 80
+        # T' = T: longer chains drift away from the asked class (docs/results.md)
         "sample": {"steps": 10},
     },
     "cifar10": {
@@ -120,9 +116,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample": {"sampler": "heun"},
     },
     # 10 heated levels: the variance doubles per level, so the hottest is 2^9 = 512 times the
-    # temperature-1 variance (Algorithm 1's K = log2 T_max); on the toys, MMD² x10³ with
-    # L = 6 / 10 / 14 levels: 37.7 / 25.6 / 31.5 (spiral), 49.4 / 15.3 / 35.2 (circle),
-    # 106.9 / 11.9 / 37.2 (8 Gaussians) (experiments/toy_suite.py, README)
+    # temperature-1 variance (Algorithm 1's K = log2 T_max); 10 levels did best on the toys
+    # against 6 and 14 (experiments/toy_suite.py, docs/results.md)
     "spiral-walkback": {
         "about": "2-D spiral, Variational Walkback: 10 temperature levels, about a minute on "
                  "one CPU core",

@@ -1,4 +1,5 @@
-"""``infusion bench``: training and sampling speed of a preset next to the device's peak (issue 6).
+"""``infusion bench``: training and sampling speed of a preset next to the device's peak, and
+the quick probe that tells a run how long it will take here (:func:`probe`).
 
 Training runs the preset's real step (dequantised synthetic pixels of the data set's shape,
 the method's loss, backward, Adam, EMA, with the run's precision and compile settings) and
@@ -70,24 +71,18 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
-def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int = 0,
-          sample_n: int = 0, min_seconds: float = 2.0, matmul_n: int | None = None
-          ) -> dict[str, Any]:
-    """Measure one preset on one device; returns a plain dict of the figures. ``matmul_n``:
-    side of the peak-measuring matrices (default 2048 on the CPU, 8192 on CUDA)."""
-    from ..data import Data
+def _training_step(cfg: Config, device: torch.device, B: int):
+    """The preset's real training step on a synthetic batch of B examples: (step function,
+    model, method, raw batch, classes, whether bf16 autocast is on)."""
     from ..device import mixed_precision
-    from ..methods.statistics import compute_step_statistics
 
-    B = batch_size or cfg.train.batch_size
     shape = shape_of(cfg.data)
     method = build_method(cfg.method)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = method.build_model(shape, cfg.model).to(device)
     g = torch.Generator(device=device).manual_seed(0)
-    pixels = cfg.data.name not in TOYS
-    if pixels:
+    if cfg.data.name not in TOYS:
         raw = torch.randint(0, 256, (B, *shape), generator=g, device=device, dtype=torch.uint8)
     else:
         raw = 0.05 + 0.9 * torch.rand(B, *shape, generator=g, device=device)
@@ -104,7 +99,6 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
     if cfg.train.compile:
         model.net.compile()
     autocast = mixed_precision(model, device, cfg.train.precision)
-    bf16 = autocast is not contextlib.nullcontext
 
     def train_step() -> None:
         with autocast():
@@ -116,6 +110,60 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
             ema.update(model)
 
     model.train()
+    return train_step, model, method, raw, classes, autocast is not contextlib.nullcontext
+
+
+def run_seconds(cfg: Config, example_steps_per_s: float) -> tuple[float, float]:
+    """(seconds per epoch with validation, seconds of the whole run) at this training speed.
+
+    An epoch: the training set's example-steps, plus validation's forward chains (each ≈ 1/3
+    of a training step per example): the loss and the bound on ``train.valid_examples``, the
+    train-set bound on ``train.train_bound_examples``, their minibatch-statistics twins, and
+    the short statistics pass; the run adds the final statistics pass (algorithms.md §6)."""
+    tc, T = cfg.train, cfg.method.T
+    n_train = cfg.data.n_train or TRAIN_SIZES.get(cfg.data.name) or cfg.data.toy_size
+    twins = 2 if tc.valid_batch_stats else 1
+    forward = (tc.valid_examples * (1 + twins) + tc.train_bound_examples * twins
+               + tc.valid_stats_batches * tc.batch_size)
+    epoch_s = (n_train + forward / 3) * T / example_steps_per_s
+    return epoch_s, tc.epochs * epoch_s + n_train * T / (3 * example_steps_per_s)
+
+
+def probe(cfg: Config, device: torch.device, seconds: float = 2.0) -> dict[str, Any]:
+    """How fast the preset trains here, from a few timed steps (``seconds`` each way), with the
+    current thread count and, on a CPU with more than one, with one thread. Sharing cores
+    with other work, several torch threads can run far slower than one (they wait for each
+    other): ``busy`` says one thread was at least as fast. The thread count is restored."""
+    B = cfg.train.batch_size
+    step, *_ = _training_step(cfg, device, B)
+    T, threads = cfg.method.T, torch.get_num_threads()
+    rate = B * T / _timed(step, device, seconds, 2)
+    one = None
+    if device.type == "cpu" and threads > 1:
+        torch.set_num_threads(1)
+        try:
+            one = B * T / _timed(step, device, seconds, 2)
+        finally:
+            torch.set_num_threads(threads)
+    busy = one is not None and one >= rate
+    best = max(rate, one or 0.0)
+    epoch_s, run_s = run_seconds(cfg, best)
+    return {"threads": threads, "example_steps_per_s": rate, "one_thread": one, "busy": busy,
+            "best_threads": 1 if busy else threads, "epoch_s": epoch_s, "run_s": run_s}
+
+
+def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int = 0,
+          sample_n: int = 0, min_seconds: float = 2.0, matmul_n: int | None = None
+          ) -> dict[str, Any]:
+    """Measure one preset on one device; returns a plain dict of the figures. ``matmul_n``:
+    side of the peak-measuring matrices (default 2048 on the CPU, 8192 on CUDA)."""
+    from ..data import Data
+    from ..methods.statistics import compute_step_statistics
+
+    B = batch_size or cfg.train.batch_size
+    shape = shape_of(cfg.data)
+    pixels = cfg.data.name not in TOYS
+    train_step, model, method, raw, classes, bf16 = _training_step(cfg, device, B)
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -141,12 +189,8 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
     peak16 = matmul_peak(device, torch.bfloat16, matmul_n) if device.type == "cuda" else None
     peak = peak16 if bf16 and peak16 else peak32
     achieved = flops / step_s
-    n_train = cfg.data.n_train or TRAIN_SIZES.get(cfg.data.name) or cfg.data.toy_size
-    # One epoch: training, plus validation (loss and bound: two forward chains, ≈ 1/3 of a
-    # training step each) on train.valid_examples; the run: train.epochs epochs (early
-    # stopping may end it sooner) plus the algorithms.md §6 statistics pass (one forward chain).
-    epoch_s = n_train * T / ex_steps + 2 * cfg.train.valid_examples * T / (3 * ex_steps)
-    run_min = (cfg.train.epochs * epoch_s + n_train * T / (3 * ex_steps)) / 60
+    epoch_s, run_s = run_seconds(cfg, ex_steps)  # early stopping may end a run sooner
+    run_min = run_s / 60
     return {
         "preset": cfg.preset, "device": _device_name(device), "batch_size": B, "T": T,
         "precision": "bf16" if bf16 else "fp32", "compile": cfg.train.compile,

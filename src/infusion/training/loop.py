@@ -78,10 +78,14 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
         run = _Run.start(cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log)
         cleanup.callback(run.close_watchers)  # however the run ends
         tc, state = run.cfg.train, run.state
-        start = time.time()
         while not state.stopped_early and state.epoch < tc.epochs and not budget_spent(tc, state):
             # ---- one epoch of minibatches (checkpoints on time and on a signal inside it)
-            train_loss, seconds, seen = run.epoch(stop)
+            done = run.epoch(stop)
+            if done is None:  # train.max_minutes ran out inside the epoch: its state is saved
+                log(f"stopping after {tc.max_minutes} minutes (train.max_minutes), during epoch "
+                    f"{state.epoch + 1}; --resume continues from here")
+                break
+            train_loss, seconds, seen = done
             # ---- validate, record Fig. 2's chains, keep the best weights (the EMA's, if any)
             scores = run.validate_epoch()
             row = run.add_row(train_loss, seconds, seen, scores)
@@ -94,8 +98,7 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
             state.stopped_early = tc.patience > 0 and state.bad_epochs >= tc.patience
             if state.stopped_early:
                 log(f"early stop: no validation improvement for {state.bad_epochs} epochs")
-            out_of_time = tc.max_minutes > 0 and (time.time() - start) / 60 >= tc.max_minutes
-            out_of_time = distributed.agree(ctx, out_of_time)  # every process stops together
+            out_of_time = distributed.agree(ctx, run.out_of_time())  # every process together
             finished = state.stopped_early or state.epoch >= tc.epochs or budget_spent(tc, state)
             if out_of_time and not finished:
                 log(f"stopping after {tc.max_minutes} minutes (train.max_minutes); --resume continues")
@@ -138,6 +141,7 @@ class _Run:
     autocast: Callable
     progress: bool
     last_save: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.time)  # this invocation (train.max_minutes)
     watchers: list = field(default_factory=list)  # built-in callbacks (TensorBoard)
 
     @classmethod
@@ -201,9 +205,15 @@ class _Run:
         for w in self.watchers:
             w.close()
 
-    def epoch(self, stop: rundir.StopRequest) -> tuple[float, float, int]:
+    def out_of_time(self) -> bool:
+        """Whether ``train.max_minutes`` of this invocation have passed."""
+        tc = self.cfg.train
+        return tc.max_minutes > 0 and time.time() - self.started >= 60 * tc.max_minutes
+
+    def epoch(self, stop: rundir.StopRequest) -> tuple[float, float, int] | None:
         """Adam steps over this epoch's minibatches (a resumed epoch skips those it has done);
-        a resumable state every ``train.checkpoint_minutes`` and on a signal. Returns the
+        a resumable state every ``train.checkpoint_minutes``, on a signal, and when
+        ``train.max_minutes`` runs out (then None: the epoch is unfinished). Returns the
         epoch's mean training loss, its training seconds and the examples it saw (fewer than
         the training set when ``train.max_steps`` ends it)."""
         tc, state, data, g = self.cfg.train, self.state, self.data, self.g
@@ -235,12 +245,16 @@ class _Run:
             bar.set_postfix(loss=f"{loss:.1f}")
             now = time.time()
             timed = tc.checkpoint_minutes > 0 and now - self.last_save >= 60 * tc.checkpoint_minutes
-            if distributed.agree(self.ctx, stop.requested or timed):
+            late = self.out_of_time() and state.batch < len(order)  # the epoch's end checks too
+            if distributed.agree(self.ctx, stop.requested or timed or late):
                 state.epoch_seconds, t0 = state.epoch_seconds + now - t0, now
                 self.save()
                 if distributed.agree(self.ctx, stop.requested):
                     raise Interrupted(f"stopped by {stop.requested or 'a signal'} during epoch "
                                       f"{state.epoch + 1}; --resume continues from here")
+                if distributed.agree(self.ctx, late):
+                    bar.close()
+                    return None
         bar.close()
         seconds = state.epoch_seconds + time.time() - t0
         loss, seen = state.loss_sum / max(state.seen, 1), state.seen
