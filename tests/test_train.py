@@ -254,3 +254,16 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         checkpoint.load(tmp_path / "other.pt")
     with pytest.raises(checkpoint.CheckpointError, match="run directory"):
         checkpoint.load(tmp_path)
+
+
+def test_a_run_records_its_environment(tmp_path):
+    """environment.json: one entry per start or resume, with what made the run."""
+    import infusion
+
+    train(tiny_config(train={"epochs": 1}), tmp_path / "run", **QUIET)
+    train(None, tmp_path / "run", resume=True, overrides=["train.epochs=2"], **QUIET)
+    entries = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert len(entries) == 2
+    assert entries[0]["infusion"] == infusion.__version__
+    assert entries[0]["torch"] == torch.__version__ and entries[0]["device"] == "cpu"
+    assert entries[0]["threads"] >= 1 and isinstance(entries[0]["command"], list)

@@ -36,7 +36,7 @@ from ..errors import InputError, UserError
 from ..io import atomic_write
 from ..methods import Method, build_method
 from . import checkpoint as ckpt_io
-from . import distributed, rundir
+from . import distributed, environment, rundir
 from .ema import EMA
 from .finalize import finalize
 from .rundir import RunError, training_state_file
@@ -175,6 +175,7 @@ class _Run:
         if ctx.main:
             atomic_write(run_dir / "config.json",
                          lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
+            environment.record(run_dir, dev)  # version, commit, torch, device, command line
         if tc.compile:
             model.net.compile()  # in place: the state dict keeps its names
         if tc.precision == "bf16" and not bf16_is_fast(dev):
