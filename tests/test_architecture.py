@@ -167,3 +167,24 @@ def test_config_knows_each_models_samplers():
     assert config.SAMPLERS_OF == {"diffusion": DiffusionModel.samplers,
                                   "flow": FlowModel.samplers}
     assert set(config.SAMPLERS) == {s for v in config.SAMPLERS_OF.values() for s in v}
+
+
+def test_a_method_is_declared_once():
+    """The registry, the settings classes and the config's method section name the same
+    methods; what the config knows of a method (samplers, step input, conditioning) is read
+    from its settings class, and its model runs exactly those samplers; a saved config
+    carries only the chosen method's settings."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config.MethodConfig)} - {"name", "T"}
+    assert set(METHODS) == set(config.METHOD_SETTINGS) == fields
+    for name, settings in config.METHOD_SETTINGS.items():
+        assert config.SAMPLERS_OF.get(name, ("ancestral",)) == settings.samplers
+        assert (name in config.STEP_EMBEDDING_METHODS) == settings.step_embedding
+        assert (name in config.CONDITIONAL_METHODS) == settings.conditional
+        cfg = config.preset(PRESETS[name])
+        model = build_method(cfg.method).build_model((2,), cfg.model)
+        assert model.samplers == settings.samplers
+    saved = config.to_dict(config.preset("mnist"))
+    assert set(saved["method"]) == {"name", "T", "infusion"}
+    assert config.from_dict(saved) == config.preset("mnist")

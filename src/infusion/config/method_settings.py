@@ -1,14 +1,17 @@
 """The methods' own settings: ``method.<name>.*`` of the config, one frozen dataclass per
-method, each validating itself (algorithms.md §2–5 and §11–12 give their meaning), and
-:class:`MethodConfig`, the ``method`` section that holds them. Adding a method adds one class
-here and one line to :data:`METHOD_SETTINGS`.
+method, each validating itself (algorithms.md §2–5 and §11–14 give their meaning) and declaring
+what the rest of the config checks against — the method's samplers, whether its network takes
+the step as an input, whether it can be class-conditional — and :class:`MethodConfig`, the
+``method`` section that holds them. Adding a method adds one class here, its field in
+:class:`MethodConfig` and one line to :data:`METHOD_SETTINGS`; everything the config knows of
+a method comes from that class (torch-free, so the command line stays light).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import require
 
@@ -16,6 +19,10 @@ from ..errors import require
 @dataclass(frozen=True)
 class InfusionSettings:
     """Infusion training (algorithms.md §3–5): ``method.infusion.*``."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)  # sample.sampler values it runs
+    step_embedding: ClassVar[bool] = False  # the network takes the (continuous) step as input
+    conditional: ClassVar[bool] = True  # model.classes > 0 (algorithms.md §15)
 
     alpha0: float = 0.0  # infusion rate of q(0)
     omega: float = 0.01  # α(t) = α(t-1) + ω, clipped to [0, 1]
@@ -42,6 +49,10 @@ class InfusionSettings:
 class WalkbackSettings:
     """Variational walkback (algorithms.md §11): ``method.walkback.*``; ``method.T`` = the
     heated levels L, temperatures base^0 … base^(L-1)."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)
+    step_embedding: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False
 
     alpha: float = 0.5  # a in μ = (1-a)·s + a·F_μ(s)
     schedule: str = "double"  # temperature ×2 per heated step; "sqrt2": ×√2 (appendix F)
@@ -77,6 +88,10 @@ class GSNSettings:
     """GSN / denoising-autoencoder walkback (algorithms.md §12): ``method.gsn.*``;
     ``method.T`` = the walkback steps k."""
 
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)
+    step_embedding: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False
+
     noise: str = "gaussian"  # corruption: "gaussian" or "salt_pepper"
     noise_level: float = 0.2  # Gaussian std, or salt-and-pepper probability per dimension
 
@@ -95,6 +110,10 @@ class GSNSettings:
 class DiffusionSettings:
     """Gaussian diffusion (algorithms.md §13): ``method.diffusion.*``; ``method.T`` = the
     diffusion steps."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral", "ddim", "dpm++2m")
+    step_embedding: ClassVar[bool] = True
+    conditional: ClassVar[bool] = False
 
     schedule: str = "linear"  # betas: "linear" (Ho et al., scaled by 1000/T) or "cosine"
     loss: str = "noise"  # "noise": the simple loss (+ 1e-3 × bound for σ); "bound": the bound
@@ -118,6 +137,10 @@ class DiffusionSettings:
 class FlowSettings:
     """Flow matching / rectified flow (algorithms.md §14): ``method.flow.*``; ``method.T`` = the
     default number of sampling (ODE) steps."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral", "euler", "heun")
+    step_embedding: ClassVar[bool] = True
+    conditional: ClassVar[bool] = False
 
     data_scale: float = 2.0  # flow space y = (x - 0.5)·scale, as diffusion's
     likelihood_steps: int = 50  # Heun steps of the probability-flow ODE for log p(x)

@@ -246,18 +246,19 @@ class Config:
         return self.sample.steps or self.method.T
 
 
-SAMPLERS = ("ancestral", "ddim", "dpm++2m", "euler", "heun")
-# the samplers beyond a method's own chain ("ancestral"): diffusion's solvers, the flow's ODE
-SAMPLERS_OF = {"diffusion": ("ancestral", "ddim", "dpm++2m"),
-               "flow": ("ancestral", "euler", "heun")}
+# What the config knows of each method, read from its settings class (config.method_settings).
+# SAMPLERS_OF: the methods with samplers beyond their own chain ("ancestral").
+SAMPLERS_OF = {name: s.samplers for name, s in METHOD_SETTINGS.items()
+               if s.samplers != ("ancestral",)}
+SAMPLERS = tuple(dict.fromkeys(x for s in METHOD_SETTINGS.values() for x in s.samplers))
 DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
               "folder", "arrays")
 NET_NAMES = ("mlp", "conv", "unet")
 LR_SCHEDULES = ("constant", "cosine")
 # methods whose network takes the (continuous) step as an input, so any number of sampling
 # steps works; their body is an MLP or a U-Net with a step embedding (model.net mlp or unet)
-STEP_EMBEDDING_METHODS = ("diffusion", "flow")
-CONDITIONAL_METHODS = ("infusion",)  # model.classes > 0 (algorithms.md §15)
+STEP_EMBEDDING_METHODS = tuple(n for n, s in METHOD_SETTINGS.items() if s.step_embedding)
+CONDITIONAL_METHODS = tuple(n for n, s in METHOD_SETTINGS.items() if s.conditional)  # §15
 
 def load_file(path: str) -> Config:
     """A config file: JSON or TOML (``.toml``), a full config as a run directory's
@@ -277,8 +278,14 @@ def load_file(path: str) -> Config:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain JSON-able dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """Plain JSON-able dict (tuples become lists), with only the chosen method's settings
+    (``method.<method.name>``: the others are not used, and :func:`from_dict` gives them
+    their defaults)."""
+    d = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for name in METHOD_SETTINGS:
+        if name != cfg.method.name:
+            del d["method"][name]
+    return d
 
 
 def from_dict(d: dict[str, Any]) -> Config:

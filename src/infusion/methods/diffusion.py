@@ -50,7 +50,7 @@ from torch import nn
 from ..chain.distributions import normal_log_prob
 from ..chain.model import ChainModel, FactorialGaussianPrior
 from ..chain.nets import STEP_EMBED, build_net
-from ..config import ModelConfig
+from ..config import DiffusionSettings, ModelConfig
 from ..errors import InputError
 from .base import Method
 
@@ -145,7 +145,7 @@ class DiffusionModel(ChainModel):
             self.register_buffer(name, torch.tensor(v, dtype=torch.float32), persistent=False)
         self.register_buffer("net_index", torch.tensor(schedule.net_index), persistent=False)
 
-    samplers = ("ancestral", "ddim", "dpm++2m")
+    samplers = DiffusionSettings.samplers
 
     def solver(self, sampler: str, steps: int, eta: float = 0.0) -> ChainModel:
         """``ancestral``: the learned reverse chain (:meth:`respaced`); ``ddim`` and

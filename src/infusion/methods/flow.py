@@ -31,7 +31,7 @@ from torch import nn
 from ..chain.distributions import normal_log_prob
 from ..chain.model import ChainModel, FactorialGaussianPrior
 from ..chain.nets import STEP_EMBED, build_net
-from ..config import ModelConfig
+from ..config import FlowSettings, ModelConfig
 from ..errors import InputError
 from .base import Method
 from .diffusion import DiffusionPrior
@@ -44,7 +44,7 @@ class FlowModel(ChainModel):
     "euler" or "heun"); :meth:`respaced` and :meth:`solver` give views on other step counts
     sharing the network and prior."""
 
-    samplers = ("ancestral", "euler", "heun")
+    samplers = FlowSettings.samplers
 
     def __init__(self, shape: tuple[int, ...], steps: int, cfg: ModelConfig | None = None, *,
                  net: nn.Module | None = None, prior: FactorialGaussianPrior | None = None,
