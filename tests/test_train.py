@@ -267,3 +267,26 @@ def test_a_run_records_its_environment(tmp_path):
     assert entries[0]["infusion"] == infusion.__version__
     assert entries[0]["torch"] == torch.__version__ and entries[0]["device"] == "cpu"
     assert entries[0]["threads"] >= 1 and isinstance(entries[0]["command"], list)
+
+
+def test_an_export_explains_itself(tmp_path):
+    """``infusion export`` writes a model card: the model, its training commands and
+    environment, the evaluation table; and no path of the machine in its config."""
+    from infusion.cli import main
+
+    run = tmp_path / "run"
+    src = tmp_path / "src-model"
+    train(tiny_config(train={"epochs": 1}), src, **QUIET)
+    cfg = config.override(tiny_config(train={"epochs": 1}), [f"train.init_from={src}"])
+    train(cfg, run, **QUIET)
+    assert main(["evaluate", "--checkpoint", str(run), "--metrics", "lb", "--quiet",
+                 "--lb-examples", "20"]) == 0
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "# exported" in card and "`infusion` model (T = 4" in card
+    assert "Commands" in card and "Environment: infusion" in card and "epochs trained" in card
+    assert "| lower bound (nats) |" in card and "Fine-tuned from `src-model`" in card
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["train"]["init_from"] == "src-model"  # provenance, not a path
+    assert str(tmp_path) not in (out / "config.json").read_text()

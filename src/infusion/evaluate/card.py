@@ -1,0 +1,92 @@
+"""The model card of an export: ``README.md`` beside ``config.json`` and ``model.safetensors``,
+saying what the model is, on which data, how it was trained (the commands and environment a
+run directory recorded) and how it scored (an evaluation report's table), and which library
+version wrote it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import __version__
+from ..config import Config, describe
+from .report import markdown
+
+
+def run_directory(checkpoint: str | Path) -> Path | None:
+    """The run directory a checkpoint file or run directory belongs to (None for an export)."""
+    p = Path(checkpoint)
+    if (p / "config.json").is_file() and (p / "checkpoints").is_dir():
+        return p
+    if p.is_file() and p.parent.name == "checkpoints":
+        return p.parent.parent
+    return None
+
+
+def model_card(name: str, cfg: Config, shape, *, run_dir: Path | None = None,
+               report: dict | None = None) -> str:
+    """The card's markdown. ``run_dir``: where the training commands, epochs and environment
+    are read from; ``report``: an ``infusion evaluate`` report whose table is included."""
+    m, mc, tc = cfg.method, cfg.model, cfg.train
+    body = f"{mc.net} body {'×'.join(str(h) for h in mc.hidden)}"
+    about = ""
+    if cfg.preset:
+        try:
+            about = f" Preset `{cfg.preset}`: {describe(cfg.preset)}."
+        except Exception:  # noqa: BLE001 — a preset of another version
+            about = f" Preset `{cfg.preset}`."
+    lines = [f"# {name}", "",
+             (f"A `{m.name}` model (T = {m.T}, {body}) of data `{cfg.data.name}`, states of "
+              f"shape {tuple(int(s) for s in shape)}, written by infusion {__version__}; its "
+              f"per-step batch-norm statistics are included.{about}"), "",
+             "```bash", f"infusion sample --checkpoint {name} --n 64 --out samples.npz",
+             f"infusion evaluate --checkpoint {name}", "```", "",
+             "```python", "import infusion", "",
+             f'model, cfg = infusion.load_model("{name}")',
+             "samples = infusion.sample_chain(model, 16, seed=0).means", "```", "",
+             "## Training", ""]
+    lines += _training(cfg, run_dir)
+    lines += ["", "## Evaluation", ""]
+    if report is not None:
+        table = markdown(report).splitlines()
+        lines += table[2:]  # without its title
+    else:
+        lines += [f"Not evaluated when exported: `infusion evaluate --checkpoint {name}`."]
+    if tc.init_from:
+        lines += ["", f"Fine-tuned from `{Path(tc.init_from).name}` (`train.init_from`)."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _training(cfg: Config, run_dir: Path | None) -> list[str]:
+    tc = cfg.train
+    out = [f"Adam, rate {tc.lr:g} ({tc.lr_schedule}), batch {tc.batch_size}, at most "
+           f"{tc.epochs} epochs" + (f", EMA {tc.ema:g}" if tc.ema else "")
+           + (f", early stopping after {tc.patience} epochs without improvement"
+              if tc.patience else "")
+           + "; the weights of the best validation epoch (population-statistics bound)."]
+    if run_dir is None:
+        return out
+    env = run_dir / "environment.json"
+    try:
+        entries = json.loads(env.read_text()) if env.is_file() else []
+    except (OSError, ValueError):
+        entries = []
+    if entries:
+        out += ["", "Commands (each start or resume of the run):", "", "```bash"]
+        out += [" ".join(e.get("command") or ["?"]) for e in entries]
+        out += ["```", ""]
+        e = entries[-1]
+        out.append(f"Environment: infusion {e.get('infusion')}"
+                   + (f" ({e['git_commit']})" if e.get("git_commit") else "")
+                   + f", torch {e.get('torch')}, {e.get('cuda_device') or e.get('device')}, "
+                   f"{e.get('threads')} threads, {e.get('platform')}.")
+    rows_file = run_dir / "metrics.jsonl"
+    if rows_file.is_file():
+        rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()]
+        best = [r for r in rows if "valid_bound_population" in r]
+        if best:
+            b = max(best, key=lambda r: r["valid_bound_population"])
+            out += ["", (f"{len(rows)} epochs trained; best validation bound (population "
+                         f"statistics, {tc.valid_examples:,} examples, k = 1) "
+                         f"{b['valid_bound_population']:.1f} nats at epoch {b['epoch']}.")]
+    return out
