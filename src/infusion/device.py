@@ -29,7 +29,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 matrix products are native here: CUDA, or a CPU with AVX-512 BF16 / AMX.
-    (A CPU without them emulates bf16: measured 380× slower than fp32 on an AVX2 EPYC.)"""
+    (A CPU without them emulates bf16, far slower than fp32: docs/results.md.)"""
     if device.type == "cuda":
         return True
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -37,10 +37,9 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 def mixed_precision(model: torch.nn.Module, device: torch.device, precision: str) -> Callable:
     """A context factory for the training step: bf16 autocast where ``train.precision`` is
-    "bf16", else nothing ("auto" is fp32 everywhere, set from measurements: on an H100 the
-    mnist preset trains at the same speed in both (154.7k vs 154.6k example-steps/s, the step
-    is bound by kernel launches, not arithmetic), and a CPU without native bf16 emulates it;
-    the paper trained in fp32).
+    "bf16", else nothing ("auto" is fp32 everywhere: bf16 measured no faster for the mnist
+    preset on a data-centre GPU, whose step is bound by kernel launches, and a CPU without
+    native bf16 emulates it, docs/results.md; the paper trained in fp32).
 
     The network body's outputs are cast back to fp32, so μ, σ², the log-densities (σ² ≥ 1e-4)
     and the loss are computed in full precision; the weights stay fp32 (Adam's master copy).

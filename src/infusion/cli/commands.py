@@ -13,13 +13,28 @@ from pathlib import Path
 
 from .. import config as config_mod
 from ..errors import InputError
+from ..io import all_or_nothing
 
 
 def say(message: str) -> None:
-    """Print a line; if stdout has gone (piped into ``head``), keep working silently."""
+    """Print a line; if stdout has gone (piped into ``head``) or cannot be written (a full
+    disk, /dev/full), keep working silently: the work matters more than its log."""
     try:
         print(message, flush=True)
-    except BrokenPipeError:
+    except OSError as e:
+        if not isinstance(e, BrokenPipeError):
+            print(f"warning: cannot write to stdout ({e}); continuing without it",
+                  file=sys.stderr)
+        _drop_stdout()
+
+
+def _drop_stdout() -> None:
+    """Send the rest of stdout (what is buffered too) to /dev/null."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # no file descriptor (captured output)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 — stays open for the process
 
 
@@ -28,7 +43,7 @@ def _free(paths: list[Path], overwrite: bool) -> None:
     for p in paths:
         if p.is_dir():
             raise InputError(f"output {str(p)!r} is a directory; expected a file name")
-        if p.exists() and not overwrite:
+        if os.path.lexists(p) and not overwrite:
             raise InputError(f"output {str(p)!r} exists; pass --overwrite to replace it")
 
 
@@ -124,6 +139,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     labels = None if classes is None else [c for c in classes for _ in seeds]  # a row per class
     seeds = seeds if classes is None else seeds * len(classes)
     _free([out, out.with_suffix(".png")], args.overwrite)
+    if args.png_dir and os.path.lexists(args.png_dir) and not Path(args.png_dir).is_dir():
+        raise InputError(f"--png-dir {args.png_dir!r} exists and is not a folder")
     if args.png_dir:
         _free([Path(args.png_dir) / (f"seed-{s:06d}.png" if labels is None else
                                      f"class-{c}-seed-{s:06d}.png")
@@ -137,10 +154,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         model.eta = args.eta
     steps = args.steps or model.sample_steps
     per_class = len(seeds) // len(classes) if classes else None
-    sample_to_file(model, out, n=len(seeds), steps=steps, seeds=seeds,
-                   batch_size=args.batch_size, png_dir=args.png_dir, data=cfg.data,
-                   labels=labels, nrow=per_class,
-                   grid_max=len(seeds) if classes else 100)
+    with all_or_nothing(overwrite=args.overwrite):  # created exclusively, unless --overwrite
+        sample_to_file(model, out, n=len(seeds), steps=steps, seeds=seeds,
+                       batch_size=args.batch_size, png_dir=args.png_dir, data=cfg.data,
+                       labels=labels, nrow=per_class,
+                       grid_max=len(seeds) if classes else 100)
     what = "" if classes is None else f" of classes {','.join(map(str, classes))}"
     say(f"wrote {len(seeds)} samples{what} ({steps} steps, {model.sampler}) to {out} and a grid "
         f"to {out.with_suffix('.png')}" + (f"; one PNG per sample in {args.png_dir}"
@@ -166,7 +184,8 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise InputError(f"--report {str(report_file)!r}: not an evaluation report ({e})") \
                 from None
     model, cfg = load_for_sampling(args.checkpoint, "cpu")
-    save_pretrained(model, cfg, out)
+    with all_or_nothing(overwrite=args.overwrite):  # both files, created exclusively
+        save_pretrained(model, cfg, out)
     card = model_card(out.name, cfg, model.shape, run_dir=run_dir, report=report)
     atomic_write(out / "README.md", lambda tmp: tmp.write_text(card))
     say(f"exported {args.checkpoint} to {out} with its model card README.md (load with "
@@ -199,18 +218,20 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         raise InputError(f"--classify needs labelled images; {cfg.data.name} has none")
     steps = args.steps or model.sample_steps
     res = inpaint(model, images.to(model.prior.mean.device), mask, args.chains, steps, args.seed)
-    png, npz = save_inpainting(args.out, res, labels)
+    with all_or_nothing(overwrite=args.overwrite):  # every file or none, created exclusively
+        png, npz = save_inpainting(args.out, res, labels)
+        if args.classify:
+            from ..evaluate.metrics import get_extractor
+            from ..generate.inpaint import classifier_consistency
+            from ..io import atomic_write
+
+            scores = classifier_consistency(res, labels, get_extractor(args.classify))
+            scores.update(mask=args.mask, steps=steps, classifier=args.classify)
+            path = Path(args.out) / "inpaint_scores.json"
+            atomic_write(path, lambda tmp: tmp.write_text(json.dumps(scores, indent=1)))
     say(f"inpainted {len(images)} {args.split} images x {args.chains} chains ({steps} steps, mask "
           f"{args.mask}): figure {png}, arrays {npz}")
     if args.classify:
-        from ..evaluate.metrics import get_extractor
-        from ..generate.inpaint import classifier_consistency
-        from ..io import atomic_write
-
-        scores = classifier_consistency(res, labels, get_extractor(args.classify))
-        scores.update(mask=args.mask, steps=steps, classifier=args.classify)
-        path = Path(args.out) / "inpaint_scores.json"
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(scores, indent=1)))
         say(f"classifier {args.classify}: {scores['completions']:.1%} of completions read as "
               f"the true digit (full images {scores['originals']:.1%}, observed part alone "
               f"{scores['masked']:.1%}); {scores['classes_per_image']:.2f} classes per image "
@@ -222,7 +243,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     from ..evaluate.paper_figures import make_figures
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
-    if out.exists() and any(out.iterdir()) and False:
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"figures directory {str(out)!r} is not empty; pass --overwrite to "
                          "replace its figures")
     done = make_figures(args.run_dir, args.out, device=args.device, n=args.n, seed=args.seed,
@@ -232,7 +253,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """Likelihood bounds, Parzen window and sample-quality metrics of a checkpoint (issue 3),
+    """Likelihood bounds, Parzen window and sample-quality metrics of a checkpoint,
     under the default protocol or the paper's (``--protocol paper``, reduced by --k, --repeats,
     --examples; algorithms.md §7–8)."""
     from ..evaluate import EvalSettings, evaluate

@@ -169,12 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         "§7-8 describe them: k=20,000 draws on the first 1,000 test examples (bound and IS from "
         "the same draws), 10 repeats, the train rows (100 examples), the isotropic IS with one "
         "variance chosen on validation, Parzen on 10,000 means after the training T at σ=0.17 "
-        "and at σ chosen on validation. Cost of the full paper protocol for the mnist model "
-        "(2x1200 MLP, T=15): 4.4e8 proposal draws, measured at 235 draws/s on one core of "
-        "this project's CPU: about 22 days on one core, about 11 on two (estimated); 197k "
-        "draws/s on an H100, about 37 minutes. --k, --repeats and --examples reduce it "
-        "(--k 100 --repeats 1: about 20 minutes on one core), and the report states every "
-        "reduction"))
+        "and at σ chosen on validation. The full paper protocol makes 4.4e8 proposal draws for "
+        "the mnist model (2x1200 MLP, T=15): days on a CPU, minutes on a data-centre GPU "
+        "(docs/results.md); --k, --repeats and --examples reduce it, and the report states "
+        "every reduction"))
     e.add_argument("--bn-stats", choices=("stored", "ema", "batch"), default=None, help=(
         "per-step batch-norm statistics of the evaluation (docs/algorithms.md §6): stored "
         "(default; the pass over the training set, exact averages: a fixed model), ema (the "

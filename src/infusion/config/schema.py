@@ -16,6 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, require
+from ..limits import (
+    BATCH_MAX,
+    CHAINS_MAX,
+    CLASSES_MAX,
+    EPOCHS_MAX,
+    EXAMPLES_MAX,
+    IMAGE_SIDE_MAX,
+    LAYERS_MAX,
+    MINUTES_MAX,
+    OPT_STEPS_MAX,
+    SAMPLES_MAX,
+    SEED_MAX,
+    STEPS_MAX,
+    THREADS_MAX,
+    WIDTH_MAX,
+    in_range,
+)
 from .method_settings import (  # noqa: F401  (re-exported by infusion.config)
     METHOD_NAMES,
     METHOD_SETTINGS,
@@ -62,9 +79,10 @@ class DataConfig:
     def validate(self) -> None:
         require([
             (self.name in DATA_NAMES, f"data.name={self.name!r}: expected one of {DATA_NAMES}"),
-            (self.n_train >= 0, f"data.n_train={self.n_train}: expected >= 0"),
-            (self.toy_size > 0, f"data.toy_size={self.toy_size}: expected > 0"),
-            (self.image_size >= 0, f"data.image_size={self.image_size}: expected >= 0"),
+            in_range("data.n_train", self.n_train, 0, EXAMPLES_MAX, " (0 = all)"),
+            in_range("data.toy_size", self.toy_size, 1, SAMPLES_MAX),
+            in_range("data.seed", self.seed, 0, SEED_MAX),
+            in_range("data.image_size", self.image_size, 0, IMAGE_SIDE_MAX, " (0 = 64)"),
             (self.name != "arrays" or bool(self.path),
              "data.name='arrays' needs data.path, the .npz file infusion.fit stores"),
             (self.name == "arrays" or not (self.scale or self.offset or self.sha256),
@@ -94,13 +112,14 @@ class ModelConfig:
     def validate(self) -> None:
         require([
             (self.net in NET_NAMES, f"model.net={self.net!r}: expected one of {NET_NAMES}"),
-            (len(self.hidden) > 0 and all(h > 0 for h in self.hidden),
-             f"model.hidden={self.hidden}: expected positive layer widths"),
+            (0 < len(self.hidden) <= LAYERS_MAX and all(0 < h <= WIDTH_MAX for h in self.hidden),
+             f"model.hidden={self.hidden}: expected 1 to {LAYERS_MAX} layer widths, each "
+             f"1 to {WIDTH_MAX:,}"),
             (math.isfinite(self.beta) and self.beta > 0, f"model.beta={self.beta}: expected > 0"),
             (math.isfinite(self.eps) and self.eps > 0, f"model.eps={self.eps}: expected > 0"),
             (math.isfinite(self.prior_var_floor) and self.prior_var_floor >= 0,
              f"model.prior_var_floor={self.prior_var_floor}: expected >= 0"),
-            (self.classes >= 0, f"model.classes={self.classes}: expected >= 0 (0 = unconditional)"),
+            in_range("model.classes", self.classes, 0, CLASSES_MAX, " (0 = unconditional)"),
         ])
 
 
@@ -141,7 +160,7 @@ class TrainConfig:
     # Watching (infusion.training.watch): a preview sample grid every N epochs (0 = off), TensorBoard.
     sample_every: int = 0
     tensorboard: bool = False
-    # Speed: bf16 autocast ("auto" = fp32: bf16 measured no faster on an H100 for mnist),
+    # Speed: bf16 autocast ("auto" = fp32: bf16 was no faster for mnist, docs/results.md),
     # torch.compile of the network body, and an exponential moving average of the weights used
     # for validation and sampling (0 = off).
     precision: str = "auto"  # "auto", "fp32" or "bf16"
@@ -153,35 +172,39 @@ class TrainConfig:
 
     def validate(self) -> None:
         require([
-            (self.epochs >= 0, f"train.epochs={self.epochs}: expected >= 0"),
+            in_range("train.epochs", self.epochs, 0, EPOCHS_MAX),
             (self.batch_size >= 2, f"train.batch_size={self.batch_size}: batch norm needs >= 2"),
+            in_range("train.batch_size", self.batch_size, 2, BATCH_MAX),
+            in_range("train.seed", self.seed, 0, SEED_MAX),
             (math.isfinite(self.lr) and self.lr > 0,
              f"train.lr={self.lr}: expected a finite rate > 0"),
             (self.lr_schedule in LR_SCHEDULES,
              f"train.lr_schedule={self.lr_schedule!r}: expected one of {LR_SCHEDULES}"),
             (math.isfinite(self.lr_final) and 0 <= self.lr_final <= self.lr,
              f"train.lr_final={self.lr_final}: expected 0 <= lr_final <= train.lr={self.lr}"),
-            (self.patience >= 0, f"train.patience={self.patience}: expected >= 0"),
-            (self.sample_every >= 0, f"train.sample_every={self.sample_every}: expected >= 0"),
-            (math.isfinite(self.max_minutes) and self.max_minutes >= 0,
-             f"train.max_minutes={self.max_minutes}: expected >= 0"),
-            (self.max_steps >= 0, f"train.max_steps={self.max_steps}: expected >= 0 (0 = no limit)"),
-            (self.valid_examples >= 0, f"train.valid_examples={self.valid_examples}: expected >= 0"),
-            (self.checkpoint_every >= 1,
-             f"train.checkpoint_every={self.checkpoint_every}: expected >= 1"),
-            (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0,
-             f"train.checkpoint_minutes={self.checkpoint_minutes}: expected >= 0 (0 = off)"),
-            (all(e >= 0 for e in self.record_chains_at),
-             f"train.record_chains_at={self.record_chains_at}: expected epochs >= 0"),
-            (self.record_chains_n >= 1, f"train.record_chains_n={self.record_chains_n}: expected >= 1"),
+            in_range("train.patience", self.patience, 0, EPOCHS_MAX, " (0 = off)"),
+            in_range("train.sample_every", self.sample_every, 0, EPOCHS_MAX, " (0 = off)"),
+            (math.isfinite(self.max_minutes) and 0 <= self.max_minutes <= MINUTES_MAX,
+             f"train.max_minutes={self.max_minutes}: expected 0 <= max_minutes <= "
+             f"{MINUTES_MAX:,} (0 = no limit)"),
+            in_range("train.max_steps", self.max_steps, 0, OPT_STEPS_MAX, " (0 = no limit)"),
+            in_range("train.valid_examples", self.valid_examples, 0, EXAMPLES_MAX),
+            in_range("train.checkpoint_every", self.checkpoint_every, 1, EPOCHS_MAX),
+            (math.isfinite(self.checkpoint_minutes) and 0 <= self.checkpoint_minutes <= MINUTES_MAX,
+             f"train.checkpoint_minutes={self.checkpoint_minutes}: expected 0 <= "
+             f"checkpoint_minutes <= {MINUTES_MAX:,} (0 = off)"),
+            (all(0 <= e <= EPOCHS_MAX for e in self.record_chains_at),
+             f"train.record_chains_at={self.record_chains_at}: expected epochs 0 to "
+             f"{EPOCHS_MAX:,}"),
+            in_range("train.record_chains_n", self.record_chains_n, 1, CHAINS_MAX),
             (self.precision in ("auto", "fp32", "bf16"),
              f"train.precision={self.precision!r}: expected 'auto', 'fp32' or 'bf16'"),
             (0.0 <= self.ema < 1.0, f"train.ema={self.ema}: expected a decay in [0, 1) (0 = off)"),
-            (self.cpu_threads >= 0, f"train.cpu_threads={self.cpu_threads}: expected >= 0 (0 = default)"),
-            (self.train_bound_examples >= 0,
-             f"train.train_bound_examples={self.train_bound_examples}: expected >= 0"),
-            (self.valid_stats_batches >= 0,
-             f"train.valid_stats_batches={self.valid_stats_batches}: expected >= 0 (0 = all)"),
+            in_range("train.cpu_threads", self.cpu_threads, 0, THREADS_MAX, " (0 = default)"),
+            in_range("train.train_bound_examples", self.train_bound_examples, 0, EXAMPLES_MAX,
+                     " (0 = off)"),
+            in_range("train.valid_stats_batches", self.valid_stats_batches, 0, STEPS_MAX,
+                     " (0 = all)"),
         ])
 
 
@@ -204,12 +227,14 @@ class SampleConfig:
         require([
             (self.sampler in SAMPLERS, (f"sample.sampler={self.sampler!r}: expected one of "
              f"{SAMPLERS}")),
-            (math.isfinite(self.eta) and self.eta >= 0, f"sample.eta={self.eta}: expected >= 0"),
+            (math.isfinite(self.eta) and 0 <= self.eta <= 1,
+             f"sample.eta={self.eta}: expected 0 <= eta <= 1 (0 deterministic, 1 ancestral)"),
             (self.eta == 0 or self.sampler == "ddim",
              f"sample.eta={self.eta}: only the ddim sampler takes eta"),
-            (self.steps >= 0, f"sample.steps={self.steps}: expected >= 0"),
-            (self.n >= 1, f"sample.n={self.n}: expected >= 1"),
-            (self.chains >= 1, f"sample.chains={self.chains}: expected >= 1"),
+            in_range("sample.steps", self.steps, 0, STEPS_MAX, " (0 = the training T)"),
+            in_range("sample.n", self.n, 1, SAMPLES_MAX),
+            in_range("sample.chains", self.chains, 1, CHAINS_MAX),
+            in_range("sample.seed", self.seed, 0, SEED_MAX),
         ])
 
 

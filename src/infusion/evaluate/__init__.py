@@ -3,8 +3,8 @@ sample quality from a classifier and the memorisation check, written as a JSON r
 markdown table.
 
 Two protocols: ``EvalSettings()`` (the default, minutes on a CPU) and ``EvalSettings.paper()``,
-the paper's Table 1 and Table 2 exactly as algorithms.md §7–8 describe them (weeks on a CPU,
-about 37 minutes on an H100: see :meth:`EvalSettings.paper`), which ``k``, ``repeats`` and
+the paper's Table 1 and Table 2 exactly as algorithms.md §7–8 describe them (days on a CPU,
+minutes on a data-centre GPU: :meth:`EvalSettings.paper`), which ``k``, ``repeats`` and
 ``examples`` may reduce. Every
 likelihood and Parzen row of the report states how it differs from the paper's protocol. The
 report (json and md) is rewritten atomically after every metric and every likelihood
@@ -17,6 +17,9 @@ take (e.g. 2-D toys, whose test split is ``toy(name, max(2, toy_size // 5), seed
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -64,7 +67,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     metrics = parse_metrics(metrics if metrics is not None else s.protocol)
     t_start = time.time()
     dev = resolve_device(device)
-    if s.batch_size == 0:  # measured: 197k draws/s at 20,000 rows on an H100
+    if s.batch_size == 0:  # large batches keep a GPU busy
         s = replace(s, batch_size=20000 if dev.type == "cuda" else 1000)
     model, cfg, ckpt_path, notes = _load(source, cfg, dev, progress)
     if s.bn_stats == "ema":
@@ -75,6 +78,10 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     if out.is_dir() or (out.exists() and not overwrite):
         raise InputError(f"report {str(out)!r} exists" + ("" if out.is_file() else " as a directory")
                          + "; pass --overwrite (or another --out) to replace it")
+    taken = [p for p in report_files(out)[1:] if os.path.lexists(p)]
+    if taken and not overwrite:  # the files written beside the report are replaced too
+        raise InputError(f"{str(taken[0])!r} exists beside the report {str(out)!r} (the "
+                         "evaluation writes it); pass --overwrite, or an --out in another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg.method)
     splits, labels = _splits(cfg, progress)
@@ -93,27 +100,54 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
               "seconds": {}, "machine": machine()}
     run = ReportWriter(out, report, log, t_start)
     run.save()
-    try:
-        likelihood_rows(run, model, method, cfg, splits, metrics, s, progress, labels)
-        sample_rows(run, model, cfg, splits, metrics, s, progress)
-        if "reversibility" in metrics:
-            if not method.has_reversibility:
-                run.skip(["reversibility"], f"method {cfg.method.name!r}: the appendix H measure "
-                         "is for walkback's temperature-1 operator")
-            else:
-                from ..methods.walkback import reversibility
+    with _terminate_interrupts():  # SIGTERM too leaves the report "interrupted"
+        try:
+            likelihood_rows(run, model, method, cfg, splits, metrics, s, progress, labels)
+            sample_rows(run, model, cfg, splits, metrics, s, progress)
+            if "reversibility" in metrics:
+                if not method.has_reversibility:
+                    run.skip(["reversibility"], f"method {cfg.method.name!r}: the appendix H "
+                             "measure is for walkback's temperature-1 operator")
+                else:
+                    from ..methods.walkback import reversibility
 
-                with run.step(["reversibility"], "reversibility (VW appendix H): 100 chains, "
-                              "50 burn-in + 1000 steps"):
-                    report["metrics"]["reversibility"] = reversibility(model, seed=s.seed)
-    except BaseException as e:
-        report["status"].update(state="interrupted", error=f"{type(e).__name__}: {e}")
-        run.save()
-        raise
+                    with run.step(["reversibility"], "reversibility (VW appendix H): 100 chains, "
+                                  "50 burn-in + 1000 steps"):
+                        report["metrics"]["reversibility"] = reversibility(model, seed=s.seed)
+        except BaseException as e:
+            report["status"].update(state="interrupted", error=f"{type(e).__name__}: {e}")
+            run.save()
+            raise
     report["status"].update(state="complete", running=None)
     run.save()
     log(f"report: {out}\ntable: {out.with_suffix('.md')}")
     return report
+
+
+@contextlib.contextmanager
+def _terminate_interrupts():
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, so that the report says
+    "interrupted" (in the main thread; elsewhere signals stay as they are)."""
+    def interrupt(num, _frame):
+        raise KeyboardInterrupt(signal.Signals(num).name)
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def report_files(out: Path) -> list[Path]:
+    """The files an evaluation writes: the report ``out``, its markdown, and beside them the
+    per-example arrays, the samples and the memorisation figures."""
+    return [out, out.with_suffix(".md"), *(out.with_name(n) for n in (
+        "per_example.npz", "samples.npz", "parzen_samples.npz", "nearest_neighbours.png",
+        "distances.png"))]
 
 
 def _load(source, cfg, dev, progress):

@@ -45,14 +45,11 @@ PAPER_MNIST = {"parzen": 312.0, "lb": 1350.598, "is": 1836.27, "is-iso": 413.297
 PAPER_PROTOCOL = {"k": 20000, "repeats": 10, "examples": 1000, "train_examples": 100,
                   "n_samples": 10000, "parzen_sigma": 0.17}
 PROTOCOLS = ("default", "paper")
-# The cost of EvalSettings.paper() in full, measured with the mnist preset's model (2×1200 MLP,
-# T = 15, d = 784; random weights: speed only) through likelihood.stream_estimate in batches of
-# 1000 rows, float32, one thread on one core of this project's 2-core AMD EPYC machine.
+# The work of EvalSettings.paper() in full for the mnist preset's model (2×1200 MLP, T = 15);
+# docs/results.md gives the measured speeds (days on a CPU, minutes on a data-centre GPU).
 PAPER_COST = ("4.4e8 proposal draws of T = 15 steps ((1,000 test + 100 train examples) × "
               "20,000 draws × 10 repeats, plain and isotropic; choosing the isotropic "
-              "variance: 6.6e4 more); measured 235 draws/s on one CPU core: about 22 days on "
-              "one core, about 11 on two (estimated); measured 197k draws/s on an H100 "
-              "(batches of 20,000 rows): about 37 minutes")
+              "variance: 6.6e4 more)")
 
 
 @dataclass(frozen=True)
@@ -105,13 +102,10 @@ class EvalSettings:
         (test examples; 0 = all) reduce it, and the report states each reduction; ``other``
         sets any other field (``batch_size``, ``seed``, ``n_samples``, …).
 
-        Cost (the mnist preset's model, 2×1200 MLP, T = 15): the full protocol makes 4.4e8
+        Work (the mnist preset's model, 2×1200 MLP, T = 15): the full protocol makes 4.4e8
         proposal draws of T steps ((1,000 test + 100 train examples) × 20,000 × 10 repeats,
-        plain and isotropic). Measured on this project's CPU (AMD EPYC, one core, batches of
-        1000 rows): 235 draws/s, so about 22 days on one core, about 11 on two (estimated);
-        measured on an H100 (batches of 20,000 rows): 197k draws/s, about 37 minutes.
-        Memory stays at ``batch_size`` rows whatever k is. ``k=100, repeats=1`` makes 2.9e5
-        draws (about 20 minutes on one core).
+        plain and isotropic); ``k=100, repeats=1`` makes 2.9e5. Memory stays at ``batch_size``
+        rows whatever k is. Measured speeds: docs/results.md.
         """
         P = PAPER_PROTOCOL
         k = P["k"] if k is None else k

@@ -1,4 +1,4 @@
-"""Exponential moving average of the operator's weights, used for sampling (issue 6).
+"""Exponential moving average of the operator's weights, used for sampling.
 
 θ_ema ← d·θ_ema + (1 − d)·θ after every optimiser step, with the usual warm-up
 d = min(decay, (1 + n)/(10 + n)) after n updates, so a short run is not dominated by the

@@ -1,4 +1,4 @@
-"""A model of the user's own data in one call: :func:`fit` (issue 12).
+"""A model of the user's own data in one call: :func:`fit`.
 
 ``fit`` takes what a user has — a numpy array, a tensor, a ``torch.utils.data.Dataset``, a
 ``.npy``/``.npz`` file or a folder of images — and builds the run's config around it: the data
@@ -28,6 +28,7 @@ from ..errors import InputError
 
 FOLDER_IMAGE_SIZE = 32  # a folder's crops without a preset: the `folder` preset's size
 _TRAIN_KWARGS = ("device", "overwrite", "progress", "log")
+_OWN_DATA_KEYS = ("data.name", "data.path", "data.sha256")  # fit() sets these itself
 
 
 @dataclass
@@ -107,6 +108,7 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     from ..device import resolve_device
     from .checkpoint import load_model
     from .loop import train
+    from .state import check_init_from
 
     if "resume" in train_kwargs:
         raise InputError("fit() starts a new run; continue one with "
@@ -115,6 +117,11 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     if unknown:
         raise InputError(f"fit() got unexpected argument(s) {', '.join(unknown)}; it passes "
                          f"{', '.join(_TRAIN_KWARGS)} on to infusion.train")
+    owned = [o for o in overrides if o.split("=", 1)[0].strip() in _OWN_DATA_KEYS]
+    if owned:
+        raise InputError(f"{owned[0].split('=', 1)[0].strip()}: fit() stores the data it is "
+                         "given in the run directory and records that file; pass the data "
+                         "itself instead (--data PATH)")
     base = _base_config(preset)
     folder = _folder(data)
     if folder is not None:
@@ -149,6 +156,7 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     cfg = replace(cfg, data=replace(cfg.data, image_size=0))  # a folder's size is in its pixels
     cfg = _size_network(cfg, preset, overrides, splits["train"].shape[1:])
     _check_run_dir(run_dir, bool(train_kwargs.get("overwrite")))
+    check_init_from(cfg, run_dir, bool(train_kwargs.get("overwrite")))
     # the arrays live in the run directory, verified on every load
     path, digest = arrays_mod.store(Path(cfg.data.path), splits, ys)
     cfg = replace(cfg, data=replace(cfg.data, path=str(path), sha256=digest)).validate()
@@ -298,9 +306,9 @@ def _size_network(cfg: Config, preset, overrides: Sequence[str], shape: tuple[in
 
 def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse a directory that holds a run before anything is written into it."""
-    from .rundir import RUN_FILES, RunError
+    from .rundir import RunError, run_files
 
-    used = [n for n in RUN_FILES if (run_dir / n).exists()]
+    used = [str(p.relative_to(run_dir)) for p in run_files(run_dir)]
     if used and not overwrite:
         raise RunError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(used)}); "
                        "pass overwrite=True (--overwrite) to replace it, or another run_dir")
