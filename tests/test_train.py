@@ -284,7 +284,8 @@ def test_an_export_explains_itself(tmp_path):
     out = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
     card = (out / "README.md").read_text()
-    assert "# exported" in card and "`infusion` model (T = 4" in card
+    assert "# exported" in card and "method `infusion` (T = 4" in card
+    assert f"infusion.load_model(\"{out}\")" in card
     assert "Commands" in card and "Environment: infusion" in card and "epochs trained" in card
     assert "| lower bound (nats) |" in card and "Fine-tuned from `src-model`" in card
     saved = json.loads((out / "config.json").read_text())

@@ -169,10 +169,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     """A run's model (with its batch-norm statistics) as config.json + model.safetensors."""
     from ..evaluate.card import model_card, run_directory
     from ..io import atomic_write
-    from ..training.checkpoint import save_pretrained
+    from ..training.checkpoint import is_half_export, save_pretrained
 
     out = Path(args.out)
-    _free([out / "config.json", out / "model.safetensors", out / "README.md"], args.overwrite)
+    half = is_half_export(out)  # a killed export's weights without config.json: replaced
+    _free([out / "config.json", out / "README.md"] + ([] if half else [out / "model.safetensors"]),
+          args.overwrite)
     run_dir = run_directory(args.checkpoint)
     report_file = Path(args.report) if args.report else (
         run_dir / "eval" / "report.json" if run_dir is not None else None)
@@ -184,10 +186,10 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise InputError(f"--report {str(report_file)!r}: not an evaluation report ({e})") \
                 from None
     model, cfg = load_for_sampling(args.checkpoint, "cpu")
-    with all_or_nothing(overwrite=args.overwrite):  # both files, created exclusively
+    card = model_card(out, cfg, model.shape, run_dir=run_dir, report=report)
+    with all_or_nothing(overwrite=args.overwrite or half):  # every file, created exclusively
         save_pretrained(model, cfg, out)
-    card = model_card(out.name, cfg, model.shape, run_dir=run_dir, report=report)
-    atomic_write(out / "README.md", lambda tmp: tmp.write_text(card))
+        atomic_write(out / "README.md", lambda tmp: tmp.write_text(card))
     say(f"exported {args.checkpoint} to {out} with its model card README.md (load with "
         f"infusion.load_model({str(out)!r}))")
 

@@ -23,10 +23,12 @@ def run_directory(checkpoint: str | Path) -> Path | None:
     return None
 
 
-def model_card(name: str, cfg: Config, shape, *, run_dir: Path | None = None,
+def model_card(path: str | Path, cfg: Config, shape, *, run_dir: Path | None = None,
                report: dict | None = None) -> str:
-    """The card's markdown. ``run_dir``: where the training commands, epochs and environment
-    are read from; ``report``: an ``infusion evaluate`` report whose table is included."""
+    """The card's markdown for the export at ``path`` (its commands use that path; its title is
+    the folder's name). ``run_dir``: where the training commands, epochs and environment are
+    read from; ``report``: an ``infusion evaluate`` report whose table is included."""
+    name = Path(path).name
     m, mc, tc = cfg.method, cfg.model, cfg.train
     body = f"{mc.net} body {'×'.join(str(h) for h in mc.hidden)}"
     about = ""
@@ -36,13 +38,14 @@ def model_card(name: str, cfg: Config, shape, *, run_dir: Path | None = None,
         except Exception:  # noqa: BLE001 — a preset of another version
             about = f" Preset `{cfg.preset}`."
     lines = [f"# {name}", "",
-             (f"A `{m.name}` model (T = {m.T}, {body}) of data `{cfg.data.name}`, states of "
+             (f"A Markov chain trained with method `{m.name}` (T = {m.T}, {body}) on data "
+              f"`{cfg.data.name}`, states of "
               f"shape {tuple(int(s) for s in shape)}, written by infusion {__version__}; its "
               f"per-step batch-norm statistics are included.{about}"), "",
-             "```bash", f"infusion sample --checkpoint {name} --n 64 --out samples.npz",
-             f"infusion evaluate --checkpoint {name}", "```", "",
+             "```bash", f"infusion sample --checkpoint {path} --n 64 --out samples.npz",
+             f"infusion evaluate --checkpoint {path}", "```", "",
              "```python", "import infusion", "",
-             f'model, cfg = infusion.load_model("{name}")',
+             f'model, cfg = infusion.load_model("{path}")',
              "samples = infusion.sample_chain(model, 16, seed=0).means", "```", "",
              "## Training", ""]
     lines += _training(cfg, run_dir)
@@ -51,7 +54,7 @@ def model_card(name: str, cfg: Config, shape, *, run_dir: Path | None = None,
         table = markdown(report).splitlines()
         lines += table[2:]  # without its title
     else:
-        lines += [f"Not evaluated when exported: `infusion evaluate --checkpoint {name}`."]
+        lines += [f"Not evaluated when exported: `infusion evaluate --checkpoint {path}`."]
     if tc.init_from:
         lines += ["", f"Fine-tuned from `{Path(tc.init_from).name}` (`train.init_from`)."]
     return "\n".join(lines).rstrip() + "\n"
@@ -62,8 +65,7 @@ def _training(cfg: Config, run_dir: Path | None) -> list[str]:
     out = [f"Adam, rate {tc.lr:g} ({tc.lr_schedule}), batch {tc.batch_size}, at most "
            f"{tc.epochs} epochs" + (f", EMA {tc.ema:g}" if tc.ema else "")
            + (f", early stopping after {tc.patience} epochs without improvement"
-              if tc.patience else "")
-           + "; the weights of the best validation epoch (population-statistics bound)."]
+              if tc.patience else "") + "."]
     if run_dir is None:
         return out
     env = run_dir / "environment.json"
@@ -86,7 +88,8 @@ def _training(cfg: Config, run_dir: Path | None) -> list[str]:
         best = [r for r in rows if "valid_bound_population" in r]
         if best:
             b = max(best, key=lambda r: r["valid_bound_population"])
-            out += ["", (f"{len(rows)} epochs trained; best validation bound (population "
-                         f"statistics, {tc.valid_examples:,} examples, k = 1) "
-                         f"{b['valid_bound_population']:.1f} nats at epoch {b['epoch']}.")]
+            out += ["", (f"{len(rows)} epochs trained; the weights are those of the best "
+                         f"validation bound (population statistics, {tc.valid_examples:,} "
+                         f"examples, k = 1), {b['valid_bound_population']:.1f} nats at epoch "
+                         f"{b['epoch']}.")]
     return out
