@@ -63,8 +63,9 @@ def spiral_run(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("spiral")
     torch.manual_seed(123)  # must not matter: training uses its own generators
-    cfg = config.override(config.preset("spiral"),
-                          ["data.toy_size=4000", "train.valid_examples=1000"])
+    cfg = config.override(config.preset("spiral"),  # a short statistics pass, one mode
+                          ["data.toy_size=4000", "train.valid_examples=1000",
+                           "train.valid_stats_batches=4", "train.valid_batch_stats=false"])
     train(cfg, run, progress=False, log=lambda s: None)
     return run
 

@@ -40,8 +40,28 @@ def test_bench_runs_a_class_conditional_model():
     assert r["sample_images_per_s"] > 0
 
 
-def test_matmul_peak_is_a_rate():
-    assert 1e8 < matmul_peak(torch.device("cpu"), n=256, min_seconds=0.05) < 1e14
+def test_matmul_peak_is_a_rate(monkeypatch):
+    """On a clock that advances 0.25 s per multiply, the timing is 0.25 s a call and the peak
+    2n³ / (the best of the repeats); the timed call is the n×n product itself."""
+    from infusion.training import bench as bench_mod
+
+    clock, products = [0.0], []
+
+    def fake_timed(fn, device, min_seconds, min_reps):
+        products.append(fn())
+        return real_timed(lambda: clock.__setitem__(0, clock[0] + 0.25), device, min_seconds,
+                          min_reps)
+
+    real_timed = bench_mod._timed
+    monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench_mod, "_timed", fake_timed)
+    assert matmul_peak(torch.device("cpu"), n=64, min_seconds=3.0, repeats=3) == 2 * 64**3 / 0.25
+    assert len(products) == 3 and products[0].shape == (64, 64)
+    g = torch.Generator().manual_seed(0)  # the matrices: two standard-normal draws of seed 0
+    a, b = torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g)
+    torch.testing.assert_close(products[0], a @ b)
+    assert real_timed(lambda: clock.__setitem__(0, clock[0] + 0.5), torch.device("cpu"), 1.2, 2) \
+        == 0.5  # seconds per call: 3 calls to pass 1.2 s, after one warm-up
 
 
 def test_bench_cli_prints_figures_beside_the_peak(capsys):

@@ -13,6 +13,7 @@ import torch
 import infusion
 from infusion import config
 from infusion import evaluate as ev
+from infusion.chain.nets import step_norms
 from infusion.chain.sampler import sample_chain
 from infusion.cli import main
 from infusion.data import DataError
@@ -38,7 +39,10 @@ def _model(classes=3, net="mlp", hidden=(16, 16), shape=(2,)):
                                               ("unet", (4, 6), (1, 10, 10))])
 def test_the_class_reaches_the_operator(net, hidden, shape):
     """Zero-initialised embeddings: at first every class gives the unconditional transition;
-    once they differ, the transition depends on y and on nothing else of the batch."""
+    once they differ, the rows whose class changed move. With stored statistics (eval mode) a
+    row's transition depends on its own state and class alone, as a batch of one gives it;
+    with batch statistics (training) a class change elsewhere in the batch moves row 0 too,
+    through the batch's moments."""
     model, _ = _model(3, net, hidden, shape)
     z = torch.rand(4, model.d)
     y0, y1 = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 1])
@@ -49,6 +53,18 @@ def test_the_class_reaches_the_operator(net, hidden, shape):
         torch.nn.init.normal_(table.weight)
     a, b = model.given(y0)(z, 1), model.given(y1)(z, 1)
     assert not torch.allclose(a[0][1:], b[0][1:])  # rows whose class changed
+    assert not torch.allclose(a[0][0], b[0][0])  # and row 0, through the batch's moments
+    for norm in step_norms(model):
+        norm.stat_ready.fill_(True)  # stored statistics (mean 0, variance 1)
+    model.eval()
+    a, b = model.given(y0)(z, 1), model.given(y1)(z, 1)
+    torch.testing.assert_close(a[0][0], b[0][0])  # row 0 kept class 0: nothing else matters
+    assert not torch.allclose(a[0][1:], b[0][1:])
+    for i in range(4):
+        alone = model.given(y1[i:i + 1])(z[i:i + 1], 1)
+        torch.testing.assert_close(b[0][i:i + 1], alone[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b[1][i:i + 1], alone[1], rtol=1e-5, atol=1e-6)
+    model.train()
     with pytest.raises(InputError, match="class-conditional"):
         model(z, 1)  # no classes
     with pytest.raises(InputError, match=r"expected \(4,\)"):

@@ -55,9 +55,21 @@ def test_eps_and_x0_heads_give_the_posterior_mean_when_exact():
     ab = eps_model._at("alpha_bar", k)
     yk = ab.sqrt() * y + (1 - ab).sqrt() * eps
     v = torch.full_like(y, 0.5)
-    post = eps_model.posterior(y, yk, k)[0]
+    # μ̃ independently, by Bayes: q(x_{k-1} | x_k, x_0) ∝ N(x_k; √α_k·x_{k-1}, β_k)·
+    # N(x_{k-1}; √ᾱ_{k-1}·x_0, 1 − ᾱ_{k-1}), a product of Gaussians in x_{k-1}, from the betas
+    betas = torch.tensor(make_betas("linear", 50), dtype=torch.float64)
+    assert torch.allclose(eps_model.betas.double(), betas, rtol=1e-5)  # the default schedule
+    abar = torch.cumprod(1 - betas, 0)
+    b, ab_prev = betas[k - 1][:, None], torch.where(k > 1, abar[(k - 2).clamp_min(0)], 1.0)[:, None]
+    precision = (1 - b) / b + 1 / (1 - ab_prev).clamp_min(1e-300)
+    post = ((1 - b).sqrt() * yk.double() / b
+            + ab_prev.sqrt() * y.double() / (1 - ab_prev).clamp_min(1e-300)) / precision
+    post = torch.where(k[:, None] > 1, post, y.double()).float()  # k = 1: x_0 itself
+    assert torch.allclose(eps_model.posterior(y, yk, k)[0], post, atol=1e-4)
+    assert torch.allclose(eps_model.posterior(y, yk, k)[1][:, 0].double(),
+                          torch.where(k > 1, 1 / precision[:, 0], 0.0), atol=1e-6)
     assert torch.allclose(eps_model.reverse_from(yk, k, eps, v)[0], post, atol=1e-4)
-    assert torch.allclose(x0_model.reverse_from(yk, k, y, v)[0], post, atol=1e-6)
+    assert torch.allclose(x0_model.reverse_from(yk, k, y, v)[0], post, atol=2e-5)  # float32
     v_true = ab.sqrt() * eps - (1 - ab).sqrt() * y
     assert torch.allclose(v_model.reverse_from(yk, k, v_true, v)[0], post, atol=1e-4)
     assert torch.allclose(eps_model.reverse_from(yk, k, eps, v)[1],

@@ -97,8 +97,12 @@ def test_image_report_with_classifier_metrics(tiny_mnist, tmp_path):
     assert m["is-iso"]["isotropic"] is True and m["is-iso-train"]["isotropic"] is True
     iso = rep["isotropic_variance"]  # one variance for every pixel and example, from validation
     table = {float(v): x for v, x in iso["valid_is_by_var"].items()}
-    assert iso["final_var"] == m["is-iso"]["final_var"] == max(table, key=table.get)
     assert len(table) == 33 and iso["n_valid"] == 32 and iso["k"] == 10
+    known = _isotropic_table(final, tiny_mnist["valid_x"], list(table), k=10, seed=5000,
+                             batch=64)
+    for v, value in known.items():
+        assert table[v] == pytest.approx(value, rel=1e-6, abs=1e-2), v  # float32 ℓ
+    assert iso["final_var"] == m["is-iso"]["final_var"] == max(known, key=known.get)
     assert m["lb-train"]["n"] == m["is-train"]["n"] == 64  # 100 asked, 64 in the fake train set
     assert m["fid"]["value"] > 0 and m["fid"]["n_reference"] == 32
     assert sum(m["coverage"]["histogram"]) == 20
@@ -107,6 +111,45 @@ def test_image_report_with_classifier_metrics(tiny_mnist, tmp_path):
                  "samples.npz", "per_example.npz"):
         assert (out / name).exists(), name
     assert "paper" in (out / "report.md").read_text()
+
+
+def _isotropic_table(ckpt, valid_raw, grid, k, seed, batch) -> dict[float, float]:
+    """The validation IS of the isotropic variant for every s² of ``grid``, computed apart
+    from the code under test: s² changes no draw, only the last term, so each draw is
+    ℓ(s²) = A − (d/2)·log s² − R/(2s²); two values of s² fix A and R per draw, and the mean
+    IS (logsumexp over the k draws − log k) follows for every s² in closed form."""
+    import torch
+    from scipy.special import logsumexp
+
+    from infusion.data import to_model_space
+    from infusion.evaluate import likelihood as lik
+    from infusion.methods import build_method
+    from infusion.training.checkpoint import load_model
+
+    model, cfg = load_model(ckpt, "cpu")
+    method = build_method(cfg.method)
+    x = to_model_space(torch.from_numpy(valid_raw), torch.Generator().manual_seed(seed))
+    v1, v2 = 0.01, 0.1
+    l1, l2 = (lik.log_weights(model, method, x, k, torch.Generator().manual_seed(seed + 1), batch,
+                              final_var=v).numpy() for v in (v1, v2))
+    half_d = model.d / 2
+    r = 2 * (l2 - l1 + half_d * np.log(v2 / v1)) / (1 / v1 - 1 / v2)  # Σ (x − μ_T)² per draw
+    a = l1 + half_d * np.log(v1) + r / (2 * v1)
+    return {v: float((logsumexp(a - half_d * np.log(v) - r / (2 * v), 1) - np.log(k)).mean())
+            for v in grid}
+
+
+def _numpy_parzen_table(samples, valid_raw, sigmas) -> dict[float, float]:
+    """The mean validation Parzen log-density for each σ (algorithms.md §8), in numpy: pixels
+    k/256 without noise, a Gaussian kernel of width σ on every sample (float64)."""
+    from scipy.special import logsumexp
+
+    s = np.asarray(samples, np.float64).reshape(len(samples), -1)
+    x = np.asarray(valid_raw, np.float64).reshape(len(valid_raw), -1) / 256
+    d2 = (x**2).sum(1)[:, None] + (s**2).sum(1)[None, :] - 2 * x @ s.T
+    d = x.shape[1]
+    return {sig: float((logsumexp(-d2 / (2 * sig**2), 1) - np.log(len(s))
+                        - 0.5 * d * np.log(2 * np.pi * sig**2)).mean()) for sig in sigmas}
 
 
 def test_cli_evaluate_and_errors(toy_run, tmp_path, capsys):
@@ -139,7 +182,8 @@ def test_paper_protocol_reduced_on_tiny_mnist(tiny_mnist, tmp_path):
     assert set(m) == set(ev.PAPER_METRICS) and rep["status"]["state"] == "complete"
     assert rep["settings"]["protocol"] == "paper"
     assert rep["protocol"]["reductions"] == ["k = 8 of the paper's 20,000", "2 repeats of 10",
-                                             "20 test examples of the paper's 1,000"]
+                                             "20 test examples of the paper's 1,000",
+                                             "64 train examples of the paper's 100"]
     for name in ("lb", "is", "is-iso"):
         assert (m[name]["n"], m[name]["k"], m[name]["repeats"]) == (20, 8, 2)
         assert m[name]["spread"] is not None and m[name]["complete"]
@@ -162,7 +206,11 @@ def test_paper_protocol_reduced_on_tiny_mnist(tiny_mnist, tmp_path):
     p = m["parzen"]
     assert p["steps"] == p["training_T"] == 2 and rep["samples"]["steps"] == 2
     assert p["fixed_sigma"]["sigma"] == 0.17 and p["fixed_sigma"]["n_samples"] == 10000
-    assert p["sigma"] == float(max(p["valid_by_sigma"], key=p["valid_by_sigma"].get))
+    known = _numpy_parzen_table(np.load(rep["samples"]["file"])["means"],
+                                tiny_mnist["valid_x"], [float(v) for v in p["valid_by_sigma"]])
+    for v, value in known.items():
+        assert p["valid_by_sigma"][str(v)] == pytest.approx(value, rel=1e-9), v
+    assert p["sigma"] == max(known, key=known.get)
     table = out.with_suffix(".md").read_text()
     assert "reduced: k = 8 of the paper's 20,000; 2 repeats of 10" in table
     assert "| Parzen window, σ = 0.17 fixed (nats) |" in table and "| 312 |" in table

@@ -198,7 +198,17 @@ def test_sample_quality_with_a_random_extractor():
     a, b = torch.rand(40, 1, 28, 28, generator=g), torch.rand(30, 1, 28, 28, generator=g)
     res = mt.sample_quality(ext, a, a, splits=4)
     assert res["fid"]["value"] == pytest.approx(0.0, abs=1e-6)
-    assert 1.0 <= res["score"]["value"] <= 10.0
+    # the classifier score from the extractor's logits, written here with scipy: per split
+    # of the samples (first parts one longer), exp of the mean KL(p(y|x) ‖ p(y))
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    probs = softmax(ext.logits(a).double().numpy(), 1)
+    parts = [float(np.exp(np.mean([entropy(p, part.mean(0)) for p in part])))
+             for part in np.array_split(probs, 4)]
+    assert res["score"]["value"] == pytest.approx(np.mean(parts), rel=1e-9)
+    assert res["score"]["std"] == pytest.approx(np.std(parts), rel=1e-6, abs=1e-12)
+    assert res["score"]["splits"] == 4
     assert sum(res["coverage"]["histogram"]) == 40
     assert mt.sample_quality(ext, a, b, ["fid"])["fid"]["value"] > 0
     assert set(mt.sample_quality(ext, a, b, ["coverage"])) == {"coverage"}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from ..limits import STEPS_MAX, check_memory, check_range
 from .model import ChainModel, given
 
 Noise = Callable[[], torch.Tensor]  # each call: the next (B, d) block of standard normals
@@ -116,13 +117,18 @@ def sample_chain(
     (algorithms.md §6); raises if missing.
     """
     steps = int(steps if steps is not None else model.sample_steps or model.T)
-    if steps < 1:
-        raise InputError(f"steps={steps}: expected >= 1")
+    check_range("steps", steps, 1, STEPS_MAX)
     chain = model.solver(sampler or model.sampler, steps, model.eta if eta is None else eta)
     if not chain.stats_ready:
         raise RuntimeError(
             "the model has no stored per-step batch-norm statistics; run the statistics pass of "
             "algorithms.md §6 (infusion.compute_step_statistics) before sampling")
+    # the samples and means (and the trajectories), float32, gathered and then joined, and the
+    # seeds; and each row of a batch: its generator's state (4 KiB at most) and its states
+    kept = 2 + (2 * (steps + 1) if return_trajectory else 0)
+    check_memory(n * (2 * kept * 4 * chain.d + 64) + min(n, batch_size) * (4096 + 64 * chain.d),
+                 f"{n:,} samples of {chain.d:,} values in batches of {min(n, batch_size):,}"
+                 + (f" with their {steps + 1} states" if return_trajectory else ""))
     seeds = list(range(seed, seed + n)) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != n:
         raise InputError(f"got {len(seeds)} seeds for n={n} samples")
@@ -176,9 +182,12 @@ def sample_labels(model: ChainModel, labels, seeds: list[int]) -> torch.Tensor |
         if labels is not None:
             raise InputError("labels: this model is unconditional (model.classes=0)")
         return None
-    if labels is None:
-        return torch.tensor(seeds, dtype=torch.int64) % k
-    y = torch.as_tensor(labels).reshape(-1)
+    if labels is None:  # in Python: seeds may pass int64's range
+        return torch.tensor([s % k for s in seeds], dtype=torch.int64)
+    try:
+        y = torch.as_tensor(labels).reshape(-1)
+    except (ValueError, TypeError, OverflowError, RuntimeError):
+        raise InputError(f"labels: expected {len(seeds)} integer classes 0..{k - 1}") from None
     if y.is_floating_point() or len(y) != len(seeds):
         raise InputError(f"labels: expected {len(seeds)} integer classes, got "
                          f"{len(y)} of dtype {y.dtype}")

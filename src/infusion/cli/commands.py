@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import config as config_mod
 from ..errors import InputError
 from ..io import all_or_nothing
+from ..limits import SAMPLES_MAX
 
 
 def say(message: str) -> None:
@@ -136,6 +137,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     seeds = args.seeds or list(range(args.seed, args.seed + args.n))
     classes = args.classes if args.classes is not None else (
         None if args.class_ is None else [args.class_])
+    if classes is not None and len(seeds) * len(classes) > SAMPLES_MAX:
+        raise InputError(f"--classes: {len(classes):,} classes × {len(seeds):,} seeds are more "
+                         f"than {SAMPLES_MAX:,} samples")
     labels = None if classes is None else [c for c in classes for _ in seeds]  # a row per class
     seeds = seeds if classes is None else seeds * len(classes)
     _free([out, out.with_suffix(".png")], args.overwrite)

@@ -13,31 +13,54 @@ import argparse
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 from .. import __version__
 from ..config import SAMPLERS
 from ..config.presets import PRESETS
 from ..errors import InputError, UserError
+from ..limits import (
+    BATCH_MAX,
+    CHAINS_MAX,
+    CLASSES_MAX,
+    DRAWS_MAX,
+    EXAMPLES_MAX,
+    IMAGE_SIDE_MAX,
+    MATMUL_MAX,
+    REPEATS_MAX,
+    SAMPLES_MAX,
+    SEED_MAX,
+    STEPS_MAX,
+)
 from . import commands as c
 
 CHECKPOINT_HELP = ("a checkpoint file, a run directory (its latest checkpoint) or an exported "
                    "model folder (config.json + model.safetensors)")
 
 
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+def _whole(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` to ``hi`` (the bounds of infusion.limits)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {lo} and <= {hi:,}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (DDIM's η)."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
     return value
 
 
@@ -54,7 +77,7 @@ def parse_classes_arg(text: str) -> list[int]:
     from ..generate.files import parse_seeds
 
     try:
-        return parse_seeds(text, "--classes")
+        return parse_seeds(text, "--classes", CLASSES_MAX - 1)
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -99,24 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint, run directory or export")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    s.add_argument("--n", type=_positive, default=64, help="number of samples (default 64)")
+    s.add_argument("--n", type=_whole(1, SAMPLES_MAX), default=64, help="number of samples (default 64)")
     s.add_argument("--seeds", type=parse_seeds_arg, help="seed list, e.g. 0-63 or 1,5,9 "
                    "(instead of --n/--seed); each sample depends on its seed only")
-    s.add_argument("--steps", type=_non_negative, default=0,
+    s.add_argument("--steps", type=_whole(0, STEPS_MAX), default=0,
                    help="sampling steps T' (default: the run's sample.steps)")
-    s.add_argument("--seed", type=_non_negative, default=0, help="sample i uses seed SEED+i")
+    s.add_argument("--seed", type=_whole(0, SEED_MAX), default=0, help="sample i uses seed SEED+i")
     s.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
     s.add_argument("--png-dir", help="also write one PNG per seed (seed-NNNNNN.png) here")
     cls = s.add_mutually_exclusive_group()
-    cls.add_argument("--class", dest="class_", type=_non_negative,
+    cls.add_argument("--class", dest="class_", type=_whole(0, CLASSES_MAX - 1),
                      help="class-conditional model: draw every sample of this class")
     cls.add_argument("--classes", type=parse_classes_arg,
                      help="class-conditional model: the same seeds for each of these classes, "
                           "e.g. 0-9 (one grid row per class)")
     s.add_argument("--sampler", choices=SAMPLERS, help="default: the run's sample.sampler; "
                    "ddim and dpm++2m for diffusion models, euler and heun for flow models")
-    s.add_argument("--eta", type=float, help="DDIM's stochasticity (0 deterministic, 1 ancestral)")
-    s.add_argument("--batch-size", type=_positive, default=500, help="samples per batch")
+    s.add_argument("--eta", type=_fraction, help="DDIM's stochasticity (0 deterministic, 1 ancestral)")
+    s.add_argument("--batch-size", type=_whole(1, BATCH_MAX), default=500, help="samples per batch")
     s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, …")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=c.cmd_sample)
@@ -136,12 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--mask", required=True,
                     help="observed part: top, bottom, left, right, or a .png/.npy H×W mask file "
                          "(nonzero = observed)")
-    ip.add_argument("--chains", type=_positive, default=5, help="completions per image")
-    ip.add_argument("--n", type=_positive, default=8, help="images (the first N of --split)")
+    ip.add_argument("--chains", type=_whole(1, CHAINS_MAX), default=5, help="completions per image")
+    ip.add_argument("--n", type=_whole(1, SAMPLES_MAX), default=8, help="images (the first N of --split)")
     ip.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    ip.add_argument("--steps", type=_non_negative, default=0,
+    ip.add_argument("--steps", type=_whole(0, STEPS_MAX), default=0,
                     help="sampling steps T' (default: the run's sample.steps)")
-    ip.add_argument("--seed", type=_non_negative, default=0, help="chain k of image i uses SEED+i*K+k")
+    ip.add_argument("--seed", type=_whole(0, SEED_MAX), default=0, help="chain k of image i uses SEED+i*K+k")
     ip.add_argument("--out", default="inpaint", help="output directory (inpaint.png, inpaint.npz)")
     ip.add_argument("--classify", metavar="EXTRACTOR",
                     help="score the completions with an independent classifier (e.g. mnist-cnn; "
@@ -154,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and walkback reversibility, from a run directory")
     fg.add_argument("--run-dir", required=True, help="a run directory made by infusion train")
     fg.add_argument("--out", help="output directory (default RUN_DIR/figures)")
-    fg.add_argument("--n", type=_positive, default=8, help="chains / targets per figure")
-    fg.add_argument("--seed", type=_non_negative, default=0, help="seed of the figures' chains")
+    fg.add_argument("--n", type=_whole(1, CHAINS_MAX), default=8, help="chains / targets per figure")
+    fg.add_argument("--seed", type=_whole(0, SEED_MAX), default=0, help="seed of the figures' chains")
     fg.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, …")
     fg.add_argument("--overwrite", action="store_true", help="replace existing figures")
     fg.set_defaults(func=c.cmd_figures)
@@ -179,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "authors' moving average, recomputed: a fixed model) or batch (TRANSDUCTIVE: every "
         "example normalised with its evaluation batch, not the density of a fixed model; the "
         "paper's mode for its train row)"))
-    e.add_argument("--stats-spread", type=_non_negative, default=None, help=(
+    e.add_argument("--stats-spread", type=_whole(0, REPEATS_MAX), default=None, help=(
         "re-run the statistics pass with this many other seeds and report how far the bound "
         "(k = 1) moves (default 0; paper protocol 3)"))
     e.add_argument("--metrics", default=None,
@@ -190,32 +213,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "rows and parzen, 'all' (default: the protocol's)")
     e.add_argument("--out", help="report .json (default: RUN_DIR/eval/report.json); rewritten "
                    "after every metric and repetition")
-    e.add_argument("--k", type=_positive, default=None,
+    e.add_argument("--k", type=_whole(1, DRAWS_MAX), default=None,
                    help="IS draws per example (default 100; paper 20,000)")
-    e.add_argument("--repeats", type=_positive, default=None,
+    e.add_argument("--repeats", type=_whole(1, REPEATS_MAX), default=None,
                    help="repeated likelihood evaluations (default 1; paper 10)")
-    e.add_argument("--examples", "--is-examples", dest="examples", type=_non_negative,
+    e.add_argument("--examples", "--is-examples", dest="examples", type=_whole(0, EXAMPLES_MAX),
                    default=None, help="test examples for the likelihood: IS, and the bound in "
                    "the paper protocol (default 1000 = paper; 0 = all)")
-    e.add_argument("--train-examples", type=_non_negative, default=None,
+    e.add_argument("--train-examples", type=_whole(0, EXAMPLES_MAX), default=None,
                    help="training examples of the train rows (default 100 = paper; 0 = all)")
-    e.add_argument("--lb-examples", type=_non_negative, default=None,
+    e.add_argument("--lb-examples", type=_whole(0, EXAMPLES_MAX), default=None,
                    help="default protocol: test examples for the bound (default 0 = all)")
-    e.add_argument("--lb-k", type=_positive, default=None,
+    e.add_argument("--lb-k", type=_whole(1, DRAWS_MAX), default=None,
                    help="default protocol: proposal draws per example for the bound (default 1)")
-    e.add_argument("--n-samples", type=_positive, default=None,
+    e.add_argument("--n-samples", type=_whole(1, SAMPLES_MAX), default=None,
                    help="samples for Parzen and classifier (default 10000 = paper)")
-    e.add_argument("--steps", type=_non_negative, default=None,
+    e.add_argument("--steps", type=_whole(0, STEPS_MAX), default=None,
                    help="sampling steps T' of the sample metrics (0 = config's); Parzen uses "
                    "the training T in the paper protocol")
     e.add_argument("--sampler", choices=SAMPLERS, help="the sample metrics' sampler (default: "
                    "the run's sample.sampler)")
-    e.add_argument("--eta", type=float, help="DDIM's stochasticity (default: the run's)")
-    e.add_argument("--parzen-valid", type=_non_negative, default=None,
+    e.add_argument("--eta", type=_fraction, help="DDIM's stochasticity (default: the run's)")
+    e.add_argument("--parzen-valid", type=_whole(0, EXAMPLES_MAX), default=None,
                    help="validation examples for σ (0 = all)")
-    e.add_argument("--parzen-test", type=_non_negative, default=None,
+    e.add_argument("--parzen-test", type=_whole(0, EXAMPLES_MAX), default=None,
                    help="test examples for Parzen (0 = all)")
-    e.add_argument("--memo-samples", type=_non_negative, default=None,
+    e.add_argument("--memo-samples", type=_whole(0, SAMPLES_MAX), default=None,
                    help="samples in the memorisation check (default 1000)")
     e.add_argument("--extractor", default=None, help="feature extractor: mnist-cnn (default), "
                    "torchscript (needs --extractor-path) or inception (torch-fidelity's "
@@ -223,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "one)")
     e.add_argument("--extractor-path", help="TorchScript feature model file, or torch-fidelity's "
                    "Inception weights file (then nothing is downloaded)")
-    e.add_argument("--batch-size", type=_positive, default=None,
+    e.add_argument("--batch-size", type=_whole(1, BATCH_MAX), default=None,
                    help="rows per forward pass (default 1000 on a CPU, 20000 on CUDA); memory "
                    "does not grow with k")
-    e.add_argument("--seed", type=_non_negative, default=None, help="seed of every random draw")
+    e.add_argument("--seed", type=_whole(0, SEED_MAX), default=None, help="seed of every random draw")
     e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, …")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--overwrite", action="store_true", help="replace an existing report")
@@ -238,20 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist, cifar10, svhn, celeba, tfd or folder (default: mnist)")
     g.add_argument("--path", default="", help="user-supplied source: CelebA zip or folder, "
                    "TFD_48x48.mat, a folder of images, or a local copy of the official file")
-    g.add_argument("--image-size", type=int, default=0, help="folder: side of the crops (64)")
+    g.add_argument("--image-size", type=_whole(0, IMAGE_SIDE_MAX), default=0, help="folder: side of the crops (64)")
     g.set_defaults(func=c.cmd_data)
 
     b = sub.add_parser("bench", help="training/sampling speed of a preset next to the "
                        "device's matrix-multiply peak")
     b.add_argument("--preset", required=True, help="the preset whose model and batch are timed")
-    b.add_argument("--steps", type=_positive, default=20, help="timed training steps (at least)")
-    b.add_argument("--batch-size", type=_non_negative, default=0, help="default: the preset's")
+    b.add_argument("--steps", type=_whole(1, STEPS_MAX), default=20, help="timed training steps (at least)")
+    b.add_argument("--batch-size", type=_whole(0, BATCH_MAX), default=0, help="default: the preset's")
     b.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, …")
     b.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override, e.g. --set train.precision=bf16 (repeatable)")
     b.add_argument("--json", help="also write the figures to this JSON file")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    b.add_argument("--matmul-size", type=int, default=0,
+    b.add_argument("--matmul-size", type=_whole(0, MATMUL_MAX), default=0,
                    help="side of the peak-measuring matrices (default 2048 CPU, 8192 GPU)")
     b.set_defaults(func=c.cmd_bench)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import require
+from ..limits import STEPS_MAX, in_range
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class WalkbackSettings:
     samplers: ClassVar[tuple[str, ...]] = ("ancestral",)
     step_embedding: ClassVar[bool] = False
     conditional: ClassVar[bool] = False
+    # method.T: the hottest temperature base^(T-1) must stay a finite float32 noise scale
+    T_max: ClassVar[int] = 100
 
     alpha: float = 0.5  # a in μ = (1-a)·s + a·F_μ(s)
     schedule: str = "double"  # temperature ×2 per heated step; "sqrt2": ×√2 (appendix F)
@@ -73,8 +76,8 @@ class WalkbackSettings:
              f"{p}.schedule={self.schedule!r}: expected 'double' or 'sqrt2'"),
             (self.temperature_scales in ("variance", "std"),
              f"{p}.temperature_scales={self.temperature_scales!r}: expected 'variance' or 'std'"),
-            (self.n1 >= 0, f"{p}.n1={self.n1}: expected >= 0"),
-            (self.extra >= 0, f"{p}.extra={self.extra}: expected >= 0"),
+            in_range(f"{p}.n1", self.n1, 0, STEPS_MAX),
+            in_range(f"{p}.extra", self.extra, 0, STEPS_MAX),
             (math.isfinite(self.sigma_offset), f"{p}.sigma_offset={self.sigma_offset}: expected finite"),
             (math.isfinite(self.sigma_max) and self.sigma_max > 0,
              f"{p}.sigma_max={self.sigma_max}: expected > 0"),
@@ -150,8 +153,7 @@ class FlowSettings:
         require([
             (math.isfinite(self.data_scale) and self.data_scale > 0,
              f"{p}.data_scale={self.data_scale}: expected > 0"),
-            (self.likelihood_steps >= 1,
-             f"{p}.likelihood_steps={self.likelihood_steps}: expected >= 1"),
+            in_range(f"{p}.likelihood_steps", self.likelihood_steps, 1, STEPS_MAX),
         ])
 
 
@@ -182,6 +184,7 @@ class MethodConfig:
     def validate(self) -> None:
         require([
             (self.name in METHOD_NAMES, f"method.name={self.name!r}: expected one of {METHOD_NAMES}"),
-            (self.T >= 1, f"method.T={self.T}: expected >= 1"),
         ])
+        require([in_range("method.T", self.T, 1, getattr(self.settings, "T_max", STEPS_MAX),
+                          f" for method.name={self.name}")])
         self.settings.validate()

@@ -113,8 +113,8 @@ class ModelConfig:
         require([
             (self.net in NET_NAMES, f"model.net={self.net!r}: expected one of {NET_NAMES}"),
             (0 < len(self.hidden) <= LAYERS_MAX and all(0 < h <= WIDTH_MAX for h in self.hidden),
-             f"model.hidden={self.hidden}: expected 1 to {LAYERS_MAX} layer widths, each "
-             f"1 to {WIDTH_MAX:,}"),
+             (f"model.hidden={self.hidden}: expected 1 to {LAYERS_MAX} layer widths, each "
+              f"1 to {WIDTH_MAX:,}")),
             (math.isfinite(self.beta) and self.beta > 0, f"model.beta={self.beta}: expected > 0"),
             (math.isfinite(self.eps) and self.eps > 0, f"model.eps={self.eps}: expected > 0"),
             (math.isfinite(self.prior_var_floor) and self.prior_var_floor >= 0,
@@ -185,17 +185,17 @@ class TrainConfig:
             in_range("train.patience", self.patience, 0, EPOCHS_MAX, " (0 = off)"),
             in_range("train.sample_every", self.sample_every, 0, EPOCHS_MAX, " (0 = off)"),
             (math.isfinite(self.max_minutes) and 0 <= self.max_minutes <= MINUTES_MAX,
-             f"train.max_minutes={self.max_minutes}: expected 0 <= max_minutes <= "
-             f"{MINUTES_MAX:,} (0 = no limit)"),
+             (f"train.max_minutes={self.max_minutes}: expected 0 <= max_minutes <= "
+              f"{MINUTES_MAX:,} (0 = no limit)")),
             in_range("train.max_steps", self.max_steps, 0, OPT_STEPS_MAX, " (0 = no limit)"),
             in_range("train.valid_examples", self.valid_examples, 0, EXAMPLES_MAX),
             in_range("train.checkpoint_every", self.checkpoint_every, 1, EPOCHS_MAX),
             (math.isfinite(self.checkpoint_minutes) and 0 <= self.checkpoint_minutes <= MINUTES_MAX,
-             f"train.checkpoint_minutes={self.checkpoint_minutes}: expected 0 <= "
-             f"checkpoint_minutes <= {MINUTES_MAX:,} (0 = off)"),
+             (f"train.checkpoint_minutes={self.checkpoint_minutes}: expected 0 <= "
+              f"checkpoint_minutes <= {MINUTES_MAX:,} (0 = off)")),
             (all(0 <= e <= EPOCHS_MAX for e in self.record_chains_at),
-             f"train.record_chains_at={self.record_chains_at}: expected epochs 0 to "
-             f"{EPOCHS_MAX:,}"),
+             (f"train.record_chains_at={self.record_chains_at}: expected epochs 0 to "
+              f"{EPOCHS_MAX:,}")),
             in_range("train.record_chains_n", self.record_chains_n, 1, CHAINS_MAX),
             (self.precision in ("auto", "fp32", "bf16"),
              f"train.precision={self.precision!r}: expected 'auto', 'fp32' or 'bf16'"),
@@ -285,21 +285,53 @@ LR_SCHEDULES = ("constant", "cosine")
 STEP_EMBEDDING_METHODS = tuple(n for n, s in METHOD_SETTINGS.items() if s.step_embedding)
 CONDITIONAL_METHODS = tuple(n for n, s in METHOD_SETTINGS.items() if s.conditional)  # §15
 
+CONFIG_FILE_MAX = 1 << 20  # bytes of a config file (a full config is about 3 KiB)
+CONFIG_DEPTH_MAX = 16  # nesting of its mappings and lists (a full config has 4 levels)
+
+
 def load_file(path: str) -> Config:
     """A config file: JSON or TOML (``.toml``), a full config as a run directory's
     ``config.json`` holds it, or a partial one (the rest at its defaults)."""
-    import tomllib
-
     try:
         with open(path, "rb") as f:
-            text = f.read()
-        d = tomllib.loads(text.decode()) if str(path).endswith(".toml") else json.loads(text)
+            text = f.read(CONFIG_FILE_MAX + 1)
     except OSError as e:
         raise ConfigError(f"--config {path!r}: cannot read it: {e.strerror}") from None
+    return from_dict(parse_text(text, str(path).endswith(".toml"), f"--config {path!r}")).validate()
+
+
+def parse_text(text: bytes, toml: bool, what: str) -> Any:
+    """The content of a config file (JSON, or TOML), checked before and after parsing: at
+    most :data:`CONFIG_FILE_MAX` bytes, nested at most :data:`CONFIG_DEPTH_MAX` deep; else
+    :class:`ConfigError` naming ``what``."""
+    import tomllib
+
+    kind = "TOML" if toml else "JSON"
+    if len(text) > CONFIG_FILE_MAX:
+        raise ConfigError(f"{what}: larger than {CONFIG_FILE_MAX:,} bytes; not a config file")
+    too_deep = ConfigError(f"{what}: {kind} nested more than {CONFIG_DEPTH_MAX} levels deep; "
+                           "not a config file")
+    try:
+        d = tomllib.loads(text.decode()) if toml else json.loads(text)
+    except RecursionError:  # deeper than the parser goes
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as e:
-        kind = "TOML" if str(path).endswith(".toml") else "JSON"
-        raise ConfigError(f"--config {path!r}: not valid {kind}: {e}") from None
-    return from_dict(d).validate()
+        raise ConfigError(f"{what}: not valid {kind}: {e}") from None
+    if nesting(d) > CONFIG_DEPTH_MAX:
+        raise too_deep
+    return d
+
+
+def nesting(value: Any) -> int:
+    """How deep mappings and lists nest in ``value`` (0 for a plain value); iterative, so any
+    depth is measured."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, dict | list | tuple):
+            deepest = max(deepest, depth + 1)
+            todo.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -20,6 +20,7 @@ Without a test split the validation split stands in for it (``load_arrays(..., "
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import sha256
+from ..limits import check_memory, format_bytes
 from .cache import SPLITS, DataError, Split, verify_record, write_cache
 from .space import apply_affine
 
 ARRAY_SUFFIXES = (".npy", ".npz")
+FLOAT_LIMIT = 1e36  # float data beyond it: samples mapped back could overflow float32
 VALID_FRACTION, SPLIT_SEED = 0.1, 0  # the validation split fit() takes when none is given
 
 
@@ -74,6 +77,9 @@ def as_examples(x: Any, what: str = "data") -> np.ndarray:
             raise InputError(f"{what}: images of shape {x.shape} have neither 1 or 3 channels "
                              "first (N, C, H, W) nor last (N, H, W, C)")
         x = x.transpose(0, 3, 1, 2)
+    if math.prod(x.shape[1:]) < 2:
+        raise InputError(f"{what}: images of shape {x.shape[1:]} hold one value each; the "
+                         "chains and their figures need at least 2")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if x.dtype.kind == "f":
@@ -84,8 +90,10 @@ def as_examples(x: Any, what: str = "data") -> np.ndarray:
                              f"at index {tuple(int(i) for i in first)} of the "
                              f"{tuple(x.shape)} array); remove or replace them")
     out = np.ascontiguousarray(x, np.float32)
-    if not np.isfinite(out).all():
-        raise InputError(f"{what}: values beyond the float32 range (±3.4e38); rescale them")
+    if not np.isfinite(out).all() or np.abs(out).max() > FLOAT_LIMIT:
+        raise InputError(f"{what}: values up to {float(np.abs(x).max()):.3g}, too near the "
+                         f"float32 limit (±3.4e38): samples mapped back to the data's scale "
+                         f"would overflow (keep them within ±{FLOAT_LIMIT:.0e}); rescale them")
     return out
 
 
@@ -136,6 +144,9 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
     if path.suffix.lower() not in ARRAY_SUFFIXES:
         raise InputError(f"{str(path)!r}: expected a .npy or .npz file or a folder of images, "
                          f"not a {path.suffix or 'suffix-less'} file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise InputError(f"{str(path)!r} is not a regular file")
+    check_headers(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -154,6 +165,41 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
             return {"train": _member(z, x_key, path)}
     raise InputError(f"{str(path)!r} holds arrays {keys}; expected 'train' (with 'valid' and "
                      "'test' if you have them), or 'x', or a single array")
+
+
+def check_headers(path: Path) -> None:
+    """Refuse, from the array headers alone, a ``.npy`` (or an ``.npz`` member) that claims
+    more bytes (rows × values × item size) than the file holds, or arrays that together do
+    not fit in the free memory: before anything is read or allocated."""
+    def claimed(f, size: int, name: str) -> int:
+        fmt = np.lib.format
+        try:
+            read = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
+                    else fmt.read_array_header_2_0)
+            shape, _, dtype = read(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"{str(path)!r}: {name} is not a readable .npy array ({e})") from None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not dtype.hasobject and nbytes > size - f.tell():
+            raise InputError(f"{str(path)!r}: {name}'s header claims a {dtype} array of shape "
+                             f"{tuple(shape)} ({format_bytes(nbytes)}), but the file holds "
+                             f"{format_bytes(size - f.tell())}: truncated or damaged")
+        return nbytes
+
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                total = claimed(f, path.stat().st_size, "the array")
+        else:
+            with zipfile.ZipFile(path) as zf:
+                total = 0
+                for info in zf.infolist():
+                    if info.filename.endswith(".npy"):
+                        with zf.open(info) as f:
+                            total += claimed(f, info.file_size, repr(info.filename[:-4]))
+    except (OSError, zipfile.BadZipFile) as e:
+        raise InputError(f"{str(path)!r} is not a readable {path.suffix} file ({e})") from None
+    check_memory(2 * total, f"the arrays of {str(path)!r}")  # read, then converted
 
 
 def read_labels(path: Path) -> dict[str, np.ndarray]:

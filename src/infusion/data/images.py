@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..limits import IMAGE_SIDE_MAX, check_memory
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import ArraysOnly, Remote, check_archive, fetch_remote, given_copy, safe_extract
 
@@ -83,6 +84,9 @@ def ensure(name: str, *, path: str | Path = "", image_size: int = 0,
     downloads and image decoding."""
     if name not in NAMES:
         raise DataError(f"unknown image data set {name!r}: expected one of {', '.join(NAMES)}")
+    if not 0 <= image_size <= IMAGE_SIDE_MAX:
+        raise DataError(f"image size {image_size}: expected 0 to {IMAGE_SIDE_MAX:,} pixels a "
+                        "side (0 = 64)")
     root = (Path(cache) if cache is not None else cache_dir()) / name
     if name == "folder":
         npz = root / f"folder-{_folder_key(path, image_size or 64)}.npz"
@@ -209,9 +213,11 @@ def _loadmat(path: Path) -> dict:
         from scipy.io import loadmat
     except ImportError:
         raise DataError("reading .mat files needs scipy (pip install scipy)") from None
+    from scipy.io.matlab import MatReadError
+
     try:
         return loadmat(path)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, MatReadError) as e:
         raise DataError(f"{path} is not a readable MATLAB .mat file ({e})") from None
 
 
@@ -274,13 +280,15 @@ def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int 
     from tqdm.auto import tqdm
 
     c = 3 if mode == "RGB" else 1
+    # the decoded images, and the splits taken from them
+    check_memory(2 * n * c * size * size, f"{n:,} images of {c}×{size}×{size} pixels")
     out = np.empty((n, c, size, size), np.uint8)
     bar = tqdm(items, total=n, desc=desc, leave=False, disable=not progress)
     for i, (name, read) in enumerate(bar):
         try:
             with Image.open(io.BytesIO(read())) as img:
                 arr = np.asarray(centre_crop(img.convert(mode), crop, size), np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{name}: not a readable image ({e})") from None
         out[i] = arr.reshape(size, size, c).transpose(2, 0, 1)
     return out
@@ -288,20 +296,30 @@ def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int 
 
 def _folder(path: str | Path, size: int, progress: bool) -> dict[str, np.ndarray]:
     """Every image under a directory -> centre crops, split 80/10/10 by a fixed permutation."""
-    from PIL import Image
-
     folder = Path(path).expanduser()
     files = _image_files(folder)
     if len(files) < 3:
         raise DataError(f"data.path={str(path)!r} holds {len(files)} images "
                         f"({', '.join(IMAGE_SUFFIXES)}); need at least 3 (train, valid, test)")
-    grey = all(Image.open(p).mode in ("1", "L", "I;16", "I") for p in files)
+    grey = all(_mode(p) in ("1", "L", "I;16", "I") for p in files)
     x = _decode(((str(p), p.read_bytes) for p in files), len(files), None, size,
                 "L" if grey else "RGB", f"reading {folder}", progress)
     order = np.random.default_rng(0).permutation(len(files))
     k = max(1, len(files) // 10)
     parts = {"test": order[:k], "valid": order[k:2 * k], "train": order[2 * k:]}
     return {f"{s}_x": x[np.sort(idx)] for s, idx in parts.items()}
+
+
+def _mode(path: Path) -> str:
+    """An image file's mode, from its header; a file that is no image (or a decompression
+    bomb: more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` allows) is a DataError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
 
 
 def _celeba(path: str | Path, log, progress: bool) -> dict[str, np.ndarray]:

@@ -239,6 +239,8 @@ def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None 
         try:
             arrays = fetch()
         except DataError as e:
+            if name == "idx" and idx_dir is not None:  # the files the user named: their fault
+                raise DataError(f"idx_dir {str(idx_dir)!r}: {e}") from None
             failures.append(f"  - {name}: {e}")
             continue
         write_cache(npz, arrays)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io import clean_stale_temps
 from .likelihood_rows import likelihood_rows
 from .protocol import (  # noqa: F401  (the public names of infusion.evaluate)
     BN_STATS,
@@ -58,7 +59,8 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     Parzen's differ), ``per_example.npz`` and the memorisation figures. The report is
     rewritten after every metric and likelihood repetition; its ``status`` says what is done,
     running and missing (``"complete"`` at the end, ``"interrupted"`` if an error or a signal
-    stopped it). ``overwrite=False`` refuses to replace an existing report.
+    stopped it). ``overwrite=False`` refuses to replace an existing report or any of the
+    files written beside it.
     """
     from ..device import resolve_device
     from ..methods import build_method
@@ -83,8 +85,13 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
         raise InputError(f"{str(taken[0])!r} exists beside the report {str(out)!r} (the "
                          "evaluation writes it); pass --overwrite, or an --out in another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out.parent)  # what a killed evaluation's writes left there
     method = build_method(cfg.method)
     splits, labels = _splits(cfg, progress)
+    s, cut = s.clamped({name: len(x) for name, x in splits.items()})
+    for note in cut:
+        log(note)
+    notes += cut
     if labels:
         notes.append("class-conditional model (algorithms.md §15): the likelihood rows estimate "
                      "log p(x | y) with each example's own class; samples cycle through the "

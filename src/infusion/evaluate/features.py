@@ -64,7 +64,12 @@ class TorchScriptExtractor:
                              "loaded with pickle, which can run code; save the model with "
                              "torch.jit.save (TorchScript) instead")
         # TorchScript archives hold TorchScript code and tensors, not pickled Python objects
-        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        try:
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        except RuntimeError as e:  # not a zip, a damaged one, or no TorchScript in it
+            reason = str(e).split(". ")[0].splitlines()[0]
+            raise InputError(f"feature extractor {str(path)!r} is not a readable TorchScript "
+                             f"model file ({reason})") from None
         self.name, self.size, self.channels, self.batch_size = name, size, channels, batch_size
         self.info = {"path": str(path), "sha256": sha256(Path(path))}
 

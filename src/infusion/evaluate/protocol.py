@@ -4,10 +4,21 @@ reduced honestly: every reduction is stated)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..errors import InputError
+from ..limits import (
+    BATCH_MAX,
+    DRAWS_MAX,
+    EXAMPLES_MAX,
+    REPEATS_MAX,
+    SAMPLES_MAX,
+    SEED_MAX,
+    STEPS_MAX,
+    check_range,
+)
 
 METRICS = ("lb", "is", "is-iso", "lb-train", "is-train", "is-iso-train", "lb-train-batch",
            "is-train-batch", "parzen", "fid", "kid", "precision", "score", "coverage",
@@ -45,6 +56,15 @@ PAPER_MNIST = {"parzen": 312.0, "lb": 1350.598, "is": 1836.27, "is-iso": 413.297
 PAPER_PROTOCOL = {"k": 20000, "repeats": 10, "examples": 1000, "train_examples": 100,
                   "n_samples": 10000, "parzen_sigma": 0.17}
 PROTOCOLS = ("default", "paper")
+# The settings that count examples of a split (0 = all of it), and that split.
+EXAMPLE_SPLITS = {"lb_examples": "test", "is_examples": "test", "parzen_test": "test",
+                  "fid_reference": "test", "train_examples": "train", "iso_valid_examples": "valid",
+                  "parzen_valid": "valid"}
+# The largest value of every other count: proposal draws, samples, steps, repeats, batches.
+COUNT_MAX = {"lb_k": DRAWS_MAX, "is_k": DRAWS_MAX, "iso_valid_k": DRAWS_MAX,
+             "n_samples": SAMPLES_MAX, "memo_samples": SAMPLES_MAX, "steps": STEPS_MAX,
+             "repeats": REPEATS_MAX, "stats_spread": REPEATS_MAX, "batch_size": BATCH_MAX,
+             "seed": SEED_MAX}
 # The work of EvalSettings.paper() in full for the mnist preset's model (2×1200 MLP, T = 15);
 # docs/results.md gives the measured speeds (days on a CPU, minutes on a data-centre GPU).
 PAPER_COST = ("4.4e8 proposal draws of T = 15 steps ((1,000 test + 100 train examples) × "
@@ -128,12 +148,33 @@ class EvalSettings:
         for name in ("lb_k", "is_k", "repeats", "n_samples", "iso_valid_k"):
             if getattr(self, name) < 1:
                 raise InputError(f"evaluation setting {name}={getattr(self, name)}: expected >= 1")
-        if not self.parzen_sigma > 0:
+        for name, top in COUNT_MAX.items():
+            check_range(f"evaluation setting {name}", getattr(self, name), 0, top)
+        for name in EXAMPLE_SPLITS:
+            check_range(f"evaluation setting {name}", getattr(self, name), 0, EXAMPLES_MAX,
+                        " (0 = all)")
+        if self.eta is not None and not (math.isfinite(self.eta) and 0 <= self.eta <= 1):
+            raise InputError(f"evaluation setting eta={self.eta}: expected 0 <= eta <= 1 "
+                             "(0 deterministic, 1 ancestral)")
+        if not (math.isfinite(self.parzen_sigma) and self.parzen_sigma > 0):
             raise InputError(f"evaluation setting parzen_sigma={self.parzen_sigma}: expected > 0")
         if self.bn_stats not in BN_STATS:
             raise InputError(f"evaluation setting bn_stats={self.bn_stats!r}: expected one of "
                              f"{', '.join(BN_STATS)}")
         return self
+
+    def clamped(self, sizes: dict[str, int]) -> tuple[EvalSettings, list[str]]:
+        """These settings with each number of examples larger than its split (``sizes``:
+        examples per split) cut to the split's size, so that the report states what is used;
+        and a note on each cut."""
+        cut, notes = {}, []
+        for name, split in EXAMPLE_SPLITS.items():
+            n = getattr(self, name)
+            if n > sizes[split]:
+                cut[name] = sizes[split]
+                notes.append(f"{name}={n:,}: the {split} split holds {sizes[split]:,} examples; "
+                             "all of them are used")
+        return replace(self, **cut), notes
 
     def reductions(self) -> list[str]:
         """How these settings' likelihood and Parzen numbers differ from the paper's protocol

@@ -18,7 +18,7 @@ from ..chain.model import ChainModel
 from ..chain.sampler import sample_chain
 from ..config import DataConfig
 from ..errors import InputError
-from ..io import save_npz
+from ..io import all_or_nothing, save_npz
 
 HALVES = ("top", "bottom", "left", "right")
 MISSING_SHADE = 0.5  # how unobserved pixels are drawn in the "masked start" column
@@ -144,8 +144,10 @@ def save_inpainting(out_dir: str | Path, result: Inpainting, labels: torch.Tenso
     if labels is not None:
         arrays["labels"] = np.asarray(labels)
 
-    save_npz(out / "inpaint.npz", **arrays)
-    return save_inpainting_figure(out / "inpaint.png", result), out / "inpaint.npz"
+    with all_or_nothing():  # the figure, then the arrays: both or neither
+        png = save_inpainting_figure(out / "inpaint.png", result)
+        save_npz(out / "inpaint.npz", **arrays)
+    return png, out / "inpaint.npz"
 
 
 def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) -> dict[str, float]:

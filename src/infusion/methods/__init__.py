@@ -6,7 +6,12 @@ one settings class in :mod:`infusion.config.method_settings` (``METHOD_SETTINGS`
 
 from __future__ import annotations
 
-from ..config import MethodConfig
+import math
+
+import torch
+
+from .. import limits
+from ..config import Config, MethodConfig
 from ..errors import InputError
 from .base import Method
 from .diffusion import Diffusion
@@ -26,5 +31,29 @@ def build_method(cfg: MethodConfig) -> Method:
     raise InputError(f"unknown method {cfg.name!r}; available: {', '.join(METHODS)}")
 
 
+def check_model_memory(method: Method, shape: tuple[int, ...], config: Config, copies: int = 1,
+                       device=None) -> None:
+    """Refuse, before any weight is allocated, the model of ``config`` whose weights and
+    buffers, ``copies`` times (training: the weights, their gradients, Adam's two moments, the
+    EMA), exceed the free memory of ``device``. The estimate is a quick upper bound on the
+    bodies of :mod:`infusion.chain.nets` (the layers, per-step batch norm, class and step
+    embeddings), and, where that does not fit, the exact count of a model built on the meta
+    device."""
+    cfg, t = config.model, config.method.T
+    d, w, layers = math.prod(shape), max(cfg.hidden), len(cfg.hidden)
+    bound = (3 * d * w + 30 * layers * w * w + (4 * t + cfg.classes) * (d * w + 2 * layers * w)
+             + 128 * layers * w + 64 * (d + w + t)) * 4 * copies
+    free = limits.free_memory(device)
+    if free is None or bound <= free:
+        return
+    with torch.device("meta"):
+        model = method.build_model(shape, cfg)
+    size = sum(p.numel() * p.element_size() for p in [*model.parameters(), *model.buffers()])
+    classes = f", model.classes={cfg.classes}" if cfg.classes else ""
+    held = f", {copies} copies (weights, gradients, optimiser state)" if copies > 1 else ""
+    limits.check_memory(size * copies, f"a model with model.hidden={cfg.hidden}{classes}, method.T={t} "
+                        f"and states of shape {tuple(shape)}{held}", device)
+
+
 __all__ = ["GSN", "METHODS", "Diffusion", "Flow", "Infusion", "Method", "Walkback",
-           "build_method"]
+           "build_method", "check_model_memory"]

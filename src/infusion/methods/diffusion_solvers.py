@@ -84,8 +84,9 @@ class SolverChain(ChainModel):
                  timesteps: Sequence[int] | None = None, clip_x0: bool = True) -> None:
         if kind not in SOLVERS:
             raise InputError(f"diffusion solver {kind!r}: expected one of {SOLVERS}")
-        if not (math.isfinite(eta) and eta >= 0):
-            raise InputError(f"eta={eta}: expected a finite value >= 0")
+        if not (math.isfinite(eta) and 0 <= eta <= 1):
+            raise InputError(f"eta={eta}: expected 0 <= eta <= 1 (0 deterministic, 1 the "
+                             "ancestral posterior's variance)")
         if kind == "dpm++2m" and eta != 0:
             raise InputError("eta: DPM-Solver++(2M) is deterministic; eta is for ddim")
         ts = (logsnr_steps(model.alpha_bar.cpu().numpy(), steps) if timesteps is None

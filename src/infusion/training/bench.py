@@ -25,7 +25,9 @@ from ..chain.model import given
 from ..chain.sampler import sample_chain
 from ..config import Config
 from ..data import TOYS, shape_of, to_model_space
-from ..methods import build_method
+from ..errors import InputError
+from ..limits import MATMUL_MAX, check_memory
+from ..methods import build_method, check_model_memory
 from .ema import EMA
 
 # Training-set sizes (algorithms.md §1 and :mod:`infusion.data`) for the full-run estimate.
@@ -58,6 +60,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int
     """Measured FLOP/s of an n×n by n×n matrix multiply (2n³ FLOPs) on ``device``: the best of
     ``repeats`` timings (a peak; other jobs on a shared machine only ever slow it down)."""
     n = n or (8192 if device.type == "cuda" else 2048)
+    if not 1 <= n <= MATMUL_MAX:
+        raise InputError(f"matmul size {n}: expected 1 to {MATMUL_MAX:,}")
+    check_memory(3 * n * n * torch.finfo(dtype).bits // 8, f"--matmul-size {n}", device)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
@@ -78,6 +83,7 @@ def _training_step(cfg: Config, device: torch.device, B: int):
 
     shape = shape_of(cfg.data)
     method = build_method(cfg.method)
+    check_model_memory(method, shape, cfg, 4 + (cfg.train.ema > 0), device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = method.build_model(shape, cfg.model).to(device)

@@ -10,6 +10,8 @@ goes through :func:`load_model`, which also migrates what older versions wrote.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,16 @@ import torch
 
 from ..chain.model import ChainModel
 from ..config import Config, ConfigError, from_dict, to_dict
-from ..errors import UserError
-from ..io import atomic_write
+from ..config.schema import CONFIG_FILE_MAX, parse_text
+from ..errors import InputError, UserError
+from ..io import all_or_nothing, atomic_write
+from ..limits import VALUES_MAX, check_memory
 
 FORMAT = 1
 LATEST = "latest"
+POINTER_MAX = 255  # the longest file name the latest pointer may hold
 EXPORT_FILES = ("config.json", "model.safetensors")
+WEIGHTS_MARK = {"written_by": "infusion"}  # an export's model.safetensors metadata
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -58,13 +64,21 @@ def resolve(path: str | Path) -> Path:
         if not pointer.is_file():
             raise CheckpointError(f"{str(p)!r} is neither a run directory (no checkpoints/latest "
                                   f"pointer) nor an exported model ({' + '.join(EXPORT_FILES)})")
-        name = pointer.read_text().strip()
-        if not name or Path(name).name != name or name in (".", ".."):
+        try:
+            with open(pointer, "rb") as f:  # a file name: a few bytes, whatever the file holds
+                name = f.read(POINTER_MAX + 1).decode("utf-8", "replace").strip()
+        except OSError as e:
+            raise CheckpointError(f"cannot read {str(pointer)!r}: {e}") from None
+        if (not name or len(name) > POINTER_MAX or Path(name).name != name
+                or name in (".", "..")):
+            shown = name[:60] + ("…" if len(name) > 60 else "")
             raise CheckpointError(f"{str(pointer)!r} must name a file in {str(ckpt_dir)!r}, "
-                                  f"not {name!r}")
+                                  f"not {shown!r}")
         p = ckpt_dir / name
-        if not p.is_file():
+        if not p.exists():
             raise CheckpointError(f"{str(pointer)!r} points to {name!r}, which does not exist")
+    if not p.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"checkpoint {str(p)!r} is not a regular file")
     return p
 
 
@@ -73,6 +87,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     """Load a checkpoint dict safely (``torch.load(weights_only=True)``); clear errors for bad
     files. ``weights_only``: also accept a file with weights but no config (``best.pt``)."""
     p = resolve(path)
+    check_memory(p.stat().st_size, f"checkpoint {str(p)!r}")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 — corrupt, truncated or not a torch file
@@ -96,18 +111,33 @@ def migrate_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], where: str,
                 device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
     """The model and :class:`Config` for a stored config dict, data shape and state dict."""
-    from ..methods import build_method
+    from ..methods import build_method, check_model_memory
 
     try:
         cfg = from_dict(config).validate()
     except ConfigError as e:
         raise CheckpointError(f"{where}: its config is not valid here: {e}") from None
-    model = build_method(cfg.method).build_model(tuple(int(s) for s in shape), cfg.model)
+    shape = check_shape(shape, cfg, where)
+    method = build_method(cfg.method)
     try:
-        model.load_state_dict(migrate_state_dict(state))
+        check_model_memory(method, shape, cfg)
+    except InputError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    model = method.build_model(shape, cfg.model)
+    state = migrate_state_dict(state)
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and not (
+        isinstance(v, torch.Tensor) and v.dtype == own[k].dtype)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{where}: the weights do not fit the model its config describes: "
+                              f"{k!r} is {getattr(state[k], 'dtype', type(state[k]).__name__)}, "
+                              f"expected {own[k].dtype}")
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{where}: the weights do not fit the model its config "
-                              f"describes: {e}") from None
+                              f"describes: {one_line(e)}") from None
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and
            not torch.isfinite(v).all()]
     if bad:
@@ -115,6 +145,34 @@ def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], w
                               "the run diverged; use an earlier checkpoint")
     set_sampling_defaults(model, cfg)
     return model.to(device), cfg
+
+
+def one_line(e: Exception) -> str:
+    """torch's many-line ``load_state_dict`` error as one line: its first mismatch."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2]) + (f" (and {len(lines) - 2} more)" if len(lines) > 2 else "")
+
+
+def check_shape(shape: Any, cfg: Config, where: str) -> tuple[int, ...]:
+    """The data shape a checkpoint or export stores, checked: 1 to 3 whole numbers >= 1 (at
+    most :data:`~infusion.limits.VALUES_MAX` values), which fit the data set its config names."""
+    from ..data import shape_of
+
+    if (not isinstance(shape, list | tuple) or not 1 <= len(shape) <= 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+            or math.prod(shape) > VALUES_MAX):
+        raise CheckpointError(f"{where}: data shape {shape!r} is not the shape of one example "
+                              f"(1 to 3 whole numbers >= 1, at most {VALUES_MAX:,} values)")
+    shape = tuple(shape)
+    data = cfg.data
+    if data.name != "arrays":  # a user's arrays: their file may be elsewhere
+        expected = shape_of(data)
+        fits = (len(shape) == 3 and shape[1:] == expected[1:] if data.name == "folder"
+                else math.prod(shape) == math.prod(expected))
+        if not fits:
+            raise CheckpointError(f"{where}: data shape {shape} is not that of data.name="
+                                  f"{data.name!r} ({expected})")
+    return shape
 
 
 def set_sampling_defaults(model: ChainModel, cfg: Config) -> None:
@@ -145,7 +203,7 @@ def load_model(source: str | Path, device: str | torch.device = "auto", *,
     else:
         ckpt = load(source)
         model, cfg = build_model(ckpt["config"], ckpt["shape"], ckpt["model"], ckpt["path"], dev)
-        cfg = _relocated_data(cfg, Path(ckpt["path"]).parent.parent)
+        cfg = relocated_data(cfg, Path(ckpt["path"]).parent.parent)
     if statistics and not model.stats_ready:
         log("checkpoint has no per-step batch-norm statistics; computing them (algorithms.md §6)")
         ensure_step_statistics(model, cfg, dev, progress)
@@ -155,7 +213,7 @@ def load_model(source: str | Path, device: str | torch.device = "auto", *,
 load_ready_model = load_model  # the name of version 0.2
 
 
-def _relocated_data(cfg: Config, run_dir: Path) -> Config:
+def relocated_data(cfg: Config, run_dir: Path) -> Config:
     """A run directory moved after training: the config holds the absolute path of the run's
     own ``data/arrays-*.npz`` (:func:`infusion.fit`), so when that path is gone and the file
     is in this run directory, use it (its sha256 is still checked on every load)."""
@@ -171,9 +229,9 @@ def _relocated_data(cfg: Config, run_dir: Path) -> Config:
 def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path:
     """Inference export: ``config.json`` (the config and data shape) + ``model.safetensors``
     (fp32 weights and buffers, the per-step batch-norm statistics included)."""
-    from safetensors.torch import save_file
-
     from dataclasses import replace
+
+    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,12 +240,30 @@ def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path
     meta = {"format": FORMAT, "config": to_dict(cfg), "shape": list(model.shape)}
     tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point()
                else v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    with all_or_nothing():  # both files or neither; config.json, which marks an export, last
+        atomic_write(out / "model.safetensors",
+                     lambda tmp: save_file(tensors, str(tmp), metadata=WEIGHTS_MARK))
+        atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return out
 
 
 export = save_pretrained  # the name of version 0.1
+
+
+def is_half_export(path: str | Path) -> bool:
+    """Whether ``path`` holds what a killed :func:`save_pretrained` may leave: its
+    ``model.safetensors`` (marked as infusion's) without ``config.json``, which may be replaced."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    weights = p / "model.safetensors"
+    if os.path.lexists(p / "config.json") or weights.is_symlink() or not weights.is_file():
+        return False
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return (f.metadata() or {}) == WEIGHTS_MARK
+    except Exception:  # noqa: BLE001 — not a safetensors file: not ours
+        return False
 
 
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu"
@@ -200,14 +276,21 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu"
     if not is_export(p):
         raise CheckpointError(f"{str(p)!r} is not an exported model: expected "
                               f"{' and '.join(EXPORT_FILES)} in it")
+    where = str(p / "config.json")
     try:
-        meta = json.loads((p / "config.json").read_text())
-        config, shape = meta["config"], meta["shape"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{str(p / 'config.json')!r} is not an export's config: "
-                              f"{type(e).__name__}: {e}") from None
+        with open(p / "config.json", "rb") as f:
+            meta = parse_text(f.read(CONFIG_FILE_MAX + 1), False, repr(where))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if (not isinstance(meta, dict) or meta.get("format", FORMAT) != FORMAT
+            or not {"config", "shape"} <= set(meta)):
+        raise CheckpointError(f"{where!r} is not an export's config: expected a mapping with "
+                              f"'config' and 'shape' (format {FORMAT})")
+    config, shape = meta["config"], meta["shape"]
+    weights = p / "model.safetensors"
+    check_memory(weights.stat().st_size, f"{str(weights)!r}")
     try:
-        state = load_file(str(p / "model.safetensors"))
+        state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {str(p / 'model.safetensors')!r}: {e}") from None
     model, cfg = build_model(config, shape, state, str(p), device)

@@ -29,12 +29,12 @@ from tqdm.auto import tqdm
 
 from ..chain.model import ChainModel
 from ..config import Config, TrainConfig, to_dict
-from ..data import Data, load_data
+from ..data import Data, load_data, shape_of
 from ..data.batches import batches
 from ..device import bf16_is_fast, mixed_precision, resolve_device
 from ..errors import InputError, UserError
 from ..io import atomic_write
-from ..methods import Method, build_method
+from ..methods import Method, build_method, check_model_memory
 from . import checkpoint as ckpt_io
 from . import distributed, environment, rundir
 from .ema import EMA
@@ -111,11 +111,19 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
                                   f"{state.epoch}; --resume continues")
             if out_of_time:
                 break
+        if distributed.agree(ctx, stop.requested):  # a signal since the last check
+            raise Interrupted(f"stopped by {stop.requested or 'a signal'} after epoch "
+                              f"{state.epoch}, before the end of the run; --resume finishes it")
         # ---- finish: best weights, §6 statistics, final checkpoint, figures (rank 0)
         final = run_dir / "checkpoints" / "final.pt"
         if ctx.main:
-            final = finalize(run_dir, run.cfg, run.model, run.method, run.data,
-                             progress=progress, log=log, ema=run.ema)
+            stop.at_once = True  # a signal now stops at once: the last checkpoint is resumable
+            try:
+                final = finalize(run_dir, run.cfg, run.model, run.method, run.data,
+                                 progress=progress, log=log, ema=run.ema)
+            except KeyboardInterrupt:
+                raise Interrupted(f"stopped by {stop.requested or 'SIGINT'} while finishing the "
+                                  f"run after epoch {state.epoch}; --resume finishes it") from None
     distributed.finish(ctx)
     return final
 
@@ -151,6 +159,10 @@ class _Run:
         tc = cfg.train
         if dev.type == "cpu" and tc.cpu_threads:
             torch.set_num_threads(tc.cpu_threads)  # process-wide, as torch has it
+        # before any data are read: the weights, their gradients, Adam's two moments (and the
+        # EMA's copy) must fit
+        check_model_memory(build_method(cfg.method), shape_of(cfg.data), cfg, 4 + (tc.ema > 0),
+                           dev)
         with distributed.main_first(ctx):  # rank 0 fills the data cache, the others read it
             data = load_data(cfg, dev, progress=progress)
         if len(data.train) < 2:
@@ -176,6 +188,8 @@ class _Run:
             atomic_write(run_dir / "config.json",
                          lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
             environment.record(run_dir, dev)  # version, commit, torch, device, command line
+            if saved is not None:  # the checkpoint's rows: a file older than it loses none
+                rundir.write_metrics(run_dir, state.history)
         if tc.compile:
             model.net.compile()  # in place: the state dict keeps its names
         if tc.precision == "bf16" and not bf16_is_fast(dev):

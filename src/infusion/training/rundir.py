@@ -6,20 +6,25 @@ know nothing of models.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import shutil
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import atomic_write
+from ..io import atomic_write, clean_stale_temps
 
-# The run's own files: removed by ``overwrite``, never anything else.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "infusion_chains", "samples.npz",
-             "samples.png", "chains.png", "curve.png")
+# The run's own files: removed by ``overwrite``, never anything else (beside the preview grids
+# samples/epoch-NNNN.png, :func:`run_files`).
+RUN_FILES = ("config.json", "metrics.jsonl", "environment.json", "checkpoints", "infusion_chains",
+             "samples.npz", "samples.png", "samples_by_class.png", "chains.png", "curve.png")
+# The folders a run (and the commands reading it) write into: where its temporary files lie.
+RUN_DIRS = (".", "checkpoints", "samples", "infusion_chains", "data", "eval", "figures")
 
 
 class RunError(UserError, RuntimeError):
@@ -29,43 +34,75 @@ class RunError(UserError, RuntimeError):
 @contextlib.contextmanager
 def lock(run_dir: Path, main: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` (file ``.lock``, with the holder's pid) while a
-    run writes it, and clear temporary files a killed writer left behind."""
+    run writes it, and clear the temporary files a killed writer of this run left behind
+    (:func:`infusion.io.clean_stale_temps` in :data:`RUN_DIRS`: never a live process's, a
+    nested run's or a user's). Links are not followed: a ``.lock`` or a run file that is a
+    symbolic link is refused."""
     if not main:
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as f:
+    path = run_dir / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise RunError(f"{str(path)!r} is a symbolic link; infusion does not write through "
+                       "links: remove it, or use another --run-dir") from None
+    with os.fdopen(fd, "r+") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunError(f"{str(path)!r} is not a regular file; remove it, or use another "
+                           "--run-dir")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
             raise RunError(f"run directory {str(run_dir)!r} is in use by another infusion process "
-                           f"(pid {f.read().strip() or '?'}); wait for it to finish") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        for stale in run_dir.glob("**/.*.tmp"):  # io.atomic_write's temporary names
-            stale.unlink()
+                           f"(pid {f.read(32).strip() or '?'}); wait for it to finish") from None
+        linked = [n for n in (*RUN_FILES, "samples", "data") if (run_dir / n).is_symlink()]
+        if linked:
+            raise RunError(f"{str(run_dir / linked[0])!r} is a symbolic link; infusion does not "
+                           "write through links: remove it, or use another --run-dir")
+        try:
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        for d in RUN_DIRS:
+            clean_stale_temps(run_dir / d)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def run_files(run_dir: Path) -> list[Path]:
+    """The files of a run present in ``run_dir``: :data:`RUN_FILES` and the preview grids
+    ``samples/epoch-NNNN.png``."""
+    found = [run_dir / n for n in RUN_FILES if os.path.lexists(run_dir / n)]
+    samples = run_dir / "samples"
+    if samples.is_dir() and not samples.is_symlink():
+        found += sorted(p for p in samples.glob("epoch-*.png") if p.stem[6:].isdigit())
+    return found
+
+
 def claim(run_dir: Path, overwrite: bool) -> None:
-    """Make ``run_dir`` ready for a new run: refuse one that holds a run, unless ``overwrite``,
-    which removes that run's own files (:data:`RUN_FILES`) and nothing else."""
-    used = [n for n in RUN_FILES if (run_dir / n).exists()]
+    """Make ``run_dir`` ready for a new run: refuse one that holds a run's files
+    (:func:`run_files`; the user's own files of those names too, which a new run would
+    replace), unless ``overwrite``, which removes them and nothing else."""
+    used = run_files(run_dir)
     if used and not overwrite:
         resumable = any((run_dir / "checkpoints").glob("epoch-*.pt"))
         hint = ("pass --resume to continue it, " if resumable else
                 "it saved no resumable state; ") + "--overwrite to replace it, or another --run-dir"
-        raise RunError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(used)}); "
-                       f"{hint}")
-    for name in used:
-        p = run_dir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        names = ", ".join(str(p.relative_to(run_dir)) for p in used)
+        raise RunError(f"run directory {str(run_dir)!r} already holds a run ({names}); {hint}")
+    for p in used:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if any(p.parent.name == "samples" for p in used):
+        with contextlib.suppress(OSError):  # the preview folder, if nothing else is in it
+            (run_dir / "samples").rmdir()
 
 
 def training_state_file(run_dir: str | Path) -> Path:
@@ -94,9 +131,11 @@ def read_metrics(run_dir: Path, last_epoch: int) -> list[dict]:
 
 
 class StopRequest:
-    """Set by SIGINT/SIGTERM: the name of the signal, or ""."""
+    """Set by SIGINT/SIGTERM: the name of the signal, or "". With ``at_once``, the signal
+    also raises KeyboardInterrupt where the run is."""
 
     requested: str = ""
+    at_once: bool = False
 
 
 @contextlib.contextmanager
@@ -124,3 +163,5 @@ def _request(stop: StopRequest, num: int, old: dict) -> None:
         signal.signal(num, old[num])
         raise KeyboardInterrupt
     stop.requested = signal.Signals(num).name
+    if stop.at_once:
+        raise KeyboardInterrupt

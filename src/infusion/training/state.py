@@ -53,16 +53,23 @@ def run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str],
     """The run's config: new (refusing a used directory unless ``overwrite``), or the stored
     one with ``train.*``/``sample.*`` overrides on resume (anything else is refused)."""
     if saved is not None:
-        bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("train.", "sample."))]
+        check_training_state(saved)
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+        bad = [k for k in keys if not k.startswith(("train.", "sample."))]
         if bad:
-            raise RunError(f"--resume cannot change {bad[0].split('=', 1)[0]!r}: a resumed run "
+            raise RunError(f"--resume cannot change {bad[0]!r}: a resumed run "
                            "keeps its data, model and method (only train.* and sample.* may "
                            "change); start a new run instead")
-        return override(from_dict(saved["config"]), list(overrides))
+        if "train.init_from" in keys:
+            raise RunError("--resume cannot change 'train.init_from': a resumed run continues "
+                           "from its own checkpoint; warm-start a new run instead")
+        cfg = override(from_dict(saved["config"]), list(overrides))
+        return ckpt_io.relocated_data(cfg, run_dir)  # a run directory moved since
     if cfg is None:
         raise RunError("train() needs a config unless resuming")
     cfg = override(cfg, list(overrides)).validate()
     if cfg.train.init_from:  # a bad source is an error before the run directory is claimed
+        check_init_from(cfg, run_dir, overwrite)
         source = Path(cfg.train.init_from).resolve()
         ckpt_io.load_model(source, "cpu", statistics=False)
         cfg = replace(cfg, train=replace(cfg.train, init_from=str(source)))
@@ -70,6 +77,19 @@ def run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str],
         summary_writer()  # a missing package is an error before the run directory is claimed
     rundir.claim(run_dir, overwrite)
     return cfg
+
+
+def check_init_from(cfg: Config, run_dir: Path, overwrite: bool) -> None:
+    """Refuse ``overwrite`` of the run directory that ``train.init_from`` lies in: the
+    overwrite would delete the weights the run is to start from."""
+    if not (overwrite and cfg.train.init_from):
+        return
+    source, here = Path(cfg.train.init_from).resolve(), Path(run_dir).resolve()
+    if source == here or here in source.parents:
+        raise RunError(f"train.init_from={cfg.train.init_from!r} lies in the run directory "
+                       f"{str(run_dir)!r}, which --overwrite would delete before it is read; "
+                       "export it (infusion export) or copy it elsewhere first, or use another "
+                       "--run-dir")
 
 
 def warm_start(model: ChainModel, source: str, log) -> None:
@@ -89,12 +109,35 @@ def warm_start(model: ChainModel, source: str, log) -> None:
     log(f"starting from the weights of {source} (train.init_from)")
 
 
+def check_training_state(saved: dict) -> None:
+    """Refuse, naming the file, a checkpoint that lacks what a resume needs: the optimiser's
+    state, the generators' states and the counters (``state``, or version 0.1's loose ones).
+    ``final.pt`` and ``best.pt`` hold weights only."""
+    rng = saved.get("rng")
+    missing = [k for k in ("optimizer", "rng") if k not in saved]
+    if "rng" in saved and not (isinstance(rng, dict) and all(
+            isinstance(rng.get(k), torch.Tensor) for k in ("chain", "shuffle"))):
+        missing.append("rng.chain and rng.shuffle")
+    if not isinstance(saved.get("state", {}), dict) or ("state" not in saved and not {
+            "epoch", "step", "best", "bad_epochs", "stopped_early"} <= set(saved)):
+        missing.append("state")
+    if missing:
+        raise RunError(f"{saved['path']!r} is not a training state (no {', '.join(missing)}); "
+                       "final.pt and best.pt hold weights only: resume from an epoch-*.pt "
+                       "checkpoint, or start again with --overwrite")
+
+
 def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc, ctx, log
              ) -> tuple[TrainState, torch.Tensor]:
     """Load a training checkpoint into the objects; returns the state and the shuffle state at
     the start of the unfinished epoch. Checkpoints of version 0.1 (no ``state``) load too."""
-    model.load_state_dict(ckpt_io.migrate_state_dict(saved["model"]))
-    opt.load_state_dict(saved["optimizer"])
+    check_training_state(saved)
+    try:
+        model.load_state_dict(ckpt_io.migrate_state_dict(saved["model"]))
+        opt.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{saved['path']!r}: its weights or optimiser state do not fit the model "
+                       f"its config describes: {ckpt_io.one_line(e)}") from None
     for group in opt.param_groups:  # an override of train.lr applies to the optimiser too
         group["lr"] = tc.lr
     if ema is not None and "ema" in saved:
@@ -116,10 +159,14 @@ def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc
         state.best, state.bad_epochs = math.inf, 0
         log("this run's earlier epochs were validated with minibatch statistics; selection and "
             "early stopping restart on the population-statistics bound (algorithms.md §6)")
-    if ctx.rank == 0:  # other processes' chain noise restarts from their seeds
-        g.set_state(saved["rng"]["chain"].cpu())
-    shuffle.set_state(saved["rng"]["shuffle"].cpu())
-    epoch_rng = saved["rng"].get("epoch_start", saved["rng"]["shuffle"]).cpu()
+    try:
+        if ctx.rank == 0:  # other processes' chain noise restarts from their seeds
+            g.set_state(saved["rng"]["chain"].cpu())
+        shuffle.set_state(saved["rng"]["shuffle"].cpu())
+        epoch_rng = saved["rng"].get("epoch_start", saved["rng"]["shuffle"]).cpu()
+        torch.Generator().set_state(epoch_rng)  # a valid state, restored after the epoch
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise RunError(f"{saved['path']!r}: its generator states are not torch's: {e}") from None
     if state.batch and saved["config"]["train"]["batch_size"] != tc.batch_size:
         raise RunError("--resume from a mid-epoch checkpoint cannot change train.batch_size; "
                        "resume with the old size and change it after the epoch")

@@ -1,0 +1,91 @@
+"""The bounds of the numbers a user gives (the ground floor): seeds, steps, counts and sizes,
+each checked where it enters (config validation, the command line), and the free-memory check
+that refuses an allocation which cannot fit, from an estimate, before it is made.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import InputError
+
+# torch.Generator.manual_seed takes 64 bits; seeds derived from a user's seed add offsets
+# far below 2^63 to it, so every seed in [0, 2^63 - 1] stays a valid one
+SEED_MAX = 2**63 - 1
+STEPS_MAX = 10**6  # chain steps: T, T', sampling and likelihood steps, walkback's extra steps
+DRAWS_MAX = 10**6  # proposal draws per example (IS k, the bound's k)
+SAMPLES_MAX = 10**7  # samples drawn by one command or run (memory is checked beside it)
+EXAMPLES_MAX = 10**9  # examples asked of a split (a split holds fewer: clamped, and said)
+BATCH_MAX = 10**7  # examples or samples per batch
+EPOCHS_MAX = 10**6  # epochs and other per-epoch counts (patience, checkpoint_every, …)
+OPT_STEPS_MAX = 10**12  # train.max_steps: optimiser steps
+WIDTH_MAX = 10**5  # units of one hidden layer, channels of one map
+LAYERS_MAX = 64  # hidden layers
+CLASSES_MAX = 10**6  # classes of a class-conditional model
+IMAGE_SIDE_MAX = 4096  # pixels of an image side (data.image_size)
+VALUES_MAX = 3 * IMAGE_SIDE_MAX**2  # values of one example (an RGB image of the largest side)
+MATMUL_MAX = 65536  # side of bench's peak-measuring matrices
+THREADS_MAX = 1024  # CPU threads
+CHAINS_MAX = 10**4  # chains drawn beside each other in a figure or an inpainting
+REPEATS_MAX = 1000  # repeated evaluations
+MINUTES_MAX = 10**8  # wall-time budgets (about 190 years)
+
+
+def in_range(name: str, value: float, lo: float, hi: float,
+             note: str = "") -> tuple[bool, str]:
+    """A check for :func:`infusion.errors.require`: ``lo <= value <= hi``, its message naming
+    the setting and the range."""
+    ok = lo <= value <= hi
+    short = name.replace(" ", ".").rsplit(".", 1)[-1]  # train.seed, "evaluation setting seed": seed
+    return ok, f"{name}={value}: expected {lo:,} <= {short} <= {hi:,}{note}"
+
+
+def check_range(name: str, value: float, lo: float, hi: float,
+                note: str = "") -> None:
+    """Raise :class:`InputError` unless ``lo <= value <= hi`` (the message names ``name``)."""
+    ok, msg = in_range(name, value, lo, hi, note)
+    if not ok:
+        raise InputError(msg)
+
+
+def free_memory(device=None) -> int | None:
+    """Bytes that can still be allocated on ``device`` (the CPU by default): the memory
+    available to new processes (``MemAvailable`` of /proc/meminfo, else the free pages of
+    ``os.sysconf``), or the free memory of a CUDA device; None where it is unknown."""
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, ValueError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: float, what: str, device=None) -> None:
+    """Refuse, before allocating, work whose memory estimate ``nbytes`` exceeds the free
+    memory of ``device`` (:func:`free_memory`); ``what`` names the input that asked for it."""
+    free = free_memory(device)
+    if free is not None and nbytes > free:
+        where = "" if device is None or str(device) == "cpu" else f" on {device}"
+        raise InputError(f"{what} needs about {format_bytes(nbytes)} of memory{where}, more than "
+                         f"the {format_bytes(free)} free; ask for less")
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``, ``12 MiB``, …"""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.3g} {units[i]}"
