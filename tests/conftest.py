@@ -10,12 +10,12 @@ from infusion import config, data
 from infusion.data import mnist
 
 
-@pytest.fixture
-def tiny_mnist(tmp_path, monkeypatch):
-    """A fake MNIST cache with 64/32/32 random 'digits' (strokes on a blank canvas)."""
-    monkeypatch.setenv("INFUSION_CACHE", str(tmp_path / "cache"))
+def fake_mnist_cache(mp, root) -> dict:
+    """Fill a fake MNIST cache under ``root`` (64/32/32 random 'digits': strokes on a blank
+    canvas) and point the library at it through ``mp`` (a pytest MonkeyPatch)."""
+    mp.setenv("INFUSION_CACHE", str(root / "cache"))
     sizes = {"train": 64, "valid": 32, "test": 32}
-    monkeypatch.setattr(mnist, "_SPLIT_SIZES", sizes)
+    mp.setattr(mnist, "_SPLIT_SIZES", sizes)
     rng = np.random.default_rng(0)
     arrays = {}
     for s, n in sizes.items():
@@ -28,6 +28,12 @@ def tiny_mnist(tmp_path, monkeypatch):
     path.parent.mkdir(parents=True, exist_ok=True)
     data.write_cache(path, arrays)
     return arrays
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """A fake MNIST cache with 64/32/32 random 'digits' (strokes on a blank canvas)."""
+    return fake_mnist_cache(monkeypatch, tmp_path)
 
 
 def tiny_config(**sections) -> config.Config:

@@ -1,17 +1,14 @@
-"""Outputs a command names are not replaced unless --overwrite (issue 28): evaluate's report,
+"""Outputs a command names are not replaced unless --overwrite: evaluate's report,
 inpaint's files, the figures, bench --json and the per-seed PNGs of sample --png-dir. Each
 refusal is one `error:` line, exit status 2, and leaves the earlier file byte for byte."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from infusion import data
 from infusion.cli import main
-from infusion.data import mnist
 
-from .conftest import tiny_config
+from .conftest import fake_mnist_cache, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -19,20 +16,7 @@ def mnist_run(tmp_path_factory):
     """A one-epoch model of a fake MNIST cache (conftest's tiny_mnist, module-wide)."""
     root = tmp_path_factory.mktemp("outputs")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INFUSION_CACHE", str(root / "cache"))
-        sizes = {"train": 64, "valid": 32, "test": 32}
-        mp.setattr(mnist, "_SPLIT_SIZES", sizes)
-        rng = np.random.default_rng(0)
-        arrays = {}
-        for s, n in sizes.items():
-            x = np.zeros((n, 1, 28, 28), np.uint8)
-            for i in range(n):
-                r = rng.integers(4, 20)
-                x[i, 0, r:r + 8, 6:22] = rng.integers(100, 256)
-            arrays[f"{s}_x"], arrays[f"{s}_y"] = x, rng.integers(0, 10, n).astype(np.int64)
-        path = data.cache_dir() / "mnist" / "mnist-uint8.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data.write_cache(path, arrays)
+        fake_mnist_cache(mp, root)
         from infusion import train
 
         cfg = tiny_config(data={"name": "mnist"}, model={"hidden": (16,)}, method={"T": 2},
