@@ -59,17 +59,25 @@ def free_memory(device=None) -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except (RuntimeError, ValueError, AssertionError):
             return None
+    available = _meminfo_available()
+    if available is not None:
+        return available
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _meminfo_available() -> int | None:
+    """Linux's MemAvailable (free memory plus what the kernel can reclaim), or None."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
         return None
+    return None
 
 
 def check_memory(nbytes: float, what: str, device=None) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config, describe
+from ..figures import read_metric_rows
 from .report import markdown
 
 
@@ -84,7 +85,7 @@ def _training(cfg: Config, run_dir: Path | None) -> list[str]:
                    f"{e.get('threads')} threads, {e.get('platform')}.")
     rows_file = run_dir / "metrics.jsonl"
     if rows_file.is_file():
-        rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()]
+        rows = read_metric_rows(rows_file)  # older runs' bound keys say their mode
         best = [r for r in rows if "valid_bound_population" in r]
         if best:
             b = max(best, key=lambda r: r["valid_bound_population"])
