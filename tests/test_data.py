@@ -3,6 +3,7 @@ and the entrance (load_split, shape_of, load_data)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -261,7 +262,7 @@ def test_mirror_source_end_to_end(tmp_path, served, small, monkeypatch):
     write_idx_dir(root, arrays)
     sums = {n: (hashlib.sha256((root / f"{n}.gz").read_bytes()).hexdigest(),
                 (root / f"{n}.gz").stat().st_size) for n in arrays}
-    monkeypatch.setattr(mnist, "_IDX_GZ", sums)
+    monkeypatch.setattr(mnist, "MNIST", dataclasses.replace(mnist.MNIST, gz=sums))
     # The first mirror is unreachable; the second serves the files.
     npz = data.ensure_mnist(sources=["http://127.0.0.1:9/", url], log=lambda s: None)
     got = data.load_mnist("test")
@@ -367,7 +368,7 @@ def test_load_split_mnist_cuts_only_the_training_split(tiny_mnist):
 
 
 def test_load_split_errors():
-    with pytest.raises(DataError, match="'moons'.*mnist, spiral"):
+    with pytest.raises(DataError, match="'moons'.*mnist, fashion, spiral"):
         data.load_split(DataConfig(name="moons"), "train")
     with pytest.raises(DataError, match="'training'.*train, valid, test"):
         data.load_split(DataConfig(name="spiral"), "training")

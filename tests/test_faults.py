@@ -307,7 +307,7 @@ def test_a_latest_pointer_at_a_big_file_is_not_printed_whole(tmp_path, trained):
 def test_an_explicit_idx_dir_with_a_corrupt_file_is_an_error(tmp_path, monkeypatch):
     d = tmp_path / "idx"
     d.mkdir()
-    for name in mnist._IDX_GZ:
+    for name in mnist.MNIST.gz:
         (d / name).write_bytes(b"\x00\x00\x08\x99corrupt")
     monkeypatch.setattr(mnist, "_from_mirror", lambda *a: pytest.fail("fell back to a mirror"))
     with pytest.raises(UserError, match="magic number"):

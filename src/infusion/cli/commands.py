@@ -292,14 +292,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from ..data import ensure, ensure_mnist
+    from ..data import ensure, ensure_fashion, ensure_mnist
 
-    if args.name != "mnist":
+    idx_sets = {"mnist": ("MNIST", ensure_mnist), "fashion": ("Fashion-MNIST", ensure_fashion)}
+    if args.name not in idx_sets:
         path = ensure(args.name, path=args.path, image_size=args.image_size)
         say(f"{args.name} ready: {path}")
         return
-    path = ensure_mnist(idx_dir=args.idx_dir)
-    say(f"MNIST ready: {path}")
+    title, ensure_set = idx_sets[args.name]
+    say(f"{title} ready: {ensure_set(idx_dir=args.idx_dir)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

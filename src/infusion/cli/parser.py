@@ -240,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test examples for Parzen (0 = all)")
     e.add_argument("--memo-samples", type=_whole(0, SAMPLES_MAX), default=None,
                    help="samples in the memorisation check (default 1000)")
-    e.add_argument("--extractor", default=None, help="feature extractor: mnist-cnn (default), "
-                   "torchscript (needs --extractor-path) or inception (torch-fidelity's "
+    e.add_argument("--extractor", default=None, help="feature extractor: the data set's own "
+                   "classifier (default: mnist-cnn, fashion-cnn for Fashion-MNIST), torchscript (needs --extractor-path) or inception (torch-fidelity's "
                    "Inception-v3, pip install 'infusion-training[inception]', or a TorchScript "
                    "one)")
     e.add_argument("--extractor-path", help="TorchScript feature model file, or torch-fidelity's "
@@ -256,9 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=c.cmd_evaluate)
 
     g = sub.add_parser("data", help="fetch and verify a data set into the cache ($INFUSION_CACHE)")
-    g.add_argument("--idx-dir", help="directory holding the four official MNIST IDX files")
+    g.add_argument("--idx-dir", help="directory holding the four official IDX files of "
+                   "MNIST or Fashion-MNIST")
     g.add_argument("--name", default="mnist",
-                   help="mnist, cifar10, svhn, celeba, tfd or folder (default: mnist)")
+                   help="mnist, fashion (Fashion-MNIST; on Debian/Ubuntu `apt-get install "
+                   "dataset-fashion-mnist`, else downloaded), cifar10, svhn, celeba, tfd or "
+                   "folder (default: mnist)")
     g.add_argument("--path", default="", help="user-supplied source: CelebA zip or folder, "
                    "TFD_48x48.mat, a folder of images, or a local copy of the official file")
     g.add_argument("--image-size", type=_whole(0, IMAGE_SIDE_MAX), default=0, help="folder: side of the crops (64)")

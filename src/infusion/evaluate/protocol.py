@@ -97,7 +97,9 @@ class EvalSettings:
     parzen_sigma: float = 0.17  # the fixed σ reported beside the validation-chosen one
     fid_reference: int = 0  # test images the Fréchet distance compares with
     memo_samples: int = 1000  # samples (and test images) in the memorisation check
-    extractor: str = "mnist-cnn"  # feature-extractor plug-in (infusion.evaluate.metrics)
+    # feature-extractor plug-in (infusion.evaluate.metrics); "": the data set's own classifier
+    # (mnist-cnn, fashion-cnn; metrics.default_extractor)
+    extractor: str = ""
     extractor_path: str = ""  # its file, for torchscript / inception
     batch_size: int = 0  # rows per forward pass (0: 1,000 on a CPU, 20,000 on CUDA)
     seed: int = 0

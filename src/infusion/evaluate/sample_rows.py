@@ -3,6 +3,7 @@ and the memorisation check."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ def sample_rows(run: ReportWriter, model, cfg, splits, metrics, s: EvalSettings,
     wanted = [m for m in metrics if m in SAMPLE_METRICS]
     if not wanted:
         return
+    if not s.extractor:
+        from .metrics import default_extractor
+
+        s = replace(s, extractor=default_extractor(cfg.data.name))
     report, out_dir, test = run.report, run.out.parent, splits["test"]
     main_steps = _steps(cfg, s)
     parzen_steps = cfg.method.T if s.parzen_at_T else main_steps
@@ -134,10 +139,13 @@ def _draw(model, s: EvalSettings, steps: int, path: Path, progress: bool) -> tor
 
 
 def _classifier_unsupported(s: EvalSettings, means: torch.Tensor) -> str | None:
+    from .metrics import OWN_EXTRACTORS
+
     if means.ndim != 4:
         return f"samples of shape {tuple(means.shape[1:])} are not images; classifier metrics skipped"
-    if s.extractor == "mnist-cnn" and tuple(means.shape[1:]) != (1, 28, 28):
-        return (f"the mnist-cnn extractor takes (1, 28, 28) images, not {tuple(means.shape[1:])}; "
+    if s.extractor in OWN_EXTRACTORS.values() and tuple(means.shape[1:]) != (1, 28, 28):
+        return (f"the {s.extractor} extractor takes (1, 28, 28) images, not "
+                f"{tuple(means.shape[1:])}; "
                 "pass another extractor (--extractor inception, or torchscript with --extractor-path FILE)")
     return None
 
@@ -145,7 +153,7 @@ def _classifier_unsupported(s: EvalSettings, means: torch.Tensor) -> str | None:
 def _classifier_metrics(s, means, test, wanted, report, progress, log) -> dict:
     from . import metrics as mt
 
-    kw = {"progress": progress, "log": log} if s.extractor == "mnist-cnn" else {}
+    kw = {"progress": progress, "log": log} if s.extractor in mt.OWN_EXTRACTORS.values() else {}
     if s.extractor_path:
         kw["path"] = s.extractor_path
     ext = mt.get_extractor(s.extractor, **kw)

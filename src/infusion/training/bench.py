@@ -31,7 +31,8 @@ from ..methods import build_method, check_model_memory
 from .ema import EMA
 
 # Training-set sizes (algorithms.md §1 and :mod:`infusion.data`) for the full-run estimate.
-TRAIN_SIZES = {"mnist": 50_000, "cifar10": 45_000, "svhn": 65_932, "celeba": 162_770,
+TRAIN_SIZES = {"mnist": 50_000, "fashion": 50_000, "cifar10": 45_000, "svhn": 65_932,
+               "celeba": 162_770,
                "tfd": 0, "folder": 0}
 
 

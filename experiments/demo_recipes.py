@@ -1,0 +1,194 @@
+"""Which recipe should `make demo` train? Recipes of the ``mnist-demo`` preset, trained for a
+fixed amount of work with two seeds each, judged by what a user sees in the samples.
+
+    python experiments/demo_recipes.py --out RUNS/demo-recipes --recipes t10,t5 --seeds 0,1
+    python experiments/demo_recipes.py --out RUNS/demo-recipes --recipes t5 --seeds 0 \\
+        --threads 1          # beside other work: one torch thread
+
+Each recipe × seed is an ordinary run directory ``OUT/RECIPE-sSEED`` (``infusion train
+--preset mnist-demo --set train.seed=SEED`` plus the recipe's settings; an interrupted one is
+resumed, a finished one reused). Then, for each sampling length in ``--steps`` (multiples of
+the recipe's T), 1,000 samples (seeds 0 … 999, the means after T′ steps) are read by
+
+* the project's MNIST CNN (``mnist-cnn``): the fraction read with p ≥ 0.9, each class's share,
+  the classifier Fréchet distance against the 10,000 test images and precision / recall;
+* an independent reader trained here, not part of the library: a one-hidden-layer MLP
+  (784-512-10, 3 epochs of Adam on the 50,000 training digits, its test accuracy reported)
+  — the same two readings (p ≥ 0.9, class shares);
+* the nearest training digit (L2): copies would sit closer than test digits do;
+
+and the run's likelihoods come from ``infusion evaluate --metrics lb,is,parzen`` (the
+default protocol: the bound at k = 1 on the test set, IS at k = 100 on 1,000 test digits,
+Parzen at the run's sampling length). Writes ``demo_recipes.json`` and ``demo_recipes.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from infusion.chain.sampler import sample_chain
+from infusion.data import load_mnist, to_unit
+from infusion.evaluate.metrics import (class_coverage, frechet_distance, get_extractor,
+                                       nearest_neighbours, precision_recall)
+from infusion.figures import read_metric_rows
+from infusion.training.checkpoint import load_model
+
+# Each recipe: the --set assignments on top of the mnist-demo preset.
+RECIPES: dict[str, list[str]] = {
+    "t10": [],  # the preset: T = 10, α(0) = 0.02, ω = 0.02, 8 epochs, cosine + EMA 0.999
+    # the rate sweep's best chain per epoch, at the same 8 epochs (half the work of t10)
+    "t5": ["method.T=5", "method.infusion.alpha0=0", "method.infusion.omega=0.1"],
+    # … at about the work of t10 (16 epochs × 5 steps = 8 × 10)
+    "t5-16": ["method.T=5", "method.infusion.alpha0=0", "method.infusion.omega=0.1",
+              "train.epochs=16"],
+}
+
+
+def train(out: Path, recipe: str, seed: int, threads: int) -> Path:
+    run = out / f"{recipe}-s{seed}"
+    if (run / "checkpoints" / "final.pt").exists():
+        return run
+    cmd = [sys.executable, "-m", "infusion", "train", "--preset", "mnist-demo", "--run-dir",
+           str(run), "--set", f"train.seed={seed}", "--set", f"train.cpu_threads={threads}"]
+    for s in RECIPES[recipe]:
+        cmd += ["--set", s]
+    if run.exists():
+        cmd.append("--resume")
+    subprocess.run(cmd, check=True)
+    return run
+
+
+def mlp_reader(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+               test_y: torch.Tensor):
+    """The independent reader: 784-512-10 MLP, 3 epochs of Adam (1e-3, batch 128), seed 0.
+    Returns (logits function, its test accuracy)."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                              torch.nn.Linear(512, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(3):
+        for idx in torch.randperm(len(train_x), generator=g).split(128):
+            loss = torch.nn.functional.cross_entropy(net(train_x[idx]), train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+
+    @torch.no_grad()
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net(c) for c in x.split(1000)])
+
+    return logits, float((logits(test_x).argmax(1) == test_y).float().mean())
+
+
+def read(run: Path, steps: int, readers: dict, n: int) -> dict:
+    model, _ = load_model(run)
+    means = sample_chain(model, n, steps, seed=0).means.clamp(0, 1).reshape(n, 1, 28, 28)
+    cnn, mlp, test_x, train_x, test_feats = (readers[k] for k in
+                                             ("cnn", "mlp", "test_x", "train_x", "test_feats"))
+    feats = cnn.features(means)
+    dist, _ = nearest_neighbours(means, train_x)
+    out = {"steps": steps, "frechet": frechet_distance(feats, test_feats),
+           **precision_recall(test_feats[:n * 5], feats),
+           "nearest_train_min": float(dist.min()), "nearest_train_median": float(dist.median())}
+    for name, logits in (("cnn", cnn.logits(means)), ("mlp", mlp(means))):
+        cov = class_coverage(logits)
+        out[name] = {"confident": cov["confident_fraction"],
+                     "shares": [c / n for c in cov["histogram"]]}
+    return out
+
+
+def evaluate(run: Path) -> dict:
+    report = run / "eval" / "recipes.json"
+    if not report.exists():
+        subprocess.run([sys.executable, "-m", "infusion", "evaluate", "--checkpoint", str(run),
+                        "--metrics", "lb,is,parzen", "--out", str(report), "--quiet"],
+                       check=True)
+    r = json.loads(report.read_text())["metrics"]
+    rows = read_metric_rows(run / "metrics.jsonl")
+    return {"valid_bound_population": rows[-1].get("valid_bound_population"),
+            "train_seconds": sum(r_.get("epoch_seconds", 0.0) for r_ in rows),
+            "epochs": len(rows),
+            **{k: {"mean": v.get("mean"), "stderr": v.get("stderr")} for k, v in r.items()
+               if isinstance(v, dict) and "mean" in v}}
+
+
+def table(res: dict) -> str:
+    lines = [f"Independent MLP reader: test accuracy {100 * res['mlp_test_accuracy']:.2f}%.", "",
+             "| run | epochs | train s | valid bound | test bound | IS | Parzen | T′ | FD | "
+             "precision / recall | p ≥ 0.9 CNN / MLP | rarest / commonest (CNN) | "
+             "nearest train (min) |", "|---" * 13 + "|"]
+    for name, r in res["runs"].items():
+        e = r["eval"]
+        get = lambda k: (f"{e[k]['mean']:.1f}" if isinstance(e.get(k), dict)
+                         and e[k].get("mean") is not None else "—")
+        for s in r["reads"]:
+            sh = s["cnn"]["shares"]
+            lines.append(
+                f"| {name} | {e['epochs']} | {e['train_seconds']:.0f} | "
+                f"{e['valid_bound_population'] or float('nan'):.1f} | {get('lb')} | {get('is')} | "
+                f"{get('parzen')} | {s['steps']} | {s['frechet']:.1f} | "
+                f"{s['precision']:.3f} / {s['recall']:.3f} | "
+                f"{100 * s['cnn']['confident']:.1f}% / {100 * s['mlp']['confident']:.1f}% | "
+                f"{100 * min(sh):.1f}% ({sh.index(min(sh))}) / {100 * max(sh):.1f}% "
+                f"({sh.index(max(sh))}) | {s['nearest_train_min']:.2f} |")
+    lines += ["", f"Machine: {res['machine']}, {res['threads']} thread(s), torch "
+              f"{res['torch']}; {res['seconds']:.0f} s in all.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--recipes", default="t10,t5", help=f"comma list of {', '.join(RECIPES)}")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--steps", default="1,2,3,5",
+                   help="sampling lengths as multiples of each recipe's T")
+    p.add_argument("--n", type=int, default=1000, help="samples read per sampling length")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    recipes = a.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        p.error(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    runs = {f"{r}-s{s}": train(out, r, int(s), a.threads)
+            for r in recipes for s in a.seeds.split(",")}
+
+    train_set, test = load_mnist("train"), load_mnist("test")
+    train_x, test_x = (to_unit(torch.from_numpy(d.images)) for d in (train_set, test))
+    mlp, acc = mlp_reader(train_x, torch.from_numpy(train_set.labels), test_x,
+                          torch.from_numpy(test.labels))
+    cnn = get_extractor("mnist-cnn")
+    readers = {"cnn": cnn, "mlp": mlp, "test_x": test_x, "train_x": train_x,
+               "test_feats": cnn.features(test_x)}
+    res = {"machine": platform.processor() or platform.machine(), "threads": a.threads,
+           "torch": torch.__version__, "mlp_test_accuracy": acc, "n": a.n, "runs": {}}
+    for name, run in runs.items():
+        _, cfg = load_model(run)
+        res["runs"][name] = {
+            "recipe": RECIPES[name.rsplit("-s", 1)[0]], "eval": evaluate(run),
+            "reads": [read(run, int(m) * cfg.method.T, readers, a.n)
+                      for m in a.steps.split(",")]}
+        res["seconds"] = time.time() - t0
+        (out / "demo_recipes.json").write_text(json.dumps(res, indent=2))
+    (out / "demo_recipes.md").write_text(table(res))
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()
