@@ -37,8 +37,13 @@ import torch
 
 from infusion.chain.sampler import sample_chain
 from infusion.data import load_mnist, to_unit
-from infusion.evaluate.metrics import (class_coverage, frechet_distance, get_extractor,
-                                       nearest_neighbours, precision_recall)
+from infusion.evaluate.metrics import (
+    class_coverage,
+    frechet_distance,
+    get_extractor,
+    nearest_neighbours,
+    precision_recall,
+)
 from infusion.figures import read_metric_rows
 from infusion.training.checkpoint import load_model
 
@@ -94,8 +99,7 @@ def mlp_reader(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
 def read(run: Path, steps: int, readers: dict, n: int) -> dict:
     model, _ = load_model(run)
     means = sample_chain(model, n, steps, seed=0).means.clamp(0, 1).reshape(n, 1, 28, 28)
-    cnn, mlp, test_x, train_x, test_feats = (readers[k] for k in
-                                             ("cnn", "mlp", "test_x", "train_x", "test_feats"))
+    cnn, mlp, train_x, test_feats = (readers[k] for k in ("cnn", "mlp", "train_x", "test_feats"))
     feats = cnn.features(means)
     dist, _ = nearest_neighbours(means, train_x)
     out = {"steps": steps, "frechet": frechet_distance(feats, test_feats),
@@ -124,26 +128,31 @@ def evaluate(run: Path) -> dict:
 
 
 def table(res: dict) -> str:
+    header = ("| run | epochs | train s | valid bound | test bound | IS | Parzen | T′ | FD | "
+              "precision / recall | p ≥ 0.9 CNN / MLP | rarest / commonest (CNN) | "
+              "nearest train (min) |")
     lines = [f"Independent MLP reader: test accuracy {100 * res['mlp_test_accuracy']:.2f}%.", "",
-             "| run | epochs | train s | valid bound | test bound | IS | Parzen | T′ | FD | "
-             "precision / recall | p ≥ 0.9 CNN / MLP | rarest / commonest (CNN) | "
-             "nearest train (min) |", "|---" * 13 + "|"]
+             header, "|---" * 13 + "|"]
+
+    def get(e: dict, k: str) -> str:
+        v = e.get(k)
+        return f"{v['mean']:.1f}" if isinstance(v, dict) and v.get("mean") is not None else "—"
+
     for name, r in res["runs"].items():
         e = r["eval"]
-        get = lambda k: (f"{e[k]['mean']:.1f}" if isinstance(e.get(k), dict)
-                         and e[k].get("mean") is not None else "—")
         for s in r["reads"]:
             sh = s["cnn"]["shares"]
             lines.append(
                 f"| {name} | {e['epochs']} | {e['train_seconds']:.0f} | "
-                f"{e['valid_bound_population'] or float('nan'):.1f} | {get('lb')} | {get('is')} | "
-                f"{get('parzen')} | {s['steps']} | {s['frechet']:.1f} | "
+                f"{e['valid_bound_population'] or float('nan'):.1f} | {get(e, 'lb')} | "
+                f"{get(e, 'is')} | "
+                f"{get(e, 'parzen')} | {s['steps']} | {s['frechet']:.1f} | "
                 f"{s['precision']:.3f} / {s['recall']:.3f} | "
                 f"{100 * s['cnn']['confident']:.1f}% / {100 * s['mlp']['confident']:.1f}% | "
                 f"{100 * min(sh):.1f}% ({sh.index(min(sh))}) / {100 * max(sh):.1f}% "
                 f"({sh.index(max(sh))}) | {s['nearest_train_min']:.2f} |")
-    lines += ["", f"Machine: {res['machine']}, {res['threads']} thread(s), torch "
-              f"{res['torch']}; {res['seconds']:.0f} s in all.", ""]
+    lines += ["", (f"Machine: {res['machine']}, {res['threads']} thread(s), torch "
+                   f"{res['torch']}; {res['seconds']:.0f} s in all."), ""]
     return "\n".join(lines)
 
 

@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--memo-samples", type=_whole(0, SAMPLES_MAX), default=None,
                    help="samples in the memorisation check (default 1000)")
     e.add_argument("--extractor", default=None, help="feature extractor: the data set's own "
-                   "classifier (default: mnist-cnn, fashion-cnn for Fashion-MNIST), torchscript (needs --extractor-path) or inception (torch-fidelity's "
+                   "classifier (default: mnist-cnn, fashion-cnn for Fashion-MNIST), torchscript "
+                   "(needs --extractor-path) or inception (torch-fidelity's "
                    "Inception-v3, pip install 'infusion-training[inception]', or a TorchScript "
                    "one)")
     e.add_argument("--extractor-path", help="TorchScript feature model file, or torch-fidelity's "

@@ -25,9 +25,9 @@ import torch
 
 from .arrays import load_arrays, stored_info
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
+from .fashion import ensure_fashion, load_fashion
 from .fetch import Remote, check_archive, safe_extract
 from .images import NAMES, SHAPES, ensure, load_images
-from .fashion import ensure_fashion, load_fashion
 from .mnist import ensure_mnist, load_mnist, read_idx
 from .space import (
     affine_log_det,

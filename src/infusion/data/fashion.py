@@ -43,8 +43,7 @@ FASHION = IdxSet(
             "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
          "t10k-labels-idx1-ubyte":
             "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
-    mirrors=("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/"
-             "fashion/",
+    mirrors=("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
              "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
     system_dirs=("/usr/share/datasets/fashion-mnist",),
     how="or on Debian and Ubuntu install them with `apt-get install dataset-fashion-mnist`")
