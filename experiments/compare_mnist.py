@@ -1,4 +1,5 @@
-"""Infusion against diffusion, flow matching, walkback and GSN on MNIST, at equal training
+"""Infusion against diffusion, flow matching, walkback and GSN on MNIST or Fashion-MNIST
+(``--data fashion``), at equal training
 compute (algorithms.md §10, §13, §14): sample quality against the number of sampling steps, and
 the likelihood each method can estimate.
 
@@ -16,7 +17,7 @@ stopping: the last weights are scored.
 infusion, walkback and GSN from their training T up (longer chains reuse the last step),
 diffusion with its ancestral chain (respaced), DDIM (η = 0) and DPM-Solver++ (2M), the
 flow with Euler and Heun. Each row is scored on the final means against test images by the
-project's MNIST classifier (Fréchet distance, precision / recall: ``infusion.evaluate.metrics``) and by
+project's classifier of the data set (Fréchet distance, precision / recall: ``infusion.evaluate.metrics``) and by
 the Parzen-window log-likelihood with σ chosen on validation images (algorithms.md §8). NFE:
 network evaluations per sample.
 
@@ -28,9 +29,10 @@ flow's probability-flow ODE estimate (algorithms.md §14); GSN has none.
 the same training FLOPs (``experiments/diffusers_mnist.py``), sampled with its
 DPM-Solver++ scheduler.
 
-Writes ``compare_mnist.md``, ``compare_mnist.json``, ``compare_mnist.png`` (quality against
-steps) and ``compare_mnist_samples.png`` (ten samples of every sampler at ``--figure-steps``)
-into ``--out``; finished runs in ``--out/runs`` are reused, and ``--figure-only`` draws the
+Writes ``compare_DATA.md``, ``compare_DATA.json``, ``compare_DATA.png`` (quality against
+steps) and ``compare_DATA_samples.png`` (ten samples of every sampler at ``--figure-steps``)
+into ``--out`` (DATA: ``mnist`` or ``fashion``; the presets' networks and schedules, with
+``data.name`` set, and the data set's own classifier); finished runs in ``--out/runs`` are reused, and ``--figure-only`` draws the
 samples figure alone from them. The full budget (GPU):
 
     python experiments/compare_mnist.py --reference --out runs/compare_mnist
@@ -38,6 +40,7 @@ samples figure alone from them. The full budget (GPU):
 A reduced budget for a 2-core CPU (numbers not comparable with the paper's):
 
     python experiments/compare_mnist.py --reduced --reference --out runs/compare_mnist_cpu
+    python experiments/compare_mnist.py --data fashion --reduced --out runs/compare_fashion_cpu
 
 On the U-Net body instead of the MLP, add ``--net unet`` (README: the reduced CPU run of
 every method, as ``--methods infusion,diffusion,flow`` and then ``--methods walkback`` and
@@ -59,16 +62,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # diffusers_mnist beside this fi
 
 from infusion import config, train
 from infusion.chain.sampler import sample_chain
-from infusion.data import load_mnist, to_unit
+from infusion.config import DataConfig
+from infusion.data import load_split, to_unit
 from infusion.device import resolve_device
 from infusion.evaluate.likelihood import estimate_likelihood
-from infusion.evaluate.metrics import get_extractor, sample_quality
+from infusion.evaluate.metrics import default_extractor, get_extractor, sample_quality
 from infusion.evaluate.parzen import parzen_estimate
 from infusion.methods import build_method
 from infusion.training.checkpoint import load_model
 
 PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "flow": "mnist-flow",
            "walkback": "mnist-walkback", "gsn": "mnist-gsn"}
+TITLES = {"mnist": "MNIST", "fashion": "Fashion-MNIST"}
 SAMPLERS = {"diffusion": ("ancestral", "ddim", "dpm++2m"), "flow": ("euler", "heun")}
 STEPS = (1, 2, 5, 10, 15, 30, 100, 1000)
 # the shared body's widths unless --hidden: the paper's MLP; a U-Net at 28, 14 and 7 pixels
@@ -149,7 +154,7 @@ def train_method(m: str, a, out: Path, device, reuse_only: bool = False) -> dict
     cfg = config.preset(PRESETS[m])
     sets = [f"model.net={a.net}", f"model.hidden={a.hidden}", "train.epochs=100000",
             "data.n_train=0",
-            "train.patience=0", f"train.seed={a.seed}", "sample.n=100",
+            "train.patience=0", f"train.seed={a.seed}", "sample.n=100", f"data.name={a.data}",
             # bookkeeping off, so the budget goes to training
             "train.train_bound_examples=0", "train.record_chains_at=", "train.valid_examples=0"]
     if m == "diffusion":
@@ -196,6 +201,8 @@ def likelihood(run: dict, test, a) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/compare_mnist")
+    p.add_argument("--data", default="mnist", choices=tuple(TITLES),
+                   help="the data set (each method's MNIST preset with data.name set)")
     p.add_argument("--methods", default=",".join(PRESETS))
     p.add_argument("--reduced", action="store_true", help=f"CPU budget: {REDUCED}")
     p.add_argument("--net", default="mlp", choices=tuple(NET_WIDTHS),
@@ -239,9 +246,11 @@ def main(argv=None) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(a.device)
-    test, valid = load_mnist("test").images[: a.test], load_mnist("valid").images[: a.valid]
+    test, valid = (load_split(DataConfig(name=a.data), name).images[:n]
+                   for name, n in (("test", a.test), ("valid", a.valid)))
     test_unit = to_unit(torch.from_numpy(test))
-    extractor = None if a.no_fid else get_extractor("mnist-cnn")
+    extractor = None if a.no_fid else get_extractor(default_extractor(a.data))
+    stem = f"compare_{a.data}"
 
     if a.figure_only:
         shown = {}
@@ -251,7 +260,7 @@ def main(argv=None) -> None:
                 n = figure_steps(m, run["cfg"], a.figure_steps)
                 shown[(m, sampler, n)] = sample_chain(run["model"], 10, n, seed=a.seed,
                                                       sampler=sampler).means.clamp(0, 1)
-        save_samples(out / "compare_mnist_samples.png", shown)
+        save_samples(out / f"{stem}_samples.png", shown)
         return
     rows, models, shown, t_all = [], [], {}, time.time()
     for m in methods:
@@ -276,13 +285,13 @@ def main(argv=None) -> None:
         models += ref_models
         rows += ref_rows
     total = time.time() - t_all
-    (out / "compare_mnist.json").write_text(json.dumps(
+    (out / f"{stem}.json").write_text(json.dumps(
         {"settings": vars(a), "device": str(device), "models": models, "rows": rows,
          "seconds": total}, indent=2))
-    write_table(out / "compare_mnist.md", rows, models, vars(a), total, str(device))
-    save_figure(out / "compare_mnist.png", rows)
-    save_samples(out / "compare_mnist_samples.png", shown)
-    print(f"wrote {out / 'compare_mnist.md'} ({total:.0f} s)")
+    write_table(out / f"{stem}.md", rows, models, vars(a), total, str(device))
+    save_figure(out / f"{stem}.png", rows)
+    save_samples(out / f"{stem}_samples.png", shown)
+    print(f"wrote {out / f'{stem}.md'} ({total:.0f} s)")
 
 
 def reference(a, steps, scoring, shown: dict) -> tuple[list[dict], list[dict]]:
@@ -290,7 +299,7 @@ def reference(a, steps, scoring, shown: dict) -> tuple[list[dict], list[dict]]:
     methods, sampled with its DPM-Solver++ scheduler."""
     import diffusers_mnist as ref
 
-    train_x = torch.from_numpy(load_mnist("train").images)
+    train_x = torch.from_numpy(load_split(DataConfig(name=a.data), "train").images)
     batch = 128
     per_step = ref.flops_per_step(train_x, batch)
     n_steps = max(1, round(a.budget / per_step))
@@ -340,11 +349,12 @@ def write_table(path: Path, rows, models, settings: dict, seconds: float, device
                        f"{k}={settings[k]}" for k in ("net", "hidden", "budget", "diffusion_T",
                                                       "samples", "test", "valid", "lik_examples",
                                                       "lik_k", "chain_max"))
+    title = TITLES[settings.get("data", "mnist")]
     path.write_text(
-        "# MNIST at equal training compute: quality against sampling steps\n\n"
+        f"# {title} at equal training compute: quality against sampling steps\n\n"
         f"Settings: {budget}; device {device}; total {seconds:.0f} s. Budget: training FLOPs "
         "(forward + backward, matmuls and convolutions) per method. FD: "
-        "Fréchet distance of the project's MNIST classifier features against test images; "
+        f"Fréchet distance of the project's {title} classifier features against test images; "
         "precision / recall on the same features (k = 3); Parzen: algorithms.md §8 on the final "
         "means, σ chosen on validation images.\n\n## Training\n\n" + "\n".join(mlines)
         + "\n\n## Samples\n\n" + "\n".join(lines) + "\n")
