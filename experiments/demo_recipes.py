@@ -5,7 +5,7 @@ fixed amount of work with two seeds each, judged by what a user sees in the samp
     python experiments/demo_recipes.py --out RUNS/demo-recipes --recipes t5 --seeds 0 \\
         --threads 1          # beside other work: one torch thread
 
-Each recipe × seed is an ordinary run directory ``OUT/RECIPE-sSEED`` (``infusion train
+Each recipe × seed is trained and scored in turn, in an ordinary run directory ``OUT/RECIPE-sSEED`` (``infusion train
 --preset mnist-demo --set train.seed=SEED`` plus the recipe's settings; an interrupted one is
 resumed, a finished one reused). Then, for each sampling length in ``--steps`` (multiples of
 the recipe's T), 1,000 samples (seeds 0 … 999, the means after T′ steps) are read by
@@ -62,12 +62,14 @@ def train(out: Path, recipe: str, seed: int, threads: int) -> Path:
     run = out / f"{recipe}-s{seed}"
     if (run / "checkpoints" / "final.pt").exists():
         return run
-    cmd = [sys.executable, "-m", "infusion", "train", "--preset", "mnist-demo", "--run-dir",
-           str(run), "--set", f"train.seed={seed}", "--set", f"train.cpu_threads={threads}"]
-    for s in RECIPES[recipe]:
-        cmd += ["--set", s]
-    if run.exists():
+    cmd = [sys.executable, "-m", "infusion", "train", "--run-dir", str(run)]
+    if (run / "config.json").exists():  # interrupted: resumed with its own config
         cmd.append("--resume")
+    else:
+        cmd += ["--preset", "mnist-demo", "--set", f"train.seed={seed}", "--set",
+                f"train.cpu_threads={threads}"]
+        for s in RECIPES[recipe]:
+            cmd += ["--set", s]
     subprocess.run(cmd, check=True)
     return run
 
@@ -175,9 +177,7 @@ def main(argv=None) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    runs = {f"{r}-s{s}": train(out, r, int(s), a.threads)
-            for r in recipes for s in a.seeds.split(",")}
-
+    names = [(r, int(s)) for r in recipes for s in a.seeds.split(",")]
     train_set, test = load_mnist("train"), load_mnist("test")
     train_x, test_x = (to_unit(torch.from_numpy(d.images)) for d in (train_set, test))
     mlp, acc = mlp_reader(train_x, torch.from_numpy(train_set.labels), test_x,
@@ -187,15 +187,23 @@ def main(argv=None) -> None:
                "test_feats": cnn.features(test_x)}
     res = {"machine": platform.processor() or platform.machine(), "threads": a.threads,
            "torch": torch.__version__, "mlp_test_accuracy": acc, "n": a.n, "runs": {}}
-    for name, run in runs.items():
+    done = out / "demo_recipes.json"
+    if done.exists():  # runs scored before are kept
+        res["runs"] = {k: v for k, v in json.loads(done.read_text())["runs"].items()
+                       if k in {f"{r}-s{s}" for r, s in names}}
+    for recipe, seed in names:
+        name = f"{recipe}-s{seed}"
+        run = train(out, recipe, seed, a.threads)
+        if name in res["runs"]:
+            continue
         _, cfg = load_model(run)
         res["runs"][name] = {
-            "recipe": RECIPES[name.rsplit("-s", 1)[0]], "eval": evaluate(run),
+            "recipe": RECIPES[recipe], "eval": evaluate(run),
             "reads": [read(run, int(m) * cfg.method.T, readers, a.n)
                       for m in a.steps.split(",")]}
         res["seconds"] = time.time() - t0
-        (out / "demo_recipes.json").write_text(json.dumps(res, indent=2))
-    (out / "demo_recipes.md").write_text(table(res))
+        done.write_text(json.dumps(res, indent=2))
+        (out / "demo_recipes.md").write_text(table(res))
     print(table(res))
 
 

@@ -1,4 +1,5 @@
-"""Speed features (issue 6): ``infusion bench``, the EMA of the weights, mixed precision."""
+"""Speed features: ``infusion bench``, the torch threads beside other work, the EMA of the
+weights, mixed precision."""
 
 from __future__ import annotations
 
@@ -132,3 +133,45 @@ def test_bf16_training_runs(tmp_path):
     cfg = tiny_config(train={"precision": "bf16", "epochs": 1})
     train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
     assert (tmp_path / "run" / "checkpoints" / "final.pt").is_file()
+
+
+@pytest.mark.parametrize("cores,busy,requested,expected", [
+    (2, 0, 0, 2),  # quiet: torch's default, one per core
+    (2, 1, 0, 1),  # one other job on 2 cores: one thread (2.8x faster, docs/results.md)
+    (2, 2, 0, 2),  # both cores taken: two threads get the larger share
+    (8, 3, 0, 5),
+    (2, 1, 2, 2),  # asked for: kept
+    (1, 1, 0, 1),  # one core: nothing to share out
+])
+def test_auto_threads_make_room_for_other_work(monkeypatch, cores, busy, requested, expected):
+    from infusion import device
+
+    monkeypatch.setattr(device.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(device, "other_busy_processes", lambda: busy)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)  # torch's default
+    threads, why = device.cpu_threads(requested)
+    assert threads == expected
+    assert bool(why) == (threads != torch.get_num_threads())
+
+
+def test_a_run_beside_a_busy_process_says_it_trains_on_fewer_threads(tmp_path, monkeypatch):
+    from infusion import device
+
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(device, "other_busy_processes", lambda: 1)
+    threads = torch.get_num_threads()
+    lines = []
+    try:
+        torch.set_num_threads(2)
+        train(tiny_config(train={"epochs": 1}), tmp_path / "run", progress=False,
+              log=lines.append)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert any("1 other process(es) running" in s and "1 torch thread" in s for s in lines)
+
+
+def test_the_busy_count_reads_this_machine():
+    from infusion.device import other_busy_processes
+
+    assert isinstance(other_busy_processes(), int) and other_busy_processes() >= 0

@@ -31,7 +31,7 @@ from ..chain.model import ChainModel
 from ..config import Config, TrainConfig, to_dict
 from ..data import Data, load_data, shape_of
 from ..data.batches import batches
-from ..device import bf16_is_fast, mixed_precision, resolve_device
+from ..device import bf16_is_fast, cpu_threads, mixed_precision, resolve_device
 from ..errors import InputError, UserError
 from ..io import atomic_write
 from ..methods import Method, build_method, check_model_memory
@@ -157,8 +157,11 @@ class _Run:
         saved = ckpt_io.load(training_state_file(run_dir), map_location=dev) if resume else None
         cfg = run_config(cfg, saved, overrides, run_dir, overwrite)
         tc = cfg.train
-        if dev.type == "cpu" and tc.cpu_threads:
-            torch.set_num_threads(tc.cpu_threads)  # process-wide, as torch has it
+        if dev.type == "cpu":
+            threads, why = cpu_threads(tc.cpu_threads)
+            torch.set_num_threads(threads)  # process-wide, as torch has it
+            if why:
+                log(why)
         # before any data are read: the weights, their gradients, Adam's two moments (and the
         # EMA's copy) must fit
         check_model_memory(build_method(cfg.method), shape_of(cfg.data), cfg, 4 + (tc.ema > 0),
