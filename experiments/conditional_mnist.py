@@ -1,21 +1,24 @@
-"""Class-conditional infusion on MNIST (algorithms.md §15): are the samples of the class asked
-for, how do they compare with unconditional samples of the same budget, and how many nats of
+"""Class-conditional infusion on MNIST or Fashion-MNIST (algorithms.md §15): are the samples
+of the class asked for, how do they compare with unconditional samples of the same budget, and how many nats of
 log-likelihood does the class carry?
 
     infusion train --preset mnist-cond --run-dir RUNS/mnist-cond     # 8 min on 2 CPU cores
     infusion train --preset mnist-demo --run-dir RUNS/mnist-demo     # unconditional, same budget
     python experiments/conditional_mnist.py --cond RUNS/mnist-cond --uncond RUNS/mnist-demo \\
         --out RUNS/conditional_mnist
+    python experiments/conditional_mnist.py --cond RUNS/fashion-cond --uncond RUNS/fashion-demo \
+        --out RUNS/conditional_fashion        # the data set is the runs' own (data.name)
 
 Samples: ``--per-class`` for each digit (seeds 0 … n-1 in every class: only the class differs
 between rows), the means after each model's own T' steps; the unconditional model draws
 10 × ``--per-class`` samples from seeds 0, 1, …. Readings:
 
-* the project's MNIST classifier (``infusion.evaluate.metrics`` extractor ``mnist-cnn``): the fraction
+* the project's classifier of the data set (``infusion.evaluate.metrics`` extractor ``mnist-cnn``
+  or ``fashion-cnn``): the fraction
   of each class's samples it reads as that class, and the classifier Fréchet distance of
   conditional and of unconditional samples against the first 10,000 test images;
 * an independent reader written here, not part of the library: a 3-nearest-neighbour vote in
-  pixel space over the 50,000 MNIST training images (its own test accuracy is reported).
+  pixel space over the 50,000 training images (its own test accuracy is reported).
 
 Likelihoods on the first ``--examples`` test images, ``--k`` draws each (algorithms.md §7;
 one generator seed for every class, so all classes score the same draws of the same
@@ -43,9 +46,9 @@ import numpy as np
 import torch
 
 from infusion.chain.sampler import sample_chain
-from infusion.data import load_mnist, to_unit
+from infusion.data import load_split, to_unit
 from infusion.evaluate.likelihood import estimate_likelihood
-from infusion.evaluate.metrics import frechet_distance, get_extractor
+from infusion.evaluate.metrics import default_extractor, frechet_distance, get_extractor
 from infusion.figures import save_grid
 from infusion.methods import build_method
 from infusion.training.checkpoint import load_model
@@ -118,13 +121,18 @@ def main(argv=None) -> None:
               .reshape(-1, 1, 28, 28), 10)
 
     # ---- readings: the project's classifier and an independent 3-NN reader
-    train, test = load_mnist("train"), load_mnist("test")
+    if ccfg.data.name != ucfg.data.name:
+        raise SystemExit(f"the runs are of different data sets: {ccfg.data.name}, "
+                         f"{ucfg.data.name}")
+    train, test = (load_split(ccfg.data, s) for s in ("train", "test"))
     test_x = to_unit(torch.from_numpy(test.images))
     test_y = torch.from_numpy(test.labels)
-    cnn = get_extractor("mnist-cnn")
+    reader = default_extractor(ccfg.data.name)
+    cnn = get_extractor(reader)
     knn = knn_reader(to_unit(torch.from_numpy(train.images)), torch.from_numpy(train.labels))
     res["knn_test_accuracy"] = float((knn(test_x) == test_y).float().mean())
-    readings = {"mnist-cnn": cnn.logits(cs).argmax(1), "3-nn": knn(cs)}
+    readings = {reader: cnn.logits(cs).argmax(1), "3-nn": knn(cs)}
+    res["reader"] = reader
     res["read_as_asked"] = {name: {"per_class": per_class(pred, asked),
                                    "all": float((pred == asked).float().mean()),
                                    "classes_present": len(pred.unique())}
@@ -198,7 +206,8 @@ def table(r: dict) -> str:
               "training budget)."), "",
              ]
     if r["sweep"]:
-        lines += [("| steps | read as asked (mnist-cnn) | Fréchet, conditional | Fréchet, "
+        lines += [(f"| steps | read as asked ({r.get('reader', 'mnist-cnn')}) | Fréchet, "
+                   "conditional | Fréchet, "
                   "unconditional |"), "|---|---|---|---|"]
         lines += [f"| {s} | {100 * v['read_as_asked']:.1f}% | {v['frechet_conditional']:.1f} | "
                   f"{v['frechet_unconditional']:.1f} |" for s, v in r["sweep"].items()] + [""]
