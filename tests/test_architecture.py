@@ -20,12 +20,14 @@ OLD = Path(__file__).parent / "data" / "v0_1"  # run directories written by vers
 TINY = ["data.toy_size=256", "model.hidden=8,8", "train.epochs=2", "train.batch_size=64",
         "train.valid_examples=64", "sample.n=4", "sample.chains=2", "method.T=3"]
 PRESETS = {"infusion": "spiral", "walkback": "spiral-walkback", "gsn": "spiral-gsn",
-           "diffusion": "spiral-diffusion", "flow": "spiral-flow"}
+           "diffusion": "spiral-diffusion", "flow": "spiral-flow", "vae": "spiral-vae"}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_trains_in_bf16_on_the_cpu_and_loads_back(tmp_path, name):
-    cfg = config.override(config.preset(PRESETS[name]), TINY + ["train.precision=bf16"])
+    steps = min(3, getattr(config.METHOD_SETTINGS[name], "T_max", 3))  # the VAE: T = 1
+    cfg = config.override(config.preset(PRESETS[name]),
+                          TINY + [f"method.T={steps}", "train.precision=bf16"])
     final = train(cfg, tmp_path / name, progress=False, log=lambda s: None)
     model, loaded = load_model(final)
     assert isinstance(model, ChainModel) and loaded.method.name == name
@@ -41,7 +43,8 @@ def test_methods_declare_capabilities_instead_of_being_probed():
                     "walkback": (True, False, True, "bound"),
                     "gsn": (False, False, False, "bound"),
                     "diffusion": (True, False, False, "bound"),
-                    "flow": (True, False, False, "estimate")}
+                    "flow": (True, False, False, "estimate"),
+                    "vae": (True, False, False, "bound")}
     gsn = build_method(config.preset("spiral-gsn").method)
     assert isinstance(gsn, Method) and gsn.settings == config.preset("spiral-gsn").method.gsn
     model = gsn.build_model((2,), config.preset("spiral-gsn").model)

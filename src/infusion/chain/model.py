@@ -4,14 +4,16 @@ p(t)(z(t) | z(t-1)) (docs/algorithms.md §2).
 :class:`ChainModel` is the one base class. Shared code (sampler, trainer, likelihood,
 precision, compile, DDP, checkpoints) touches only its surface: ``shape``, ``d``, ``T``,
 ``prior``, ``net`` (the network body, :mod:`infusion.chain.nets`), ``forward(z, t, noise=None)``,
-``respaced(steps)`` and ``stats_ready``. :class:`GaussianChainModel` is the paper's model
-(infusion, GSN); walkback and diffusion subclass the base with their own parametrisations.
+``step(z, t, noise)`` (the sampler's step), ``respaced(steps)`` and ``stats_ready``.
+:class:`GaussianChainModel` is the paper's model (infusion, GSN); walkback, diffusion, the flow
+and the VAE subclass the base with their own parametrisations.
 """
 
 from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -55,7 +57,9 @@ class ChainModel(nn.Module, metaclass=abc.ABCMeta):
     ``forward(z, t, noise)`` returns the Gaussian transition (μ, σ²) of the sampler's step t
     (1-based), each (B, d), on flat states z (B, d). A transition that draws internal noise
     (GSN's corruption) sets ``aux_noise = True`` and receives a standard-normal ``noise`` (B, d)
-    from the sampler, so that a sample depends only on its own seed.
+    from the sampler, so that a sample depends only on its own seed. :meth:`step` is what the
+    sampler runs; a model whose draw is not that Gaussian's, or whose internal noise is not
+    (B, d) (the VAE's latent and decoder, algorithms.md §16), overrides it.
     """
 
     aux_noise = False
@@ -78,6 +82,15 @@ class ChainModel(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, σ²) of the sampler's step t given the state z (B, d)."""
+
+    def step(self, z: torch.Tensor, t, noise: Callable[[], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the sampling chain (algorithms.md §2): (z(t), μ(t)) from z(t-1) (B, d).
+        ``noise()`` gives the next (B, d) block of standard normals: one for the internal draw
+        (if ``aux_noise``), then one for z(t) = μ + σ·ε with (μ, σ²) = ``self(z, t, aux)``."""
+        aux = noise() if self.aux_noise else None
+        mean, var = self(z, t, aux)
+        return mean + var.sqrt() * noise(), mean
 
     def respaced(self, steps: int) -> ChainModel:
         """The model to run for a chain of ``steps`` steps. Steps past T reuse step T
@@ -153,6 +166,11 @@ class Given:
     def __call__(self, z: torch.Tensor, t, noise: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(z, t, noise, y=self.y)
+
+    def step(self, z: torch.Tensor, t, noise: Callable[[], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's own sampler step (:meth:`ChainModel.step`), run with the classes fixed."""
+        return type(self.model).step(self, z, t, noise)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)

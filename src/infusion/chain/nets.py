@@ -191,10 +191,14 @@ def step_features(t, embed: int, z: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    """MNIST/TFD operator body, algorithms.md §2: d → h₁ → … → ReLU with per-step BN → two heads of size d."""
+    """MNIST/TFD operator body, algorithms.md §2: d → h₁ → … → ReLU with per-step BN → two heads of size d.
+
+    ``out`` > 0 gives heads of that size instead of d, and ``sigma_head=False`` only the first
+    head (its second output is then None): the VAE's encoder and decoder (algorithms.md §16).
+    """
 
     def __init__(self, d: int, hidden: tuple[int, ...], steps: int, batch_norm: bool = True,
-                 classes: int = 0) -> None:
+                 classes: int = 0, out: int = 0, sigma_head: bool = True) -> None:
         super().__init__()
         self.class_embeds = class_embeddings(classes, list(hidden))
         self.linears = nn.ModuleList()
@@ -204,11 +208,11 @@ class MLP(nn.Module):
             self.linears.append(nn.Linear(width, h))
             self.norms.append(StepBatchNorm(h, steps) if batch_norm else nn.Identity())
             width = h
-        self.head_mu = nn.Linear(width, d)
-        self.head_sigma = nn.Linear(width, d)
+        self.head_mu = nn.Linear(width, out or d)
+        self.head_sigma = nn.Linear(width, out or d) if sigma_head else None
 
     def forward(self, z: torch.Tensor, t: int, y: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         check_classes(self, y, z.shape[0])
         h = z
         for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
@@ -217,7 +221,7 @@ class MLP(nn.Module):
                 h = h + self.class_embeds[i](y)
             h = norm(h, t) if isinstance(norm, StepBatchNorm) else h
             h = torch.relu(h)
-        return self.head_mu(h), self.head_sigma(h)
+        return self.head_mu(h), None if self.head_sigma is None else self.head_sigma(h)
 
 
 class StepEmbeddingMLP(MLP):

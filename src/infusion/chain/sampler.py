@@ -1,7 +1,8 @@
 """The sampler (docs/algorithms.md §2, §9): run a model's chain from its prior for T' steps.
 
 :func:`run_chain` is the algorithm, close to the paper: z(0) ~ p(0), then
-z(t) = μ_t + σ_t·ε_t with (μ_t, σ²_t) = model(z(t-1), t), optionally clamping observed
+z(t) = μ_t + σ_t·ε_t with (μ_t, σ²_t) = model(z(t-1), t) (the model's ``step``, which a model
+with another draw overrides, e.g. the VAE's decoder, §16), optionally clamping observed
 dimensions after every step (inpainting, §9). It is handed its noise one step at a time and
 reports every state through ``callback`` (as k-diffusion's samplers do), so memory is O(B·d)
 for any number of steps. :func:`sample_chain` adds batching and per-sample seeds: sample i's
@@ -45,8 +46,10 @@ def run_chain(model: ChainModel, noise: Noise, steps: int, *, start: torch.Tenso
 
     ``noise()`` gives the next (B, d) standard-normal block: first for z(0) (unless ``start``
     is given), then at each step one for the model's internal draw (if ``model.aux_noise``)
-    and one for the step. ``clamp = (mask, values)`` (B, d) sets the masked dimensions to
-    ``values`` at z(0) and after every step.
+    and one for the step; each step is the model's :meth:`~infusion.chain.model.ChainModel.step`
+    (a model may take other blocks, e.g. the VAE's latent, algorithms.md §16).
+    ``clamp = (mask, values)`` (B, d) sets the masked dimensions to ``values`` at z(0) and
+    after every step.
     """
     if start is None:
         z = model.prior.sample(noise())
@@ -58,9 +61,7 @@ def run_chain(model: ChainModel, noise: Noise, steps: int, *, start: torch.Tenso
     if callback is not None:
         callback({"t": 0, "z": z, "mean": mean})
     for t in range(1, steps + 1):
-        aux = noise() if model.aux_noise else None
-        mean, var = model(z, t, aux)
-        z = mean + var.sqrt() * noise()
+        z, mean = model.step(z, t, noise)
         if clamp is not None:
             z, mean = torch.where(clamp[0], clamp[1], z), torch.where(clamp[0], clamp[1], mean)
         if callback is not None:

@@ -1,5 +1,5 @@
 """The methods' own settings: ``method.<name>.*`` of the config, one frozen dataclass per
-method, each validating itself (algorithms.md §2–5 and §11–14 give their meaning) and declaring
+method, each validating itself (algorithms.md §2–5 and §11–16 give their meaning) and declaring
 what the rest of the config checks against — the method's samplers, whether its network takes
 the step as an input, whether it can be class-conditional — and :class:`MethodConfig`, the
 ``method`` section that holds them. Adding a method adds one class here, its field in
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import require
-from ..limits import STEPS_MAX, in_range
+from ..limits import STEPS_MAX, WIDTH_MAX, in_range
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,43 @@ class FlowSettings:
         ])
 
 
+VAE_DECODERS = ("gaussian", "bernoulli")  # p(x | z): factorial Gaussian, continuous Bernoulli
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    """The variational autoencoder (algorithms.md §16): ``method.vae.*``. ``method.T`` must be
+    1: a VAE draws x in one step (z ~ N(0, I), then x ~ p(x | z)); other values are refused
+    rather than ignored, so that every count derived from T (sampling steps, Parzen's steps,
+    the report's training T) means what it says. Its bodies are MLPs (``model.net=mlp``)
+    without batch norm (``model.batch_norm`` is not used)."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)
+    step_embedding: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False
+    T_max: ClassVar[int] = 1  # method.T
+    T_note: ClassVar[str] = (" (a VAE draws x in one step, z ~ N(0, I) then x ~ p(x | z): "
+                             "set method.T=1)")
+    nets: ClassVar[tuple[str, ...]] = ("mlp",)  # the model.net values it builds
+
+    latent: int = 50  # dimensions of z
+    # p(x | z): "gaussian", the factorial Gaussian of infusion's last step (μ = sigmoid(a_μ),
+    # σ² = β·sigmoid(a_σ) + ε); "bernoulli", the continuous Bernoulli, a density on [0, 1]^d
+    decoder: str = "gaussian"
+
+    def validate(self) -> None:
+        p = "method.vae"
+        require([
+            in_range(f"{p}.latent", self.latent, 1, WIDTH_MAX, " (dimensions of z)"),
+            (self.decoder in VAE_DECODERS,
+             f"{p}.decoder={self.decoder!r}: expected 'gaussian' or 'bernoulli'"),
+        ])
+
+
 # One settings class per method: ``method.<name>.*`` (adding a method adds a line here).
 METHOD_SETTINGS: dict[str, type] = {"infusion": InfusionSettings, "walkback": WalkbackSettings,
                                     "gsn": GSNSettings, "diffusion": DiffusionSettings,
-                                    "flow": FlowSettings}
+                                    "flow": FlowSettings, "vae": VaeSettings}
 METHOD_NAMES = tuple(METHOD_SETTINGS)
 
 
@@ -169,12 +202,13 @@ class MethodConfig:
     """Which method and its steps; each method's own settings in its nested section."""
 
     name: str = "infusion"
-    T: int = 15  # training steps (infusion), heated levels (walkback), walkback k (GSN), …
+    T: int = 15  # training steps (infusion), heated levels (walkback), walkback k (GSN), 1 (VAE), …
     infusion: InfusionSettings = field(default_factory=InfusionSettings)
     walkback: WalkbackSettings = field(default_factory=WalkbackSettings)
     gsn: GSNSettings = field(default_factory=GSNSettings)
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
     flow: FlowSettings = field(default_factory=FlowSettings)
+    vae: VaeSettings = field(default_factory=VaeSettings)
 
     @property
     def settings(self) -> Any:
@@ -186,5 +220,5 @@ class MethodConfig:
             (self.name in METHOD_NAMES, f"method.name={self.name!r}: expected one of {METHOD_NAMES}"),
         ])
         require([in_range("method.T", self.T, 1, getattr(self.settings, "T_max", STEPS_MAX),
-                          f" for method.name={self.name}")])
+                          f" for method.name={self.name}" + getattr(self.settings, "T_note", ""))])
         self.settings.validate()

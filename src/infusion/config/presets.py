@@ -135,6 +135,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"valid_examples": 2000},
         "sample": {"sampler": "heun"},
     },
+    # The VAEs of Table 2's AIS comparison (Wu et al. 2016: VAE-50 991.4, VAE-10 705.4 nats):
+    # Wu et al.'s 2×500 bodies (the decoder the encoder reversed), no batch norm, Adam 1e-3,
+    # batch 256, a fixed 50 epochs; the Gaussian decoder of infusion's last step
+    # (method.vae.decoder=bernoulli: the continuous Bernoulli, algorithms.md §16)
+    "mnist-vae50": {
+        "about": "VAE on MNIST (Table 2's VAE-50 baseline): 50 latent dimensions, 2x500 MLP "
+                 "encoder and decoder, Gaussian decoder, 50 epochs",
+        "model": {"hidden": (500, 500)},
+        "method": {"name": "vae", "T": 1, "vae": {"latent": 50}},
+        "train": {"epochs": 50, "batch_size": 256, "patience": 0, "valid_examples": 2000},
+    },
+    "mnist-vae10": {
+        "about": "VAE on MNIST (Table 2's VAE-10 baseline): 10 latent dimensions, 2x500 MLP "
+                 "encoder and decoder, Gaussian decoder, 50 epochs",
+        "model": {"hidden": (500, 500)},
+        "method": {"name": "vae", "T": 1, "vae": {"latent": 10}},
+        "train": {"epochs": 50, "batch_size": 256, "patience": 0, "valid_examples": 2000},
+    },
     # 10 heated levels: the variance doubles per level, so the hottest is 2^9 = 512 times the
     # temperature-1 variance (Algorithm 1's K = log2 T_max); 10 levels did best on the toys
     # against 6 and 14 (experiments/toy_suite.py, docs/results.md)
@@ -170,6 +188,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         # validation examples
         "train": {"epochs": 300, "batch_size": 256, "lr": 3e-3, "patience": 0,
                   "valid_examples": 500, "cpu_threads": 1},
+        "sample": {"n": 2000},
+    },
+    "spiral-vae": {
+        "about": "2-D spiral, VAE: 2 latent dimensions, Gaussian decoder",
+        "data": {"name": "spiral", "toy_size": 8000},
+        "model": {"hidden": (128, 128)},
+        "method": {"name": "vae", "T": 1, "vae": {"latent": 2}},
+        "train": {"epochs": 100, "batch_size": 256, "lr": 3e-3, "patience": 0,
+                  "valid_examples": 2000, "cpu_threads": 1},
         "sample": {"n": 2000},
     },
     "spiral-flow": {

@@ -40,6 +40,7 @@ from .method_settings import (  # noqa: F401  (re-exported by infusion.config)
     GSNSettings,
     InfusionSettings,
     MethodConfig,
+    VaeSettings,
     WalkbackSettings,
 )
 from .typed import assign, build
@@ -166,8 +167,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto", "fp32" or "bf16"
     compile: bool = False
     ema: float = 0.0  # EMA decay per optimiser step, e.g. 0.999
-    # torch CPU threads for the process when training on the CPU (0 = torch's default, one per
-    # core). Tiny models (the 2-D toys) train fastest on one: their steps are all overhead.
+    # torch CPU threads for the process when training on the CPU (0 = auto: torch's default,
+    # one per core, or fewer while other processes run: device.cpu_threads). Tiny models (the
+    # 2-D toys) train fastest on one: their steps are all overhead.
     cpu_threads: int = 0
 
     def validate(self) -> None:
@@ -200,7 +202,7 @@ class TrainConfig:
             (self.precision in ("auto", "fp32", "bf16"),
              f"train.precision={self.precision!r}: expected 'auto', 'fp32' or 'bf16'"),
             (0.0 <= self.ema < 1.0, f"train.ema={self.ema}: expected a decay in [0, 1) (0 = off)"),
-            in_range("train.cpu_threads", self.cpu_threads, 0, THREADS_MAX, " (0 = default)"),
+            in_range("train.cpu_threads", self.cpu_threads, 0, THREADS_MAX, " (0 = auto)"),
             in_range("train.train_bound_examples", self.train_bound_examples, 0, EXAMPLES_MAX,
                      " (0 = off)"),
             in_range("train.valid_stats_batches", self.valid_stats_batches, 0, STEPS_MAX,
@@ -257,6 +259,9 @@ class Config:
                  (self.model.net != "conv" or self.method.name not in STEP_EMBEDDING_METHODS,
                   (f"model.net='conv': method.name={self.method.name} needs a body with a step "
                    "embedding, model.net=mlp or unet (the paper's conv generator has none)")),
+                 (self.model.net in getattr(self.method.settings, "nets", NET_NAMES),
+                  (f"model.net={self.model.net!r}: method.name={self.method.name} builds only "
+                   f"{' or '.join(getattr(self.method.settings, 'nets', NET_NAMES))} bodies")),
                  (self.sample.sampler in SAMPLERS_OF.get(self.method.name, ("ancestral",)),
                   (f"sample.sampler={self.sample.sampler!r}: method.name={self.method.name} "
                    f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}")),

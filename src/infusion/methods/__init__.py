@@ -1,4 +1,4 @@
-"""Training methods and their registry (docs/algorithms.md §3–5, §11–14).
+"""Training methods and their registry (docs/algorithms.md §3–5, §11–14, §16).
 
 Adding a method: one file here with a :class:`Method` subclass, one line in :data:`METHODS`,
 one settings class in :mod:`infusion.config.method_settings` (``METHOD_SETTINGS``) and a preset.
@@ -18,10 +18,11 @@ from .diffusion import Diffusion
 from .flow import Flow
 from .gsn import GSN
 from .infusion import Infusion
+from .vae import Vae
 from .walkback import Walkback
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Infusion, Walkback, GSN, Diffusion,
-                                                         Flow)}
+                                                         Flow, Vae)}
 
 
 def build_method(cfg: MethodConfig) -> Method:
@@ -55,5 +56,5 @@ def check_model_memory(method: Method, shape: tuple[int, ...], config: Config, c
                         f"and states of shape {tuple(shape)}{held}", device)
 
 
-__all__ = ["GSN", "METHODS", "Diffusion", "Flow", "Infusion", "Method", "Walkback",
+__all__ = ["GSN", "METHODS", "Diffusion", "Flow", "Infusion", "Method", "Vae", "Walkback",
            "build_method", "check_model_memory"]

@@ -1,4 +1,4 @@
-"""The method protocol (docs/algorithms.md §3–5, §11–14): how a training chain is built from a
+"""The method protocol (docs/algorithms.md §3–5, §11–14, §16): how a training chain is built from a
 data point, which loss each step gets, and what the method can estimate.
 
 A method is a small object made from ``MethodConfig``. Shared code never asks a method for its
