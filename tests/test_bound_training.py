@@ -88,3 +88,19 @@ def test_bound_training_raises_the_validation_bound_and_records_figures(tmp_path
     with np.load(tmp_path / "infusion_chains" / "epoch-0002.npz") as f:
         assert f["chain"].shape == (cfg.method.T + 1, 5, 2)
         assert f["targets"].shape == (5, 2)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 1.0])
+def test_the_mixed_loss_weighs_the_two_losses_on_their_own_draws(w):
+    m, model, x = _model_and_method(loss="mixed", bound_weight=w)
+    den, bound = (_model_and_method(loss=kind)[0] for kind in ("denoising", "bound"))
+    g = torch.Generator().manual_seed(7)
+    mixed = m.loss(model, x, g)
+    g = torch.Generator().manual_seed(7)  # the same stream: the denoising draw, then the bound's
+    expected = (1 - w) * den.loss(model, x, g) + w * bound.loss(model, x, g)
+    assert torch.allclose(mixed, expected, rtol=1e-6, atol=1e-4)
+
+
+def test_a_bound_weight_outside_zero_one_is_refused():
+    with pytest.raises(ConfigError, match="bound_weight=1.5"):
+        override(tiny_config(), ["method.loss=mixed", "method.bound_weight=1.5"])

@@ -28,7 +28,8 @@ class InfusionSettings:
     alpha0: float = 0.0  # infusion rate of q(0)
     omega: float = 0.01  # α(t) = α(t-1) + ω, clipped to [0, 1]
     target_var: float = 1e-4  # variance of the narrow Gaussian at the target (footnote 1)
-    loss: str = "denoising"  # "denoising" (§4) or "bound" (lower-bound-based, §5)
+    loss: str = "denoising"  # "denoising" (§4), "bound" (lower-bound-based, §5) or "mixed"
+    bound_weight: float = 0.5  # "mixed": (1 - w)·denoising + w·(−bound) (§5)
     step_weight: str = "linear"  # "linear": t/T (footnote 3); "uniform": 1
 
     def validate(self) -> None:
@@ -39,8 +40,10 @@ class InfusionSettings:
             (-1.0 <= self.omega <= 1.0, f"{p}.omega={self.omega}: expected in [-1, 1]"),
             (math.isfinite(self.target_var) and self.target_var > 0,
              f"{p}.target_var={self.target_var}: expected > 0"),
-            (self.loss in ("denoising", "bound"),
-             f"{p}.loss={self.loss!r}: expected 'denoising' or 'bound'"),
+            (self.loss in ("denoising", "bound", "mixed"),
+             f"{p}.loss={self.loss!r}: expected 'denoising', 'bound' or 'mixed'"),
+            (0.0 <= self.bound_weight <= 1.0,
+             f"{p}.bound_weight={self.bound_weight}: expected a weight in [0, 1]"),
             (self.step_weight in ("linear", "uniform"),
              f"{p}.step_weight={self.step_weight!r}: expected 'linear' or 'uniform'"),
         ])

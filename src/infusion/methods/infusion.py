@@ -5,7 +5,7 @@ the model's own transition: per dimension, with probability α(t) the next state
 narrow Gaussian at x instead of from p(t)(· | z̃(t-1)). Each step is trained to denoise towards
 x, weighted by t/T (footnote 3); no gradient flows between steps. The lower-bound-based
 variant (``method.infusion.loss = "bound"``, §5) instead maximises the bound ℓ of §7 with
-gradients through the chain's Gaussian draws.
+gradients through the chain's Gaussian draws; ``"mixed"`` weighs the two.
 """
 
 from __future__ import annotations
@@ -73,9 +73,15 @@ class Infusion(Method):
         return infuse(mean, std, x, self.rates[0], generator, self.target_std)
 
     def loss(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Per-example loss, x: (B, d) -> (B,): "denoising" (algorithms.md §4) or "bound" (§5)."""
+        """Per-example loss, x: (B, d) -> (B,): "denoising" (algorithms.md §4), "bound" (§5) or
+        "mixed", (1 − w)·denoising + w·bound with w = ``bound_weight`` (§5), each on its own
+        draw of the chain."""
         if self.settings.loss == "bound":
             return self.bound_loss(model, x, generator)
+        if self.settings.loss == "mixed":
+            w = self.settings.bound_weight
+            return ((1 - w) * self.denoising_loss(model, x, generator)
+                    + w * self.bound_loss(model, x, generator))
         return self.denoising_loss(model, x, generator)
 
     def bound_loss(self, model: ChainModel, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
