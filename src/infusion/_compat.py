@@ -53,7 +53,7 @@ class _Alias(importlib.abc.Loader):
         return module
 
     def exec_module(self, module) -> None:
-        pass
+        """Nothing to run: :meth:`create_module` returned the new module, already imported."""
 
 
 class _Finder(importlib.abc.MetaPathFinder):
