@@ -47,15 +47,31 @@ from infusion.evaluate.metrics import (
 from infusion.figures import read_metric_rows
 from infusion.training.checkpoint import load_model
 
-# Each recipe: the --set assignments on top of the mnist-demo preset.
+# The mnist-demo preset (T = 5, α(0) = 0, ω = 0.1, 8 epochs, cosine + EMA 0.999) and the
+# --set assignments each recipe makes on top of it.
+T10 = ["method.T=10", "method.infusion.alpha0=0.02", "method.infusion.omega=0.02",
+       "sample.steps=30"]
 RECIPES: dict[str, list[str]] = {
-    "t10": [],  # the preset: T = 10, α(0) = 0.02, ω = 0.02, 8 epochs, cosine + EMA 0.999
-    # the rate sweep's best chain per epoch, at the same 8 epochs (half the work of t10)
-    "t5": ["method.T=5", "method.infusion.alpha0=0", "method.infusion.omega=0.1"],
+    "t5": [],  # the preset
+    "t10": T10,  # the preset of version 0.2.0: twice the work per epoch
     # … at about the work of t10 (16 epochs × 5 steps = 8 × 10)
-    "t5-16": ["method.T=5", "method.infusion.alpha0=0", "method.infusion.omega=0.1",
-              "train.epochs=16"],
+    "t5-16": ["train.epochs=16"],
+    # levers on the likelihood (algorithms.md §5, §6), each at the preset's work:
+    # the mixed loss (1 − w)·denoising + w·bound for all 8 epochs
+    "mixed": ["method.infusion.loss=mixed", "method.infusion.bound_weight=0.25"],
+    # the authors' constant rate (no decay), EMA kept
+    "const": ["train.lr_schedule=constant"],
+    # the authors' batch-norm ε (scored with stored and with moving-average statistics)
+    "bn": ["model.bn_eps=1e-4"],
+    # 6 denoising epochs (cosine), then 2 epochs of the bound loss from those weights
+    "t5-6": ["train.epochs=6"],
+    "boundft": ["method.infusion.loss=bound", "train.lr=1e-4", "train.lr_schedule=constant",
+                "train.epochs=2"],
 }
+# recipes that start from another recipe's trained weights (train.init_from, same seed)
+INIT_FROM = {"boundft": "t5-6"}
+# recipes also scored with the authors' moving-average batch-norm statistics
+EMA_SCORED = {"t5", "bn"}
 
 
 def train(out: Path, recipe: str, seed: int, threads: int) -> Path:
@@ -68,6 +84,9 @@ def train(out: Path, recipe: str, seed: int, threads: int) -> Path:
     else:
         cmd += ["--preset", "mnist-demo", "--set", f"train.seed={seed}", "--set",
                 f"train.cpu_threads={threads}"]
+        if recipe in INIT_FROM:
+            base = train(out, INIT_FROM[recipe], seed, threads)
+            cmd += ["--set", f"train.init_from={base}"]
         for s in RECIPES[recipe]:
             cmd += ["--set", s]
     subprocess.run(cmd, check=True)
@@ -114,19 +133,25 @@ def read(run: Path, steps: int, readers: dict, n: int) -> dict:
     return out
 
 
-def evaluate(run: Path) -> dict:
-    report = run / "eval" / "recipes.json"
+def _likelihoods(run: Path, name: str, extra: list[str]) -> dict:
+    report = run / "eval" / f"{name}.json"
     if not report.exists():
         subprocess.run([sys.executable, "-m", "infusion", "evaluate", "--checkpoint", str(run),
-                        "--metrics", "lb,is,parzen", "--out", str(report), "--quiet"],
-                       check=True)
+                        "--out", str(report), "--quiet", *extra], check=True)
     r = json.loads(report.read_text())["metrics"]
+    return {k: {"mean": v.get("mean"), "stderr": v.get("stderr")} for k, v in r.items()
+            if isinstance(v, dict) and "mean" in v}
+
+
+def evaluate(run: Path, ema: bool) -> dict:
     rows = read_metric_rows(run / "metrics.jsonl")
-    return {"valid_bound_population": rows[-1].get("valid_bound_population"),
-            "train_seconds": sum(r_.get("epoch_seconds", 0.0) for r_ in rows),
-            "epochs": len(rows),
-            **{k: {"mean": v.get("mean"), "stderr": v.get("stderr")} for k, v in r.items()
-               if isinstance(v, dict) and "mean" in v}}
+    out = {"valid_bound_population": rows[-1].get("valid_bound_population"),
+           "train_seconds": sum(r_.get("epoch_seconds", 0.0) for r_ in rows),
+           "epochs": len(rows),
+           **_likelihoods(run, "recipes", ["--metrics", "lb,is,parzen"])}
+    if ema:  # the authors' moving average of the batch-norm statistics (algorithms.md §6)
+        out["ema"] = _likelihoods(run, "recipes-ema", ["--metrics", "lb,is", "--bn-stats", "ema"])
+    return out
 
 
 def table(res: dict) -> str:
@@ -187,22 +212,20 @@ def main(argv=None) -> None:
                "test_feats": cnn.features(test_x)}
     res = {"machine": platform.processor() or platform.machine(), "threads": a.threads,
            "torch": torch.__version__, "mlp_test_accuracy": acc, "n": a.n, "runs": {}}
-    done = out / "demo_recipes.json"
-    if done.exists():  # runs scored before are kept
-        res["runs"] = {k: v for k, v in json.loads(done.read_text())["runs"].items()
-                       if k in {f"{r}-s{s}" for r, s in names}}
-    for recipe, seed in names:
-        name = f"{recipe}-s{seed}"
+    for recipe, seed in names:  # each run's reading is kept beside it: runs may be
+        name = f"{recipe}-s{seed}"  # scored by several invocations at once
         run = train(out, recipe, seed, a.threads)
-        if name in res["runs"]:
-            continue
-        _, cfg = load_model(run)
-        res["runs"][name] = {
-            "recipe": RECIPES[recipe], "eval": evaluate(run),
-            "reads": [read(run, int(m) * cfg.method.T, readers, a.n)
-                      for m in a.steps.split(",")]}
+        scored = run / "eval" / "demo_recipes.json"
+        if not scored.exists():
+            _, cfg = load_model(run)
+            r = {"recipe": RECIPES[recipe], "init_from": INIT_FROM.get(recipe),
+                 "eval": evaluate(run, recipe in EMA_SCORED),
+                 "reads": [read(run, int(m) * cfg.method.T, readers, a.n)
+                           for m in a.steps.split(",")]}
+            scored.write_text(json.dumps(r, indent=2))
+        res["runs"][name] = json.loads(scored.read_text())
         res["seconds"] = time.time() - t0
-        done.write_text(json.dumps(res, indent=2))
+        (out / "demo_recipes.json").write_text(json.dumps(res, indent=2))
         (out / "demo_recipes.md").write_text(table(res))
     print(table(res))
 

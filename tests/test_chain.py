@@ -116,3 +116,22 @@ def test_operator_heads_are_in_range():
     model.prior.fit(x, 1e-5)
     assert torch.allclose(model.prior.mean, x.mean(0))
     assert torch.allclose(model.prior.var, x.var(0, unbiased=False) + 1e-5, atol=1e-6)
+
+
+def test_model_bn_eps_reaches_every_step_norm_and_changes_the_normalisation():
+    from dataclasses import replace
+
+    from infusion.chain.nets import step_norms
+    from infusion.errors import InputError
+
+    cfg = ModelConfig(hidden=(8, 8))
+    default, authors = (GaussianChainModel((5,), 3, replace(cfg, bn_eps=e)) for e in (1e-5, 1e-4))
+    assert len(step_norms(authors)) == 2 and {n.eps for n in step_norms(authors)} == {1e-4}
+    assert {n.eps for n in step_norms(default)} == {1e-5}
+    bn = step_norms(authors)[0]
+    h = torch.randn(16, 8) * 1e-2  # a variance of 1e-4: ε matters
+    expected = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-4)
+    assert torch.allclose(bn(h, 1), expected, atol=1e-5)
+    for bad in (0.0, -1e-4, float("nan"), 2.0):
+        with pytest.raises(InputError, match="model.bn_eps"):
+            replace(cfg, bn_eps=bad).validate()

@@ -21,7 +21,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import InputError
 from .distributions import normal_log_prob
-from .nets import build_net, step_norms
+from .nets import build_net, step_norms, with_bn_eps
 
 
 class FactorialGaussianPrior(nn.Module):
@@ -137,7 +137,8 @@ class GaussianChainModel(ChainModel):
     def __init__(self, shape: tuple[int, ...], T: int, cfg: ModelConfig, slots: int | None = None
                  ) -> None:
         d = math.prod(shape)
-        net = build_net(cfg.net, shape, tuple(cfg.hidden), slots or T, cfg.batch_norm, cfg.classes)
+        net = with_bn_eps(build_net(cfg.net, shape, tuple(cfg.hidden), slots or T,
+                                    cfg.batch_norm, cfg.classes), cfg.bn_eps)
         super().__init__(shape, T, net, FactorialGaussianPrior(d))
         self.beta, self.eps, self.classes = cfg.beta, cfg.eps, cfg.classes
 

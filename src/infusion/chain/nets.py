@@ -400,3 +400,11 @@ def build_net(kind: str, shape: tuple[int, ...], hidden: tuple[int, ...], steps:
 def step_norms(module: nn.Module) -> list[StepBatchNorm]:
     """Every per-step batch norm inside ``module``."""
     return [m for m in module.modules() if isinstance(m, StepBatchNorm)]
+
+
+def with_bn_eps(net: nn.Module, eps: float) -> nn.Module:
+    """``net`` with ``eps`` added to the variance in each of its per-step batch norms
+    (``model.bn_eps``; the authors' code uses 1e-4, the library 1e-5; algorithms.md §6)."""
+    for norm in step_norms(net):
+        norm.eps = eps
+    return net

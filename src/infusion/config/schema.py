@@ -103,6 +103,7 @@ class ModelConfig:
     net: str = "mlp"
     hidden: tuple[int, ...] = (1200, 1200)
     batch_norm: bool = True  # per-step batch norm, paper footnote 5
+    bn_eps: float = 1e-5  # added to the batch-norm variance (the authors' code: 1e-4; §6)
     beta: float = 0.1  # σ² = β·sigmoid(a_σ) + ε
     eps: float = 1e-4
     prior_var_floor: float = 1e-5  # authors' code adds 1e-5 to the prior variance
@@ -118,6 +119,8 @@ class ModelConfig:
               f"1 to {WIDTH_MAX:,}")),
             (math.isfinite(self.beta) and self.beta > 0, f"model.beta={self.beta}: expected > 0"),
             (math.isfinite(self.eps) and self.eps > 0, f"model.eps={self.eps}: expected > 0"),
+            (math.isfinite(self.bn_eps) and 0 < self.bn_eps <= 1,
+             f"model.bn_eps={self.bn_eps}: expected a small positive number, at most 1"),
             (math.isfinite(self.prior_var_floor) and self.prior_var_floor >= 0,
              f"model.prior_var_floor={self.prior_var_floor}: expected >= 0"),
             in_range("model.classes", self.classes, 0, CLASSES_MAX, " (0 = unconditional)"),

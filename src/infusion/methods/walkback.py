@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..chain.distributions import normal_log_prob
 from ..chain.model import ChainModel, FactorialGaussianPrior
-from ..chain.nets import build_net, step_norms
+from ..chain.nets import build_net, step_norms, with_bn_eps
 from ..config import ModelConfig
 from ..errors import InputError
 from .base import Method
@@ -61,8 +61,8 @@ class WalkbackModel(ChainModel):
                  base: float = 2.0, sigma_offset: float = 0.0, sigma_max: float = 0.5,
                  variance_scaling: bool = True) -> None:
         d = math.prod(shape)
-        super().__init__(shape, T, build_net(cfg.net, shape, tuple(cfg.hidden), T, cfg.batch_norm),
-                         FactorialGaussianPrior(d))
+        net = build_net(cfg.net, shape, tuple(cfg.hidden), T, cfg.batch_norm)
+        super().__init__(shape, T, with_bn_eps(net, cfg.bn_eps), FactorialGaussianPrior(d))
         self.alpha, self.base, self.sigma_offset = alpha, base, sigma_offset
         self.variance_scaling = variance_scaling
         # Tmax = σ²_max/σ² read the other way: the temperature-1 noise σ is at most
