@@ -186,6 +186,47 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(spiral, small_memor
         checkpoint.load_model(spiral / "export", "cpu")
 
 
+@pytest.mark.parametrize("name,net,shape,hidden", [
+    ("infusion", "mlp", (784,), (64, 32)), ("walkback", "mlp", (20,), (16, 16)),
+    ("gsn", "mlp", (784,), (64, 32)), ("diffusion", "mlp", (784,), (64, 32)), ("infusion", "conv", (1, 16, 16), (16, 8)),
+    ("infusion", "unet", (1, 16, 16), (8, 16))])
+def test_the_activation_estimate_covers_what_a_training_step_keeps(name, net, shape, hidden):
+    """The tensors autograd saves for one training step's backward pass (counted by
+    saved_tensors_hooks, the weights left out) fit the estimate, which is not wildly above."""
+    from infusion.methods import activation_bytes
+
+    ov = [f"method.name={name}", f"model.net={net}", "model.hidden=" + ",".join(map(str, hidden)),
+          "method.T=4", "data.name=mnist"]
+    cfg = config.override(config.Config(), ov)
+    method = build_method(cfg.method)
+    torch.manual_seed(0)
+    model = method.build_model(shape, cfg.model)
+    weights = {w.data_ptr() for w in model.parameters()}
+    x = torch.rand(32, *shape).reshape(32, -1)
+    saved = {}
+
+    def pack(t):
+        if t.data_ptr() not in weights:
+            saved[(t.data_ptr(), t.shape)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = method.loss(model, x, torch.Generator().manual_seed(0)).mean()
+    loss.backward()
+    kept, estimate = sum(saved.values()), activation_bytes(method, shape, cfg, 32)
+    assert kept <= estimate <= 12 * kept, (kept, estimate)
+
+
+def test_a_training_batch_whose_activations_cannot_fit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "free_memory", lambda device=None: 2**30)  # 1 GiB free
+    big = config.override(config.preset("spiral"), TINY + ["train.batch_size=10000000"])
+    with pytest.raises(InputError, match=r"activations of a training step of "
+                       r"train.batch_size=10000000 \(.*GiB\).*more than the 1 GiB free"):
+        train(big, tmp_path / "big", **QUIET)
+    assert not (tmp_path / "big" / "config.json").exists()
+    train(config.override(config.preset("spiral"), TINY), tmp_path / "ok", **QUIET)
+
+
 def test_an_array_file_claiming_more_than_it_holds_is_refused_from_its_header(
         tmp_path, capsys, monkeypatch):
     huge = tmp_path / "huge.npy"

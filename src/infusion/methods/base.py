@@ -47,6 +47,11 @@ class Method(abc.ABC):
         # value on every process (set by infusion.training.distributed for that step).
         self.shared_choice: Callable[[int], int] = _identity
 
+    def loss_steps(self) -> int:
+        """Chain steps one example's loss runs through (whose activations the backward pass
+        keeps): T for the chains; the methods that draw one time per example override it."""
+        return self.T
+
     @abc.abstractmethod
     def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> ChainModel:
         """The model this method trains, on states of shape ``shape``."""

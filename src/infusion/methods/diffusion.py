@@ -234,6 +234,10 @@ class Diffusion(Method):
     name = "diffusion"
     has_likelihood = True
 
+    def loss_steps(self) -> int:
+        """One time drawn per example (not T)."""
+        return 1
+
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.betas = make_betas(self.settings.schedule, cfg.T)

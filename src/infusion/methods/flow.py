@@ -105,6 +105,10 @@ class Flow(Method):
     has_likelihood = True
     likelihood = "estimate"
 
+    def loss_steps(self) -> int:
+        """One time drawn per example (not T)."""
+        return 1
+
     def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> FlowModel:
         return FlowModel(shape, self.T, cfg, scale=self.settings.data_scale)
 

@@ -84,7 +84,7 @@ def _training_step(cfg: Config, device: torch.device, B: int):
 
     shape = shape_of(cfg.data)
     method = build_method(cfg.method)
-    check_model_memory(method, shape, cfg, 4 + (cfg.train.ema > 0), device)
+    check_model_memory(method, shape, cfg, 4 + (cfg.train.ema > 0), device, batch=B)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = method.build_model(shape, cfg.model).to(device)

@@ -163,9 +163,9 @@ class _Run:
             if why:
                 log(why)
         # before any data are read: the weights, their gradients, Adam's two moments (and the
-        # EMA's copy) must fit
+        # EMA's copy) and a training step's activations must fit
         check_model_memory(build_method(cfg.method), shape_of(cfg.data), cfg, 4 + (tc.ema > 0),
-                           dev)
+                           dev, batch=tc.batch_size)
         with distributed.main_first(ctx):  # rank 0 fills the data cache, the others read it
             data = load_data(cfg, dev, progress=progress)
         if len(data.train) < 2:
