@@ -115,6 +115,31 @@ def test_a_new_run_does_not_replace_a_users_files_of_its_names(tmp_path, name):
     assert mine.read_bytes() == b"my picture"
 
 
+def test_the_manifest_names_what_a_run_wrote_and_overwrite_keeps_the_rest(tmp_path, trained):
+    run = copy_of(trained, tmp_path / "run")
+    own = io.read_manifest(run)
+    assert own is not None and {"config.json", "metrics.jsonl", "checkpoints"} <= own
+    assert {io.manifest_name(p, run) for p in rundir.run_files(run)} <= own  # every run file
+    mine = run / "samples_by_class.png"  # a run file's name the (unconditional) run never wrote
+    mine.write_bytes(b"my picture")
+    with pytest.raises(RunError, match="samples_by_class.png' was not written by infusion"):
+        train(tiny_config(), run, overwrite=True, **QUIET)
+    assert mine.read_bytes() == b"my picture" and (run / "checkpoints" / "final.pt").exists()
+    mine.unlink()
+    train(tiny_config(train={"epochs": 1}), run, overwrite=True, **QUIET)  # the run's own: replaced
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "config.json" in io.read_manifest(run)
+    (run / io.MANIFEST).unlink()  # a run of an earlier version: the names decide, as before
+    train(tiny_config(train={"epochs": 1}), run, overwrite=True, **QUIET)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / io.MANIFEST).symlink_to(tmp_path / "users-file")
+    (tmp_path / "users-file").write_text("mine\n")
+    with pytest.raises(RunError, match="is a symbolic link"):
+        train(tiny_config(), evil, **QUIET)
+    assert (tmp_path / "users-file").read_text() == "mine\n"
+
+
 def test_evaluate_does_not_replace_the_users_files_beside_its_report(tmp_path, trained):
     from infusion.evaluate import evaluate
 

@@ -8,7 +8,9 @@ new one, never a part. Its temporary names (:func:`temp_path`) carry the writer'
 that what a killed writer left behind is told apart from a live writer's and a user's files
 (:func:`clean_stale_temps`). Inside :func:`all_or_nothing` the renames wait for the end of the
 block: an output of several files appears whole or not at all, and can be created
-exclusively.
+exclusively. A run directory holds a manifest, ``.infusion-files``: the names the library
+wrote there (:func:`record_write`), so that ``--overwrite`` replaces those and never a user's
+file of the same name.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .errors import InputError
 
 _CHUNK = 1 << 20
 _TEMP = re.compile(r"^\..+\.infusion-(\d{1,10})-[0-9a-f]{8}\.tmp$")  # temp_path's names
+MANIFEST = ".infusion-files"  # in a run directory: the names the library wrote there
 
 
 def temp_path(path: Path) -> Path:
@@ -150,6 +153,8 @@ def _commit(pending: _Pending, overwrite: bool) -> None:
     for d in {p.parent for p in (*pending.files, *pending.dirs)}:
         _fsync_dir(d)
         clean_stale_temps(d)
+    for path in (*pending.files, *pending.dirs):
+        record_write(path)
 
 
 def _create(tmp: Path, path: Path) -> None:
@@ -213,7 +218,59 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+    record_write(path)
     return path
+
+
+def start_manifest(directory: str | Path) -> None:
+    """Give ``directory`` (a new run's) an empty manifest: from now on every file the library
+    writes in it, or one folder down, is named there (:func:`record_write`)."""
+    fd = os.open(Path(directory) / MANIFEST,
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    os.close(fd)
+
+
+def read_manifest(directory: str | Path) -> set[str] | None:
+    """The names the library wrote in ``directory`` (``NAME``, or ``samples/NAME`` for the
+    preview grids), or None where it has no manifest (a run of an earlier version, or no run)."""
+    path = Path(directory) / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        return {n for n in path.read_text(errors="replace").splitlines() if n}
+    except OSError:
+        return None
+
+
+def manifest_name(path: Path, directory: Path) -> str:
+    """How ``path``, inside ``directory``, is named in its manifest: its first component
+    (a file, or a folder such as ``checkpoints``), or ``samples/NAME``."""
+    parts = path.relative_to(directory).parts
+    return "/".join(parts[:2]) if parts[0] == "samples" and len(parts) > 1 else parts[0]
+
+
+def record_write(path: Path) -> None:
+    """Name ``path`` in the manifest of the run directory it lies in (its folder or the one
+    above, the first with a manifest), appended whole (O_APPEND) so that two writers' lines
+    never mix; nothing where there is no manifest. A manifest that is a link is not written
+    through: what is written there then counts as not the library's."""
+    for d in (path.parent, path.parent.parent):
+        names = read_manifest(d)
+        if names is None:
+            if os.path.lexists(d / MANIFEST):
+                return
+            continue
+        name = manifest_name(path, d)
+        if name != MANIFEST and name not in names:
+            try:
+                fd = os.open(d / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                return
+            try:
+                os.write(fd, f"{name}\n".encode())
+            finally:
+                os.close(fd)
+        return
 
 
 def _named(e: Exception, tmp: Path, path: Path) -> Exception:

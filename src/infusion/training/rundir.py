@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import atomic_write, clean_stale_temps
+from ..io import (
+    MANIFEST,
+    atomic_write,
+    clean_stale_temps,
+    manifest_name,
+    read_manifest,
+    start_manifest,
+)
 
 # The run's own files: removed by ``overwrite``, never anything else (beside the preview grids
 # samples/epoch-NNNN.png, :func:`run_files`).
@@ -90,7 +97,10 @@ def run_files(run_dir: Path) -> list[Path]:
 def claim(run_dir: Path, overwrite: bool) -> None:
     """Make ``run_dir`` ready for a new run: refuse one that holds a run's files
     (:func:`run_files`; the user's own files of those names too, which a new run would
-    replace), unless ``overwrite``, which removes them and nothing else."""
+    replace), unless ``overwrite``, which removes them and nothing else. Where the directory
+    has a manifest (:func:`infusion.io.read_manifest`), ``overwrite`` removes only what the
+    library wrote and refuses a file of a run's name that it did not write; then the new run
+    starts an empty manifest."""
     used = run_files(run_dir)
     if used and not overwrite:
         resumable = any((run_dir / "checkpoints").glob("epoch-*.pt"))
@@ -98,11 +108,25 @@ def claim(run_dir: Path, overwrite: bool) -> None:
                 "it saved no resumable state; ") + "--overwrite to replace it, or another --run-dir"
         names = ", ".join(str(p.relative_to(run_dir)) for p in used)
         raise RunError(f"run directory {str(run_dir)!r} already holds a run ({names}); {hint}")
+    own = read_manifest(run_dir)
+    foreign = [p for p in used if own is not None and manifest_name(p, run_dir) not in own]
+    if foreign:
+        raise RunError(f"{str(foreign[0])!r} was not written by infusion (it is not named in "
+                       f"{str(run_dir / MANIFEST)!r}); --overwrite replaces only the run's own "
+                       "files: move it away, or use another --run-dir")
     for p in used:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if any(p.parent.name == "samples" for p in used):
         with contextlib.suppress(OSError):  # the preview folder, if nothing else is in it
             (run_dir / "samples").rmdir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        start_manifest(run_dir)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise RunError(f"{str(run_dir / MANIFEST)!r} is a symbolic link; infusion does not "
+                       "write through links: remove it, or use another --run-dir") from None
 
 
 def training_state_file(run_dir: str | Path) -> Path:
