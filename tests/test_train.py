@@ -172,6 +172,10 @@ def test_init_from_starts_from_a_trained_model(tmp_path):
             str(start.resolve())
     train(fresh, tmp_path / "cold", **QUIET)
     assert _rows(tmp_path / "cold")[0]["valid_bound_population"] < best - 1.0
+    said = []
+    train(config.override(fresh, [f"train.init_from={export}", "model.bn_eps=1e-4"]),
+          tmp_path / "eps", progress=False, log=said.append)
+    assert any("trained with model.bn_eps=1e-05, this run uses 0.0001" in s for s in said)
     wider = config.override(tiny_config(model={"hidden": (48, 32)}), [f"train.init_from={export}"])
     with pytest.raises(RunError, match="train.init_from=.*does not fit"):
         train(wider, tmp_path / "misfit", **QUIET)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..chain.model import ChainModel
+from ..chain.nets import step_norms
 from ..config import Config, from_dict, override
 from . import checkpoint as ckpt_io
 from . import rundir
@@ -96,7 +97,7 @@ def warm_start(model: ChainModel, source: str, log) -> None:
     """Start from the weights and buffers (the prior, the per-step batch-norm statistics) of an
     exported model, run directory or checkpoint: ``train.init_from``, fine-tuning with a fresh
     optimiser. The source must be the same method, data shape and network."""
-    src, _ = ckpt_io.load_model(source, "cpu", statistics=False)
+    src, src_cfg = ckpt_io.load_model(source, "cpu", statistics=False)
     mine, theirs = model.state_dict(), src.state_dict()
     misfit = [k for k in mine.keys() | theirs.keys()
               if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape]
@@ -107,6 +108,10 @@ def warm_start(model: ChainModel, source: str, log) -> None:
                                                    if misfit else ""))
     model.load_state_dict(theirs)
     log(f"starting from the weights of {source} (train.init_from)")
+    eps = {n.eps for n in step_norms(model)}
+    if eps and src_cfg.model.bn_eps not in eps:  # the weights fit; the normalisation shifts
+        log(f"note: the source was trained with model.bn_eps={src_cfg.model.bn_eps:g}, this run "
+            f"uses {min(eps):g}")
 
 
 def check_training_state(saved: dict) -> None:
