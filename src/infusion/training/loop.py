@@ -155,7 +155,7 @@ class _Run:
     @classmethod
     def start(cls, cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log) -> _Run:
         saved = ckpt_io.load(training_state_file(run_dir), map_location=dev) if resume else None
-        cfg = run_config(cfg, saved, overrides, run_dir, overwrite)
+        cfg = run_config(cfg, saved, overrides, run_dir, overwrite, ctx.main)
         tc = cfg.train
         if dev.type == "cpu":
             threads, why = cpu_threads(tc.cpu_threads)

@@ -94,13 +94,14 @@ def run_files(run_dir: Path) -> list[Path]:
     return found
 
 
-def claim(run_dir: Path, overwrite: bool) -> None:
+def claim(run_dir: Path, overwrite: bool, main: bool = True) -> None:
     """Make ``run_dir`` ready for a new run: refuse one that holds a run's files
     (:func:`run_files`; the user's own files of those names too, which a new run would
     replace), unless ``overwrite``, which removes them and nothing else. Where the directory
     has a manifest (:func:`infusion.io.read_manifest`), ``overwrite`` removes only what the
     library wrote and refuses a file of a run's name that it did not write; then the new run
-    starts an empty manifest."""
+    starts an empty manifest. Only the ``main`` process (rank 0) removes and starts; the
+    others check alone, so that every process refuses the same directory."""
     used = run_files(run_dir)
     if used and not overwrite:
         resumable = any((run_dir / "checkpoints").glob("epoch-*.pt"))
@@ -114,6 +115,8 @@ def claim(run_dir: Path, overwrite: bool) -> None:
         raise RunError(f"{str(foreign[0])!r} was not written by infusion (it is not named in "
                        f"{str(run_dir / MANIFEST)!r}); --overwrite replaces only the run's own "
                        "files: move it away, or use another --run-dir")
+    if not main:
+        return
     for p in used:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if any(p.parent.name == "samples" for p in used):

@@ -50,7 +50,7 @@ def diverged_message(run_dir: Path, state: TrainState, what) -> str:
 
 
 def run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str], run_dir: Path,
-                overwrite: bool) -> Config:
+                overwrite: bool, main: bool = True) -> Config:
     """The run's config: new (refusing a used directory unless ``overwrite``), or the stored
     one with ``train.*``/``sample.*`` overrides on resume (anything else is refused)."""
     if saved is not None:
@@ -76,7 +76,7 @@ def run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str],
         cfg = replace(cfg, train=replace(cfg.train, init_from=str(source)))
     if cfg.train.tensorboard:
         summary_writer()  # a missing package is an error before the run directory is claimed
-    rundir.claim(run_dir, overwrite)
+    rundir.claim(run_dir, overwrite, main)
     return cfg
 
 
