@@ -204,7 +204,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", default="mnist", choices=tuple(TITLES),
                    help="the data set (each method's MNIST preset with data.name set)")
     p.add_argument("--methods", default=",".join(PRESETS))
-    p.add_argument("--reduced", action="store_true", help=f"CPU budget: {REDUCED}")
+    p.add_argument("--reduced", action="store_true",
+                   help=f"CPU budget: {REDUCED} (each overridden by its own option)")
     p.add_argument("--net", default="mlp", choices=tuple(NET_WIDTHS),
                    help="the shared body: the paper's MLP or a small U-Net")
     p.add_argument("--hidden", default="",
@@ -234,10 +235,10 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if a.reduced:  # the CPU budget's values, where the command line gives none
+        p.set_defaults(**REDUCED)
+        a = p.parse_args(argv)
     a.hidden = a.hidden or NET_WIDTHS[a.net]
-    if a.reduced:
-        for k, v in REDUCED.items():
-            setattr(a, k, v)
     methods = a.methods.split(",")
     for m in methods:
         if m not in PRESETS:

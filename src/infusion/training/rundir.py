@@ -110,7 +110,7 @@ def claim(run_dir: Path, overwrite: bool, main: bool = True) -> None:
         names = ", ".join(str(p.relative_to(run_dir)) for p in used)
         raise RunError(f"run directory {str(run_dir)!r} already holds a run ({names}); {hint}")
     own = read_manifest(run_dir)
-    foreign = [p for p in used if own is not None and manifest_name(p, run_dir) not in own]
+    foreign = [] if own is None else [p for p in used if manifest_name(p, run_dir) not in own]
     if foreign:
         raise RunError(f"{str(foreign[0])!r} was not written by infusion (it is not named in "
                        f"{str(run_dir / MANIFEST)!r}); --overwrite replaces only the run's own "
