@@ -153,6 +153,23 @@ def test_evaluate_does_not_replace_the_users_files_beside_its_report(tmp_path, t
     assert all((out.parent / n).read_bytes() == b"mine" for n in ("samples.npz", "r.md"))
 
 
+def test_evaluate_overwrite_replaces_only_what_an_evaluation_wrote(tmp_path, trained):
+    from infusion.evaluate import evaluate
+
+    out = tmp_path / "ev" / "r.json"  # a folder the evaluation creates: it keeps a manifest
+    evaluate(trained, ["lb"], out, device="cpu", **QUIET)
+    assert {"r.json", "r.md"} <= io.read_manifest(out.parent)
+    before = out.read_bytes()
+    mine = out.parent / "samples.npz"  # a name the evaluation writes, put there by the user
+    mine.write_bytes(b"mine")
+    with pytest.raises(InputError, match="samples.npz' was not written by infusion"):
+        evaluate(trained, ["lb"], out, overwrite=True, device="cpu", **QUIET)
+    assert mine.read_bytes() == b"mine" and out.read_bytes() == before
+    mine.unlink()
+    evaluate(trained, ["lb"], out, overwrite=True, device="cpu", **QUIET)  # its own: replaced
+    assert json.loads(out.read_text())["status"]["state"] == "complete"
+
+
 def test_fit_does_not_write_its_data_into_a_file_of_the_users(tmp_path):
     mine = tmp_path / "mine.npz"
     np.savez(mine, keep=np.arange(3))
