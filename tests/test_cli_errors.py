@@ -106,6 +106,21 @@ def test_a_pt2_extractor_is_refused_before_anything_is_unpickled(tmp_path):
     assert not marker.exists()
 
 
+def test_an_extractor_file_for_the_projects_own_classifier_is_one_error_line(tmp_path, capsys):
+    """The data set's own classifier reads no file: --extractor-path with it is refused
+    before anything runs, where it once reached the classifier's factory as a TypeError."""
+    from infusion.evaluate import EvalSettings
+    from infusion.errors import InputError
+
+    for extractor in ("", "mnist-cnn", "fashion-cnn"):
+        with pytest.raises(InputError, match="--extractor-path 'w.zip'.*reads no file"):
+            EvalSettings(extractor=extractor, extractor_path="w.zip").validate()
+    EvalSettings(extractor="torchscript", extractor_path="w.zip").validate()  # its file
+    code, _, err = run(["evaluate", "--checkpoint", str(tmp_path / "none"), "--metrics", "fid",
+                        "--extractor-path", "w.zip", "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 2 and "reads no file" in err and "Traceback" not in err
+
+
 def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(monkeypatch, capsys):
     def broken(args):
         return 1 / 0

@@ -163,6 +163,13 @@ class EvalSettings:
         if self.bn_stats not in BN_STATS:
             raise InputError(f"evaluation setting bn_stats={self.bn_stats!r}: expected one of "
                              f"{', '.join(BN_STATS)}")
+        from .metrics import OWN_EXTRACTORS
+
+        if self.extractor_path and self.extractor in ("", *OWN_EXTRACTORS.values()):
+            raise InputError(f"--extractor-path {self.extractor_path!r}: the "
+                             f"{self.extractor or 'data set' + chr(39) + 's own'} classifier is "
+                             "trained and cached by infusion and reads no file; a file is for "
+                             "--extractor torchscript or inception")
         return self
 
     def clamped(self, sizes: dict[str, int]) -> tuple[EvalSettings, list[str]]:
