@@ -134,7 +134,7 @@ def read(run: Path, steps: int, readers: dict, n: int) -> dict:
 
 
 def _likelihoods(run: Path, name: str, extra: list[str]) -> dict:
-    report = run / "eval" / f"{name}.json"
+    report = run / "eval" / name / "report.json"  # a folder each: its arrays beside it
     if not report.exists():
         subprocess.run([sys.executable, "-m", "infusion", "evaluate", "--checkpoint", str(run),
                         "--out", str(report), "--quiet", *extra], check=True)
