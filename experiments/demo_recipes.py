@@ -59,6 +59,8 @@ RECIPES: dict[str, list[str]] = {
     # levers on the likelihood (algorithms.md §5, §6), each at the preset's work:
     # the mixed loss (1 − w)·denoising + w·bound for all 8 epochs
     "mixed": ["method.infusion.loss=mixed", "method.infusion.bound_weight=0.25"],
+    # … with a fifth of that weight on the bound
+    "mixed05": ["method.infusion.loss=mixed", "method.infusion.bound_weight=0.05"],
     # the authors' constant rate (no decay), EMA kept
     "const": ["train.lr_schedule=constant"],
     # the authors' batch-norm ε (scored with stored and with moving-average statistics)
