@@ -108,9 +108,9 @@ def test_a_pt2_extractor_is_refused_before_anything_is_unpickled(tmp_path):
 
 def test_an_extractor_file_for_the_projects_own_classifier_is_one_error_line(tmp_path, capsys):
     """The data set's own classifier reads no file: --extractor-path with it is refused
-    before anything runs, where it once reached the classifier's factory as a TypeError."""
-    from infusion.evaluate import EvalSettings
+    before anything runs, as one error line."""
     from infusion.errors import InputError
+    from infusion.evaluate import EvalSettings
 
     for extractor in ("", "mnist-cnn", "fashion-cnn"):
         with pytest.raises(InputError, match="--extractor-path 'w.zip'.*reads no file"):
