@@ -166,9 +166,9 @@ class EvalSettings:
         from .metrics import OWN_EXTRACTORS
 
         if self.extractor_path and self.extractor in ("", *OWN_EXTRACTORS.values()):
-            raise InputError(f"--extractor-path {self.extractor_path!r}: the "
-                             f"{self.extractor or 'data set' + chr(39) + 's own'} classifier is "
-                             "trained and cached by infusion and reads no file; a file is for "
+            which = self.extractor or "data set's own"
+            raise InputError(f"--extractor-path {self.extractor_path!r}: the {which} classifier "
+                             "is trained and cached by infusion and reads no file; a file is for "
                              "--extractor torchscript or inception")
         return self
 
