@@ -249,6 +249,13 @@ def manifest_name(path: Path, directory: Path) -> str:
     return "/".join(parts[:2]) if parts[0] == "samples" and len(parts) > 1 else parts[0]
 
 
+def not_written_here(directory: Path, paths: list[Path]) -> list[Path]:
+    """The ``paths`` (inside ``directory``) that its manifest does not name: files of the
+    library's names that the library did not write. None of them where it has no manifest."""
+    own = read_manifest(directory)
+    return [] if own is None else [p for p in paths if manifest_name(p, directory) not in own]
+
+
 def record_write(path: Path) -> None:
     """Name ``path`` in the manifest of the run directory it lies in (its folder or the one
     above, the first with a manifest), appended whole (O_APPEND) so that two writers' lines

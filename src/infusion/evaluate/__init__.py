@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io import MANIFEST, clean_stale_temps, read_manifest, start_manifest
+from ..io import MANIFEST, clean_stale_temps, not_written_here, start_manifest
 from .likelihood_rows import likelihood_rows
 from .protocol import (  # noqa: F401  (the public names of infusion.evaluate)
     BN_STATS,
@@ -84,7 +84,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     if taken and not overwrite:  # the files written beside the report are replaced too
         raise InputError(f"{str(taken[0])!r} exists beside the report {str(out)!r} (the "
                          "evaluation writes it); pass --overwrite, or an --out in another folder")
-    _claim_folder(out, [p for p in report_files(out) if os.path.lexists(p)])
+    _claim_folder(out, [out, *taken] if os.path.lexists(out) else taken)
     clean_stale_temps(out.parent)  # what a killed evaluation's writes left there
     method = build_method(cfg.method)
     splits, labels = _splits(cfg, progress)
@@ -163,8 +163,7 @@ def _claim_folder(out: Path, replaced: list[Path]) -> None:
     user's file of an evaluation's name is refused even with ``overwrite``; a folder the
     evaluation creates (or finds empty) starts one."""
     folder = out.parent
-    own = read_manifest(folder)
-    foreign = [] if own is None else [p for p in replaced if p.name not in own]
+    foreign = not_written_here(folder, replaced)
     if foreign:
         raise InputError(f"{str(foreign[0])!r} was not written by infusion (it is not named in "
                          f"{str(folder / MANIFEST)!r}); --overwrite replaces only the "

@@ -21,8 +21,7 @@ from ..io import (
     MANIFEST,
     atomic_write,
     clean_stale_temps,
-    manifest_name,
-    read_manifest,
+    not_written_here,
     start_manifest,
 )
 
@@ -109,8 +108,7 @@ def claim(run_dir: Path, overwrite: bool, main: bool = True) -> None:
                 "it saved no resumable state; ") + "--overwrite to replace it, or another --run-dir"
         names = ", ".join(str(p.relative_to(run_dir)) for p in used)
         raise RunError(f"run directory {str(run_dir)!r} already holds a run ({names}); {hint}")
-    own = read_manifest(run_dir)
-    foreign = [] if own is None else [p for p in used if manifest_name(p, run_dir) not in own]
+    foreign = not_written_here(run_dir, used)
     if foreign:
         raise RunError(f"{str(foreign[0])!r} was not written by infusion (it is not named in "
                        f"{str(run_dir / MANIFEST)!r}); --overwrite replaces only the run's own "
