@@ -52,6 +52,8 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=1000, help="samples to read")
     p.add_argument("--steps", type=int, default=0, help="sampling steps (default: the run's)")
     a = p.parse_args(argv)
+    if a.n < 1 or a.steps < 0:
+        p.error(f"--n {a.n} / --steps {a.steps}: expected at least one sample and steps >= 0")
     t_all = time.time()
     model, cfg = load_model(a.checkpoint)
     if cfg.data.name not in NAMES:
@@ -68,7 +70,7 @@ def main(argv=None) -> None:
     train, test = (load_split(cfg.data, s) for s in ("train", "test"))
     train_x, train_y = to_unit(torch.from_numpy(train.images)), torch.from_numpy(train.labels)
     test_x, test_y = to_unit(torch.from_numpy(test.images)), torch.from_numpy(test.labels)
-    mlp, mlp_acc = mlp_reader(train_x, train_y, test_x, test_y)
+    mlp, _ = mlp_reader(train_x, train_y, test_x, test_y)
     knn = knn_reader(train_x, train_y)
     cnn = get_extractor(default_extractor(cfg.data.name))
     logits = {"mlp": mlp, "cnn": cnn.logits}
@@ -82,7 +84,6 @@ def main(argv=None) -> None:
             r["confident"] = class_coverage(logits[name](means))["confident_fraction"]
             r["test_confident"] = class_coverage(logits[name](test_x))["confident_fraction"]
         res["readers"][name] = r
-    res["readers"]["mlp"]["test_accuracy"] = mlp_acc
     res.update(machine=platform.processor() or platform.machine(),
                threads=torch.get_num_threads(), torch=torch.__version__,
                seconds=time.time() - t_all)
@@ -94,10 +95,10 @@ def main(argv=None) -> None:
 def table(r: dict) -> str:
     titles = {"mlp": "MLP (independent)", "3-nn": "3-NN (independent)",
               "cnn": "project classifier"}
-    lines = [f"{r['n']:,} samples of `{r['checkpoint']}` ({r['data']}, the means after "
-             f"{r['steps']} steps), each class's share as read by each reader:", "",
-             "| reader | test accuracy | p ≥ 0.9 (samples / test images) | "
-             + " | ".join(r["classes"]) + " |", "|---" * (13) + "|"]
+    head = (f"{r['n']:,} samples of `{r['checkpoint']}` ({r['data']}, the means after "
+            f"{r['steps']} steps), each class's share as read by each reader:")
+    columns = "| reader | test accuracy | p ≥ 0.9 (samples / test images) | "
+    lines = [head, "", columns + " | ".join(r["classes"]) + " |", "|---" * 13 + "|"]
     for name, x in r["readers"].items():
         conf = (f"{100 * x['confident']:.1f}% / {100 * x['test_confident']:.1f}%"
                 if "confident" in x else "—")
@@ -105,8 +106,9 @@ def table(r: dict) -> str:
                      + " | ".join(f"{100 * s:.1f}%" for s in x["shares"]) + " |")
     lines.append("| test images (true labels) | | | "
                  + " | ".join(f"{100 * s:.1f}%" for s in r["test_shares"]) + " |")
-    lines += ["", f"Machine: {r['machine']}, {r['threads']} thread(s), torch {r['torch']}; "
-              f"{r['seconds']:.0f} s in all.", ""]
+    machine = (f"Machine: {r['machine']}, {r['threads']} thread(s), torch {r['torch']}; "
+               f"{r['seconds']:.0f} s in all.")
+    lines += ["", machine, ""]
     return "\n".join(lines)
 
 
