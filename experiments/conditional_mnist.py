@@ -2,7 +2,7 @@
 of the class asked for, how do they compare with unconditional samples of the same budget, and how many nats of
 log-likelihood does the class carry?
 
-    infusion train --preset mnist-cond --run-dir RUNS/mnist-cond     # 8 min on 2 CPU cores
+    infusion train --preset mnist-cond --run-dir RUNS/mnist-cond     # 3 epochs, minutes on a CPU
     infusion train --preset mnist-demo --run-dir RUNS/mnist-demo     # unconditional, same budget
     python experiments/conditional_mnist.py --cond RUNS/mnist-cond --uncond RUNS/mnist-demo \\
         --out RUNS/conditional_mnist
