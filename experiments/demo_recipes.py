@@ -6,7 +6,8 @@ fixed amount of work with two seeds each, judged by what a user sees in the samp
         --threads 1          # beside other work: one torch thread
 
 Each recipe × seed is trained and scored in turn, in an ordinary run directory ``OUT/RECIPE-sSEED`` (``infusion train
---preset mnist-demo --set train.seed=SEED`` plus the recipe's settings; an interrupted one is
+--preset mnist-demo --set train.seed=SEED``, the cosine rate of ``BASE`` and the recipe's
+settings; an interrupted one is
 resumed, a finished one reused). Then, for each sampling length in ``--steps`` (multiples of
 the recipe's T), 1,000 samples (seeds 0 … 999, the means after T′ steps) are read by
 
@@ -47,8 +48,11 @@ from infusion.evaluate.metrics import (
 from infusion.figures import read_metric_rows
 from infusion.training.checkpoint import load_model
 
-# The mnist-demo preset (T = 5, α(0) = 0, ω = 0.1, 8 epochs, cosine + EMA 0.999) and the
-# --set assignments each recipe makes on top of it.
+# The recipes' base: the mnist-demo preset (T = 5, α(0) = 0, ω = 0.1, 8 epochs, EMA 0.999)
+# with the cosine rate it had when they were measured (the preset now trains at the constant
+# rate of `const`), and the --set assignments each recipe makes on top of it.
+BASE = ["train.lr_schedule=cosine"]
+CONST = ["train.lr_schedule=constant"]
 T10 = ["method.T=10", "method.infusion.alpha0=0.02", "method.infusion.omega=0.02",
        "sample.steps=30"]
 RECIPES: dict[str, list[str]] = {
@@ -62,7 +66,10 @@ RECIPES: dict[str, list[str]] = {
     # … with a fifth of that weight on the bound
     "mixed05": ["method.infusion.loss=mixed", "method.infusion.bound_weight=0.05"],
     # the authors' constant rate (no decay), EMA kept
-    "const": ["train.lr_schedule=constant"],
+    "const": CONST,  # the preset since then; one change each to it:
+    "const-lr2e3": CONST + ["train.lr=2e-3"],  # twice the rate
+    "const-bs128": CONST + ["train.batch_size=128"],  # twice the steps, half the batch
+    "const-ema9995": CONST + ["train.ema=0.9995"],  # a longer average of the weights
     # the authors' batch-norm ε (scored with stored and with moving-average statistics)
     "bn": ["model.bn_eps=1e-4"],
     # 6 denoising epochs (cosine), then 2 epochs of the bound loss from those weights
@@ -89,7 +96,7 @@ def train(out: Path, recipe: str, seed: int, threads: int) -> Path:
         if recipe in INIT_FROM:
             base = train(out, INIT_FROM[recipe], seed, threads)
             cmd += ["--set", f"train.init_from={base}"]
-        for s in RECIPES[recipe]:
+        for s in BASE + RECIPES[recipe]:
             cmd += ["--set", s]
     subprocess.run(cmd, check=True)
     return run

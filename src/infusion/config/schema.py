@@ -169,7 +169,8 @@ class TrainConfig:
     # for validation and sampling (0 = off).
     precision: str = "auto"  # "auto", "fp32" or "bf16"
     compile: bool = False
-    ema: float = 0.0  # EMA decay per optimiser step, e.g. 0.999
+    # EMA decay per optimiser step, e.g. 0.999; warmed up as min(ema, (1 + n)/(10 + n))
+    ema: float = 0.0
     # torch CPU threads for the process when training on the CPU (0 = auto: torch's default,
     # one per core, or fewer while other processes run: device.cpu_threads). Tiny models (the
     # 2-D toys) train fastest on one: their steps are all overhead.
