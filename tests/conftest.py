@@ -1,6 +1,11 @@
-"""Shared fixtures: an isolated cache, a tiny fake MNIST, and a small trained spiral model."""
+"""Shared fixtures: an isolated cache, a tiny fake MNIST, and a small trained spiral model;
+and a loader for the scripts of ``experiments/``."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +13,21 @@ import torch
 
 from infusion import config, data
 from infusion.data import mnist
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiment(name: str):
+    """The module of ``experiments/NAME.py``, imported with its folder on ``sys.path`` (its
+    scripts import their siblings)."""
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
 
 
 def fake_mnist_cache(mp, root) -> dict:

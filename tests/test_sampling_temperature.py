@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
 from infusion.chain.sampler import PerSampleNoise, run_chain, sample_chain
 from infusion.training.checkpoint import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_experiment
 
-
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "experiments"))  # it imports its sibling demo_recipes
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
-
-
-CooledNoise = _load("sampling_temperature").CooledNoise
+CooledNoise = load_experiment("sampling_temperature").CooledNoise
 
 
 def test_cooled_noise_scales_only_the_blocks_after_the_hot_steps():

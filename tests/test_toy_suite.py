@@ -3,25 +3,15 @@ on a tiny budget."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_experiment
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-toy_suite = _load("toy_suite")
+toy_suite = load_experiment("toy_suite")
 
 
 def test_mmd_known_answers():
@@ -58,7 +48,7 @@ def test_toy_suite_end_to_end(tmp_path):
 
 
 def test_compare_mnist_end_to_end(tiny_mnist, tmp_path):
-    compare = _load("compare_mnist")
+    compare = load_experiment("compare_mnist")
     compare.main(["--out", str(tmp_path), "--methods", "diffusion,walkback", "--no-fid",
                   "--net", "unet", "--hidden", "4", "--budget", "2e9", "--diffusion-T", "20",
                   "--steps", "5,10,20", "--solver-max", "5", "--chain-max", "10",
