@@ -24,6 +24,7 @@ def load_experiment(name: str):
     try:
         spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up
         spec.loader.exec_module(mod)
         return mod
     finally:

@@ -119,3 +119,37 @@ def test_flow_samplers_are_checked():
     with pytest.raises(ValueError, match="deterministic"):
         model.solver("heun", 5, eta=0.5)
     assert model.solver("ancestral", 7).integrator == "euler" and model.solver("heun", 7).T == 7
+
+
+class TimeRecorder(torch.nn.Module):
+    """A velocity net that keeps the times it is asked at."""
+
+    def forward(self, y, t):
+        self.t = t / 1000.0
+        return torch.zeros_like(y), torch.zeros_like(y)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "logit_normal"])
+def test_training_times_follow_method_flow_time_sampling(kind):
+    """The loss's training times: U(0, 1) draws, or sigmoid of N(0, 1) draws (algorithms.md
+    §14), the first draws of the loss's generator; the loss ‖0 − (ε − y)‖² is then exact."""
+    cfg = config.override(config.preset("spiral-flow"), [f"method.flow.time_sampling={kind}",
+                                                          "method.flow.data_scale=1"])
+    method = build_method(cfg.method)
+    model = FlowModel((3,), 20, net=TimeRecorder(), scale=1.0)
+    x = torch.full((4000, 3), 0.5)  # y = 0
+    loss = method.loss(model, x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    want = torch.sigmoid(torch.randn(4000, generator=g)) if kind == "logit_normal" \
+        else torch.rand(4000, generator=g)
+    eps = torch.randn(4000, 3, generator=g)
+    assert torch.allclose(model.net.t, want, atol=1e-6)
+    assert torch.allclose(loss, eps.square().sum(-1), atol=1e-5)
+    # logit-normal times crowd s = ½: 68% within sigmoid(±1) = [0.27, 0.73], uniform 46%
+    inner = float(((want > 0.2689) & (want < 0.7311)).float().mean())
+    assert inner == pytest.approx(0.683 if kind == "logit_normal" else 0.462, abs=0.03)
+
+
+def test_flow_time_sampling_is_checked():
+    with pytest.raises(config.ConfigError, match="time_sampling"):
+        config.override(config.preset("spiral-flow"), ["method.flow.time_sampling=beta"])

@@ -150,10 +150,15 @@ class FlowSettings:
 
     data_scale: float = 2.0  # flow space y = (x - 0.5)·scale, as diffusion's
     likelihood_steps: int = 50  # Heun steps of the probability-flow ODE for log p(x)
+    # training times s: "uniform", U(0, 1); "logit_normal", sigmoid of N(0, 1) (Esser et al.
+    # 2024), more of them near s = ½ where the velocity is hardest to predict
+    time_sampling: str = "uniform"
 
     def validate(self) -> None:
         p = "method.flow"
         require([
+            (self.time_sampling in ("uniform", "logit_normal"),
+             f"{p}.time_sampling={self.time_sampling!r}: expected 'uniform' or 'logit_normal'"),
             (math.isfinite(self.data_scale) and self.data_scale > 0,
              f"{p}.data_scale={self.data_scale}: expected > 0"),
             in_range(f"{p}.likelihood_steps", self.likelihood_steps, 1, STEPS_MAX),

@@ -98,6 +98,16 @@ class FlowModel(ChainModel):
         return y_next / self.scale + 0.5, torch.zeros_like(y_next)
 
 
+def training_times(kind: str, n: int, generator: torch.Generator | None,
+                   like: torch.Tensor) -> torch.Tensor:
+    """n training times s in (0, 1) (``method.flow.time_sampling``, algorithms.md §14):
+    "uniform" draws U(0, 1); "logit_normal" draws sigmoid(u), u ~ N(0, 1)."""
+    if kind == "logit_normal":
+        u = torch.randn(n, generator=generator, device=like.device, dtype=like.dtype)
+        return torch.sigmoid(u)
+    return torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+
+
 class Flow(Method):
     """Flow matching with the linear (rectified) path, algorithms.md §14."""
 
@@ -116,7 +126,7 @@ class Flow(Method):
              generator: torch.Generator | None) -> torch.Tensor:
         """‖v̂(y_τ, τ) − (ε − y)‖² per example, (B, d) -> (B,)."""
         y = model.to_flow(x)
-        tau = torch.rand(y.shape[0], generator=generator, device=y.device, dtype=y.dtype)
+        tau = training_times(self.settings.time_sampling, y.shape[0], generator, y)
         eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         y_tau = (1 - tau[:, None]) * y + tau[:, None] * eps
         return (model.velocity(y_tau, tau) - (eps - y)).square().sum(-1)

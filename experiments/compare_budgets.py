@@ -1,0 +1,545 @@
+"""Which generator wins when each is trained properly? Infusion, diffusion, flow matching,
+variational walkback, GSN and the VAE on one MLP body, each tuned with the same small recipe
+search, then trained on a ladder of budgets in units of ``make demo``'s training compute
+(algorithms.md §10–§16).
+
+**Budget.** One unit (1×) is the training FLOPs of the ``mnist-demo`` preset: 8 epochs of the
+50,000 training images through its T = 5 chain on the 2×1024 MLP (matmuls, forward and
+backward, as ``infusion bench`` counts them; :func:`compare_mnist.training_cost`). A method's
+run at budget b stops at ``train.max_steps`` = b × unit / (batch × its FLOPs per example):
+diffusion and the flow (one network pass per example) take about five times the Adam steps of
+the demo's chain. No validation pass during training, no early stopping: the last weights
+(their EMA where the recipe keeps one) are scored.
+
+**Equal tuning.** Every method gets the same four trials at 1×, seed 0 (:data:`TRIALS`): the
+shared base recipe (batch 256, Adam 1e-3 constant, EMA 0.999), the rate doubled, no EMA, and
+the method's own key setting (infusion: the paper's chain T = 15, ω = 0.01 against the demo's
+T = 5, ω = 0.1; diffusion: the cosine schedule; the flow: logit-normal times; walkback:
+temperatures ×√2 over 15 levels; GSN: Gaussian corruption; the VAE: 10 latent dimensions). The
+trial with the lowest classifier FD against **validation** images, at the step count where the
+method does best, is the method's recipe. Test images are not looked at until then.
+
+**Ladder.** The chosen recipe trains at each ``--budgets`` multiple: seeds ``--seeds`` at 1×,
+seed 0 above (seed 0 at 1× is the tuning run itself). Each model is sampled at NFE 1, 2, 5, 10,
+15, 25, 50, 100 where it can (chains from their training T up; diffusion ancestral, DDIM and
+DPM-Solver++; the flow Euler and Heun; the VAE once) and scored against test images: the
+project's classifier FD and precision / recall, the share of samples the independent MLP
+reader of ``experiments/read_samples.py`` reads with p ≥ 0.9 beside its share for real test
+images, Parzen (σ on validation images), sampling seconds per 1,000 samples; and the model's
+likelihood on the first ``--lik-examples`` test images (infusion's and walkback's bound and IS,
+the VAE's ELBO and IWAE, k = ``--lik-k``; diffusion's bound; the flow's ODE estimate).
+
+**Resumable.** Runs live in ``--work`` (outside the checkout); a finished run and its scores
+are reused, a stopped or killed one resumes from its last checkpoint (training is
+deterministic). ``--minutes`` stops the driver cleanly between or inside runs; run it again
+to go on. Several drivers may share ``--work`` on disjoint ``--methods``; ``--stage report``
+gathers everything finished into ``--out``::
+
+    W=~/infusion-runs/compare-budgets
+    python experiments/compare_budgets.py --stage tune --methods infusion,diffusion,flow \\
+        --work $W --minutes 150 --threads 1
+    python experiments/compare_budgets.py --stage ladder --work $W --minutes 150 --threads 1
+    python experiments/compare_budgets.py --stage report --work $W \\
+        --out experiments/results/compare_budgets_mnist
+
+Writes ``compare_budgets.json`` (``rows``: one per method, recipe, budget, seed, sampler and
+NFE; ``tuning``: the validation rows of every trial; ``models``: training cost and likelihood
+of each model), ``compare_budgets.md`` and the figures ``fd_vs_nfe.png`` (a panel per budget,
+a line per method), ``fd_vs_budget.png`` and ``samples.png`` (each method at 1, 5 and 15 NFE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts
+
+from compare_mnist import training_cost
+from demo_recipes import mlp_reader
+
+import infusion
+from infusion import config, train
+from infusion.chain.sampler import sample_chain
+from infusion.config import DataConfig
+from infusion.data import load_split, to_unit
+from infusion.errors import UserError
+from infusion.evaluate.likelihood import estimate_likelihood
+from infusion.evaluate.metrics import (
+    class_coverage,
+    default_extractor,
+    get_extractor,
+    sample_quality,
+)
+from infusion.evaluate.parzen import parzen_estimate
+from infusion.methods import build_method
+from infusion.training.checkpoint import load_model
+from infusion.training.rundir import training_state_file
+
+PRESETS = {"infusion": "mnist-demo", "diffusion": "mnist-diffusion", "flow": "mnist-flow",
+           "walkback": "mnist-walkback", "gsn": "mnist-gsn", "vae": "mnist-vae50"}
+# The recipe every method starts from: the demo's training on the 2×1024 MLP.
+COMMON = ["model.net=mlp", "model.hidden=1024,1024", "train.batch_size=256", "train.lr=1e-3",
+          "train.lr_schedule=constant", "train.ema=0.999", "train.epochs=100000",
+          "train.patience=0", "train.valid_examples=0", "train.train_bound_examples=0",
+          "train.record_chains_at=", "sample.n=100", "data.n_train=0"]
+SHARED_TRIALS = {"base": [], "lr2e-3": ["train.lr=2e-3"], "no-ema": ["train.ema=0"]}
+KEY_TRIALS = {
+    "infusion": ("paper-chain", ["method.T=15", "method.infusion.omega=0.01"]),
+    "diffusion": ("cosine", ["method.diffusion.schedule=cosine"]),
+    "flow": ("logit-normal", ["method.flow.time_sampling=logit_normal"]),
+    "walkback": ("sqrt2-15", ["method.walkback.schedule=sqrt2", "method.T=15", "sample.steps=20"]),
+    "gsn": ("gaussian-0.3", ["method.gsn.noise=gaussian", "method.gsn.noise_level=0.3"]),
+    "vae": ("latent10", ["method.vae.latent=10"]),
+}
+TRIALS = {m: {**SHARED_TRIALS, KEY_TRIALS[m][0]: KEY_TRIALS[m][1]} for m in PRESETS}
+SAMPLERS = {"diffusion": ("ancestral", "ddim", "dpm++2m"), "flow": ("euler", "heun")}
+NFES = (1, 2, 5, 10, 15, 25, 50, 100)
+DEMO_EPOCHS, TRAIN_IMAGES = 8, 50_000
+
+
+@dataclass
+class Scoring:
+    """What every model is scored against: real images (uint8 and in [0, 1]), the classifier,
+    the independent reader and its share of confident reads of real test images."""
+
+    ref: np.ndarray  # the images FD, precision / recall and Parzen's test term use
+    ref_unit: torch.Tensor
+    valid: np.ndarray  # Parzen's σ
+    extractor: object
+    reader: object
+    reader_real: float
+
+
+def run_config(m: str, recipe: str, budget: float, seed: int, a) -> tuple[config.Config, dict]:
+    """The config of one run and its training cost (FLOPs and passes per example, steps)."""
+    sets = COMMON + [f"data.name={a.data}", f"train.seed={seed}",
+                     f"train.cpu_threads={a.threads}"] + TRIALS[m][recipe] + a.set
+    cfg = config.override(config.preset(PRESETS[m]), sets)
+    passes, flops = training_cost(cfg)
+    steps = max(1, math.ceil(budget * a.unit / (cfg.train.batch_size * flops)))
+    cfg = config.override(cfg, [f"train.max_steps={steps}"])
+    return cfg, {"flops_per_example": flops, "passes_per_example": passes,
+                 "optimiser_steps": steps, "batch": cfg.train.batch_size,
+                 "train_flops": steps * cfg.train.batch_size * flops}
+
+
+def demo_unit() -> float:
+    """Training FLOPs of ``make demo``: 8 epochs of 50,000 images, its FLOPs per example."""
+    return DEMO_EPOCHS * TRAIN_IMAGES * training_cost(config.preset("mnist-demo"))[1]
+
+
+def steps_done(run_dir: Path) -> int:
+    """Optimiser steps in the run's last resumable checkpoint (0 if none)."""
+    try:
+        path = training_state_file(run_dir)
+    except UserError:
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["state"]["step"])
+
+
+class OutOfTime(Exception):
+    """The driver's ``--minutes`` ran out; its runs are resumable."""
+
+
+def train_run(m: str, recipe: str, budget: float, seed: int, a, deadline: float) -> Path:
+    """Train (or reuse, or resume) one run; its directory, with ``done.json`` once finished."""
+    run_dir = Path(a.work) / a.data / "runs" / f"{m}-{recipe}-x{budget:g}-s{seed}"
+    done = run_dir / "done.json"
+    if done.exists():
+        return run_dir
+    minutes = (deadline - time.time()) / 60
+    if minutes < 1:
+        raise OutOfTime
+    cfg, cost = run_config(m, recipe, budget, seed, a)
+    limit = [f"train.max_minutes={minutes:.2f}" if math.isfinite(minutes) else "train.max_minutes=0"]
+    t0, quiet = time.time(), {"progress": False, "log": lambda s: None}
+    if steps_done(run_dir) > 0:
+        print(f"resuming {run_dir.name} at step {steps_done(run_dir)}", flush=True)
+        train(None, run_dir, resume=True, overrides=limit, device=a.device, **quiet)
+    else:
+        print(f"training {run_dir.name}: {cost['optimiser_steps']:,} steps", flush=True)
+        train(config.override(cfg, limit), run_dir, overwrite=run_dir.exists(),
+              device=a.device, **quiet)
+    seconds = time.time() - t0
+    clock = run_dir / "wall_seconds.txt"  # summed over resumed pieces
+    total = seconds + (float(clock.read_text()) if clock.exists() else 0.0)
+    clock.write_text(f"{total:.1f}\n")
+    if steps_done(run_dir) < cost["optimiser_steps"]:
+        raise OutOfTime
+    done.write_text(json.dumps({"method": m, "recipe": recipe, "budget": budget, "seed": seed,
+                                **cost, "wall_seconds": total, "threads": a.threads}, indent=1))
+    return run_dir
+
+
+def sample_plan(m: str, T: int, nfes) -> list[tuple[str, int]]:
+    """(sampler, steps) pairs a model is scored at: chains from their training T up, the VAE
+    once, diffusion's and the flow's samplers at each NFE (Heun: 2·steps − 1 evaluations)."""
+    if m == "vae":
+        return [("ancestral", 1)]
+    if m in SAMPLERS:
+        plan = []
+        for s in SAMPLERS[m]:
+            steps = ({max(1, (n + 1) // 2) for n in nfes} if s == "heun" else
+                     {n for n in nfes if s != "ancestral" or n <= T})
+            plan += [(s, k) for k in sorted(steps)]
+        return plan
+    return [("ancestral", k) for k in sorted({T} | {n for n in nfes if n > T})]
+
+
+def nfe(sampler: str, steps: int) -> int:
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def score_model(run_dir: Path, scoring: Scoring, a, full: bool) -> list[dict]:
+    """One row per (sampler, steps): FD (and, with ``full``, precision / recall, the reader's
+    confident share, Parzen) of ``--samples`` final means against ``scoring.ref``."""
+    model, cfg = load_model(run_dir, a.device, log=lambda s: None)
+    m = cfg.method.name
+    rows = []
+    for sampler, steps in sample_plan(m, cfg.method.T, a.nfe):
+        t0 = time.time()
+        means = sample_chain(model, a.samples, steps, seed=0, sampler=sampler,
+                             batch_size=500).means.clamp(0, 1).reshape(-1, 1, 28, 28).cpu()
+        seconds = time.time() - t0
+        q = sample_quality(scoring.extractor, means, scoring.ref_unit,
+                           metrics=("fid", "precision") if full else ("fid",))
+        row = {"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
+               "fd": q["fid"]["value"], "sample_seconds_per_1000": 1000 * seconds / a.samples}
+        if full:
+            parzen = parzen_estimate(means.reshape(len(means), -1), scoring.valid, scoring.ref)
+            row.update(precision=q["precision"]["precision"], recall=q["precision"]["recall"],
+                       reader_confident=class_coverage(scoring.reader(means))["confident_fraction"],
+                       reader_confident_real=scoring.reader_real,
+                       parzen=parzen.mean, parzen_se=parzen.stderr,
+                       parzen_sigma=parzen.extra["sigma"])
+        rows.append(row)
+    return rows
+
+
+def likelihood(run_dir: Path, test: np.ndarray, a) -> dict:
+    """The model's likelihood on the first ``--lik-examples`` test images (nats)."""
+    model, cfg = load_model(run_dir, a.device, log=lambda s: None)
+    method = build_method(cfg.method)
+    if not method.has_likelihood or a.lik_examples == 0:
+        return {}
+    m = cfg.method.name
+    k = a.lik_k if m in ("infusion", "walkback", "vae") else 1
+    kinds = {"infusion": ("bound", "IS"), "walkback": ("bound", "IS"), "vae": ("ELBO", "IWAE"),
+             "diffusion": ("bound", None), "flow": ("ODE estimate", None)}
+    t0 = time.time()
+    est = estimate_likelihood(model, method, torch.from_numpy(test[: a.lik_examples]), k, seed=0)
+    out = {"likelihood_kind": kinds[m][0], "likelihood": est["lb"].mean,
+           "likelihood_se": est["lb"].stderr, "likelihood_k": k,
+           "likelihood_examples": min(a.lik_examples, len(test)),
+           "likelihood_seconds": time.time() - t0}
+    if kinds[m][1]:
+        out.update(likelihood_is_kind=kinds[m][1], likelihood_is=est["is"].mean,
+                   likelihood_is_se=est["is"].stderr)
+    return out
+
+
+def cached(path: Path, make):
+    """JSON ``path``, or ``make()`` written there (atomically) first."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = make()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+    return value
+
+
+def scoring_for(a, split: str) -> Scoring:
+    """The images, classifier and reader that ``split`` ("valid" or "test") rows are scored on."""
+    data = DataConfig(name=a.data)
+    ref = load_split(data, split).images[: a.ref_images]
+    valid = load_split(data, "valid").images[: a.ref_images]
+    if split != "test":  # the reader reads test rows only
+        return Scoring(ref, to_unit(torch.from_numpy(ref)), valid,
+                       get_extractor(default_extractor(a.data)), None, math.nan)
+    train_split, test = load_split(data, "train"), load_split(data, "test")
+    reader, _ = mlp_reader(to_unit(torch.from_numpy(train_split.images)),
+                           torch.from_numpy(train_split.labels),
+                           to_unit(torch.from_numpy(test.images)), torch.from_numpy(test.labels))
+    real = class_coverage(reader(to_unit(torch.from_numpy(test.images))))["confident_fraction"]
+    return Scoring(ref, to_unit(torch.from_numpy(ref)), valid,
+                   get_extractor(default_extractor(a.data)), reader, real)
+
+
+def tune(a, methods, deadline: float) -> None:
+    """Every trial of every method at 1×, seed 0, scored on validation images."""
+    scoring = None
+    for m in methods:
+        for recipe in TRIALS[m]:
+            run_dir = train_run(m, recipe, 1, 0, a, deadline)
+            if scoring is None and not (run_dir / "valid_rows.json").exists():
+                scoring = scoring_for(a, "valid")
+            rows = cached(run_dir / "valid_rows.json",
+                          partial(score_model, run_dir, scoring, a, full=False))
+            best = min(rows, key=lambda r: r["fd"])
+            print(f"{m} {recipe}: best validation FD {best['fd']:.1f} "
+                  f"({best['sampler']}, {best['nfe']} NFE)", flush=True)
+
+
+def chosen_recipe(a, m: str) -> str | None:
+    """The trial with the lowest validation FD at its best NFE, once all trials are scored."""
+    runs = Path(a.work) / a.data / "runs"
+    best = {}
+    for recipe in TRIALS[m]:
+        path = runs / f"{m}-{recipe}-x1-s0" / "valid_rows.json"
+        if not path.exists():
+            return None
+        best[recipe] = min(r["fd"] for r in json.loads(path.read_text()))
+    return min(best, key=best.get)
+
+
+def ladder_plan(a) -> list[tuple[float, int]]:
+    """(budget, seed) pairs: every seed at the lowest budget, seed 0 above it."""
+    low = min(a.budgets)
+    return [(b, s) for b in a.budgets for s in (a.seeds if b == low else a.seeds[:1])]
+
+
+def ladder(a, methods, deadline: float) -> None:
+    """The chosen recipe of each method at every budget, scored on test images."""
+    scoring, test = None, load_split(DataConfig(name=a.data), "test").images[: a.ref_images]
+    for budget, seed in ladder_plan(a):
+        for m in methods:
+            recipe = chosen_recipe(a, m)
+            if recipe is None:
+                print(f"{m}: its trials are not all scored yet; run --stage tune first", flush=True)
+                continue
+            run_dir = train_run(m, recipe, budget, seed, a, deadline)
+            if scoring is None and not (run_dir / "test_rows.json").exists():
+                scoring = scoring_for(a, "test")
+            cached(run_dir / "test_rows.json", partial(score_model, run_dir, scoring, a, full=True))
+            cached(run_dir / "likelihood.json", partial(likelihood, run_dir, test, a))
+            print(f"{m} {recipe} x{budget:g} seed {seed}: scored", flush=True)
+
+
+def gather(a) -> dict:
+    """Every finished run's rows, the tuning rows and the models, as written to the JSON."""
+    runs = Path(a.work) / a.data / "runs"
+    rows, tuning, models = [], [], []
+    for done in sorted(runs.glob("*/done.json")):
+        info = json.loads(done.read_text())
+        key = {k: info[k] for k in ("method", "recipe", "budget", "seed")}
+        for r in json.loads(_read(done.parent / "valid_rows.json", "[]")):
+            tuning.append({**key, **r})
+        test_rows = json.loads(_read(done.parent / "test_rows.json", "[]"))
+        lik = json.loads(_read(done.parent / "likelihood.json", "{}"))
+        if test_rows:
+            models.append({**info, **lik})
+            rows += [{**key, **r, **{k: v for k, v in lik.items() if k.startswith("likelihood")}}
+                     for r in test_rows]
+    return {"rows": rows, "tuning": tuning, "models": models,
+            "chosen": {m: chosen_recipe(a, m) for m in PRESETS}}
+
+
+def _read(path: Path, default: str) -> str:
+    return path.read_text() if path.exists() else default
+
+
+def spread(values: list[float]) -> str:
+    """Mean, and ± half the range where there are two seeds or more."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {(max(values) - min(values)) / 2:.1f}"
+
+
+def report(a, result: dict, out: Path) -> None:
+    """The markdown table and the figures of ``result``."""
+    rows, tuning = result["rows"], result["tuning"]
+    lines = [f"# {a.data}: every method tuned at 1× and trained on a ladder of budgets", "",
+             (f"Budget unit: {a.unit / 1e12:.1f} TFLOP (make demo's training). Samples per row: "
+             f"{a.samples}; reference images: {a.ref_images}. Machine: {result['machine']}; "
+             f"torch {torch.__version__}; infusion {infusion.__version__}."), "",
+             "## Recipe search (1×, seed 0, validation FD at the best NFE)", "",
+             "| method | recipe | best FD (valid) | at NFE | sampler | chosen |",
+             "|---|---|---:|---:|---|---|"]
+    for (m, recipe), group in _groups(tuning, ("method", "recipe")).items():
+        best = min(group, key=lambda r: r["fd"])
+        mark = "✓" if result["chosen"].get(m) == recipe else ""
+        lines.append(f"| {m} | {recipe} | {best['fd']:.1f} | {best['nfe']} | {best['sampler']} "
+                     f"| {mark} |")
+    lines += ["", "## Test rows (seed spread: ± half the range over seeds)", "",
+              ("| method | recipe | budget | sampler | NFE | seeds | FD ↓ | precision | recall | "
+              "reader sure (samples / real) | Parzen | s / 1,000 |"),
+              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (m, recipe, b, s, n), g in _groups(rows, ("method", "recipe", "budget", "sampler",
+                                                   "nfe")).items():
+        lines.append(
+            f"| {m} | {recipe} | {b:g}× | {s} | {n} | {len(g)} | {spread([r['fd'] for r in g])} "
+            f"| {spread([r['precision'] for r in g])} | {spread([r['recall'] for r in g])} | "
+            f"{spread([100 * r['reader_confident'] for r in g])}% / "
+            f"{100 * g[0]['reader_confident_real']:.1f}% | {spread([r['parzen'] for r in g])} | "
+            f"{spread([r['sample_seconds_per_1000'] for r in g])} |")
+    lines += ["", "## Models: training cost and likelihood (nats, test images)", "",
+              ("| method | recipe | budget | seed | Adam steps × batch | passes / example | "
+              "training TFLOP | wall s | likelihood | second estimate |"),
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in result["models"]:
+        lik = (f"{x['likelihood']:.1f} ± {x['likelihood_se']:.1f} ({x['likelihood_kind']}, "
+               f"k = {x['likelihood_k']})" if "likelihood" in x else "—")
+        second = (f"{x['likelihood_is']:.1f} ± {x['likelihood_is_se']:.1f} "
+                  f"({x['likelihood_is_kind']})" if "likelihood_is" in x else "—")
+        lines.append(f"| {x['method']} | {x['recipe']} | {x['budget']:g}× | {x['seed']} | "
+                     f"{x['optimiser_steps']:,} × {x['batch']} | {x['passes_per_example']:.2f} | "
+                     f"{x['train_flops'] / 1e12:.1f} | {x['wall_seconds']:.0f} | {lik} | "
+                     f"{second} |")
+    (out / "compare_budgets.md").write_text("\n".join(lines) + "\n")
+    if rows:
+        fd_figure(rows).savefig(out / "fd_vs_nfe.png", dpi=120)
+        budget_figure(rows).savefig(out / "fd_vs_budget.png", dpi=120)
+
+
+def _groups(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def fd_figure(rows: list[dict]) -> Figure:
+    """FD against NFE, a panel per budget, a line per method (its best sampler at each NFE;
+    the mean over seeds)."""
+    budgets = sorted({r["budget"] for r in rows})
+    fig = Figure(figsize=(4.2 * len(budgets), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(budgets), squeeze=False)[0]
+    for ax, b in zip(axes, budgets):
+        for m, g in _groups([r for r in rows if r["budget"] == b], ("method",)).items():
+            best: dict[int, float] = {}
+            for (_, n), h in _groups(g, ("sampler", "nfe")).items():
+                best[n] = min(best.get(n, math.inf), float(np.mean([r["fd"] for r in h])))
+            xs = sorted(best)
+            ax.plot(xs, [best[x] for x in xs], marker="o", ms=3, label=m[0])
+        ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample",
+               ylabel="classifier FD ↓ (test)", title=f"{b:g}× the demo's compute")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def budget_figure(rows: list[dict]) -> Figure:
+    """Each method's best FD (any sampler and NFE; mean over seeds) against the budget."""
+    fig = Figure(figsize=(4.6, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for m, g in _groups(rows, ("method",)).items():
+        pts = []
+        for (b,), h in sorted(_groups(g, ("budget",)).items()):
+            pts.append((b, min(float(np.mean([r["fd"] for r in k]))
+                               for k in _groups(h, ("sampler", "nfe")).values())))
+        ax.plot(*zip(*pts), marker="o", label=m[0])
+    ax.set(xscale="log", yscale="log", xlabel="training compute (× make demo)",
+           ylabel="best classifier FD ↓ (test)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def samples_figure(a, result: dict, out: Path) -> None:
+    """Ten samples of each method's chosen recipe at its highest finished budget, seed 0, at
+    1, 5 and 15 NFE (the nearest NFE it can run; its best sampler there)."""
+    runs, shown = Path(a.work) / a.data / "runs", []
+    for m in PRESETS:
+        mine = [x for x in result["models"] if x["method"] == m and x["seed"] == 0]
+        if not mine:
+            continue
+        top = max(mine, key=lambda x: x["budget"])
+        run_dir = runs / f"{m}-{top['recipe']}-x{top['budget']:g}-s0"
+        model, _cfg = load_model(run_dir, a.device, log=lambda s: None)
+        mrows = [r for r in result["rows"] if r["method"] == m and r["budget"] == top["budget"]
+                 and r["seed"] == 0]
+        for want in (1, 5, 15):
+            near = min(mrows, key=lambda r: (abs(r["nfe"] - want), r["fd"]))
+            x = sample_chain(model, 10, near["steps"], seed=0, sampler=near["sampler"])
+            shown.append((f"{m} {top['budget']:g}×\n{near['sampler']} {near['nfe']} NFE",
+                          x.means.clamp(0, 1).reshape(10, 28, 28).cpu()))
+    if not shown:
+        return
+    fig = Figure(figsize=(7.5, 0.8 * len(shown)), layout="constrained")
+    for ax, (label, means) in zip(fig.subplots(len(shown), 1, squeeze=False)[:, 0], shown):
+        ax.imshow(torch.cat(list(means), dim=1).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.savefig(out / "samples.png", dpi=120)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", default="all", choices=("tune", "ladder", "report", "all"))
+    p.add_argument("--work", required=True, help="runs and their scores (outside the checkout)")
+    p.add_argument("--out", default="", help="where --stage report/all writes (default: --work)")
+    p.add_argument("--data", default="mnist", choices=("mnist", "fashion"))
+    p.add_argument("--methods", default=",".join(PRESETS))
+    p.add_argument("--budgets", default="1,4", help="multiples of make demo's training FLOPs")
+    p.add_argument("--seeds", default="0,1", help="seeds at the lowest budget (seed 0 above)")
+    p.add_argument("--nfe", default=",".join(map(str, NFES)))
+    p.add_argument("--samples", type=int, default=2000, help="samples per row")
+    p.add_argument("--ref-images", type=int, default=10000,
+                   help="validation / test images scored against")
+    p.add_argument("--lik-examples", type=int, default=1000)
+    p.add_argument("--lik-k", type=int, default=100, help="draws of the bound / ELBO per image")
+    p.add_argument("--unit", type=float, default=0.0,
+                   help="FLOPs of one budget unit (default: make demo's training, measured)")
+    p.add_argument("--set", action="append", default=[],
+                   help="extra KEY=VALUE settings for every run (e.g. a smaller body for a test)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: all)")
+    p.add_argument("--minutes", type=float, default=0.0, help="stop cleanly after this (0: never)")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    methods = a.methods.split(",")
+    bad = [m for m in methods if m not in PRESETS]
+    if bad:
+        p.error(f"unknown method {bad[0]!r}; available: {', '.join(PRESETS)}")
+    try:
+        a.budgets = sorted(float(b) for b in a.budgets.split(","))
+        a.seeds = [int(s) for s in a.seeds.split(",")]
+        a.nfe = tuple(int(n) for n in a.nfe.split(","))
+    except ValueError as e:
+        p.error(f"--budgets / --seeds / --nfe: {e}")
+    if (min(a.budgets) <= 0 or min(a.nfe) < 1 or a.samples < 2 or a.ref_images < 2
+            or a.minutes < 0 or a.unit < 0 or a.seeds[0] != 0):
+        p.error("expected budgets > 0, NFE >= 1, at least two samples and images, minutes and "
+                "unit >= 0, and seed 0 first")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.unit = a.unit or demo_unit()
+    deadline = time.time() + 60 * a.minutes if a.minutes else math.inf
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    try:
+        if a.stage in ("tune", "all"):
+            tune(a, methods, deadline)
+        if a.stage in ("ladder", "all"):
+            ladder(a, methods, deadline)
+    except OutOfTime:
+        print(f"--minutes {a.minutes:g} ran out; run the same command again to go on", flush=True)
+        return
+    if a.stage in ("report", "all"):
+        out = Path(a.out or a.work)
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"settings": {k: v for k, v in vars(a).items() if k not in ("work", "out")},
+                  "machine": f"{platform.processor() or platform.machine()}, "
+                             f"{a.threads or torch.get_num_threads()} thread(s) per run",
+                  "torch": torch.__version__, "version": infusion.__version__, **gather(a)}
+        (out / "compare_budgets.json").write_text(json.dumps(result, indent=1))
+        report(a, result, out)
+        samples_figure(a, result, out)
+        print(f"wrote {out / 'compare_budgets.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

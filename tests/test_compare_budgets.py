@@ -1,0 +1,95 @@
+"""experiments/compare_budgets.py end to end on a tiny fake MNIST: the budget formula, the
+recipe chosen on validation rows, the ladder's rows with their plain keys, reuse of finished
+runs, and a clean stop when its time runs out."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from .conftest import fake_mnist_cache, load_experiment
+
+cb = load_experiment("compare_budgets")
+
+TINY = ["--set", "model.hidden=16,16", "--set", "train.batch_size=32", "--unit", "1e9",
+        "--samples", "16", "--ref-images", "32", "--nfe", "1,2,5", "--lik-examples", "4",
+        "--lik-k", "2", "--budgets", "1,2", "--threads", "1", "--methods", "infusion,flow"]
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    """One tiny tune + ladder + report of infusion and the flow; its work folder and JSON."""
+    root = tmp_path_factory.mktemp("ladder")
+    mp = pytest.MonkeyPatch()
+    fake_mnist_cache(mp, root)
+    try:
+        cb.main(["--work", str(root / "w")] + TINY)
+        yield root / "w", json.loads((root / "w" / "compare_budgets.json").read_text()), mp
+    finally:
+        mp.undo()
+
+
+def test_each_run_trains_its_budget_in_flops(ladder):
+    """Adam steps = ceil(budget × unit / (batch × FLOPs per example)): the flow's one network
+    pass per example buys it about five times the steps of the T = 5 chain."""
+    _work, result, _ = ladder
+    models = {(x["method"], x["recipe"], x["budget"], x["seed"]): x for x in result["models"]}
+    for x in models.values():
+        assert x["optimiser_steps"] == math.ceil(x["budget"] * 1e9 / (32 * x["flops_per_example"]))
+        assert x["train_flops"] == pytest.approx(x["budget"] * 1e9, rel=0.05)
+    inf = next(x for k, x in models.items() if k[0] == "infusion" and k[2] == 1 and k[3] == 0)
+    assert inf["passes_per_example"] == (15 if inf["recipe"] == "paper-chain" else 5)
+
+
+def test_the_recipe_is_the_lowest_validation_fd(ladder):
+    _work, result, _ = ladder
+    for m in ("infusion", "flow"):
+        trials = [r for r in result["tuning"] if r["method"] == m]
+        assert {r["recipe"] for r in trials} == set(cb.TRIALS[m])  # four trials each
+        assert all(r["budget"] == 1 and r["seed"] == 0 for r in trials)
+        assert result["chosen"][m] == min(trials, key=lambda r: r["fd"])["recipe"]
+        # the ladder trains the chosen recipe alone
+        assert {r["recipe"] for r in result["rows"] if r["method"] == m} == {result["chosen"][m]}
+
+
+def test_rows_hold_every_sampler_nfe_budget_and_seed(ladder):
+    work, result, _ = ladder
+    keys = {"method", "recipe", "budget", "seed", "sampler", "nfe", "fd", "precision", "recall",
+            "reader_confident", "reader_confident_real", "parzen", "sample_seconds_per_1000",
+            "likelihood"}
+    rows = result["rows"]
+    assert all(keys <= set(r) for r in rows)
+    # seeds 0 and 1 at 1×, seed 0 at 2×
+    cells = {(r["method"], r["budget"], r["seed"]) for r in rows}
+    assert cells == {(m, b, s) for m in ("infusion", "flow") for b, s in ((1, 0), (1, 1), (2, 0))}
+    chain = {(r["sampler"], r["nfe"]) for r in rows if r["method"] == "infusion"}
+    T = 15 if result["chosen"]["infusion"] == "paper-chain" else 5
+    assert chain == {("ancestral", n) for n in {T} | {n for n in (1, 2, 5) if n > T}}
+    flow = {(r["sampler"], r["nfe"]) for r in rows if r["method"] == "flow" and r["seed"] == 0
+            and r["budget"] == 1}
+    # Heun at 2·steps − 1 evaluations: NFE 1 and 5 (2 rounds down to 1)
+    assert flow == {("euler", 1), ("euler", 2), ("euler", 5), ("heun", 1), ("heun", 5)}
+    assert all(0 <= r["reader_confident"] <= 1 and r["fd"] >= 0 for r in rows)
+    kinds = {x["method"]: x["likelihood_kind"] for x in result["models"]}
+    assert kinds == {"infusion": "bound", "flow": "ODE estimate"}
+    md = (work / "compare_budgets.md").read_text()
+    assert "| infusion |" in md and "| flow |" in md
+    for name in ("fd_vs_nfe.png", "fd_vs_budget.png", "samples.png"):
+        assert (work / name).stat().st_size > 1000
+
+
+def test_a_second_call_reuses_every_finished_run(ladder, monkeypatch):
+    """Nothing trains again and every number comes back the same."""
+    work, result, _ = ladder
+    monkeypatch.setattr(cb, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    cb.main(["--work", str(work)] + TINY)
+    again = json.loads((work / "compare_budgets.json").read_text())
+    assert again["rows"] == result["rows"] and again["tuning"] == result["tuning"]
+
+
+def test_the_driver_stops_cleanly_when_its_minutes_run_out(tmp_path, tiny_mnist, capsys):
+    cb.main(["--work", str(tmp_path / "w"), "--minutes", "0.001"] + TINY)
+    assert "ran out" in capsys.readouterr().out
+    assert not list((tmp_path / "w").rglob("done.json"))
