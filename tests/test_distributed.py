@@ -35,7 +35,7 @@ def _torchrun(tmp_path, args: list[str], timeout: int = 240) -> subprocess.Compl
 # loss scaling for unequal shards, DDP's average and the whole-batch batch-norm statistics
 # (without them, each shard would normalise with its own moments and the gradients differ).
 GRADIENT_SCRIPT = """
-import json, sys, torch
+import json, os, sys, torch
 import torch.distributed as dist
 from infusion import config
 from infusion.training import distributed
@@ -69,9 +69,14 @@ diff = sum(float((p.grad - q.grad).square().sum()) for p, q in zip(model.paramet
 norm = sum(float(q.grad.square().sum()) for q in ref.parameters())
 err = (diff / norm) ** 0.5
 ref_loss = float(method.loss(ref, x, None).mean())
-json.dump({"err": err, "loss": mean_loss, "ref_loss": ref_loss},
-          open(sys.argv[1] + f".{ctx.rank}.json", "w"))
 distributed.finish(ctx)
+# gloo's threads, which must be gone once finish() returns (``step`` still holds the DDP
+# wrapper): a thread still running as Python exits can abort the process
+tasks = "/proc/self/task"
+gloo = [n for n in (open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks))
+        if "gloo" in n] if os.path.isdir(tasks) else []
+json.dump({"err": err, "loss": mean_loss, "ref_loss": ref_loss, "gloo_threads": gloo},
+          open(sys.argv[1] + f".{ctx.rank}.json", "w"))
 """
 
 
@@ -84,6 +89,8 @@ def test_ddp_gradient_equals_the_one_process_gradient(tmp_path):
         r = json.loads((tmp_path / f"out.{rank}.json").read_text())
         assert r["err"] < 1e-5, r  # |g_ddp - g| / |g|
         assert abs(r["loss"] - r["ref_loss"]) < 1e-5 * abs(r["ref_loss"]), r
+        # the process group really ended in finish(), threads joined, before Python's exit
+        assert r["gloo_threads"] == [], r
 
 
 def test_torchrun_trains_walkback_end_to_end(tmp_path):

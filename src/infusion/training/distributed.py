@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
+import importlib
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,6 +60,12 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
+        # DDP imports torch._dynamo when it is built. Imported after the process group
+        # exists, torch._dynamo keeps a hidden reference to it, so the group outlives
+        # destroy_process_group and its gloo threads still run as Python exits (see
+        # finish). Imported first, it takes none. Imported here, not at the top: about 4 s
+        # that one-process runs never need.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=60))
     return Context(rank, world, local, owns), device
@@ -84,9 +93,20 @@ def agree(ctx: Context, flag: bool) -> bool:
 
 
 def finish(ctx: Context) -> None:
-    """Wait for every process, then leave the process group if this module created it."""
+    """Wait for every process, release every DDP wrapper, then leave the process group if
+    this module created it.
+
+    The wrappers go first: a DDP reducer holds the gloo process group and its finished work,
+    tensors with Python references among it. Left to the interpreter's exit, the group
+    outlives ``destroy_process_group`` and its worker threads free those tensors while Python
+    shuts down, which aborts the process (SIGABRT) after its results are written: a finished
+    torchrun job would then return non-zero at random. Released here, the group and its
+    threads end while Python is still whole."""
     if ctx.world > 1:
         dist.barrier()
+        for loss in list(_WRAPPED):
+            loss.release()
+        gc.collect()  # reference cycles through the wrappers, now rather than at exit
         if ctx.owns_group:
             dist.destroy_process_group()
 
@@ -144,6 +164,10 @@ class LossModule(nn.Module):
         return self.method.loss(given(self.model, y), x, generator)
 
 
+# The live DDP-wrapped losses of this process, released by :func:`finish`.
+_WRAPPED: weakref.WeakSet[DataParallelLoss] = weakref.WeakSet()
+
+
 class DataParallelLoss:
     """The training loss of a global minibatch, computed data-parallel (or directly).
 
@@ -158,7 +182,14 @@ class DataParallelLoss:
         if ctx.world > 1:
             ids = [device.index] if device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            _WRAPPED.add(self)
         self.module = module
+
+    def release(self) -> None:
+        """Drop the DDP wrapper (and its reducer), keeping the plain loss module: called by
+        :func:`finish` before the process group goes."""
+        if isinstance(self.module, nn.parallel.DistributedDataParallel):
+            self.module = self.module.module
 
     def shard(self, idx: torch.Tensor) -> torch.Tensor:
         """This process's contiguous rows of the global minibatch ``idx``."""
