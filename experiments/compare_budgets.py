@@ -42,6 +42,11 @@ gathers everything finished into ``--out``::
     python experiments/compare_budgets.py --stage report --work $W \\
         --out experiments/results/compare_budgets_mnist
 
+Fashion-MNIST trains the recipes chosen on MNIST (``--recipes-from mnist``), at 1×::
+
+    python experiments/compare_budgets.py --data fashion --recipes-from mnist --budgets 1 \\
+        --seeds 0 --work $W --out experiments/results/compare_budgets_fashion
+
 Writes ``compare_budgets.json`` (``rows``: one per method, recipe, budget, seed, sampler and
 NFE; ``tuning``: the validation rows of every trial; ``models``: training cost and likelihood
 of each model), ``compare_budgets.md`` and the figures ``fd_vs_nfe.png`` (a panel per budget,
@@ -53,6 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -222,6 +228,9 @@ def score_model(run_dir: Path, scoring: Scoring, a, full: bool) -> list[dict]:
             row.update(precision=q["precision"]["precision"], recall=q["precision"]["recall"],
                        reader_confident=class_coverage(scoring.reader(means))["confident_fraction"],
                        reader_confident_real=scoring.reader_real,
+                       # faint, dark or grey samples show here (the test images': real)
+                       mean_pixel=float(means.mean()),
+                       mean_pixel_real=float(scoring.ref_unit.mean()),
                        parzen=parzen.mean, parzen_se=parzen.stderr,
                        parzen_sigma=parzen.extra["sigma"])
         rows.append(row)
@@ -294,8 +303,9 @@ def tune(a, methods, deadline: float) -> None:
 
 
 def chosen_recipe(a, m: str) -> str | None:
-    """The trial with the lowest validation FD at its best NFE, once all trials are scored."""
-    runs = Path(a.work) / a.data / "runs"
+    """The trial with the lowest validation FD at its best NFE, once all trials are scored
+    (the trials on ``--recipes-from``'s data set where given)."""
+    runs = Path(a.work) / (a.recipes_from or a.data) / "runs"
     best = {}
     for recipe in TRIALS[m]:
         path = runs / f"{m}-{recipe}-x1-s0" / "valid_rows.json"
@@ -347,16 +357,27 @@ def gather(a) -> dict:
             "chosen": {m: chosen_recipe(a, m) for m in PRESETS}}
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _read(path: Path, default: str) -> str:
     return path.read_text() if path.exists() else default
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 1) -> str:
     """Mean, and ± half the range where there are two seeds or more."""
     mean = float(np.mean(values))
     if len(values) < 2:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {(max(values) - min(values)) / 2:.1f}"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
 
 def report(a, result: dict, out: Path) -> None:
@@ -376,15 +397,17 @@ def report(a, result: dict, out: Path) -> None:
                      f"| {mark} |")
     lines += ["", "## Test rows (seed spread: ± half the range over seeds)", "",
               ("| method | recipe | budget | sampler | NFE | seeds | FD ↓ | precision | recall | "
-              "reader sure (samples / real) | Parzen | s / 1,000 |"),
-              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "reader sure (samples / real) | mean pixel (samples / real) | Parzen | s / 1,000 |"),
+              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (m, recipe, b, s, n), g in _groups(rows, ("method", "recipe", "budget", "sampler",
                                                    "nfe")).items():
         lines.append(
             f"| {m} | {recipe} | {b:g}× | {s} | {n} | {len(g)} | {spread([r['fd'] for r in g])} "
-            f"| {spread([r['precision'] for r in g])} | {spread([r['recall'] for r in g])} | "
+            f"| {spread([r['precision'] for r in g], 3)} | {spread([r['recall'] for r in g], 3)} | "
             f"{spread([100 * r['reader_confident'] for r in g])}% / "
-            f"{100 * g[0]['reader_confident_real']:.1f}% | {spread([r['parzen'] for r in g])} | "
+            f"{100 * g[0]['reader_confident_real']:.1f}% | "
+            f"{spread([r['mean_pixel'] for r in g], 3)} / {g[0]['mean_pixel_real']:.3f} | "
+            f"{spread([r['parzen'] for r in g])} | "
             f"{spread([r['sample_seconds_per_1000'] for r in g])} |")
     lines += ["", "## Models: training cost and likelihood (nats, test images)", "",
               ("| method | recipe | budget | seed | Adam steps × batch | passes / example | "
@@ -485,6 +508,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="", help="where --stage report/all writes (default: --work)")
     p.add_argument("--data", default="mnist", choices=("mnist", "fashion"))
     p.add_argument("--methods", default=",".join(PRESETS))
+    p.add_argument("--recipes-from", default="", choices=("", "mnist", "fashion"),
+                   help="train each method's recipe chosen on this data set's trials (same "
+                        "--work) instead of tuning on --data")
     p.add_argument("--budgets", default="1,4", help="multiples of make demo's training FLOPs")
     p.add_argument("--seeds", default="0,1", help="seeds at the lowest budget (seed 0 above)")
     p.add_argument("--nfe", default=",".join(map(str, NFES)))
@@ -521,7 +547,7 @@ def main(argv=None) -> None:
     deadline = time.time() + 60 * a.minutes if a.minutes else math.inf
     Path(a.work).mkdir(parents=True, exist_ok=True)
     try:
-        if a.stage in ("tune", "all"):
+        if a.stage in ("tune", "all") and not a.recipes_from:
             tune(a, methods, deadline)
         if a.stage in ("ladder", "all"):
             ladder(a, methods, deadline)
@@ -532,8 +558,8 @@ def main(argv=None) -> None:
         out = Path(a.out or a.work)
         out.mkdir(parents=True, exist_ok=True)
         result = {"settings": {k: v for k, v in vars(a).items() if k not in ("work", "out")},
-                  "machine": f"{platform.processor() or platform.machine()}, "
-                             f"{a.threads or torch.get_num_threads()} thread(s) per run",
+                  "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
+                             f"{a.threads or torch.get_num_threads()} torch thread(s) per run",
                   "torch": torch.__version__, "version": infusion.__version__, **gather(a)}
         (out / "compare_budgets.json").write_text(json.dumps(result, indent=1))
         report(a, result, out)

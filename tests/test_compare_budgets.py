@@ -4,6 +4,7 @@ runs, and a clean stop when its time runs out."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -54,10 +55,20 @@ def test_the_recipe_is_the_lowest_validation_fd(ladder):
         assert {r["recipe"] for r in result["rows"] if r["method"] == m} == {result["chosen"][m]}
 
 
+def test_another_data_set_can_train_the_recipes_chosen_here(ladder):
+    work, result, _ = ladder
+    a = argparse.Namespace(work=str(work), data="fashion", recipes_from="mnist")
+    assert {m: cb.chosen_recipe(a, m) for m in ("infusion", "flow")} == {
+        m: result["chosen"][m] for m in ("infusion", "flow")}
+    a.recipes_from = ""  # nothing tuned on fashion
+    assert cb.chosen_recipe(a, "infusion") is None
+
+
 def test_rows_hold_every_sampler_nfe_budget_and_seed(ladder):
     work, result, _ = ladder
     keys = {"method", "recipe", "budget", "seed", "sampler", "nfe", "fd", "precision", "recall",
             "reader_confident", "reader_confident_real", "parzen", "sample_seconds_per_1000",
+            "mean_pixel", "mean_pixel_real",
             "likelihood"}
     rows = result["rows"]
     assert all(keys <= set(r) for r in rows)
