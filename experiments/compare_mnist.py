@@ -60,7 +60,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # diffusers_mnist beside this file
 
-from infusion import config, train
+from infusion import config, figures, train
 from infusion.chain.sampler import sample_chain
 from infusion.config import DataConfig
 from infusion.data import load_split, to_unit
@@ -363,16 +363,10 @@ def write_table(path: Path, rows, models, settings: dict, seconds: float, device
 
 def save_figure(path: Path, rows) -> None:
     """Quality against sampling steps, a line per method and sampler."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from infusion.figures import _save_fig
-
     keys = [("fid", "classifier FD ↓"), ("parzen", "Parzen (nats) ↑"), ("recall", "recall ↑")]
     keys = [k for k in keys if k[0] in rows[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    fig = figures.new_figure(figsize=(4.6 * len(keys), 3.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
         for m, s in dict.fromkeys((r["method"], r["sampler"]) for r in rows):
             pts = [(r["steps"], r[key]) for r in rows if (r["method"], r["sampler"]) == (m, s)]
@@ -383,21 +377,15 @@ def save_figure(path: Path, rows) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    _save_fig(fig, path)
+    figures.save_figure(fig, path)
 
 
 def save_samples(path: Path, shown: dict) -> None:
     """Ten samples (final means) of every (method, sampler, steps), a row each."""
     if not shown:  # no row at --figure-steps
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from infusion.figures import _save_fig
-
-    fig, axes = plt.subplots(len(shown), 1, figsize=(7.5, 0.85 * len(shown)), squeeze=False)
+    fig = figures.new_figure(figsize=(7.5, 0.85 * len(shown)))
+    axes = fig.subplots(len(shown), 1, squeeze=False)
     for ax, ((m, sampler, n), means) in zip(axes[:, 0], shown.items()):
         strip = torch.cat(list(means[:, 0]), dim=1)  # (28, 280)
         ax.imshow(strip.numpy(), cmap="gray", vmin=0, vmax=1)
@@ -406,7 +394,7 @@ def save_samples(path: Path, shown: dict) -> None:
         label = m if sampler == "ancestral" else f"{m}\n{sampler}"
         ax.set_ylabel(f"{label}\n{n} steps", rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
-    _save_fig(fig, path)
+    figures.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-    model, cfg = load_ready_model(a.checkpoint, a.device, log=print)
+    model, cfg = load_ready_model(a.checkpoint, a.device)
     if cfg.data.name != "mnist":
         p.error(f"{a.checkpoint} was trained on {cfg.data.name!r}; this check needs MNIST")
     steps = a.steps or cfg.sample.steps or cfg.method.T
@@ -72,4 +73,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's messages
     main()

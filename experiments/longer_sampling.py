@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def measure(checkpoint: str, steps: list[int] | None = None, n: int = 5000, n_re
         raise ValueError(f"classifier metrics need MNIST; the model was trained on {cfg.data.name!r}")
     T = cfg.method.T
     steps = steps or [T, 2 * T]
-    ext = get_extractor(extractor, log=log) if extractor == "mnist-cnn" else get_extractor(extractor)
+    ext = get_extractor(extractor)
     ref = to_unit(torch.from_numpy(np.ascontiguousarray(load_mnist("test").images[:n_reference])))
     rows, strips = [], []
     for s in steps:
@@ -102,4 +103,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's messages
     sys.exit(main())

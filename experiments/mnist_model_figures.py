@@ -15,13 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from infusion import load_model, sample_chain
-from infusion.figures import save_grid
+from infusion.figures import new_figure, save_grid
 
 
 def curve(phases: list[Path], out: Path) -> Path:
@@ -34,7 +29,8 @@ def curve(phases: list[Path], out: Path) -> Path:
                 r = json.loads(line)
                 rows.append({**r, "epoch": r["epoch"] + last["epoch"],
                              "seconds": r["seconds"] + last["seconds"]})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    fig = new_figure(figsize=(10, 3.5))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, x, label in ((axes[0], "epoch", "epoch"),
                          (axes[1], "seconds", "training wall time (min)")):
         scale = 60 if x == "seconds" else 1
@@ -53,7 +49,6 @@ def curve(phases: list[Path], out: Path) -> Path:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from infusion import config as C
+from infusion import figures
 from infusion.methods import build_method
 from infusion.training.checkpoint import load_model
 
@@ -212,18 +213,11 @@ def _strip(run: Path, n: int = 10) -> np.ndarray:
 
 
 def _table_png(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from infusion.figures import _save_fig
-
     keys = _groups(rows)
     ordered = [(k, sorted((r for r in rows if (r["schedule"], r["T"]) == k), key=lambda r: r["rate"]))
                for k in keys]
     height = sum(len(g) + 1 for _, g in ordered)
-    fig = plt.figure(figsize=(9, 0.42 * height + 0.3))
+    fig = figures.new_figure(figsize=(9, 0.42 * height + 0.3))
     y = 1.0
     step = 1.0 / height
     for key, group in ordered:
@@ -238,7 +232,7 @@ def _table_png(rows: list[dict], path: Path) -> None:
             ax.imshow(_strip(path.parent / "runs" / r["name"])[..., 0], cmap="gray")
             ax.axis("off")
             y -= step
-    _save_fig(fig, path)
+    figures.save_figure(fig, path)
 
 
 def _groups(rows: list[dict]) -> list[tuple[str, int]]:
@@ -247,15 +241,9 @@ def _groups(rows: list[dict]) -> list[tuple[str, int]]:
 
 def fig6_curves(rows: list[dict], path: Path) -> None:
     """Fig. 6 / A.1: validation lower bound per epoch, one panel per (schedule, T)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from infusion.figures import _save_fig
-
     keys = _groups(rows)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    fig = figures.new_figure(figsize=(4 * len(keys), 3.4))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for r in sorted((r for r in rows if (r["schedule"], r["T"]) == key), key=lambda r: r["rate"]):
             ys = r["valid_curve"]
@@ -267,7 +255,7 @@ def fig6_curves(rows: list[dict], path: Path) -> None:
         ax.legend(title="rate", fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save_fig(fig, path)
+    figures.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

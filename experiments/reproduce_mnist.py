@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = EvalSettings(**given, **{k: v for k, v in reduced.items() if v is not None})
     metrics = args.metrics or ("paper" if args.protocol == "paper" else "all")
     report = evaluate(final, metrics, run_dir / "eval" / "report.json", settings,
-                      device=args.device, progress=not args.quiet)
+                      device=args.device, progress=not args.quiet).report
     m = report["metrics"]
     rows = []
     if "parzen" in m:
@@ -156,4 +157,5 @@ def _markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's messages
     sys.exit(main())

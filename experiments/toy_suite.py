@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infusion import config, train
+from infusion import config, figures, train
 from infusion.chain.sampler import sample_chain
 from infusion.data import toy
 from infusion.training.checkpoint import load_model
@@ -170,13 +170,8 @@ def write_table(path: Path, rows, methods, datasets, seconds: float) -> None:
 
 
 def save_samples_figure(path: Path, samples, rows, datasets) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), len(datasets), figsize=(2.6 * len(datasets), 2.6 * len(rows)),
-                             squeeze=False)
+    fig = figures.new_figure(figsize=(2.6 * len(datasets), 2.6 * len(rows)))
+    axes = fig.subplots(len(rows), len(datasets), squeeze=False)
     for i, m in enumerate(rows):
         for j, d in enumerate(datasets):
             ax = axes[i][j]
@@ -192,19 +187,13 @@ def save_samples_figure(path: Path, samples, rows, datasets) -> None:
                 ax.set_title(d)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def save_chain_figure(path: Path, chains, columns: int = 6) -> None:
     """Rows: methods; columns: the cloud of sampling chains at evenly spaced steps (spiral)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(chains)
-    fig, axes = plt.subplots(len(names), columns, figsize=(2.2 * columns, 2.2 * len(names)),
-                             squeeze=False)
+    fig = figures.new_figure(figsize=(2.2 * columns, 2.2 * len(names)))
+    axes = fig.subplots(len(names), columns, squeeze=False)
     for i, m in enumerate(names):
         states = chains[m].reshape(chains[m].shape[0], chains[m].shape[1], -1).numpy()
         steps = np.unique(np.linspace(0, len(states) - 1, columns).round().astype(int))
@@ -218,19 +207,14 @@ def save_chain_figure(path: Path, chains, columns: int = 6) -> None:
             ax.set_title(f"{m} t={t}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def save_ranking_figure(path: Path, rows, methods, datasets) -> None:
     """MMD² of every method on every data set (grouped bars; lower is better)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by = {(r["method"], r["data"]): r for r in rows}
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(datasets), 3.2))
+    fig = figures.new_figure(figsize=(1.2 + 1.6 * len(datasets), 3.2))
+    ax = fig.subplots()
     for i, m in enumerate(methods):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(datasets))]
         ax.bar(xs, [1e3 * by[m, d]["mmd2"] for d in datasets], width, label=m)
@@ -240,7 +224,6 @@ def save_ranking_figure(path: Path, rows, methods, datasets) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

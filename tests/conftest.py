@@ -4,6 +4,7 @@ and a loader for the scripts of ``experiments/``."""
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 from pathlib import Path
 
@@ -114,3 +115,17 @@ def short_fit(method, model, x, steps: int, batch: int | None = None, lr: float 
         method.loss(model, xb, g).mean().backward()
         opt.step()
     return before, score()
+
+
+def with_alarm(fn, seconds: int = 20):
+    """``fn()``, failing instead of hanging."""
+    def hung(*_):
+        raise TimeoutError("hung")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

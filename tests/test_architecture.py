@@ -53,8 +53,10 @@ def test_methods_declare_capabilities_instead_of_being_probed():
 
 
 def test_nested_settings_validate_themselves_and_name_the_setting():
-    cfg = config.override(config.preset("mnist"), ["method.walkback.sigma_max=0.3"])
-    assert cfg.method.walkback.sigma_max == 0.3 and cfg.method.settings is cfg.method.infusion
+    cfg = config.override(config.preset("spiral-walkback"), ["method.walkback.sigma_max=0.3"])
+    assert cfg.method.walkback.sigma_max == 0.3 and cfg.method.settings is cfg.method.walkback
+    with pytest.raises(config.ConfigError, match=r"method\.walkback\.\* .*method\.name=infusion"):
+        config.override(config.preset("mnist"), ["method.walkback.sigma_max=0.3"])  # ignored
     with pytest.raises(config.ConfigError, match=r"method\.walkback\.sigma_max=-1"):
         config.override(config.preset("spiral-walkback"), ["method.walkback.sigma_max=-1"])
     with pytest.raises(config.ConfigError, match="method.walkback is a section"):
@@ -69,8 +71,10 @@ def test_nested_settings_validate_themselves_and_name_the_setting():
     with pytest.raises(config.ConfigError, match="sample.steps=5: sampling needs T' >= T=15"):
         config.override(config.preset("mnist"), ["sample.steps=5"])
     # the flat names of version 0.1 still work on the command line
-    old = config.override(config.preset("mnist"), ["method.alpha0=0.1", "method.vw_n1=3"])
-    assert old.method.infusion.alpha0 == 0.1 and old.method.walkback.n1 == 3
+    old = config.override(config.preset("mnist"), ["method.alpha0=0.1"])
+    assert old.method.infusion.alpha0 == 0.1
+    old = config.override(config.preset("mnist-walkback"), ["method.vw_n1=3"])
+    assert old.method.walkback.n1 == 3
 
 
 def test_flat_configs_of_version_0_1_migrate():

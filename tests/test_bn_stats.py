@@ -61,11 +61,11 @@ def test_batch_mode_refuses_a_batch_of_one(spiral_run):
 
 def test_evaluate_names_its_mode_and_ema_changes_the_statistics(spiral_run, tmp_path):
     s = ev.EvalSettings(lb_examples=40, is_examples=20, is_k=4, batch_size=64)
-    stored = ev.evaluate(spiral_run, "lb", tmp_path / "a.json", s, **QUIET)
+    stored = ev.evaluate(spiral_run, "lb", tmp_path / "a.json", s, **QUIET).report
     ema = ev.evaluate(spiral_run, "lb", tmp_path / "b.json", ev.EvalSettings(
-        **{**s.__dict__, "bn_stats": "ema"}), **QUIET)
+        **{**s.__dict__, "bn_stats": "ema"}), **QUIET).report
     batch = ev.evaluate(spiral_run, "lb", tmp_path / "c.json", ev.EvalSettings(
-        **{**s.__dict__, "bn_stats": "batch"}), **QUIET)
+        **{**s.__dict__, "bn_stats": "batch"}), **QUIET).report
     assert [r["bn_stats"]["mode"] for r in (stored, ema, batch)] == ["stored", "ema", "batch"]
     assert stored["metrics"]["lb"]["bn_stats"] == "stored"
     assert batch["metrics"]["lb"]["bn_stats"] == "batch"

@@ -148,7 +148,8 @@ def test_conditional_likelihood_and_run_files(clusters_fit):
     assert (right.mean(1) > wrong.mean(1) + 5).float().mean() > 0.9
     assert (res.run_dir / "samples_by_class.png").exists()
     small = ev.EvalSettings(lb_examples=40, is_examples=40, is_k=10)
-    report = ev.evaluate(res.checkpoint, "lb,is", res.run_dir / "ev" / "r.json", small, **QUIET)
+    report = ev.evaluate(res.checkpoint, "lb,is", res.run_dir / "ev" / "r.json", small,
+                         **QUIET).report
     assert report["metrics"]["lb"]["conditional"].startswith("log p(x | y)")
     assert any("class-conditional" in n for n in report["notes"])
 
@@ -198,7 +199,7 @@ def test_mnist_conditional_training_and_cli(tiny_mnist, tmp_path, capsys):
     assert cfg_json["model"]["classes"] == 10
     from infusion.evaluate.paper_figures import make_figures
 
-    done = make_figures(run, n=4, log=lambda s: None)  # chains and curves with each target's class
+    done = make_figures(run, n=4)  # chains and curves with each target's class
     for name in ("fig1_sampling_chains", "fig4_nearest_neighbours",
                  "fig7_constant_vs_increasing", "likelihood_vs_k"):
         assert not str(done[name]).startswith("skipped"), (name, done[name])
@@ -223,7 +224,7 @@ def test_fit_reads_the_classes_an_npz_holds(tmp_path):
              valid_y=y[80:100], test_x=x[100:], test_y=y[100:])
     res = infusion.fit(tmp_path / "split.npz", run_dir=tmp_path / "b", overrides=quick, **QUIET)
     small = ev.EvalSettings(lb_examples=20, is_examples=20, is_k=4)
-    report = ev.evaluate(res.checkpoint, "lb", tmp_path / "r.json", small, **QUIET)
+    report = ev.evaluate(res.checkpoint, "lb", tmp_path / "r.json", small, **QUIET).report
     assert report["metrics"]["lb"]["n"] == 20 and "conditional" in report["metrics"]["lb"]
     np.savez(tmp_path / "notest.npz", train_x=x[:80], train_y=y[:80], valid_x=x[80:100],
              valid_y=y[80:100], test_x=x[100:])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import logging
 import os
 import pickle
 import time
@@ -99,11 +100,12 @@ def test_read_idx_bad_magic_and_truncation(tmp_path):
 
 # --- the cache, filled from the idx source -----------------------------------------------
 
-def test_idx_source_fills_cache_with_spec_split(tmp_path, small):
+def test_idx_source_fills_cache_with_spec_split(tmp_path, small, caplog):
+    caplog.set_level(logging.INFO, logger="infusion")
     arrays = fake_official()
     idx = write_idx_dir(tmp_path / "idx", arrays, gz=False)
-    logs: list[str] = []
-    npz = data.ensure_mnist(idx_dir=idx, sources=["idx"], log=logs.append)
+    npz = data.ensure_mnist(idx_dir=idx, sources=["idx"])
+    assert len(caplog.messages) == 2 and caplog.messages[-1].endswith("(from idx)")
     assert npz == tmp_path / "cache" / "mnist" / "mnist-uint8.npz"
     record = npz.with_name("mnist-uint8.npz.sha256").read_text().split()
     assert record == [hashlib.sha256(npz.read_bytes()).hexdigest(), "mnist-uint8.npz"]
@@ -117,8 +119,8 @@ def test_idx_source_fills_cache_with_spec_split(tmp_path, small):
         assert got.labels.dtype == np.int64
         assert np.array_equal(got.images[:, 0], x) and np.array_equal(got.labels, y)
     # An existing cache is used as is: no source is tried.
-    logs.clear()
-    assert data.ensure_mnist(sources=["idx"], log=logs.append) == npz and logs == []
+    caplog.clear()
+    assert data.ensure_mnist(sources=["idx"]) == npz and caplog.messages == []
 
 
 def test_idx_source_via_env_and_wrong_sizes(tmp_path, small, monkeypatch):
@@ -127,7 +129,7 @@ def test_idx_source_via_env_and_wrong_sizes(tmp_path, small, monkeypatch):
     idx = write_idx_dir(tmp_path / "idx", arrays)
     monkeypatch.setenv("INFUSION_MNIST_IDX", str(idx))
     with pytest.raises(DataError, match=r"(?s)idx:.*test labels.*\(3,\)"):
-        data.ensure_mnist(sources=["idx"], log=lambda s: None)
+        data.ensure_mnist(sources=["idx"])
     assert not (tmp_path / "cache" / "mnist" / "mnist-uint8.npz").exists()
 
 
@@ -142,7 +144,7 @@ def test_cache_writes_are_deterministic(tmp_path, small):
 
 def test_corrupt_cache_is_reported_not_used(tmp_path, small):
     idx = write_idx_dir(tmp_path / "idx", fake_official())
-    npz = data.ensure_mnist(idx_dir=idx, sources=["idx"], log=lambda s: None)
+    npz = data.ensure_mnist(idx_dir=idx, sources=["idx"])
     raw = bytearray(npz.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # one flipped bit inside the image data
     npz.write_bytes(bytes(raw))
@@ -264,7 +266,7 @@ def test_mirror_source_end_to_end(tmp_path, served, small, monkeypatch):
                 (root / f"{n}.gz").stat().st_size) for n in arrays}
     monkeypatch.setattr(mnist, "MNIST", dataclasses.replace(mnist.MNIST, gz=sums))
     # The first mirror is unreachable; the second serves the files.
-    npz = data.ensure_mnist(sources=["http://127.0.0.1:9/", url], log=lambda s: None)
+    npz = data.ensure_mnist(sources=["http://127.0.0.1:9/", url])
     got = data.load_mnist("test")
     assert np.array_equal(got.images[:, 0], arrays["t10k-images-idx3-ubyte"])
     assert not (npz.parent / "download").exists()  # the .gz files are not kept
@@ -407,10 +409,10 @@ def test_model_space_maps():
     assert torch.equal(data.parzen_space(k.numpy()), data.parzen_space(k))  # arrays too
 
 
-def test_fallback_source_is_quiet_when_a_later_one_works(tmp_path, small):
+def test_fallback_source_is_quiet_when_a_later_one_works(tmp_path, small, caplog):
+    caplog.set_level(logging.INFO, logger="infusion")
     idx = write_idx_dir(tmp_path / "idx", fake_official())
-    logs: list[str] = []
-    data.ensure_mnist(idx_dir=idx, sources=["http://127.0.0.1:9/", "idx"], timeout=2.0,
-                      log=logs.append)
+    data.ensure_mnist(idx_dir=idx, sources=["http://127.0.0.1:9/", "idx"], timeout=2.0)
+    logs = caplog.messages
     assert len(logs) == 2 and "127.0.0.1" not in " ".join(logs)  # no line per failed source
     assert logs[-1].endswith("(from idx)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def pin(monkeypatch, raw: dict[str, bytes], gz_dir: Path | None = None, **change
                         dataclasses.replace(fashion.FASHION, raw=sums, **changes))
 
 
-def test_the_system_folder_is_read_by_content_whatever_the_gzip_header(tmp_path, monkeypatch):
+def test_the_system_folder_is_read_by_content_whatever_the_gzip_header(tmp_path, monkeypatch,
+                                                                       caplog):
+    caplog.set_level(logging.INFO, logger="infusion")
     arrays = fake_official(3)
     official = tmp_path / "official"
     raw = write_set(official, arrays, name_in_header=True)
@@ -63,10 +66,9 @@ def test_the_system_folder_is_read_by_content_whatever_the_gzip_header(tmp_path,
     assert (official / "t10k-labels-idx1-ubyte.gz").read_bytes() != \
         (debian / "t10k-labels-idx1-ubyte.gz").read_bytes()
     pin(monkeypatch, raw, official, system_dirs=(str(debian),), mirrors=())
-    lines = []
-    npz = data.ensure_fashion(log=lines.append, progress=False)
+    npz = data.ensure_fashion(progress=False)
     assert npz.name == "fashion-uint8.npz" and npz.parent.name == "fashion"
-    assert f"folder {debian}" in lines[-1]
+    assert f"folder {debian}" in caplog.messages[-1]
     train, valid, test = (data.load_fashion(s) for s in ("train", "valid", "test"))
     n_train = SMALL["train"]
     assert np.array_equal(train.images[:, 0], arrays["train-images-idx3-ubyte"][:n_train])
@@ -78,7 +80,8 @@ def test_the_system_folder_is_read_by_content_whatever_the_gzip_header(tmp_path,
 
 
 def test_a_file_whose_contents_differ_is_refused_and_the_next_source_tried(tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="infusion")
     arrays = fake_official(4)
     good = tmp_path / "good"
     raw = write_set(good, arrays, name_in_header=True)
@@ -87,15 +90,14 @@ def test_a_file_whose_contents_differ_is_refused_and_the_next_source_tried(tmp_p
     tampered["t10k-labels-idx1-ubyte"] = (arrays["t10k-labels-idx1-ubyte"] + 1) % 10
     write_set(bad, tampered, name_in_header=False)
     pin(monkeypatch, raw, system_dirs=(str(bad), str(good)), mirrors=())
-    lines = []
-    data.ensure_fashion(log=lines.append, progress=False)
-    assert f"folder {good}" in lines[-1]
+    data.ensure_fashion(progress=False)
+    assert f"folder {good}" in caplog.messages[-1]
     assert np.array_equal(data.load_fashion("test").labels, arrays["t10k-labels-idx1-ubyte"])
     # named by the user, the bad folder is an error that says what failed
     monkeypatch.setenv("INFUSION_CACHE", str(tmp_path / "cache2"))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: its contents fail their "
                                         "sha256 check"):
-        data.ensure_fashion(idx_dir=bad, log=lambda s: None, progress=False)
+        data.ensure_fashion(idx_dir=bad, progress=False)
 
 
 def test_downloads_are_checked_against_the_official_gz_files(tmp_path, monkeypatch):
@@ -105,7 +107,7 @@ def test_downloads_are_checked_against_the_official_gz_files(tmp_path, monkeypat
     with serve(root) as url:
         monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
         pin(monkeypatch, raw, root, mirrors=("http://127.0.0.1:9/", url + "/"))
-        npz = data.ensure_fashion(log=lambda s: None, progress=False)
+        npz = data.ensure_fashion(progress=False)
     assert np.array_equal(data.load_fashion("test").labels, arrays["t10k-labels-idx1-ubyte"])
     assert not (npz.parent / "download").exists()
 
@@ -113,7 +115,7 @@ def test_downloads_are_checked_against_the_official_gz_files(tmp_path, monkeypat
 def test_when_every_source_fails_the_error_says_how_to_get_it(monkeypatch):
     pin(monkeypatch, {}, mirrors=("http://127.0.0.1:9/",))
     with pytest.raises(DataError) as e:
-        data.ensure_fashion(log=lambda s: None, progress=False, timeout=1)
+        data.ensure_fashion(progress=False, timeout=1)
     text = str(e.value)
     assert "could not obtain Fashion-MNIST" in text and "http://127.0.0.1:9/" in text
     assert "apt-get install dataset-fashion-mnist" in text and "INFUSION_FASHION_IDX" in text

@@ -25,7 +25,7 @@ from infusion.training import checkpoint, rundir
 from infusion.training.fit import fit
 from infusion.training.loop import Interrupted, RunError, train
 
-from .conftest import tiny_config
+from .conftest import tiny_config, with_alarm
 
 QUIET = {"progress": False, "log": lambda s: None}
 FIT_TINY = ["model.hidden=8,8", "method.T=3", "train.epochs=1", "train.batch_size=32",
@@ -64,7 +64,7 @@ def test_the_lock_is_not_written_through_a_link(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").symlink_to(mine)
-    with pytest.raises(RunError, match="symbolic link"):
+    with pytest.raises(UserError, match="symbolic link"):
         train(tiny_config(), run, **QUIET)
     assert mine.read_text() == "my notes"
     (run / ".lock").unlink()
@@ -118,7 +118,7 @@ def test_a_new_run_does_not_replace_a_users_files_of_its_names(tmp_path, name):
 def test_the_manifest_names_what_a_run_wrote_and_overwrite_keeps_the_rest(tmp_path, trained):
     run = copy_of(trained, tmp_path / "run")
     own = io.read_manifest(run)
-    assert own is not None and {"config.json", "metrics.jsonl", "checkpoints"} <= own
+    assert own is not None and {"config.json", "metrics.jsonl", "checkpoints/final.pt"} <= own
     assert {io.manifest_name(p, run) for p in rundir.run_files(run)} <= own  # every run file
     mine = run / "samples_by_class.png"  # a run file's name the (unconditional) run never wrote
     mine.write_bytes(b"my picture")
@@ -135,7 +135,7 @@ def test_the_manifest_names_what_a_run_wrote_and_overwrite_keeps_the_rest(tmp_pa
     evil.mkdir()
     (evil / io.MANIFEST).symlink_to(tmp_path / "users-file")
     (tmp_path / "users-file").write_text("mine\n")
-    with pytest.raises(RunError, match="is a symbolic link"):
+    with pytest.raises(UserError, match="is a symbolic link"):
         train(tiny_config(), evil, **QUIET)
     assert (tmp_path / "users-file").read_text() == "mine\n"
 
@@ -311,20 +311,6 @@ def test_training_goes_on_when_stdout_cannot_be_written(tmp_path):
 # ---------------------------------------------------------------------- inputs that are not files
 
 
-def with_alarm(fn, seconds: int = 20):
-    """``fn()``, failing instead of hanging."""
-    def hung(*_):
-        raise TimeoutError("hung")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        return fn()
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def test_a_fifo_is_refused_as_a_checkpoint_and_as_data(tmp_path, trained):
     run = copy_of(trained, tmp_path / "run")
     os.mkfifo(run / "checkpoints" / "epoch-0099.pt")
@@ -354,7 +340,7 @@ def test_an_explicit_idx_dir_with_a_corrupt_file_is_an_error(tmp_path, monkeypat
     monkeypatch.setattr(mnist, "_from_mirror", lambda *a: pytest.fail("fell back to a mirror"))
     with pytest.raises(UserError, match="magic number"):
         mnist.ensure_mnist(cache=tmp_path / "cache", idx_dir=d, sources=("idx", "mirrors"),
-                           log=lambda s: None, progress=False)
+                           progress=False)
 
 
 def test_data_near_the_float32_limit_are_refused():

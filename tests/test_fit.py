@@ -217,7 +217,7 @@ def test_a_moved_run_directory_finds_its_own_data(tmp_path):
     _, cfg = infusion.load_model(moved)
     assert cfg.data.path == str(moved / "data" / Path(res.config.data.path).name)
     rep = ev.evaluate(moved, ["lb"], tmp_path / "r.json", ev.EvalSettings(lb_examples=10),
-                      **QUIET)
+                      **QUIET).report
     assert np.isfinite(rep["metrics"]["lb"]["mean"])
     # fit again over it with other data: the replaced run's data file goes with it
     res2 = infusion.fit(ring(150, seed=1), run_dir=moved, overrides=TINY, overwrite=True,

@@ -100,7 +100,7 @@ def test_training_and_evaluation(tmp_path):
     assert all("valid_bound_population" not in r and "valid_loss" in r for r in rows)  # loss only
     s = ev.EvalSettings(lb_examples=20, is_examples=10, is_k=3, train_examples=5, n_samples=30,
                         batch_size=64)
-    rep = ev.evaluate(final, ["lb", "is", "lb-train", "parzen"], None, s, **QUIET)
+    rep = ev.evaluate(final, ["lb", "is", "lb-train", "parzen"], None, s, **QUIET).report
     m = rep["metrics"]
     assert "not a bound" in rep["skipped"]["is"]
     assert m["lb"]["label"].startswith("log-likelihood, ODE estimate") and m["lb"]["n"] == 20

@@ -350,14 +350,17 @@ def test_damaged_or_foreign_files_from_outside(tmp_path, monkeypatch):
     Image.new("L", (64, 64)).save(folder / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64×64 is a bomb now (> 2×1000)
     with pytest.raises(DataError, match="bomb.png: not a readable image.*decompression bomb"):
-        images.ensure("folder", path=folder, image_size=8, cache=tmp_path / "cache", **QUIET)
+        images.ensure("folder", path=folder, image_size=8, cache=tmp_path / "cache",
+                      progress=False)
     monkeypatch.setattr(limits, "free_memory", lambda device=None: 2**20)
     with pytest.raises(InputError, match="4 images of 3×4096×4096 pixels needs about 384 MiB"):
-        images.ensure("folder", path=folder, image_size=4096, cache=tmp_path / "cache", **QUIET)
+        images.ensure("folder", path=folder, image_size=4096, cache=tmp_path / "cache",
+                      progress=False)
     mat = tmp_path / "TFD_48x48.mat"
     mat.write_text("not a MATLAB file")
     with pytest.raises(DataError, match="not a readable MATLAB .mat file"):
-        images.ensure("tfd", path=mat, cache=tmp_path / "cache", **QUIET)
+        images.ensure("tfd", path=mat, cache=tmp_path / "cache",
+                      progress=False)
 
 
 def test_ddim_eta_lies_in_0_1():
@@ -374,7 +377,7 @@ def test_evaluation_settings_have_ranges_and_the_report_says_what_was_used(spira
         with pytest.raises(InputError, match=f"{next(iter(bad))}="):
             EvalSettings(**bad).validate()
     report = evaluate(spiral / "run", "is", tmp_path / "r.json",
-                      EvalSettings(is_examples=10**9, is_k=2), device="cpu", **QUIET)
+                      EvalSettings(is_examples=10**9, is_k=2), device="cpu", **QUIET).report
     n_test = report["metrics"]["is"]["n"]
     assert report["settings"]["is_examples"] == n_test < 10**9
     assert any(f"is_examples=1,000,000,000: the test split holds {n_test}" in note

@@ -1,4 +1,4 @@
-"""The one atomic writer, npz saving and hashing (infusion.io; DESIGN.md conventions)."""
+"""The one atomic writer, npz saving and hashing (infusion.io; docs/design.md conventions)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ import infusion
 
 SRC = Path(infusion.__file__).parent
 # Floors, lowest first (docs/design.md).
-FLOORS = {"errors": 0, "limits": 0, "io": 0, "device": 0, "figures": 0, "config": 1, "data": 2,
+FLOORS = {"errors": 0, "limits": 0, "io": 0, "device": 0, "figures": 0, "_logging": 0, "hub": 0,
+          "config": 1, "data": 2,
           "chain": 3, "methods": 4, "generate": 5, "training": 6, "evaluate": 7, "cli": 8,
           "__init__": 9, "__main__": 9, "_compat": 9}
 

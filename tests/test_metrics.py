@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import ClassVar
 
@@ -214,18 +215,19 @@ def test_sample_quality_with_a_random_extractor():
     assert set(mt.sample_quality(ext, a, b, ["coverage"])) == {"coverage"}
 
 
-def test_classifier_trains_deterministically_and_is_cached_verified(tiny_mnist):
+def test_classifier_trains_deterministically_and_is_cached_verified(tiny_mnist, caplog):
     s = clf.ClassifierSettings(channels=(4, 8), hidden=16, epochs=1, batch_size=16)
     net1, acc1 = clf.train_classifier(s)
     net2, acc2 = clf.train_classifier(s)
     assert 0.0 <= acc1 <= 1.0 and acc1 == acc2
     for p1, p2 in zip(net1.parameters(), net2.parameters()):
         assert torch.equal(p1, p2)
-    logs: list[str] = []
-    _net3, info = clf.load_or_train_classifier(s, log=logs.append)
+    caplog.set_level(logging.INFO, logger="infusion")
+    _net3, info = clf.load_or_train_classifier(s)
+    logs = caplog.messages
     assert logs and info["test_accuracy"] == acc1 and s.cache_name() in info["path"]
-    net4, info4 = clf.load_or_train_classifier(s, log=logs.append)  # from the cache
-    assert len(logs) == 2 and info4["test_accuracy"] == acc1
+    net4, info4 = clf.load_or_train_classifier(s)  # from the cache: nothing to say
+    assert caplog.messages == logs and len(logs) == 2 and info4["test_accuracy"] == acc1
     for p1, p4 in zip(net1.parameters(), net4.parameters()):
         assert torch.equal(p1, p4)
     with open(info["path"], "ab") as f:

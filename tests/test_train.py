@@ -1,4 +1,5 @@
-"""Training, sampling, checkpoints and resume (algorithms.md §2, §4, §6; DESIGN.md conventions)."""
+"""Training, sampling, checkpoints and resume (algorithms.md §2, §4, §6; docs/design.md
+conventions)."""
 
 from __future__ import annotations
 
@@ -224,10 +225,38 @@ def test_training_on_image_data(tiny_mnist, tmp_path):
     assert (tmp_path / "run" / "samples.png").exists() and (tmp_path / "run" / "chains.png").exists()
 
 
-def test_early_stopping(tmp_path):
-    cfg = tiny_config(train={"epochs": 40, "patience": 1, "lr": 0.5})  # a diverging lr
-    train(cfg, tmp_path / "run", **QUIET)
-    assert len(_rows(tmp_path / "run")) < 40
+def test_early_stopping_stops_after_patience_epochs_in_a_row_without_improvement(
+        tmp_path, monkeypatch):
+    """Validation scores fed to the loop, epoch e scoring ``losses[e - 1]`` (lower is better),
+    with patience 2: epoch 3 is worse (1 epoch without improvement), epoch 4 the best, epoch 5
+    ties it (a tie is no improvement: 1), epoch 6 is worse (2 in a row): the run stops after
+    epoch 6 and keeps epoch 4's weights. Counting epochs without improvement in total would
+    stop after epoch 5; stopping one epoch late would reach epoch 7, whose score is the best."""
+    from infusion.training import loop
+
+    losses = iter([5.0, 4.0, 4.5, 3.0, 3.0, 3.6, 1.0, 0.5, 0.4, 0.3])
+
+    def scores(*_args, **_kwargs):
+        loss = next(losses)
+        return {"valid_loss": loss, "valid_bound_population": -loss}
+
+    monkeypatch.setattr(loop, "validate", scores)
+    cfg = tiny_config(train={"epochs": 10, "patience": 2})
+    final = train(cfg, tmp_path / "run", **QUIET)
+    rows = _rows(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["valid_loss"] for r in rows] == [5.0, 4.0, 4.5, 3.0, 3.0, 3.6]
+    ckpts = tmp_path / "run" / "checkpoints"
+    last = torch.load(ckpts / "epoch-0006.pt", weights_only=True)
+    assert last["state"]["stopped_early"] and last["state"]["bad_epochs"] == 2
+    assert last["state"]["best"] == 3.0
+    best = torch.load(ckpts / "best.pt", weights_only=True)
+    done = torch.load(final, weights_only=True)
+    assert best["epoch"] == done["epoch"] == 4
+    weights = [k for k in best["model"] if k.endswith(("weight", "bias"))]
+    assert weights and all(torch.equal(done["model"][k], best["model"][k]) for k in weights)
+    # epoch 4's weights, not the last epoch's: two more epochs of Adam moved them
+    assert not all(torch.equal(last["model"][k], best["model"][k]) for k in weights)
 
 
 def test_bad_settings_give_clear_errors():
@@ -289,7 +318,7 @@ def test_an_export_explains_itself(tmp_path):
     assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
     card = (out / "README.md").read_text()
     assert "# exported" in card and "method `infusion` (T = 4" in card
-    assert f"infusion.load_model(\"{out}\")" in card
+    assert 'infusion.load_model("exported")' in card and str(tmp_path) not in card
     assert "Commands" in card and "Environment: infusion" in card and "epochs trained" in card
     assert "| lower bound (nats) |" in card and "Fine-tuned from `src-model`" in card
     saved = json.loads((out / "config.json").read_text())

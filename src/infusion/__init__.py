@@ -9,6 +9,7 @@ re-exported here lazily, so ``import infusion`` stays cheap. A name is always on
 from __future__ import annotations
 
 import importlib
+import logging
 
 from . import _compat
 
@@ -30,18 +31,27 @@ _EXPORTS = {
     "load_mnist": "data", "toy": "data", "load_split": "data", "to_data_space": "data",
     "log_weights": "evaluate.likelihood", "estimate_likelihood": "evaluate.likelihood",
     "parzen_log_prob": "evaluate.parzen", "parzen_estimate": "evaluate.parzen",
-    "EvalSettings": "evaluate", "frechet_distance": "evaluate.metrics",
+    "EvalSettings": "evaluate", "EvaluationResult": "evaluate.api", "Metric": "evaluate.api",
+    "frechet_distance": "evaluate.metrics",
     "get_extractor": "evaluate.metrics", "register_extractor": "evaluate.metrics",
 }
 
+# messages go to the "infusion" loggers; the application chooses where they are shown
+logging.getLogger("infusion").addHandler(logging.NullHandler())
 _compat.install()  # module paths of version 0.2 (infusion.training.loop, …) for one version
 
 
+# Packages that are also called: ``infusion.evaluate(...)`` (evaluate/__init__.py)
+_CALLABLE_PACKAGES = {"evaluate"}
+
+
 def __getattr__(name: str):
+    if name in _CALLABLE_PACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'infusion' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+    return sorted(list(globals()) + list(_EXPORTS) + list(_CALLABLE_PACKAGES))

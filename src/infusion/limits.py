@@ -97,3 +97,38 @@ def format_bytes(n: float) -> str:
     while n >= 1024 and i < len(units) - 1:
         n, i = n / 1024, i + 1
     return f"{n:.3g} {units[i]}"
+
+
+def check_tensor(x, what: str) -> None:
+    """Refuse, naming ``what``, a tensor whose values cannot be read: one on the meta device
+    (a shape without data), or a sparse, quantized or other non-strided one (pass
+    ``x.to_dense()``). Anything that is not a tensor passes."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        return
+    if x.is_meta:
+        raise InputError(f"{what}: a tensor on the meta device holds no values; pass one "
+                         "with data (on the CPU or a GPU)")
+    if x.layout != torch.strided or x.is_quantized:
+        kind = "quantized" if x.is_quantized else f"sparse ({x.layout})"
+        raise InputError(f"{what}: a {kind} tensor; pass a dense one (x.to_dense())")
+
+
+def as_tensor(x, what: str, dtype=None):
+    """``x`` (a tensor, an array or nested lists of numbers) as a tensor, checked by
+    :func:`check_tensor`; anything that is not a rectangular array of numbers is an
+    :class:`InputError` naming ``what``."""
+    import numpy as np
+    import torch
+
+    check_tensor(x, what)
+    try:
+        if not isinstance(x, torch.Tensor):
+            a = np.asarray(x)
+            if isinstance(x, (str, bytes)) or a.dtype.kind not in "biuf":
+                raise TypeError(f"got {type(x).__name__} of dtype {a.dtype}")
+            x = torch.as_tensor(a)
+        return x if dtype is None else x.to(dtype)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as e:
+        raise InputError(f"{what}: expected a tensor or an array of numbers ({e})") from None

@@ -65,6 +65,10 @@ class ChainModel(nn.Module, metaclass=abc.ABCMeta):
     aux_noise = False
     classes = 0  # > 0: a class-conditional operator, run through :meth:`given`
     samplers: tuple[str, ...] = ("ancestral",)  # what :meth:`solver` can run
+    # Whether clamping some dimensions (inpainting, algorithms.md §9) conditions the others:
+    # true where each step reads its input state; a model whose steps draw afresh (the VAE)
+    # would ignore the clamped values, so clamping it is refused.
+    clampable = True
     # The defaults of sample_chain, set from the run's ``sample`` section when a model is loaded.
     sample_steps = 0  # T' (0: the training T)
     sampler = "ancestral"

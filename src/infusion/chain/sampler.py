@@ -11,13 +11,16 @@ noise comes from its own generator, so it is the same at any batch size.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
+from .._logging import bar_disable
 from ..errors import InputError
-from ..limits import STEPS_MAX, check_memory, check_range
+from ..limits import SAMPLES_MAX, STEPS_MAX, as_tensor, check_memory, check_range, check_tensor
 from .model import ChainModel, given
 
 Noise = Callable[[], torch.Tensor]  # each call: the next (B, d) block of standard normals
@@ -69,6 +72,18 @@ def run_chain(model: ChainModel, noise: Noise, steps: int, *, start: torch.Tenso
     return z, mean
 
 
+def check_clampable(model: ChainModel) -> None:
+    """Clamping (``clamp=``, inpainting) is refused for a model whose steps do not read their
+    input state (``model.clampable`` false: the VAE draws every sample afresh from its latent),
+    since its "completions" would ignore the clamped values."""
+    if not getattr(model, "clampable", True):
+        raise InputError(f"{type(model).__name__}: this model cannot be clamped (inpainting, "
+                         "clamp=): its steps do not read their input state (a VAE draws each "
+                         "sample afresh from its latent), so the observed values would not "
+                         "condition the rest; use a chain method (infusion, walkback, gsn, "
+                         "diffusion, flow)")
+
+
 @dataclass
 class Samples:
     """Output of :func:`sample_chain`. ``samples``/``means``: (N, *shape) after the last step.
@@ -101,6 +116,7 @@ def sample_chain(
     sampler: str | None = None,
     eta: float | None = None,
     labels: Sequence[int] | torch.Tensor | None = None,
+    progress: bool = False,
 ) -> Samples:
     """Draw ``n`` samples with :func:`run_chain`, in batches; results on the CPU, float32.
 
@@ -115,10 +131,23 @@ def sample_chain(
     the flow "euler" and "heun" (:meth:`ChainModel.solver`). ``labels`` (n classes): what a
     class-conditional model draws (algorithms.md §15); by default sample i's class is its
     seed modulo ``model.classes``. Uses the stored per-step batch-norm statistics
-    (algorithms.md §6); raises if missing.
+    (algorithms.md §6); raises if missing. ``progress``: a tqdm bar of the steps of all
+    batches, shown on a terminal. A bad argument is an :class:`InputError` naming it:
+    ``model`` not a ChainModel, ``n`` not a whole number from 1 to ``SAMPLES_MAX``, a
+    ``start``, ``clamp`` or ``labels`` of another shape, or tensors without readable values
+    (meta-device or sparse).
     """
+    if not isinstance(model, ChainModel):
+        raise InputError(f"model={str(model)[:80]!r}: expected a ChainModel; load one with "
+                         "infusion.load_model(path)")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise InputError(f"n={n!r}: expected a whole number of samples")
+    check_range("n", int(n), 1, SAMPLES_MAX)
+    n = int(n)
     steps = int(steps if steps is not None else model.sample_steps or model.T)
     check_range("steps", steps, 1, STEPS_MAX)
+    if clamp is not None:
+        check_clampable(model)
     chain = model.solver(sampler or model.sampler, steps, model.eta if eta is None else eta)
     if not chain.stats_ready:
         raise RuntimeError(
@@ -138,18 +167,25 @@ def sample_chain(
     device = chain.prior.mean.device
     labels = sample_labels(chain, labels, seeds)
     if start is not None:
-        start = torch.as_tensor(start).reshape(-1, chain.d)
-        if start.shape[0] != n:
-            raise InputError(f"start has {start.shape[0]} rows for n={n} samples")
+        start = as_tensor(start, "start")
+        if tuple(start.shape) not in ((n, chain.d), (n, *chain.shape)):
+            raise InputError(f"start: shape {tuple(start.shape)}; expected one state per sample, "
+                             f"({n}, {chain.d}) or {(n, *chain.shape)}")
+        start = start.reshape(n, chain.d)
+    clamp = None if clamp is None else _checked_clamp(clamp, n, chain.d)
     outs, states, means = [], [], []
     was_training = chain.training
     chain.eval()
+    bar = tqdm(total=n * steps, desc=f"sampling ({steps} steps)", unit="step", unit_scale=True,
+               leave=False, dynamic_ncols=True, disable=bar_disable(progress))
     try:
         for lo in range(0, n, batch_size):
             idx = slice(lo, min(n, lo + batch_size))
             keep: list[tuple[torch.Tensor, torch.Tensor]] = []
 
             def report(info: dict, lo: int = lo, keep: list = keep) -> None:
+                if info["t"] > 0:
+                    bar.update(len(info["z"]))
                 if return_trajectory:
                     keep.append((info["z"].float().cpu(), info["mean"].float().cpu()))
                 if callback is not None:
@@ -164,6 +200,7 @@ def sample_chain(
                 states.append(torch.stack([k[0] for k in keep]))
                 means.append(torch.stack([k[1] for k in keep]))
     finally:
+        bar.close()
         chain.train(was_training)
     shape = chain.shape
     result = Samples(torch.cat([o[0] for o in outs]).reshape(n, *shape),
@@ -185,10 +222,15 @@ def sample_labels(model: ChainModel, labels, seeds: list[int]) -> torch.Tensor |
         return None
     if labels is None:  # in Python: seeds may pass int64's range
         return torch.tensor([s % k for s in seeds], dtype=torch.int64)
+    check_tensor(labels, "labels")
     try:
-        y = torch.as_tensor(labels).reshape(-1)
+        y = torch.as_tensor(labels)
     except (ValueError, TypeError, OverflowError, RuntimeError):
         raise InputError(f"labels: expected {len(seeds)} integer classes 0..{k - 1}") from None
+    if y.ndim > 1:
+        raise InputError(f"labels: shape {tuple(y.shape)}; expected one class per sample, "
+                         f"({len(seeds)},)")
+    y = y.reshape(-1)
     if y.is_floating_point() or len(y) != len(seeds):
         raise InputError(f"labels: expected {len(seeds)} integer classes, got "
                          f"{len(y)} of dtype {y.dtype}")
@@ -196,6 +238,23 @@ def sample_labels(model: ChainModel, labels, seeds: list[int]) -> torch.Tensor |
         raise InputError(f"labels span {int(y.min())}..{int(y.max())}: this model has classes "
                          f"0..{k - 1}")
     return y.long()
+
+
+def _checked_clamp(clamp, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``clamp = (mask, values)`` checked: a pair of tensors or arrays of numbers, each
+    either one row of the model's ``d`` values (for every sample) or one row per sample
+    ((n, d) or (n, *shape)); else an :class:`InputError` naming it."""
+    if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+        raise InputError(f"clamp: expected a pair (mask, values), got {type(clamp).__name__}"
+                         + (f" of {len(clamp)}" if isinstance(clamp, (tuple, list)) else ""))
+    out = []
+    for part, x in zip(("mask", "values"), clamp):
+        t = as_tensor(x, f"clamp {part}")
+        if not (t.numel() == d or (t.ndim >= 2 and t.shape[0] == n and t.numel() == n * d)):
+            raise InputError(f"clamp {part}: shape {tuple(t.shape)}; expected the model's "
+                             f"{d} values once, ({d},), or once per sample, ({n}, {d})")
+        out.append(t)
+    return out[0], out[1]
 
 
 def _clamp_rows(clamp, idx: slice, d: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -1,14 +1,19 @@
 """The command-line commands (``infusion train``, ``sample``, …): each ``cmd_*`` takes the
 parsed arguments of :mod:`infusion.cli` and calls the library. User errors are raised as
 :class:`~infusion.errors.UserError`; :func:`infusion.cli.main` prints them as one line.
+The library's messages (the ``infusion`` loggers) are printed as plain lines by
+:class:`Terminal`, which :func:`infusion.cli.main` installs for the command's run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import config as config_mod
@@ -27,6 +32,52 @@ def say(message: str) -> None:
             print(f"warning: cannot write to stdout ({e}); continuing without it",
                   file=sys.stderr)
         _drop_stdout()
+
+
+class Terminal(logging.Handler):
+    """The library's messages as the command line prints them: each message as it is, on
+    stdout (stderr inside :meth:`to_stderr`), a warning after ``warning:``."""
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.stderr = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            text = f"warning: {text}"
+        if self.stderr:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            say(text)
+
+    @contextlib.contextmanager
+    def to_stderr(self) -> Iterator[None]:
+        """Messages to stderr inside the block (where stdout carries the command's result)."""
+        saved, self.stderr = self.stderr, True
+        try:
+            yield
+        finally:
+            self.stderr = saved
+
+
+TERMINAL = Terminal()
+
+
+@contextlib.contextmanager
+def messages(level: int = logging.INFO) -> Iterator[Terminal]:
+    """Print the library's messages of ``level`` and above (:class:`Terminal`) inside the
+    block; the ``infusion`` logger is as it was afterwards."""
+    logger = logging.getLogger("infusion")
+    saved = logger.level
+    TERMINAL.setLevel(level)
+    logger.addHandler(TERMINAL)
+    logger.setLevel(level)
+    try:
+        yield TERMINAL
+    finally:
+        logger.removeHandler(TERMINAL)
+        logger.setLevel(saved)
 
 
 def _drop_stdout() -> None:
@@ -59,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              "config and data; drop --preset/--config/--data (change train.* "
                              "with --set)")
         final = train(None, args.run_dir, resume=True, device=args.device, overrides=args.set,
-                      progress=not args.quiet, log=say)
+                      progress=not args.quiet)
     elif args.data:  # the user's own data: infusion.fit builds the config around them
         from ..training.fit import fit
 
@@ -67,13 +118,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise InputError("--data takes at most one of --preset NAME or --config FILE")
         base = config_mod.load_file(args.config) if args.config else args.preset
         final = fit(args.data, preset=base, run_dir=args.run_dir, overrides=args.set,
-                    overwrite=args.overwrite, device=args.device, progress=not args.quiet,
-                    log=say).checkpoint
+                    overwrite=args.overwrite, device=args.device,
+                    progress=not args.quiet).checkpoint
     else:
         cfg = _config_from(args)
         run_dir = args.run_dir or f"runs/{args.preset or Path(args.config).stem}"
         final = train(cfg, run_dir, overwrite=args.overwrite, device=args.device,
-                      progress=not args.quiet, log=say)
+                      progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         say(f"final checkpoint: {final}")
 
@@ -95,14 +146,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     The demo is a fixed amount of work (``train.epochs``, no time cap), so every machine ends
     with the same model; a few timed steps first say how long it will take here, and where a
-    machine whose other work slows several threads below one, the run takes one thread."""
+    machine whose other work slows several threads below one, the run takes one thread.
+    A run directory holding a run of another preset is refused, and so is ``--set`` for a
+    finished demo (there is nothing left to change)."""
     from ..device import resolve_device
     from ..training.bench import probe
     from ..training.loop import train
 
     run_dir = Path(args.run_dir)
     final = run_dir / "checkpoints" / "final.pt"
+    _check_demo_dir(run_dir)
     if final.exists():
+        if args.set:
+            raise InputError(f"--set {args.set[0]!r}: {str(run_dir)!r} holds a finished demo "
+                             "run, which --set cannot change (delete it, or use another "
+                             "--run-dir, to train again)")
         say(f"{run_dir} already holds a finished demo run (delete it to train again)")
     else:
         resume = any((run_dir / "checkpoints").glob("epoch-*.pt"))
@@ -123,18 +181,43 @@ def cmd_demo(args: argparse.Namespace) -> None:
             say(f"  about {p['run_s'] / 60:.0f} minutes ({p['epoch_s'] / 60:.1f} per epoch); "
                 f"the model and its figures go to {run_dir}")
         train(None if resume else cfg, run_dir, resume=resume, device=args.device,
-              overrides=overrides if resume else (), progress=not args.quiet, log=say)
+              overrides=overrides if resume else (), progress=not args.quiet)
     say(f"\nrun directory: {run_dir}")
     for name in ("samples.npz", "samples.png", "chains.png", "curve.png", "metrics.jsonl"):
         say(f"  {run_dir / name}")
     say(f"  {final}")
 
 
+def _check_demo_dir(run_dir: Path) -> None:
+    """``infusion demo`` trains, resumes or shows only a run of the ``mnist-demo`` preset: a
+    run directory whose ``config.json`` names another preset (or none) is refused, before
+    anything in it is read further or changed."""
+    from ..config.schema import CONFIG_FILE_MAX, parse_text
+
+    file = run_dir / "config.json"
+    if not file.is_file():
+        return
+    with open(file, "rb") as f:
+        saved = parse_text(f.read(CONFIG_FILE_MAX + 1), False, repr(str(file)))
+    preset = saved.get("preset", "") if isinstance(saved, dict) else ""
+    if preset != "mnist-demo":
+        which = f"preset {preset!r}" if preset else "no preset (its config.json names none)"
+        raise InputError(f"--run-dir {str(run_dir)!r} holds a run of {which}, not of the "
+                         "demo's preset mnist-demo: use another --run-dir for the demo (infusion "
+                         "train --resume --run-dir continues that run)")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from ..generate.files import sample_to_file
 
     out = Path(args.out)
-    seeds = args.seeds or list(range(args.seed, args.seed + args.n))
+    beside = [f for f, v in (("--n", args.n), ("--seed", args.seed)) if v is not None]
+    if args.seeds and beside:  # --seeds names every sample: --n and --seed would be ignored
+        raise InputError(f"{' and '.join(beside)} with --seeds: --seeds lists every sample's "
+                         "seed (their number is the number of samples); pass --seeds alone, "
+                         "or --n and --seed")
+    n, seed = args.n or 64, args.seed or 0
+    seeds = args.seeds or list(range(seed, seed + n))
     classes = args.classes if args.classes is not None else (
         None if args.class_ is None else [args.class_])
     if classes is not None and len(seeds) * len(classes) > SAMPLES_MAX:
@@ -162,7 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sample_to_file(model, out, n=len(seeds), steps=steps, seeds=seeds,
                        batch_size=args.batch_size, png_dir=args.png_dir, data=cfg.data,
                        labels=labels, nrow=per_class,
-                       grid_max=len(seeds) if classes else 100)
+                       grid_max=len(seeds) if classes else 100, progress=not args.quiet)
     what = "" if classes is None else f" of classes {','.join(map(str, classes))}"
     say(f"wrote {len(seeds)} samples{what} ({steps} steps, {model.sampler}) to {out} and a grid "
         f"to {out.with_suffix('.png')}" + (f"; one PNG per sample in {args.png_dir}"
@@ -170,27 +253,37 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """A run's model (with its batch-norm statistics) as config.json + model.safetensors."""
-    from ..evaluate.card import model_card, run_directory
-    from ..io import atomic_write
-    from ..training.checkpoint import is_half_export, save_pretrained
+    """A run's model (with its batch-norm statistics) as config.json + model.safetensors, and
+    its model card. The card shows only this model's evaluation: the report (``--report``, or
+    the run's ``eval/report.json``) must carry this model's fingerprint, else the export is
+    refused."""
+    from ..evaluate.card import check_report, model_card, run_directory
+    from ..evaluate.report import read_report
+    from ..io import atomic_write, check_outputs
+    from ..training.checkpoint import (
+        export_files,
+        is_half_export,
+        model_fingerprint,
+        resolve,
+        save_pretrained,
+    )
 
     out = Path(args.out)
     half = is_half_export(out)  # a killed export's weights without config.json: replaced
-    _free([out / "config.json", out / "README.md"] + ([] if half else [out / "model.safetensors"]),
-          args.overwrite)
+    files = [*export_files(out), out / "README.md"]
+    _free(files, args.overwrite)
+    check_outputs(out, files, hint="export to another --out")  # only the library's own files
     run_dir = run_directory(args.checkpoint)
     report_file = Path(args.report) if args.report else (
         run_dir / "eval" / "report.json" if run_dir is not None else None)
     report = None
     if report_file is not None and (args.report or report_file.is_file()):
-        try:
-            report = json.loads(report_file.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"--report {str(report_file)!r}: not an evaluation report ({e})") \
-                from None
+        report = read_report(report_file, "--report" if args.report else "the run's report")
     model, cfg = load_for_sampling(args.checkpoint, "cpu")
-    card = model_card(out, cfg, model.shape, run_dir=run_dir, report=report)
+    if report is not None:  # a card shows only its own model's evaluation
+        check_report(report, model_fingerprint(model), f"report {str(report_file)!r}")
+    card = model_card(out, cfg, model.shape, run_dir=run_dir, report=report,
+                      checkpoint=resolve(args.checkpoint) if run_dir is not None else None)
     with all_or_nothing(overwrite=args.overwrite or half):  # every file, created exclusively
         save_pretrained(model, cfg, out)
         atomic_write(out / "README.md", lambda tmp: tmp.write_text(card))
@@ -202,7 +295,8 @@ def load_for_sampling(checkpoint: str, device: str = "auto"):
     """:func:`infusion.load_model`, telling stderr when statistics are computed."""
     from ..training.checkpoint import load_model
 
-    return load_model(checkpoint, device, log=lambda s: print(s, file=sys.stderr))
+    with TERMINAL.to_stderr():
+        return load_model(checkpoint, device)
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
@@ -252,8 +346,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"figures directory {str(out)!r} is not empty; pass --overwrite to "
                          "replace its figures")
-    done = make_figures(args.run_dir, args.out, device=args.device, n=args.n, seed=args.seed,
-                        log=lambda s: None)
+    done = make_figures(args.run_dir, args.out, device=args.device, n=args.n, seed=args.seed)
     for name, what in done.items():
         say(f"{name}: {what}")
 
@@ -288,13 +381,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 common[name] = value
         s = EvalSettings(**common)
     evaluate(args.checkpoint, args.metrics, args.out, s, device=args.device,
-             progress=not args.quiet, overwrite=args.overwrite, log=say)
+             progress=not args.quiet, overwrite=args.overwrite)
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    """Fill and verify a data set's cache. Each option is for the sets that read it, and
+    refused for the others: --idx-dir for mnist and fashion, --path for the image sets,
+    --image-size for folder."""
     from ..data import ensure, ensure_fashion, ensure_mnist
 
     idx_sets = {"mnist": ("MNIST", ensure_mnist), "fashion": ("Fashion-MNIST", ensure_fashion)}
+    image_set = args.name not in idx_sets
+    for option, value, read, readers in (
+            ("--idx-dir", args.idx_dir, not image_set, "mnist and fashion"),
+            ("--path", args.path, image_set, "the image sets: cifar10, svhn, celeba, tfd, folder"),
+            ("--image-size", args.image_size, args.name == "folder", "folder")):
+        if value and not read:
+            raise InputError(f"{option} {value!r}: --name {args.name} does not read it (it is "
+                             f"for {readers})")
     if args.name not in idx_sets:
         path = ensure(args.name, path=args.path, image_size=args.image_size)
         say(f"{args.name} ready: {path}")

@@ -5,11 +5,15 @@ bench | presets``: the parser and :func:`main`; the commands themselves are in
 Every user error (bad config, unknown preset, missing checkpoint, corrupt data, an output
 that exists) is printed as one ``error: …`` line and exits with status 2, without a
 traceback; an internal error keeps its traceback and says it is a bug (status 1).
+The library's messages are printed as plain lines; ``infusion --quiet COMMAND`` keeps only
+warnings and hides progress bars (a command's own ``--quiet`` hides the bars alone),
+``infusion -v COMMAND`` adds debug messages.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -87,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Generative models learned as the transition operator of a Markov chain: "
         "infusion training and its baselines."))
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", dest="global_quiet", action="store_true",
+                      help="print warnings only: no progress messages, no progress bars")
+    loud.add_argument("-v", "--verbose", dest="debug", action="store_true",
+                      help="print debug messages too")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, run_dir_default=None):
@@ -98,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     if run_dir_default else
                                                     " (default runs/PRESET)"))
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        sp.add_argument("--quiet", action="store_true",
+                        help="no progress bars (infusion --quiet COMMAND: warnings only too)")
 
     t = sub.add_parser("train", help="train a preset, a config file or your own data into a "
                        "run directory")
@@ -122,12 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint, run directory or export")
     s.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    s.add_argument("--n", type=_whole(1, SAMPLES_MAX), default=64, help="number of samples (default 64)")
+    s.add_argument("--n", type=_whole(1, SAMPLES_MAX), default=None,
+                   help="number of samples (default 64)")
     s.add_argument("--seeds", type=parse_seeds_arg, help="seed list, e.g. 0-63 or 1,5,9 "
                    "(instead of --n/--seed); each sample depends on its seed only")
     s.add_argument("--steps", type=_whole(0, STEPS_MAX), default=0,
                    help="sampling steps T' (default: the run's sample.steps)")
-    s.add_argument("--seed", type=_whole(0, SEED_MAX), default=0, help="sample i uses seed SEED+i")
+    s.add_argument("--seed", type=_whole(0, SEED_MAX), default=None,
+                   help="sample i uses seed SEED+i (default 0)")
     s.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
     s.add_argument("--png-dir", help="also write one PNG per seed (seed-NNNNNN.png) here")
     cls = s.add_mutually_exclusive_group()
@@ -252,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "does not grow with k")
     e.add_argument("--seed", type=_whole(0, SEED_MAX), default=None, help="seed of every random draw")
     e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, …")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--quiet", action="store_true",
+                   help="no progress bars (infusion --quiet COMMAND: warnings only too)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing report")
     e.set_defaults(func=c.cmd_evaluate)
 
@@ -293,10 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A user error is one ``error:`` line (exit 2), a stop by SIGINT/SIGTERM
     one ``stopped:`` line (exit 130); anything else is a bug and keeps its traceback (exit 1)."""
     args = build_parser().parse_args(argv)
+    args.quiet = args.global_quiet or getattr(args, "quiet", False)  # no progress bars
+    level = logging.WARNING if args.global_quiet else logging.DEBUG if args.debug else logging.INFO
     from ..training.loop import Interrupted
 
     try:
-        args.func(args)
+        with c.messages(level):
+            args.func(args)
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 130

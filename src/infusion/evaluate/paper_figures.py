@@ -18,7 +18,8 @@ likelihood and reversibility figures of the baselines (algorithms.md §7, §11).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from ..chain.sampler import sample_chain
 from ..config import Config
 from ..errors import InputError
 from ..methods.infusion import infusion_rates
+
+logger = logging.getLogger(__name__)
 
 
 def fig1_sampling_chains(path: str | Path, model: ChainModel, steps: int, n: int = 8,
@@ -52,7 +55,7 @@ def fig2_infusion_chains(path: str | Path, run_dir: str | Path) -> Path:
     for f in files:
         with np.load(f) as z:
             panels.append((f"epoch {int(z['epoch'])}", z["chain"], z["targets"]))
-    return chain_panels(path, panels)
+    return figures.save_chain_panels(path, panels)
 
 
 def fig3_bound_curves(path: str | Path, metrics_file: str | Path) -> Path:
@@ -67,11 +70,10 @@ def fig3_bound_curves(path: str | Path, metrics_file: str | Path) -> Path:
 
 def fig4_nearest_neighbours(path: str | Path, samples: torch.Tensor, train: torch.Tensor) -> Path:
     """Fig. 4: samples, last column the nearest training image of the next-to-last column."""
-    from ..figures import save_neighbour_figure
     from .metrics import nearest_neighbours
 
     _, idx = nearest_neighbours(samples, train)
-    return save_neighbour_figure(path, samples, train, idx)
+    return figures.save_neighbour_figure(path, samples, train, idx)
 
 
 @torch.no_grad()
@@ -81,7 +83,8 @@ def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tenso
     """Infusion chains (algorithms.md §3) for targets x (n, d) under the run's increasing schedule
     α(t) = α(0) + tω and a constant one (default: the same mean rate), same noise seed.
 
-    Returns ``[(title, chain (T+1, n, *shape), targets (n, *shape)), …]`` for :func:`chain_panels`.
+    Returns ``[(title, chain (T+1, n, *shape), targets (n, *shape)), …]`` for
+    :func:`infusion.figures.chain_panels_figure`.
     """
     from ..methods import build_method
 
@@ -104,60 +107,12 @@ def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tenso
     return out
 
 
-def chain_panels(path: str | Path, panels: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Path:
-    """Titled panels of infusion chains. Images: rows = targets, columns = the chain's states
-    then the target. 2-D points: each chain's path, its end marked, the target as a cross."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = np.asarray(panels[0][1])
-    images = first.ndim == 5 and first.shape[3:] != (1, 1)
-    if images:
-        grids = []
-        for _, chain, targets in panels:
-            tiles = np.concatenate([chain, targets[None]], 0)  # (S+1, n, C, H, W)
-            s, n = tiles.shape[:2]
-            grids.append(figures.make_grid(tiles.transpose(1, 0, 2, 3, 4).reshape(s * n, *tiles.shape[2:]),
-                                           nrow=s))
-        h, w = grids[0].shape[:2]
-        steps, side = first.shape[0], first.shape[-1]  # states z̃(0) … z̃(T-1), μ_T
-        labels = [str(t) for t in range(steps - 1)] + ["μ_T", "target"]
-        centres = [2 + k * (side + 2) + side / 2 - 0.5 for k in range(len(labels))]
-        # about 1.8 screen pixels per image pixel: readable, and a few hundred kB for 12 epochs
-        fig, axes = plt.subplots(len(panels), 1, figsize=(w / 60, len(panels) * (h / 60 + 0.4)),
-                                 squeeze=False)
-        for ax, grid, (title, _, _) in zip(axes[:, 0], grids, panels):
-            ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255,
-                      interpolation="nearest")
-            ax.set_title(f"{title} (columns: z̃(t), then μ_T and the target)", fontsize=8)
-            ax.set_xticks(centres, labels, fontsize=6)
-            ax.tick_params(length=0)
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-    else:
-        fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2), squeeze=False)
-        for ax, (title, chain, targets) in zip(axes[0], panels):
-            pts = np.asarray(chain).reshape(chain.shape[0], chain.shape[1], -1)
-            tg = np.asarray(targets).reshape(len(targets), -1)
-            for i in range(pts.shape[1]):
-                line, = ax.plot(pts[:, i, 0], pts[:, i, 1], lw=0.8, marker=".", ms=2)
-                ax.plot(*tg[i, :2], marker="x", color=line.get_color(), ms=7)
-                ax.plot(*pts[-1, i, :2], marker="o", color=line.get_color(), ms=4)
-            ax.set(xlim=(0, 1), ylim=(0, 1), xticks=[], yticks=[], title=title)
-            ax.set_aspect("equal")
-    fig.tight_layout()
-    return figures._save_fig(fig, path)
-
-
 def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device: str = "auto",
-                 n: int = 8, seed: int = 0, log: Callable[[str], object] = print
-                 ) -> dict[str, Path | str]:
+                 n: int = 8, seed: int = 0) -> dict[str, Path | str]:
     """Every paper figure a run allows, into ``out_dir`` (default ``<run>/figures``).
 
-    Returns ``{figure: path}`` for those written and ``{figure: "skipped: why"}`` for the rest.
+    Returns ``{figure: path}`` for those written and ``{figure: "skipped: why"}`` for the rest
+    (each also logged, at debug level, on the ``infusion.evaluate.paper_figures`` logger).
     """
     from ..data import load_data
     from ..training.checkpoint import load_model
@@ -175,7 +130,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
             done[name] = fn()
         except (FileNotFoundError, ValueError, ImportError) as e:
             done[name] = f"skipped: {e}"
-        log(f"{name}: {done[name]}")
+        logger.debug(f"{name}: {done[name]}")
 
     attempt("fig1_sampling_chains",
             lambda: fig1_sampling_chains(out / "fig1_sampling_chains.png", model, steps, n, seed))
@@ -188,7 +143,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
     g = torch.Generator(device=data.valid.device).manual_seed(seed)
     targets = data.model_space(data.valid[:n], g)
     conditioned = given(model, data.labels("valid", slice(0, n)))  # a conditional model: their classes
-    attempt("fig7_constant_vs_increasing", lambda: chain_panels(
+    attempt("fig7_constant_vs_increasing", lambda: figures.save_chain_panels(
         out / "fig7_constant_vs_increasing.png",
         constant_vs_increasing_chains(conditioned, cfg, targets, seed)))
     attempt("likelihood_vs_k", lambda: likelihood_vs_k(

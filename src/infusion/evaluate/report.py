@@ -10,13 +10,51 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import atomic_write, save_npz
+from ..errors import InputError
+from ..io import atomic_write, read_json, save_npz
 from .protocol import BN_STATS, PAPER_MNIST
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number of an evaluation: its value, standard error (None where the metric has
+    none) and the examples or samples it rests on; ``details``: the report's whole entry."""
+
+    name: str
+    value: float
+    stderr: float | None = None
+    n: int | None = None
+    details: dict = field(default_factory=dict, repr=False)
+
+
+# the number a report entry without a "mean" or "value" stands for
+_HEADLINES = {"precision": "precision", "recall": "recall", "coverage": "entropy",
+              "reversibility": "ratio"}
+
+
+def report_metrics(report: dict) -> dict[str, Metric]:
+    """Each metric of a report as a :class:`Metric` (precision and recall as two)."""
+    out = {}
+    for name, e in report.get("metrics", {}).items():
+        n = e.get("n", e.get("n_samples"))
+        if "mean" in e:
+            out[name] = Metric(name, e["mean"], e.get("stderr"), n, e)
+        elif "value" in e:
+            out[name] = Metric(name, e["value"], None, n, e)
+        elif name == "precision":  # precision and recall: two numbers of one entry
+            for key in ("precision", "recall"):
+                out[key] = Metric(key, e[key], None, e.get("n_samples"), e)
+        elif name == "memorisation":
+            out[name] = Metric(name, e["sample_to_train"]["median"], None, n, e)
+        elif name in _HEADLINES:
+            out[name] = Metric(name, e[_HEADLINES[name]], None, n, e)
+    return out
 
 
 class ReportWriter:
@@ -207,3 +245,39 @@ def markdown(report: dict) -> str:
     if extra:
         lines += [""] + extra
     return "\n".join(lines) + "\n"
+
+
+def read_report(path: str | Path, what: str = "report") -> dict:
+    """An ``infusion evaluate`` report read back from the JSON file ``path``, checked: a
+    regular file of JSON (:func:`infusion.io.read_json`) holding an object with ``settings``
+    and ``metrics`` objects, each metric an object with its number (a real number) and every
+    field its table row (:func:`markdown`) shows. Anything else is an :class:`InputError`
+    naming ``what``, the file and, where one is at fault, the metric."""
+
+    report, where = read_json(path, what), f"{what} {str(path)!r}"
+    if not isinstance(report, dict):
+        raise InputError(f"{where}: expected a JSON object (an infusion evaluate report), "
+                         f"not a JSON {type(report).__name__}")
+    for key in ("settings", "metrics"):
+        if not isinstance(report.get(key), dict):
+            raise InputError(f"{where}: no {key!r} object; not an infusion evaluate report")
+
+    def check(metrics: dict, name: str) -> None:
+        one = {**report, "metrics": metrics}
+        try:
+            markdown(one)
+            values = report_metrics(one)
+        except (LookupError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"{where}: {name} is not as infusion evaluate writes it "
+                             f"({type(e).__name__}: {e})") from None
+        bad = [k for k, m in values.items() if isinstance(m.value, bool)
+               or not isinstance(m.value, (int, float))]
+        if bad:
+            raise InputError(f"{where}: metric {bad[0]!r} has no number ({values[bad[0]].value!r})")
+
+    check({}, "its summary (settings, timings, machine)")
+    for name, entry in report["metrics"].items():
+        if not isinstance(entry, dict):
+            raise InputError(f"{where}: metric {name!r} is not a JSON object")
+        check({name: entry}, f"metric {name!r}")
+    return report

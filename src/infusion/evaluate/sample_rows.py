@@ -153,7 +153,7 @@ def _classifier_unsupported(s: EvalSettings, means: torch.Tensor) -> str | None:
 def _classifier_metrics(s, means, test, wanted, report, progress, log) -> dict:
     from . import metrics as mt
 
-    kw = {"progress": progress, "log": log} if s.extractor in mt.OWN_EXTRACTORS.values() else {}
+    kw = {"progress": progress} if s.extractor in mt.OWN_EXTRACTORS.values() else {}
     if s.extractor_path:
         kw["path"] = s.extractor_path
     ext = mt.get_extractor(s.extractor, **kw)

@@ -23,7 +23,8 @@ def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None
                    seed: int = 0, batch_size: int = 500, grid_max: int = 100, *,
                    seeds: Sequence[int] | None = None, png_dir: str | Path | None = None,
                    reference=None, data: DataConfig | None = None,
-                   labels: Sequence[int] | None = None, nrow: int | None = None) -> Path:
+                   labels: Sequence[int] | None = None, nrow: int | None = None,
+                   progress: bool = False) -> Path:
     """Draw ``n`` samples (sample i from seed ``seed + i``, or ``seeds[i]``), write ``out``
     (.npz) and its grid PNG (the first ``grid_max`` images; 2-D points: all of them, over the
     ``reference`` points if given); with ``png_dir``, also one PNG of each mean,
@@ -32,7 +33,8 @@ def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None
     data), ``data_samples`` and ``data_means`` hold the same in the data's own units.
     ``labels``: the class of each sample of a class-conditional model (algorithms.md §15;
     default: seed modulo the number of classes), stored as ``labels``; the per-seed PNGs are
-    then ``class-C-seed-NNNNNN.png``. ``nrow``: images per grid row."""
+    then ``class-C-seed-NNNNNN.png``. ``nrow``: images per grid row. ``progress``: a bar
+    while sampling, on a terminal."""
     out = Path(out)
     if out.suffix != ".npz":
         raise InputError(f"--out {str(out)!r}: expected a .npz file name")
@@ -43,7 +45,8 @@ def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None
             raise InputError(f"--png-dir: the model draws {tuple(model.shape)} vectors, not images")
         if os.path.lexists(png_dir) and not Path(png_dir).is_dir():
             raise InputError(f"--png-dir {str(png_dir)!r} exists and is not a folder")
-    res = sample_chain(model, n, steps, seed, seeds=seeds, batch_size=batch_size, labels=labels)
+    res = sample_chain(model, n, steps, seed, seeds=seeds, batch_size=batch_size, labels=labels,
+                       progress=progress)
     arrays = {"samples": res.samples.numpy().astype(np.float32),
               "means": res.means.numpy().astype(np.float32)}
     if res.labels is not None:

@@ -15,10 +15,10 @@ import torch
 
 from .. import figures
 from ..chain.model import ChainModel
-from ..chain.sampler import sample_chain
+from ..chain.sampler import check_clampable, sample_chain
 from ..config import DataConfig
 from ..errors import InputError
-from ..io import all_or_nothing, save_npz
+from ..io import all_or_nothing, path_kind, regular_file, save_npz
 
 HALVES = ("top", "bottom", "left", "right")
 MISSING_SHADE = 0.5  # how unobserved pixels are drawn in the "masked start" column
@@ -46,8 +46,9 @@ def load_mask_file(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
     """Boolean (C, H, W) mask from a PNG or .npy of the image's H×W (nonzero = observed)."""
     _check_image_shape(shape)
     p = Path(path)
-    if not p.is_file():
+    if path_kind(p) == "nothing":
         raise FileNotFoundError(f"mask file {str(p)!r} does not exist")
+    regular_file(p, "mask file")  # a FIFO, a device or a symlink loop: refused, never opened
     try:
         if p.suffix.lower() == ".npy":
             a = np.load(p, allow_pickle=False)
@@ -105,7 +106,10 @@ def inpaint(model: ChainModel, images: torch.Tensor, mask: torch.Tensor, chains:
     """Complete ``images`` (N, C, H, W) in [0, 1] with ``chains`` clamped chains each (algorithms.md §9).
 
     Chain k of image i uses seed ``seed + i·chains + k``. ``steps`` = T' (default: training T).
+    A model that cannot be clamped (a VAE, whose steps ignore their input state) is refused
+    (:class:`~infusion.errors.InputError`): its completions would ignore the observed pixels.
     """
+    check_clampable(model)
     if chains < 1:
         raise InputError(f"chains={chains}: expected >= 1")
     shape = tuple(model.shape)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .._logging import bar_disable
 from ..chain.model import ChainModel, given
 from ..chain.nets import step_norms
 from ..config import Config
@@ -41,7 +42,8 @@ def compute_step_statistics(model: ChainModel, method: Method, data, batch_size:
             total = min(total, max_batches)
         chosen = batches(len(data.train), batch_size, order)
         for _, idx in tqdm(zip(range(total), chosen), total=total, leave=False,
-                           desc="batch-norm statistics (algorithms.md §6)", disable=not progress):
+                           desc="batch-norm statistics (algorithms.md §6)",
+                           disable=bar_disable(progress)):
             y = data.labels("train", idx)  # a class-conditional model's classes (§15)
             method.loss(given(model, y), data.model_space(data.train[idx], g), g)
     except BaseException:

@@ -107,6 +107,7 @@ class VaeModel(ChainModel):
 
     aux_noise = True  # the latent; its blocks are taken by :meth:`step`
     samplers = VaeSettings.samplers
+    clampable = False  # a step does not read its input: clamped pixels would condition nothing
 
     def __init__(self, shape: tuple[int, ...], cfg: ModelConfig, latent: int = 50,
                  decoder: str = "gaussian") -> None:

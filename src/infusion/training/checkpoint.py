@@ -1,4 +1,4 @@
-"""Checkpoints and exported models as plain data (DESIGN.md): safe loading, a ``latest``
+"""Checkpoints and exported models as plain data (docs/design.md): safe loading, a ``latest``
 pointer, and the inference format ``config.json`` + ``model.safetensors``.
 
 A checkpoint is a dict of state dicts, the config as a dict, counters and RNG states, loadable
@@ -10,6 +10,7 @@ goes through :func:`load_model`, which also migrates what older versions wrote.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -18,11 +19,13 @@ from typing import Any
 
 import torch
 
+from .. import hub
+from .._logging import messages_to
 from ..chain.model import ChainModel
 from ..config import Config, ConfigError, from_dict, to_dict
 from ..config.schema import CONFIG_FILE_MAX, parse_text
 from ..errors import InputError, UserError
-from ..io import all_or_nothing, atomic_write
+from ..io import all_or_nothing, atomic_write, claim_folder, path_kind
 from ..limits import VALUES_MAX, check_memory
 
 FORMAT = 1
@@ -30,6 +33,7 @@ LATEST = "latest"
 POINTER_MAX = 255  # the longest file name the latest pointer may hold
 EXPORT_FILES = ("config.json", "model.safetensors")
 WEIGHTS_MARK = {"written_by": "infusion"}  # an export's model.safetensors metadata
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -56,8 +60,10 @@ def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a run directory / its ``checkpoints/`` folder -> the latest
     checkpoint (the ``latest`` pointer names a file inside that folder, nothing else)."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    if not p.exists():  # or a symlink loop, or a link to nothing: said so
+        kind = path_kind(p)
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist"
+                              + ("" if kind == "nothing" else f" (it is {kind})"))
     if p.is_dir():
         ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
         pointer = ckpt_dir / LATEST
@@ -143,8 +149,42 @@ def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], w
     if bad:
         raise CheckpointError(f"{where} holds non-finite weights (NaN or inf, e.g. {bad[0]}): "
                               "the run diverged; use an earlier checkpoint")
+    check_variances(model, where)
     set_sampling_defaults(model, cfg)
     return model.to(device), cfg
+
+
+def check_variances(model: ChainModel, where: str) -> None:
+    """Every variance a model stores is refused unless it makes sense, so that a damaged file
+    is an error at load instead of NaN densities later: the prior's variance (``prior.var``)
+    must be > 0, and the per-step batch-norm variances (``*.stat_var``, to which a small
+    epsilon is added) >= 0."""
+    for name, buf in model.named_buffers():
+        floor = {"prior.var": "> 0", "stat_var": ">= 0"}.get(
+            name if name == "prior.var" else name.rsplit(".", 1)[-1])
+        if floor is None:
+            continue
+        wrong = buf <= 0 if floor == "> 0" else buf < 0
+        if bool(wrong.any()):
+            i = tuple(int(j) for j in wrong.nonzero()[0])
+            raise CheckpointError(f"{where}: variance {name}{list(i)} = {float(buf[i]):g}, "
+                                  f"expected {floor}: the file is damaged or was edited; use "
+                                  "another checkpoint")
+
+
+def model_fingerprint(model: ChainModel) -> str:
+    """The sha256 (hex) of a model's learned weights: each parameter's name, shape and float32
+    values, in order. A checkpoint, its export and the model loaded from either share it; any
+    other weights give another. An evaluation report records it (``model_sha256``), and an
+    export's model card takes only a report of its own model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().float().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def one_line(e: Exception) -> str:
@@ -183,21 +223,29 @@ def set_sampling_defaults(model: ChainModel, cfg: Config) -> None:
 
 
 def load_model(source: str | Path, device: str | torch.device = "auto", *,
-               statistics: bool = True, log: Callable[[str], object] = print,
+               statistics: bool = True, log: Callable[[str], object] | None = None,
                progress: bool = False) -> tuple[ChainModel, Config]:
-    """The one loader: a checkpoint file, run directory or exported folder -> (model on
+    """The one loader: a checkpoint file, run directory, exported folder or an export on the
+    Hugging Face Hub (``hf://owner/name[@revision]``, :mod:`infusion.hub`) -> (model on
     ``device`` in eval mode, config); ``infusion.load_model``.
 
     With ``statistics`` (the default), a model without per-step batch-norm statistics (a
     mid-training checkpoint) gets them from one pass over its training set (algorithms.md
-    §6), announced through ``log``; ``statistics=False`` returns the stored weights as they
-    are. The model's ``sample_steps`` is the run's ``sample.steps`` (or T): the default of
-    every sampler and command. ``device``: "auto" (CUDA if present), "cpu", "cuda[:N]" or a
+    §6), announced on the ``infusion.training.checkpoint`` logger (``log``, a callable that
+    receives the message instead, is kept for one version), with a progress bar if
+    ``progress``; ``statistics=False`` returns the stored weights as they are. The model's
+    ``sample_steps`` is the run's ``sample.steps`` (or T): the default of every sampler and
+    command. ``device``: "auto" (CUDA if present), "cpu", "cuda[:N]" or a
     :class:`torch.device`."""
     from ..device import resolve_device
     from ..methods.statistics import ensure_step_statistics
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if hub.is_hub(source):  # hf://owner/name: an export on the Hugging Face Hub
+        source = hub.local_copy(source)
+        if not is_export(source):
+            raise InputError(f"{str(source)!r}: the Hub repository holds no infusion export "
+                             "(config.json and model.safetensors)")
     if is_export(source):
         model, cfg = from_pretrained(source, dev)
     else:
@@ -205,8 +253,10 @@ def load_model(source: str | Path, device: str | torch.device = "auto", *,
         model, cfg = build_model(ckpt["config"], ckpt["shape"], ckpt["model"], ckpt["path"], dev)
         cfg = relocated_data(cfg, Path(ckpt["path"]).parent.parent)
     if statistics and not model.stats_ready:
-        log("checkpoint has no per-step batch-norm statistics; computing them (algorithms.md §6)")
-        ensure_step_statistics(model, cfg, dev, progress)
+        with messages_to(log):
+            logger.info("checkpoint has no per-step batch-norm statistics; computing them "
+                        "(algorithms.md §6)")
+            ensure_step_statistics(model, cfg, dev, progress)
     return model.eval(), cfg
 
 
@@ -228,13 +278,18 @@ def relocated_data(cfg: Config, run_dir: Path) -> Config:
 
 def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path:
     """Inference export: ``config.json`` (the config and data shape) + ``model.safetensors``
-    (fp32 weights and buffers, the per-step batch-norm statistics included)."""
+    (fp32 weights and buffers, the per-step batch-norm statistics included).
+
+    Only an export the library wrote is replaced (named in the folder's manifest,
+    ``.infusion-files``, which a new folder starts; :func:`infusion.io.claim_folder`): a file
+    of these names that it did not write — in a folder without a manifest, any — is refused
+    (:class:`~infusion.errors.InputError`) before anything is written."""
     from dataclasses import replace
 
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, export_files(out), hint="export to another folder")
     if cfg.train.init_from:  # provenance only: no path of the machine it was made on
         cfg = replace(cfg, train=replace(cfg.train, init_from=Path(cfg.train.init_from).name))
     meta = {"format": FORMAT, "config": to_dict(cfg), "shape": list(model.shape)}
@@ -248,6 +303,13 @@ def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path
 
 
 export = save_pretrained  # the name of version 0.1
+
+
+def export_files(out: Path) -> list[Path]:
+    """The files an export into ``out`` replaces: ``config.json`` and ``model.safetensors``,
+    less the weights a killed export left there (:func:`is_half_export`), which are the
+    library's by their mark."""
+    return [out / "config.json", *([] if is_half_export(out) else [out / "model.safetensors"])]
 
 
 def is_half_export(path: str | Path) -> bool:

@@ -3,7 +3,7 @@ statistics, ``final.pt``, samples and figures."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 from .. import figures
@@ -16,11 +16,11 @@ from . import checkpoint as ckpt_io
 from .ema import EMA
 
 TOY_CHAINS = 500  # chains in a 2-D run's chains.png (a cloud per panel)
+logger = logging.getLogger(__name__)
 
 
 def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data: Data, *,
-             progress: bool = True, log: Callable[[str], None] = print,
-             ema: EMA | None = None) -> Path:
+             progress: bool = True, ema: EMA | None = None) -> Path:
     """Best weights (the EMA's when ``train.ema`` > 0), §6 statistics, ``final.pt``, samples
     and figures. Returns its path."""
     ckpt_dir = run_dir / "checkpoints"
@@ -31,20 +31,19 @@ def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data
         best = ckpt_io.load(best_file, map_location=data.train.device, weights_only=True)
         model.load_state_dict(ckpt_io.migrate_state_dict(best["model"]))  # 0.1 names too
         epoch = best["epoch"]
-        log(f"using the best validation epoch ({epoch})")
+        logger.info(f"using the best validation epoch ({epoch})")
     compute_step_statistics(model, method, data, cfg.train.batch_size, cfg.train.seed + 5, progress)
     final = ckpt_dir / "final.pt"
     ckpt_io.save(final, {"model": model.state_dict(), "config": to_dict(cfg),
                          "shape": list(data.shape), "epoch": epoch})
     ckpt_io.set_latest(ckpt_dir, final.name)
     ckpt_io.set_sampling_defaults(model, cfg)
-    write_figures(run_dir, model, cfg, log=log,
+    write_figures(run_dir, model, cfg,
                   reference=None if data.pixels else data.train[:TOY_CHAINS * 4].cpu())
     return final
 
 
-def write_figures(run_dir: Path, model: ChainModel, cfg: Config,
-                  log: Callable[[str], None] = print, reference=None) -> None:
+def write_figures(run_dir: Path, model: ChainModel, cfg: Config, reference=None) -> None:
     """Samples (npz), a sample grid, sampling chains and the training curve, into ``run_dir``.
 
     For 2-D points, ``reference`` (training points) is drawn under the samples, and the chains
@@ -66,9 +65,9 @@ def write_figures(run_dir: Path, model: ChainModel, cfg: Config,
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         figures.save_curves(run_dir / "curve.png", metrics)
-    log(f"samples: {out}\ngrid: {out.with_suffix('.png')}\nchains: {run_dir / 'chains.png'}\n"
-        f"curve: {run_dir / 'curve.png'}"
-        + (f"\nby class: {run_dir / 'samples_by_class.png'}" if model.classes else ""))
+    logger.info(f"samples: {out}\ngrid: {out.with_suffix('.png')}\nchains: "
+                f"{run_dir / 'chains.png'}\ncurve: {run_dir / 'curve.png'}"
+                + (f"\nby class: {run_dir / 'samples_by_class.png'}" if model.classes else ""))
 
 
 def class_grid(path: Path, model: ChainModel, steps: int, seed: int = 0, per_class: int = 10,

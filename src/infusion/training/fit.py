@@ -20,14 +20,17 @@ from typing import Any
 import numpy as np
 
 from .. import config as config_mod
+from .._logging import messages_to
 from ..chain.model import ChainModel
 from ..config import Config, DataConfig
 from ..data import arrays as arrays_mod
 from ..data.images import IMAGE_SUFFIXES, _image_files
 from ..errors import InputError
+from ..io import folder_path, path_kind
+from ..limits import check_tensor
 
 FOLDER_IMAGE_SIZE = 32  # a folder's crops without a preset: the `folder` preset's size
-_TRAIN_KWARGS = ("device", "overwrite", "progress", "log")
+_TRAIN_KWARGS = ("device", "overwrite", "progress")
 _OWN_DATA_KEYS = ("data.name", "data.path", "data.sha256")  # fit() sets these itself
 
 
@@ -98,13 +101,23 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     with an MLP of :func:`mlp_widths` (d) (with ``model.net=unet``: a U-Net of
     :data:`UNET_CHANNELS`), and a folder read at 32×32. ``overrides`` are
     ``--set`` strings (``"train.epochs=5"``); the rest (``device``, ``overwrite``,
-    ``progress``, ``log``) go to :func:`infusion.train`. ``run_dir`` defaults to
-    ``runs/<file or folder name>``, or ``runs/fit-<hash of the data>`` for in-memory data.
+    ``progress``) go to :func:`infusion.train`. Messages go to the ``infusion`` loggers of
+    :mod:`logging` (``log=``, a callable that receives them instead, is kept for one
+    version). ``run_dir`` defaults to ``runs/<file or folder name>``, or
+    ``runs/fit-<hash of the data>`` for in-memory data.
 
     Arrays are stored in ``run_dir/data/`` (a ``.npz`` named by its content, with a
     ``.sha256`` record) and the config records its absolute path and sha256, so the run's
     ``evaluate``, ``sample`` and ``figures`` read exactly these data from any directory.
     """
+    with messages_to(train_kwargs.pop("log", None)):
+        return _fit(data, preset, run_dir, valid, labels, valid_labels, overrides, train_kwargs)
+
+
+def _fit(data: Any, preset: str | Config | None, run_dir: str | Path | None, valid: Any,
+         labels: Any, valid_labels: Any, overrides: Sequence[str], train_kwargs: dict
+         ) -> FitResult:
+    """:func:`fit`, its messages already routed."""
     from ..device import resolve_device
     from .checkpoint import load_model
     from .loop import train
@@ -155,15 +168,11 @@ def fit(data: Any, *, preset: str | Config | None = None, run_dir: str | Path | 
     cfg = config_mod.override(replace(base, data=dc), list(overrides))
     cfg = replace(cfg, data=replace(cfg.data, image_size=0))  # a folder's size is in its pixels
     cfg = _size_network(cfg, preset, overrides, splits["train"].shape[1:])
-    _check_run_dir(run_dir, bool(train_kwargs.get("overwrite")))
+    _check_run_dir(run_dir, bool(train_kwargs.get("overwrite")), cfg.data.path)
     check_init_from(cfg, run_dir, bool(train_kwargs.get("overwrite")))
     # the arrays live in the run directory, verified on every load
     path, digest = arrays_mod.store(Path(cfg.data.path), splits, ys)
     cfg = replace(cfg, data=replace(cfg.data, path=str(path), sha256=digest)).validate()
-    if train_kwargs.get("overwrite"):  # the replaced run's own data file goes with it
-        for old in path.parent.glob("arrays-*.npz*"):
-            if old.name not in (path.name, path.name + ".sha256"):
-                old.unlink()
     final = train(cfg, run_dir, **train_kwargs)
     model, cfg = load_model(final, resolve_device(train_kwargs.get("device", "auto")))
     return FitResult(model.eval(), cfg, run_dir, Path(final))
@@ -200,7 +209,6 @@ def _folder_splits(folder: Path, size: int, train_kwargs: dict) -> dict[str, np.
     from ..data.images import load_images
 
     return {s: load_images("folder", s, path=folder, image_size=size,
-                           log=train_kwargs.get("log", print),
                            progress=train_kwargs.get("progress", True)).images
             for s in ("train", "valid", "test")}
 
@@ -210,9 +218,9 @@ def _array_splits(data: Any, valid: Any) -> tuple[dict[str, np.ndarray], str | N
     memory), and whether the validation split was taken from the training examples."""
     if isinstance(data, (str, os.PathLike)):
         p = Path(data).expanduser()
-        if not p.exists():
+        if path_kind(p) == "nothing":
             raise InputError(f"{str(p)!r}: no such file or folder")
-        raw, name = arrays_mod.read_file(p), p.stem
+        raw, name = arrays_mod.read_file(p), p.stem  # names what else p is
     else:
         raw, name = {"train": _examples_of(data, "data")}, None
     if valid is not None:
@@ -263,7 +271,12 @@ def _labels(splits: dict[str, np.ndarray], labels: Any, valid_labels: Any, split
 
 def _classes(y: Any, split: str) -> np.ndarray:
     """One split's classes as int64, checked: one integer >= 0 per example."""
-    y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
+    what = "labels" if split == "train" else f"{split} labels"
+    check_tensor(y, what)
+    try:
+        y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise InputError(f"{what}: expected one integer class >= 0 per example ({e})") from None
     if y.ndim != 1 or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
         raise InputError(f"{split} labels: expected one integer class >= 0 per example, got "
                          f"{y.dtype} of shape {y.shape}")
@@ -304,12 +317,17 @@ def _size_network(cfg: Config, preset, overrides: Sequence[str], shape: tuple[in
     return replace(cfg, model=replace(cfg.model, hidden=hidden)).validate()
 
 
-def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a directory that holds a run before anything is written into it."""
-    from .rundir import RunError, run_files
+def _check_run_dir(run_dir: Path, overwrite: bool, data: str) -> None:
+    """Refuse a directory that holds a run, and everything the run's claim of it would refuse
+    (:func:`infusion.training.rundir.claim`, ``data``: the new run's data file), before
+    anything is written into it; the replaced run's data file goes with it only then. A
+    path that cannot be a folder (a file, or a path below one) is refused first."""
+    from .rundir import RunError, claim, run_files
 
+    folder_path(run_dir, "run_dir")
     used = [str(p.relative_to(run_dir)) for p in run_files(run_dir)]
     if used and not overwrite:
         raise RunError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(used)}); "
                        "pass overwrite=True (--overwrite) to replace it, or another run_dir")
+    claim(run_dir, overwrite, main=False, data=data)  # checks alone
 

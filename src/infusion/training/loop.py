@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,13 +28,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._logging import bar_disable, messages_to, warnings_only
 from ..chain.model import ChainModel
 from ..config import Config, TrainConfig, to_dict
 from ..data import Data, load_data, shape_of
 from ..data.batches import batches
 from ..device import bf16_is_fast, cpu_threads, mixed_precision, resolve_device
 from ..errors import InputError, UserError
-from ..io import atomic_write
+from ..io import atomic_write, folder_path
 from ..methods import Method, build_method, check_model_memory
 from . import checkpoint as ckpt_io
 from . import distributed, environment, rundir
@@ -42,7 +44,9 @@ from .finalize import finalize
 from .rundir import RunError, training_state_file
 from .state import TrainState, diverged_message, restore, run_config, warm_start
 from .validation import record_infusion_chains, validate
-from .watch import Callback, EpochEvent, TensorBoard, sample_preview
+from .watch import Callback, EpochEvent, TensorBoard, WandB, sample_preview
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Diverged", "Interrupted", "RunError", "TrainState", "train", "training_state_file"]
 
@@ -57,7 +61,7 @@ class Interrupted(UserError, RuntimeError):
 
 def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False, device: str = "auto", overrides: Sequence[str] = (),
-          progress: bool = True, log: Callable[[str], None] = print,
+          progress: bool = True, log: Callable[[str], object] | None = None,
           callbacks: Sequence[Callback] = ()) -> Path:
     """Train ``cfg`` into ``run_dir`` and return the final checkpoint's path.
 
@@ -67,41 +71,53 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
     ``callbacks`` are called after every epoch with a :class:`~infusion.training.watch.EpochEvent`
     (main process only), beside the built-in watchers of ``train.sample_every`` and
     ``train.tensorboard``.
+
+    Messages (one line per epoch, the end of the run) go to the ``infusion.training`` loggers
+    of :mod:`logging`; ``progress`` shows tqdm bars on a terminal. ``log``, a callable that
+    receives the messages instead, is kept for one version: configure :mod:`logging` instead.
     """
-    run_dir = Path(run_dir)
+    with messages_to(log):
+        return _train(cfg, folder_path(run_dir, "run_dir"), resume, overwrite, device,
+                      overrides, progress, callbacks)
+
+
+def _train(cfg: Config | None, run_dir: Path, resume: bool, overwrite: bool, device: str,
+           overrides: Sequence[str], progress: bool, callbacks: Sequence[Callback]) -> Path:
+    """:func:`train`, its messages already routed."""
     ctx, dev = distributed.setup(resolve_device(device))  # one process, or one of torchrun's
-    if not ctx.main:  # rank 0 alone logs, shows progress and writes files
-        log, progress = (lambda _: None), False
-    with rundir.lock(run_dir, ctx.main), rundir.stop_signals() as stop, \
-            contextlib.ExitStack() as cleanup:
+    progress = progress and ctx.main  # rank 0 alone logs, shows progress and writes files
+    with warnings_only(not ctx.main), rundir.lock(run_dir, ctx.main), \
+            rundir.stop_signals() as stop, contextlib.ExitStack() as cleanup:
         # ---- setup: config, data, model, optimiser, generators; resume, or fit the prior
-        run = _Run.start(cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log)
+        run = _Run.start(cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress)
         cleanup.callback(run.close_watchers)  # however the run ends
         tc, state = run.cfg.train, run.state
         while not state.stopped_early and state.epoch < tc.epochs and not budget_spent(tc, state):
             # ---- one epoch of minibatches (checkpoints on time and on a signal inside it)
             done = run.epoch(stop)
             if done is None:  # train.max_minutes ran out inside the epoch: its state is saved
-                log(f"stopping after {tc.max_minutes} minutes (train.max_minutes), during epoch "
-                    f"{state.epoch + 1}; --resume continues from here")
+                logger.info(f"stopping after {tc.max_minutes} minutes (train.max_minutes), "
+                            f"during epoch {state.epoch + 1}; --resume continues from here")
                 break
             train_loss, seconds, seen = done
             # ---- validate, record Fig. 2's chains, keep the best weights (the EMA's, if any)
             scores = run.validate_epoch()
             row = run.add_row(train_loss, seconds, seen, scores)
             shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
-            log(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
-                f"{row['example_steps_per_s']:,.0f} example-steps/s")
+            logger.info(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
+                        f"{row['example_steps_per_s']:,.0f} example-steps/s")
             if ctx.main:  # ---- watchers: preview grid, TensorBoard, the caller's callbacks
                 run.notify(row, callbacks)
             # ---- stop? early stopping, the time limit, a signal; then checkpoint
             state.stopped_early = tc.patience > 0 and state.bad_epochs >= tc.patience
             if state.stopped_early:
-                log(f"early stop: no validation improvement for {state.bad_epochs} epochs")
+                logger.info(f"early stop: no validation improvement for {state.bad_epochs} "
+                            "epochs")
             out_of_time = distributed.agree(ctx, run.out_of_time())  # every process together
             finished = state.stopped_early or state.epoch >= tc.epochs or budget_spent(tc, state)
             if out_of_time and not finished:
-                log(f"stopping after {tc.max_minutes} minutes (train.max_minutes); --resume continues")
+                logger.info(f"stopping after {tc.max_minutes} minutes (train.max_minutes); "
+                            "--resume continues")
             if state.epoch % tc.checkpoint_every == 0 or finished or out_of_time or stop.requested:
                 run.save()
             elif ctx.main:
@@ -120,7 +136,7 @@ def train(cfg: Config | None, run_dir: str | Path, *, resume: bool = False,
             stop.at_once = True  # a signal now stops at once: the last checkpoint is resumable
             try:
                 final = finalize(run_dir, run.cfg, run.model, run.method, run.data,
-                                 progress=progress, log=log, ema=run.ema)
+                                 progress=progress, ema=run.ema)
             except KeyboardInterrupt:
                 raise Interrupted(f"stopped by {stop.requested or 'SIGINT'} while finishing the "
                                   f"run after epoch {state.epoch}; --resume finishes it") from None
@@ -153,7 +169,7 @@ class _Run:
     watchers: list = field(default_factory=list)  # built-in callbacks (TensorBoard)
 
     @classmethod
-    def start(cls, cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress, log) -> _Run:
+    def start(cls, cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress) -> _Run:
         saved = ckpt_io.load(training_state_file(run_dir), map_location=dev) if resume else None
         cfg = run_config(cfg, saved, overrides, run_dir, overwrite, ctx.main)
         tc = cfg.train
@@ -161,7 +177,7 @@ class _Run:
             threads, why = cpu_threads(tc.cpu_threads)
             torch.set_num_threads(threads)  # process-wide, as torch has it
             if why:
-                log(why)
+                logger.info(why)
         # before any data are read: the weights, their gradients, Adam's two moments (and the
         # EMA's copy) and a training step's activations must fit
         check_model_memory(build_method(cfg.method), shape_of(cfg.data), cfg, 4 + (tc.ema > 0),
@@ -178,7 +194,7 @@ class _Run:
         if saved is None:
             fit_prior(model, data, cfg)
             if tc.init_from:
-                warm_start(model, tc.init_from, log)
+                warm_start(model, tc.init_from)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
         ema = EMA(model, tc.ema) if tc.ema > 0 else None  # the weights validated and sampled
         g = torch.Generator(device=dev).manual_seed(tc.seed + 7919 * ctx.rank)
@@ -186,7 +202,7 @@ class _Run:
         if saved is None:
             state, epoch_rng = TrainState(), shuffle.get_state()
         else:
-            state, epoch_rng = restore(saved, model, opt, ema, g, shuffle, tc, ctx, log)
+            state, epoch_rng = restore(saved, model, opt, ema, g, shuffle, tc, ctx)
         if ctx.main:
             atomic_write(run_dir / "config.json",
                          lambda tmp: tmp.write_text(json.dumps(to_dict(cfg), indent=2)))
@@ -196,15 +212,17 @@ class _Run:
         if tc.compile:
             model.net.compile()  # in place: the state dict keeps its names
         if tc.precision == "bf16" and not bf16_is_fast(dev):
-            log("warning: train.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 / "
-                "AMX): bf16 products are emulated and far slower than fp32")
+            logger.warning("train.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 / "
+                           "AMX): bf16 products are emulated and far slower than fp32")
         run = cls(cfg, run_dir, ctx, data, method, model, opt, ema, g, shuffle, state, epoch_rng,
                   distributed.DataParallelLoss(model, method, ctx, dev),
                   mixed_precision(model, dev, tc.precision), progress)
         if state.epoch == 0 and state.batch == 0 and 0 in tc.record_chains_at and ctx.main:
             record_infusion_chains(model, method, data, cfg, 0, run_dir)
-        if tc.tensorboard and ctx.main:
+        if (tc.tensorboard or tc.tracker == "tensorboard") and ctx.main:
             run.watchers.append(TensorBoard(run_dir / "tensorboard", state.epoch + 1))
+        if tc.tracker == "wandb" and ctx.main:
+            run.watchers.append(WandB(run_dir, run.cfg, state.epoch + 1))
         return run
 
     def notify(self, row: dict, callbacks: Sequence[Callback]) -> None:
@@ -240,7 +258,8 @@ class _Run:
         self.model.train()
         t0 = time.time()
         bar = tqdm(total=len(order), initial=state.batch, leave=False, dynamic_ncols=True,
-                   desc=f"epoch {state.epoch + 1}/{tc.epochs}", disable=not self.progress)
+                   desc=f"epoch {state.epoch + 1}/{tc.epochs}",
+                   disable=bar_disable(self.progress))
         for idx in order[state.batch:]:
             if budget_spent(tc, state):  # train.max_steps ends the epoch here
                 break
@@ -334,9 +353,7 @@ class _Run:
         })
         ckpt_io.set_latest(ckpt_dir, name)  # finalize() points it at final.pt at the end
         rundir.write_metrics(self.run_dir, self.state.history)
-        for old in ckpt_dir.glob("epoch-*.pt"):
-            if old.name != name:
-                old.unlink()
+        rundir.remove_stale_checkpoints(ckpt_dir, name)
 
 
 def budget_spent(tc: TrainConfig, state: TrainState) -> bool:

@@ -6,6 +6,7 @@ training objects (version 0.1 checkpoints included).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -16,11 +17,14 @@ import torch
 from ..chain.model import ChainModel
 from ..chain.nets import step_norms
 from ..config import Config, from_dict, override
+from ..io import resolved
 from . import checkpoint as ckpt_io
 from . import rundir
 from .ema import EMA
 from .rundir import RunError, training_state_file
-from .watch import summary_writer
+from .watch import summary_writer, wandb_module
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,12 +75,14 @@ def run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str],
     cfg = override(cfg, list(overrides)).validate()
     if cfg.train.init_from:  # a bad source is an error before the run directory is claimed
         check_init_from(cfg, run_dir, overwrite)
-        source = Path(cfg.train.init_from).resolve()
+        source = resolved(cfg.train.init_from, "train.init_from")
         ckpt_io.load_model(source, "cpu", statistics=False)
         cfg = replace(cfg, train=replace(cfg.train, init_from=str(source)))
-    if cfg.train.tensorboard:
+    if cfg.train.tensorboard or cfg.train.tracker == "tensorboard":
         summary_writer()  # a missing package is an error before the run directory is claimed
-    rundir.claim(run_dir, overwrite, main)
+    if cfg.train.tracker == "wandb":
+        wandb_module()
+    rundir.claim(run_dir, overwrite, main, data=cfg.data.path)
     return cfg
 
 
@@ -85,7 +91,8 @@ def check_init_from(cfg: Config, run_dir: Path, overwrite: bool) -> None:
     overwrite would delete the weights the run is to start from."""
     if not (overwrite and cfg.train.init_from):
         return
-    source, here = Path(cfg.train.init_from).resolve(), Path(run_dir).resolve()
+    source = resolved(cfg.train.init_from, "train.init_from")
+    here = resolved(run_dir, "run_dir")
     if source == here or here in source.parents:
         raise RunError(f"train.init_from={cfg.train.init_from!r} lies in the run directory "
                        f"{str(run_dir)!r}, which --overwrite would delete before it is read; "
@@ -93,7 +100,7 @@ def check_init_from(cfg: Config, run_dir: Path, overwrite: bool) -> None:
                        "--run-dir")
 
 
-def warm_start(model: ChainModel, source: str, log) -> None:
+def warm_start(model: ChainModel, source: str) -> None:
     """Start from the weights and buffers (the prior, the per-step batch-norm statistics) of an
     exported model, run directory or checkpoint: ``train.init_from``, fine-tuning with a fresh
     optimiser. The source must be the same method, data shape and network."""
@@ -107,11 +114,11 @@ def warm_start(model: ChainModel, source: str, log) -> None:
                        f"{tuple(model.shape)})" + (f"; e.g. {min(misfit)!r} differs"
                                                    if misfit else ""))
     model.load_state_dict(theirs)
-    log(f"starting from the weights of {source} (train.init_from)")
+    logger.info(f"starting from the weights of {source} (train.init_from)")
     eps = {n.eps for n in step_norms(model)}
     if eps and src_cfg.model.bn_eps not in eps:  # the weights fit; the normalisation shifts
-        log(f"note: the source was trained with model.bn_eps={src_cfg.model.bn_eps:g}, this run "
-            f"uses {min(eps):g}")
+        logger.info(f"note: the source was trained with model.bn_eps={src_cfg.model.bn_eps:g}, "
+                    f"this run uses {min(eps):g}")
 
 
 def check_training_state(saved: dict) -> None:
@@ -132,8 +139,8 @@ def check_training_state(saved: dict) -> None:
                        "checkpoint, or start again with --overwrite")
 
 
-def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc, ctx, log
-             ) -> tuple[TrainState, torch.Tensor]:
+def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc, ctx
+            ) -> tuple[TrainState, torch.Tensor]:
     """Load a training checkpoint into the objects; returns the state and the shuffle state at
     the start of the unfinished epoch. Checkpoints of version 0.1 (no ``state``) load too."""
     check_training_state(saved)
@@ -162,8 +169,9 @@ def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc
         # a run of version <= 0.2 selected on the minibatch-statistics bound: selection
         # restarts on the population bound (algorithms.md §6); its best.pt stays until beaten
         state.best, state.bad_epochs = math.inf, 0
-        log("this run's earlier epochs were validated with minibatch statistics; selection and "
-            "early stopping restart on the population-statistics bound (algorithms.md §6)")
+        logger.info("this run's earlier epochs were validated with minibatch statistics; "
+                    "selection and early stopping restart on the population-statistics bound "
+                    "(algorithms.md §6)")
     try:
         if ctx.rank == 0:  # other processes' chain noise restarts from their seeds
             g.set_state(saved["rng"]["chain"].cpu())
@@ -175,6 +183,6 @@ def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc
     if state.batch and saved["config"]["train"]["batch_size"] != tc.batch_size:
         raise RunError("--resume from a mid-epoch checkpoint cannot change train.batch_size; "
                        "resume with the old size and change it after the epoch")
-    log(f"resuming {saved['path']} (epoch {state.epoch}"
-        + (f", batch {state.batch}" if state.batch else "") + ")")
+    logger.info(f"resuming {saved['path']} (epoch {state.epoch}"
+                + (f", batch {state.batch}" if state.batch else "") + ")")
     return state, epoch_rng

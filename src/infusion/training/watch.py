@@ -1,5 +1,5 @@
-"""Watching a training run: a callback after every epoch, sample grids during training, and
-TensorBoard.
+"""Watching a training run: a callback after every epoch, sample grids during training,
+TensorBoard and Weights & Biases.
 
 ``train(cfg, run_dir, callbacks=[fn])`` calls ``fn(event)`` on the main process after every
 epoch's validation with an :class:`EpochEvent` (the epoch, its ``metrics.jsonl`` row, the model,
@@ -13,13 +13,22 @@ fits behind it (Weights & Biases, MLflow, a print); two are built in, switched o
 * ``train.tensorboard = true``: every numeric value of each row as a scalar (losses, bounds,
   throughput, seconds) and the sample grids as images, under ``RUN/tensorboard``
   (``tensorboard --logdir RUN/tensorboard``). It needs the ``tensorboard`` package
-  (``pip install "infusion-training[tensorboard]"``).
+  (``pip install "infusion-training[tensorboard]"``); ``train.tracker = "tensorboard"`` is the
+  same.
+* ``train.tracker = "wandb"``: the config, the same scalars and the sample grids in a Weights &
+  Biases run named after the run directory (project ``$WANDB_PROJECT``, default "infusion"),
+  its files under ``RUN/wandb``; a resumed run continues the same W&B run. ``WANDB_MODE=offline``
+  keeps everything on the machine (``wandb sync`` uploads it later). It needs the ``wandb``
+  package (``pip install "infusion-training[wandb]"``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
+import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +38,7 @@ import numpy as np
 from .. import figures
 from ..chain.model import ChainModel
 from ..chain.sampler import sample_chain
-from ..config import Config
+from ..config import Config, to_dict
 from ..data import Data
 from ..errors import InputError
 from ..methods import Method
@@ -97,3 +106,44 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def wandb_module():
+    """The ``wandb`` package, or a clear error when it is missing (an optional extra: imported
+    only when asked for)."""
+    try:
+        return importlib.import_module("wandb")
+    except ImportError:
+        raise InputError("train.tracker=wandb needs the wandb package: pip install "
+                         "'infusion-training[wandb]' (or wandb)") from None
+
+
+class WandB:
+    """The ``train.tracker = "wandb"`` callback: the config once, then each epoch's numeric
+    row values and sample grid at step = epoch. The W&B run's id is kept in
+    ``RUN/wandb/infusion-run-id``: a fresh run (``first_epoch`` 1) draws a new one, a resumed
+    run continues it."""
+
+    def __init__(self, run_dir: Path, cfg: Config, first_epoch: int = 1) -> None:
+        self.wandb = wandb_module()
+        folder = Path(run_dir) / "wandb"
+        folder.mkdir(parents=True, exist_ok=True)
+        id_file = folder / "infusion-run-id"
+        if first_epoch > 1 and id_file.is_file():
+            run_id = id_file.read_text().strip()
+        else:
+            run_id = secrets.token_hex(4)
+            id_file.write_text(run_id + "\n")
+        self.run = self.wandb.init(project=os.environ.get("WANDB_PROJECT", "infusion"),
+                                   name=Path(run_dir).resolve().name, id=run_id,
+                                   resume="allow", dir=str(run_dir), config=to_dict(cfg))
+
+    def __call__(self, event: EpochEvent) -> None:
+        data = {k: v for k, v in event.row.items()
+                if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if event.grid is not None:
+            data["samples"] = self.wandb.Image(str(event.grid))
+        self.run.log(data, step=event.epoch)
+
+    def close(self) -> None:
+        self.run.finish()
