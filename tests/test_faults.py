@@ -279,7 +279,7 @@ def test_a_full_disk_is_one_error_line_naming_the_file(tmp_path, trained, monkey
     def writer_fails(*a, **k):  # what torch and safetensors raise on a full disk
         raise RuntimeError("unexpected pos 64 vs 0")
 
-    monkeypatch.setattr(io, "_disk_full", lambda d: True)
+    monkeypatch.setattr(io.write, "_disk_full", lambda d: True)
     monkeypatch.setattr(safetensors.torch, "save_file", writer_fails)
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 2
