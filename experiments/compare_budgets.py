@@ -90,7 +90,7 @@ from infusion.evaluate.metrics import (
 )
 from infusion.evaluate.parzen import parzen_estimate
 from infusion.methods import build_method
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 from infusion.training.rundir import training_state_file
 
 PRESETS = {"infusion": "mnist-demo", "diffusion": "mnist-diffusion", "flow": "mnist-flow",
@@ -395,6 +395,12 @@ def report(a, result: dict, out: Path) -> None:
         mark = "✓" if result["chosen"].get(m) == recipe else ""
         lines.append(f"| {m} | {recipe} | {best['fd']:.1f} | {best['nfe']} | {best['sampler']} "
                      f"| {mark} |")
+    done = {(r["method"], r["recipe"]) for r in tuning}
+    missing = [f"{m} {recipe}" for m in PRESETS for recipe in TRIALS[m]
+               if (m, recipe) not in done]
+    if missing:
+        total = sum(len(t) for t in TRIALS.values())
+        lines += ["", f"Trials not scored yet ({len(missing)} of {total}): {', '.join(missing)}."]
     lines += ["", "## Test rows (seed spread: ± half the range over seeds)", "",
               ("| method | recipe | budget | sampler | NFE | seeds | FD ↓ | precision | recall | "
               "reader sure (samples / real) | mean pixel (samples / real) | Parzen | s / 1,000 |"),

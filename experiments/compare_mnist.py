@@ -69,7 +69,7 @@ from infusion.evaluate.likelihood import estimate_likelihood
 from infusion.evaluate.metrics import default_extractor, get_extractor, sample_quality
 from infusion.evaluate.parzen import parzen_estimate
 from infusion.methods import build_method
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 PRESETS = {"infusion": "mnist", "diffusion": "mnist-diffusion", "flow": "mnist-flow",
            "walkback": "mnist-walkback", "gsn": "mnist-gsn"}

@@ -51,7 +51,7 @@ from infusion.evaluate.likelihood import estimate_likelihood
 from infusion.evaluate.metrics import default_extractor, frechet_distance, get_extractor
 from infusion.figures import save_grid
 from infusion.methods import build_method
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 CLASSES = 10
 

@@ -46,7 +46,7 @@ from infusion.evaluate.metrics import (
     precision_recall,
 )
 from infusion.figures import read_metric_rows
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 # The recipes' base: the mnist-demo preset (T = 5, α(0) = 0, ω = 0.1, 8 epochs, EMA 0.999)
 # with the cosine rate it had when they were measured (the preset now trains at the constant

@@ -28,7 +28,7 @@ from infusion.generate.inpaint import (
     parse_mask,
     save_inpainting,
 )
-from infusion.training.checkpoint import load_ready_model
+from infusion.models import load_ready_model
 
 
 def main(argv=None) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from infusion.chain.sampler import sample_chain
-from infusion.training.checkpoint import load_ready_model
+from infusion.models import load_ready_model
 
 
 def measure(checkpoint: str, steps: list[int] | None = None, n: int = 5000, n_reference: int = 10000,

@@ -34,7 +34,7 @@ import torch
 from infusion import config as C
 from infusion import figures
 from infusion.methods import build_method
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 # The paper's grids (thesis Table A.1 / Fig. A.1) and its test lower bounds (nats).
 PAPER_GRID: dict[tuple[str, int], tuple[float, ...]] = {

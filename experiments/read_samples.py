@@ -37,7 +37,7 @@ from infusion.data import load_split, to_unit
 from infusion.data.fashion import CLASSES as FASHION_CLASSES
 from infusion.evaluate.metrics import class_coverage, default_extractor, get_extractor
 from infusion.figures import save_grid
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 NAMES = {"mnist": tuple(str(d) for d in range(10)), "fashion": FASHION_CLASSES}
 

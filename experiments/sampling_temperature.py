@@ -30,7 +30,7 @@ from demo_recipes import mlp_reader
 from infusion.chain.sampler import PerSampleNoise, run_chain
 from infusion.data import load_split, to_unit
 from infusion.evaluate.metrics import class_coverage, frechet_distance, get_extractor
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 
 class CooledNoise:

@@ -21,7 +21,7 @@ from infusion.data import load_data
 from infusion.evaluate.report import machine
 from infusion.methods import build_method
 from infusion.methods.statistics import compute_step_statistics
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 from infusion.training.validation import _mean_score
 
 

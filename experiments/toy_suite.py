@@ -34,7 +34,7 @@ import torch
 from infusion import config, figures, train
 from infusion.chain.sampler import sample_chain
 from infusion.data import toy
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 METHODS = {"infusion": "spiral", "walkback": "spiral-walkback", "gsn": "spiral-gsn",
            "diffusion": "spiral-diffusion", "diffusion-dpm10": "spiral-diffusion",

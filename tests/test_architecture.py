@@ -14,7 +14,7 @@ from infusion import config, train
 from infusion.chain.model import ChainModel
 from infusion.chain.sampler import PerSampleNoise, run_chain, sample_chain
 from infusion.methods import METHODS, Method, build_method
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 OLD = Path(__file__).parent / "data" / "v0_1"  # run directories written by version 0.1
 TINY = ["data.toy_size=256", "model.hidden=8,8", "train.epochs=2", "train.batch_size=64",

@@ -12,7 +12,7 @@ from infusion.data import load_data
 from infusion.errors import InputError
 from infusion.evaluate.likelihood import log_weights
 from infusion.methods import build_method
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 QUIET = {"progress": False, "log": lambda s: None}
 

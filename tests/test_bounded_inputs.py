@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from infusion import cli, config, limits
+from infusion import cli, config, limits, models
 from infusion.chain.sampler import sample_chain, sample_labels
 from infusion.config import Config, DataConfig
 from infusion.data import DataError, images, mnist, to_data_space
@@ -31,7 +31,7 @@ from infusion.evaluate.report import read_report
 from infusion.figures import read_metric_rows
 from infusion.generate.inpaint import load_mask_file
 from infusion.io import read_json, read_jsonl, regular_file
-from infusion.training import checkpoint, rundir
+from infusion.training import rundir
 from infusion.training.fit import fit
 from infusion.training.loop import train
 
@@ -65,7 +65,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_run):
-    return checkpoint.load_model(tiny_run, "cpu")
+    return models.load_model(tiny_run, "cpu")
 
 
 def symlink_loop(d: Path) -> Path:
@@ -173,8 +173,8 @@ def test_init_from_a_symlink_loop_is_named(tmp_path):
 
 
 def test_a_checkpoint_that_is_a_symlink_loop_is_named(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="symlink loop"):
-        checkpoint.load_model(symlink_loop(tmp_path), "cpu")
+    with pytest.raises(models.CheckpointError, match="symlink loop"):
+        models.load_model(symlink_loop(tmp_path), "cpu")
 
 
 # ---------------------------------------------------------------------- IDX files

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import infusion
-from infusion import config
+from infusion import config, models
 from infusion import evaluate as ev
 from infusion.chain.nets import step_norms
 from infusion.chain.sampler import sample_chain
@@ -20,7 +20,6 @@ from infusion.data import DataError
 from infusion.errors import ConfigError, InputError
 from infusion.evaluate.likelihood import log_weights
 from infusion.methods import build_method
-from infusion.training import checkpoint
 from infusion.training.loop import train
 
 from .conftest import tiny_config
@@ -170,7 +169,7 @@ def test_mnist_conditional_training_and_cli(tiny_mnist, tmp_path, capsys):
         "sample.n=4", "sample.chains=2", "train.sample_every=1"])
     run = tmp_path / "run"
     train(cfg, run, **QUIET)
-    model, _ = checkpoint.load_model(run)
+    model, _ = models.load_model(run)
     assert model.classes == 10
     assert (run / "samples" / "epoch-0001.png").exists()  # the preview grid, given classes
     out = tmp_path / "s.npz"

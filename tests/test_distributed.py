@@ -107,16 +107,15 @@ def test_torchrun_trains_walkback_end_to_end(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     # the last row's validation scores, recomputed here in one process from the weights
     # validated at epoch 2 (each process validates the whole validation set, same noise)
-    from infusion import config
+    from infusion import config, models
     from infusion.data import load_data
     from infusion.methods import build_method
-    from infusion.training import checkpoint
     from infusion.training.validation import validate
 
     cfg = config.from_dict(json.loads((run / "config.json").read_text()))
     data, method = load_data(cfg, progress=False), build_method(cfg.method)
     model = method.build_model(data.shape, cfg.model)
-    model.load_state_dict(checkpoint.load(run / "checkpoints" / "epoch-0002.pt")["model"])
+    model.load_state_dict(models.load(run / "checkpoints" / "epoch-0002.pt")["model"])
     again = validate(model.train(), method, data, cfg)
     for key in ("valid_loss", "valid_bound_population"):
         assert rows[-1][key] == pytest.approx(again[key], rel=1e-6), key

@@ -126,7 +126,7 @@ def _isotropic_table(ckpt, valid_raw, grid, k, seed, batch) -> dict[float, float
     from infusion.data import to_model_space
     from infusion.evaluate import likelihood as lik
     from infusion.methods import build_method
-    from infusion.training.checkpoint import load_model
+    from infusion.models import load_model
 
     model, cfg = load_model(ckpt, "cpu")
     method = build_method(cfg.method)
@@ -305,7 +305,7 @@ def test_samples_drawn_in_chunks_are_the_samples_drawn_at_once(toy_run, tmp_path
     import torch
 
     from infusion.chain.sampler import sample_chain
-    from infusion.training.checkpoint import load_model
+    from infusion.models import load_model
 
     means = {}
     for chunk in (30, 7):

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infusion import io
+from infusion import io, models
 from infusion.cli.parser import main
 from infusion.data import arrays, mnist
 from infusion.errors import InputError, UserError
-from infusion.training import checkpoint, rundir
+from infusion.training import rundir
 from infusion.training.fit import fit
 from infusion.training.loop import Interrupted, RunError, train
 
@@ -253,7 +253,7 @@ def test_a_killed_export_is_replaced_without_overwrite(tmp_path, trained, monkey
         def dumps(*a, **k):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "json", KilledWhileWritingTheConfig)
+    monkeypatch.setattr(models, "json", KilledWhileWritingTheConfig)
     assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 130
     monkeypatch.undo()
     assert not (out / "model.safetensors").exists()  # nothing half-written appeared
@@ -262,7 +262,7 @@ def test_a_killed_export_is_replaced_without_overwrite(tmp_path, trained, monkey
     (out / "config.json").unlink()
     (out / "README.md").unlink()
     assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
-    assert checkpoint.is_export(out)
+    assert models.is_export(out)
     mine = tmp_path / "other"
     mine.mkdir()
     (mine / "model.safetensors").write_bytes(b"not infusion's")  # a user's file is kept
@@ -314,7 +314,7 @@ def test_training_goes_on_when_stdout_cannot_be_written(tmp_path):
 def test_a_fifo_is_refused_as_a_checkpoint_and_as_data(tmp_path, trained):
     run = copy_of(trained, tmp_path / "run")
     os.mkfifo(run / "checkpoints" / "epoch-0099.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+    with pytest.raises(models.CheckpointError, match="not a regular file"):
         with_alarm(lambda: train(None, run, resume=True, **QUIET))
     os.mkfifo(tmp_path / "x.npz")
     with pytest.raises(InputError, match="not a regular file"):
@@ -327,8 +327,8 @@ def test_a_latest_pointer_at_a_big_file_is_not_printed_whole(tmp_path, trained):
     big.write_text("root:x:0:0:root:/root:/bin/bash\n" * 2000)
     (run / "checkpoints" / "latest").unlink()
     (run / "checkpoints" / "latest").symlink_to(big)
-    with pytest.raises(checkpoint.CheckpointError) as e:
-        checkpoint.load_model(run, "cpu")
+    with pytest.raises(models.CheckpointError) as e:
+        models.load_model(run, "cpu")
     assert len(str(e.value)) < 400
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from infusion import config
+from infusion import config, models
 from infusion.data import load_data
 from infusion.methods import build_method
 from infusion.methods.infusion import Infusion
-from infusion.training import checkpoint, rundir
+from infusion.training import rundir
 from infusion.training.loop import Diverged, RunError, train
 from infusion.training.validation import validate
 
@@ -37,10 +37,10 @@ def test_validation_and_best_weights_are_the_ema_ones(tmp_path):
     and the epoch's validation scores are those of the averaged weights, recomputed here."""
     run = tmp_path / "run"
     train(tiny_config(train={"ema": 0.9, "epochs": 1}), run, **QUIET)
-    state = checkpoint.load(run / "checkpoints" / "epoch-0001.pt")
+    state = models.load(run / "checkpoints" / "epoch-0001.pt")
     shadow, raw = state["ema"]["shadow"], state["model"]
-    best = checkpoint.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
-    final = checkpoint.load(run / "checkpoints" / "final.pt")["model"]
+    best = models.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    final = models.load(run / "checkpoints" / "final.pt")["model"]
     assert shadow and set(shadow) <= set(best)
     for k, v in shadow.items():
         assert torch.equal(best[k], v), k  # best.pt: the EMA's weights ...

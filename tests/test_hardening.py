@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infusion import config
-from infusion.training import checkpoint
+from infusion import config, models
 from infusion.training.loop import Diverged, Interrupted, RunError, train
 
 TINY = ["data.toy_size=512", "model.hidden=8,8", "method.T=3", "train.epochs=2",
@@ -79,11 +78,11 @@ def test_a_locked_run_directory_is_refused(tmp_path):
 def test_divergence_stops_with_a_clear_error_and_keeps_the_finite_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(tiny("train.epochs=1"), run, progress=False, log=quiet)
-    good = checkpoint.load(run / "checkpoints" / "epoch-0001.pt")
+    good = models.load(run / "checkpoints" / "epoch-0001.pt")
     with pytest.raises(Diverged, match="diverged.*epoch-0001.pt.*train.lr"):
         train(None, run, resume=True, overrides=["train.epochs=3", "train.lr=1e30"],
               progress=False, log=quiet)
-    kept = checkpoint.load(run / "checkpoints" / "epoch-0001.pt")
+    kept = models.load(run / "checkpoints" / "epoch-0001.pt")
     assert all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())
     assert not any(torch.isnan(v).any() for v in kept["model"].values())
     # the final model was not replaced by a NaN one, and resuming with a sane rate works
@@ -101,7 +100,7 @@ def test_resume_applies_the_learning_rate_and_refuses_other_sections(tmp_path):
     assert (run / "config.json").read_text() == before  # a refused resume writes nothing
     train(None, run, resume=True, overrides=["train.epochs=2", "train.lr=0.0123"],
           progress=False, log=quiet)
-    state = checkpoint.load(run / "checkpoints" / "epoch-0002.pt")
+    state = models.load(run / "checkpoints" / "epoch-0002.pt")
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.0123
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == 0.0123
 
@@ -155,8 +154,8 @@ def test_kill_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_pat
     run.rename(tmp_path / "resume")
     subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "resume"), *settings],
                    env=env, check=True, timeout=300)
-    a = checkpoint.load(tmp_path / "resume" / "checkpoints" / "final.pt")["model"]
-    b = checkpoint.load(whole / "checkpoints" / "final.pt")["model"]
+    a = models.load(tmp_path / "resume" / "checkpoints" / "final.pt")["model"]
+    b = models.load(whole / "checkpoints" / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert [r["valid_bound_population"] for r in rows(tmp_path / "resume")] == \
            [r["valid_bound_population"] for r in rows(whole)]
@@ -169,18 +168,18 @@ def test_latest_pointer_cannot_leave_the_run_directory(tmp_path, spiral_run):
     run = tmp_path / "run"
     shutil.copytree(spiral_run, run)
     (run / "checkpoints" / "latest").write_text("../../elsewhere.pt\n")
-    with pytest.raises(checkpoint.CheckpointError, match="must name a file in"):
-        checkpoint.load_model(run)
+    with pytest.raises(models.CheckpointError, match="must name a file in"):
+        models.load_model(run)
 
 
 def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, spiral_run):
-    ckpt = checkpoint.load(spiral_run)
+    ckpt = models.load(spiral_run)
     name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
     ckpt["model"][name] = torch.full_like(ckpt["model"][name], float("nan"))
     bad = tmp_path / "nan.pt"
     torch.save({k: v for k, v in ckpt.items() if k != "path"}, bad)
-    with pytest.raises(checkpoint.CheckpointError, match="non-finite weights"):
-        checkpoint.load_model(bad)
+    with pytest.raises(models.CheckpointError, match="non-finite weights"):
+        models.load_model(bad)
 
 
 def test_pickled_code_in_a_checkpoint_is_not_executed(tmp_path):
@@ -192,6 +191,6 @@ def test_pickled_code_in_a_checkpoint_is_not_executed(tmp_path):
 
     bad = tmp_path / "evil.pt"
     torch.save({"format": 1, "model": Evil(), "config": {}, "shape": [2]}, bad)
-    with pytest.raises(checkpoint.CheckpointError, match="cannot read checkpoint"):
-        checkpoint.load_model(bad)
+    with pytest.raises(models.CheckpointError, match="cannot read checkpoint"):
+        models.load_model(bad)
     assert not marker.exists()

@@ -66,7 +66,7 @@ def test_mask_files_png_npy_and_bad_ones(tmp_path):
 
 def test_clamped_dimensions_never_move_and_chains_differ(mnist_run):
     from infusion.generate.inpaint import load_images
-    from infusion.training.checkpoint import load_model
+    from infusion.models import load_model
 
     model, _ = load_model(mnist_run)
     images, _ = load_images("mnist", "test", 3)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from infusion import cli, config, limits
+from infusion import cli, config, limits, models
 from infusion.chain.sampler import sample_chain
 from infusion.data import DataError, images
 from infusion.data.arrays import as_examples
@@ -22,7 +22,6 @@ from infusion.evaluate import EvalSettings, evaluate
 from infusion.evaluate.features import TorchScriptExtractor
 from infusion.generate.files import parse_seeds
 from infusion.methods import build_method
-from infusion.training import checkpoint
 from infusion.training.bench import matmul_peak
 from infusion.training.loop import train
 
@@ -55,8 +54,8 @@ def spiral(tmp_path_factory) -> Path:
     """A spiral model trained for one tiny epoch, and its export."""
     root = tmp_path_factory.mktemp("inputs")
     train(config.override(config.preset("spiral"), TINY), root / "run", **QUIET)
-    model, cfg = checkpoint.load_model(root / "run", "cpu", log=lambda s: None)
-    checkpoint.save_pretrained(model, cfg, root / "export")
+    model, cfg = models.load_model(root / "run", "cpu", log=lambda s: None)
+    models.save_pretrained(model, cfg, root / "export")
     return root
 
 
@@ -158,7 +157,7 @@ def test_seed_lists_and_classes_beyond_64_bits(conditional):
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     with pytest.raises(InputError, match="0 to 9,223,372,036,854,775,807"):
         parse_seeds(str(2**63))
-    model, _ = checkpoint.load_model(conditional / "run", "cpu", log=lambda s: None)
+    model, _ = models.load_model(conditional / "run", "cpu", log=lambda s: None)
     res = sample_chain(model, 2, seeds=[2**64 - 1, 2**63 + 2])  # what torch.Generator takes
     assert res.labels.tolist() == [(2**64 - 1) % 4, (2**63 + 2) % 4]
     with pytest.raises(InputError, match="integer classes 0..3"):
@@ -178,12 +177,12 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(spiral, small_memor
         train(config.override(config.preset("spiral"), TINY + ["model.hidden=512,512"]),
               tmp_path / "big", **QUIET)
     assert not (tmp_path / "big" / "config.json").exists()  # refused before the run began
-    model, _ = checkpoint.load_model(spiral / "run", "cpu", log=lambda s: None)
+    model, _ = models.load_model(spiral / "run", "cpu", log=lambda s: None)
     with pytest.raises(InputError, match="5,000 samples of 2 values in batches of 500 needs"):
         sample_chain(model, 5000)
     monkeypatch.setattr(limits, "free_memory", lambda device=None: 1024)
     with pytest.raises(InputError, match="model.safetensors' needs about"):  # an export's weights
-        checkpoint.load_model(spiral / "export", "cpu")
+        models.load_model(spiral / "export", "cpu")
 
 
 @pytest.mark.parametrize("name,net,shape,hidden", [

@@ -17,7 +17,8 @@ SRC = Path(infusion.__file__).parent
 # Floors, lowest first (docs/design.md).
 FLOORS = {"errors": 0, "limits": 0, "io": 0, "device": 0, "figures": 0, "_logging": 0, "hub": 0,
           "config": 1, "data": 2,
-          "chain": 3, "methods": 4, "generate": 5, "training": 6, "evaluate": 7, "cli": 8,
+          "chain": 3, "methods": 4, "models": 5, "generate": 5, "training": 6, "evaluate": 7,
+          "cli": 8,
           "__init__": 9, "__main__": 9, "_compat": 9}
 
 
@@ -107,7 +108,7 @@ def test_the_checker_sees_a_circle(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("old,new", [("trainer", "training.loop"), ("operator", "chain.model"),
-                                     ("checkpoint", "training.checkpoint"),
+                                     ("checkpoint", "models"), ("training.checkpoint", "models"),
                                      ("evaluate.likelihoods", "evaluate.likelihood_rows")])
 def test_old_module_paths_still_import(old, new):
     with warnings.catch_warnings(record=True) as caught:
@@ -123,7 +124,7 @@ def test_old_runtime_names_still_import():
         from infusion.runtime import batches, compute_step_statistics, load_model
     from infusion.data.batches import batches as b
     from infusion.methods.statistics import compute_step_statistics as c
-    from infusion.training.checkpoint import load_model as m
+    from infusion.models import load_model as m
 
     assert (batches, compute_step_statistics, load_model) == (b, c, m)
     assert infusion.load_model is m  # one load_model

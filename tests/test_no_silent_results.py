@@ -15,13 +15,12 @@ import pytest
 import torch
 
 import infusion
-from infusion import config
+from infusion import config, models
 from infusion.cli import main
 from infusion.data import DataError
 from infusion.errors import ConfigError, InputError
 from infusion.evaluate import EvalSettings
 from infusion.methods import build_method
-from infusion.training import checkpoint
 from infusion.training.loop import train
 
 from .conftest import tiny_config
@@ -68,9 +67,6 @@ def test_the_spread_reruns_the_kind_of_statistics_the_bound_was_scored_with(tiny
         return real(*args, **kwargs)
 
     monkeypatch.setattr(statistics, "compute_step_statistics", recording)
-    from infusion.evaluate import api
-
-    monkeypatch.setattr(api, "compute_step_statistics", recording)
     res = infusion.evaluate(tiny_run, ["lb"], settings=EvalSettings(
         lb_examples=32, bn_stats="ema", stats_spread=2), out=tiny_run.parent / "ema" / "r.json",
         progress=False)
@@ -109,8 +105,8 @@ def test_a_report_carries_its_models_fingerprint_and_export_refuses_another(tiny
     assert main(["evaluate", "--checkpoint", str(a), "--metrics", "lb", "--lb-examples", "16",
                  "--quiet"]) == 0
     report = json.loads((a / "eval" / "report.json").read_text())
-    model, _ = checkpoint.load_model(a, "cpu")
-    assert report["model_sha256"] == checkpoint.model_fingerprint(model)
+    model, _ = models.load_model(a, "cpu")
+    assert report["model_sha256"] == models.model_fingerprint(model)
     capsys.readouterr()
     # --report of another model
     assert main(["export", "--checkpoint", str(b), "--out", str(tmp_path / "xb"),
@@ -186,14 +182,14 @@ def test_inpaint_refuses_a_method_that_cannot_clamp():
 def test_non_positive_variances_are_refused_at_load(tmp_path):
     model, cfg = _model()
     model.prior.var[0] = -0.5
-    checkpoint.save_pretrained(model, cfg, tmp_path / "prior")
-    with pytest.raises(checkpoint.CheckpointError, match=r"prior\.var.*-0\.5.*expected > 0"):
-        checkpoint.load_model(tmp_path / "prior", "cpu")
+    models.save_pretrained(model, cfg, tmp_path / "prior")
+    with pytest.raises(models.CheckpointError, match=r"prior\.var.*-0\.5.*expected > 0"):
+        models.load_model(tmp_path / "prior", "cpu")
     model, cfg = _model()
     model.net.norms[0].stat_var[1, 3] = -2.0
-    checkpoint.save_pretrained(model, cfg, tmp_path / "bn")
-    with pytest.raises(checkpoint.CheckpointError, match=r"stat_var.*-2.*expected >= 0"):
-        checkpoint.load_model(tmp_path / "bn", "cpu")
+    models.save_pretrained(model, cfg, tmp_path / "bn")
+    with pytest.raises(models.CheckpointError, match=r"stat_var.*-2.*expected >= 0"):
+        models.load_model(tmp_path / "bn", "cpu")
 
 
 def test_a_non_finite_bound_is_an_error_not_a_result(tmp_path):

@@ -53,7 +53,7 @@ def test_missing_records_are_skipped_with_a_reason(tiny_mnist, tmp_path, capsys)
 
 def test_constant_and_increasing_chains_share_noise_but_not_rates(tiny_mnist, tmp_path):
     from infusion.evaluate.paper_figures import constant_vs_increasing_chains
-    from infusion.training.checkpoint import load_model
+    from infusion.models import load_model
 
     run = tmp_path / "run"
     cfg = _train(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from infusion.chain.sampler import PerSampleNoise, run_chain, sample_chain
-from infusion.training.checkpoint import load_model
+from infusion.models import load_model
 
 from .conftest import load_experiment
 

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from infusion import config
+from infusion import config, models
 from infusion.chain.sampler import sample_chain
 from infusion.data import load_data, toy
 from infusion.errors import ConfigError
 from infusion.io import atomic_write
 from infusion.methods import build_method
-from infusion.training import checkpoint
 from infusion.training.loop import RunError, train, training_state_file
 
 from .conftest import tiny_config
@@ -64,7 +63,7 @@ def test_spiral_samples_lie_near_the_spiral(spiral_run):
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(spiral_run):
-    model, _ = checkpoint.load_model(spiral_run)
+    model, _ = models.load_model(spiral_run)
     a = sample_chain(model, 12, seed=5, batch_size=12)
     b = sample_chain(model, 12, seed=5, batch_size=5)
     c = sample_chain(model, 4, seed=9)  # seeds 9..12 = samples 4..7 of the first call
@@ -87,20 +86,20 @@ def test_sampling_requires_step_statistics():
 
 
 def test_checkpoint_round_trip(spiral_run, tmp_path):
-    model, cfg = checkpoint.load_model(spiral_run / "checkpoints" / "final.pt")
+    model, cfg = models.load_model(spiral_run / "checkpoints" / "final.pt")
     assert cfg.preset == "spiral" and model.stats_ready
     ckpt = torch.load(spiral_run / "checkpoints" / "final.pt", weights_only=True)
-    again, _ = checkpoint.build_model(ckpt["config"], ckpt["shape"], ckpt["model"], "final.pt")
+    again, _ = models.build_model(ckpt["config"], ckpt["shape"], ckpt["model"], "final.pt")
     for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
-    out = checkpoint.save_pretrained(model, cfg, tmp_path / "export")
+    out = models.save_pretrained(model, cfg, tmp_path / "export")
     from safetensors.torch import load_file
 
     tensors = load_file(str(out / "model.safetensors"))
     assert torch.equal(tensors["prior.mean"], model.prior.mean)
     assert json.loads((out / "config.json").read_text())["config"]["preset"] == "spiral"
     # the export loads back (from_pretrained, and load_model on the folder) to the same model
-    for loaded, _ in (checkpoint.from_pretrained(out), checkpoint.load_model(out)):
+    for loaded, _ in (models.from_pretrained(out), models.load_model(out)):
         for k, v in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[k], v), k
         assert loaded.stats_ready and loaded.sample_steps == cfg.sample_steps
@@ -134,8 +133,8 @@ def test_resume_continues_the_same_run(tmp_path):
     train(None, tmp_path / "resumed", resume=True, overrides=["train.epochs=3"], **QUIET)
     assert [r["train_loss"] for r in _rows(tmp_path / "resumed")] == \
         [r["train_loss"] for r in _rows(tmp_path / "straight")]
-    a = checkpoint.load(tmp_path / "straight")["model"]
-    b = checkpoint.load(tmp_path / "resumed")["model"]
+    a = models.load(tmp_path / "straight")["model"]
+    b = models.load(tmp_path / "resumed")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -163,7 +162,7 @@ def test_init_from_starts_from_a_trained_model(tmp_path):
     source = tmp_path / "source"
     train(tiny_config(train={"epochs": 3}), source, **QUIET)
     best = max(r["valid_bound_population"] for r in _rows(source))
-    export = checkpoint.save_pretrained(*checkpoint.load_model(source), tmp_path / "export")
+    export = models.save_pretrained(*models.load_model(source), tmp_path / "export")
     fresh = tiny_config(train={"epochs": 1, "lr": 1e-12})
     for start in (export, source):
         run = tmp_path / f"from-{start.name}"
@@ -180,7 +179,7 @@ def test_init_from_starts_from_a_trained_model(tmp_path):
     wider = config.override(tiny_config(model={"hidden": (48, 32)}), [f"train.init_from={export}"])
     with pytest.raises(RunError, match="train.init_from=.*does not fit"):
         train(wider, tmp_path / "misfit", **QUIET)
-    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+    with pytest.raises(models.CheckpointError, match="does not exist"):
         train(config.override(fresh, ["train.init_from=nowhere"]), tmp_path / "none", **QUIET)
     assert not (tmp_path / "none" / "config.json").exists()  # the directory was not claimed
 
@@ -190,7 +189,7 @@ def test_max_minutes_stops_mid_epoch_and_resumes_the_same_run(tmp_path):
     resumable state; the resumed run is the uninterrupted one, row for row."""
     cfg = tiny_config(train={"epochs": 2, "max_minutes": 1e-6})
     train(cfg, tmp_path / "run", **QUIET)
-    state = checkpoint.load(training_state_file(tmp_path / "run"))["state"]
+    state = models.load(training_state_file(tmp_path / "run"))["state"]
     assert (state["epoch"], state["batch"]) == (0, 1)  # one step of the first epoch's eight
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or _rows(tmp_path / "run") == []
     assert (tmp_path / "run" / "checkpoints" / "final.pt").exists()
@@ -219,7 +218,7 @@ def test_training_on_image_data(tiny_mnist, tmp_path):
     data = load_data(cfg)
     assert data.pixels and data.shape == (1, 28, 28) and data.train.dtype == torch.uint8
     final = train(cfg, tmp_path / "run", **QUIET)
-    model, _ = checkpoint.load_model(final)
+    model, _ = models.load_model(final)
     s = sample_chain(model, 3)
     assert s.means.shape == (3, 1, 28, 28)
     assert (tmp_path / "run" / "samples.png").exists() and (tmp_path / "run" / "chains.png").exists()
@@ -276,17 +275,17 @@ def test_bad_settings_give_clear_errors():
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
-        checkpoint.load(tmp_path / "nope.pt")
+    with pytest.raises(models.CheckpointError, match="does not exist"):
+        models.load(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match="cannot read"):
-        checkpoint.load(bad)
+    with pytest.raises(models.CheckpointError, match="cannot read"):
+        models.load(bad)
     torch.save({"hello": 1}, tmp_path / "other.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="not an infusion checkpoint"):
-        checkpoint.load(tmp_path / "other.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="run directory"):
-        checkpoint.load(tmp_path)
+    with pytest.raises(models.CheckpointError, match="not an infusion checkpoint"):
+        models.load(tmp_path / "other.pt")
+    with pytest.raises(models.CheckpointError, match="run directory"):
+        models.load(tmp_path)
 
 
 def test_a_run_records_its_environment(tmp_path):

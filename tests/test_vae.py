@@ -254,7 +254,7 @@ def test_train_sample_evaluate_export_on_the_command_line(tiny_mnist, tmp_path):
     the report's bound is the ELBO of each test example, estimated apart from the code that
     wrote it (the loss: closed-form KL, many draws), and its IS estimate is above it."""
     from infusion.data import to_model_space
-    from infusion.training.checkpoint import load_model
+    from infusion.models import load_model
 
     run, quiet = tmp_path / "vae", "--quiet"
     assert main(["train", "--preset", "mnist-vae10", "--run-dir", str(run),

@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 
-from infusion import figures
+from infusion import figures, models
 from infusion.chain.nets import StepBatchNorm, step_norms
 from infusion.data import load_data
 from infusion.methods import build_method
-from infusion.training import checkpoint
 from infusion.training.loop import train
 from infusion.training.validation import validate
 
@@ -53,7 +52,7 @@ def test_validation_restores_the_model_and_logs_both_modes(tmp_path):
     the bound with minibatch statistics differs from the fixed model's."""
     cfg = tiny_config(train={"epochs": 3, "train_bound_examples": 128})
     train(cfg, tmp_path / "run", **QUIET)
-    model, cfg = checkpoint.load_model(tmp_path / "run")
+    model, cfg = models.load_model(tmp_path / "run")
     for n in step_norms(model):  # as during training: no statistics yet
         n.stat_ready.fill_(False)
     model.train()
@@ -74,7 +73,7 @@ def test_best_epoch_is_chosen_on_the_population_bound(tmp_path):
     rows = _rows(tmp_path / "run")
     best = max(rows, key=lambda r: r["valid_bound_population"])["epoch"]
     assert best != max(rows, key=lambda r: r["valid_bound_batch"])["epoch"]  # the test can fail
-    saved = checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    saved = models.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert saved["epoch"] == best
 
 

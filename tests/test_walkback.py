@@ -242,7 +242,7 @@ def test_reversibility_known_answers():
 def test_spiral_preset_trains_and_samples(tmp_path):
     from infusion import train
     from infusion.chain.sampler import sample_chain
-    from infusion.training.checkpoint import load_model
+    from infusion.models import load_model
 
     cfg = config.override(tiny_config(method={"name": "walkback", "T": 3, "vw_n1": 1,
                                               "vw_extra": 2}), ["sample.steps=5"])

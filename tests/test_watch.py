@@ -61,7 +61,7 @@ def test_preview_does_not_change_training(tmp_path):
     """The preview draws from its own generators on a copy: the run's weights are the same."""
     import torch
 
-    from infusion.training.checkpoint import load
+    from infusion.models import load
 
     finals = []
     for every in (0, 1):

@@ -20,7 +20,8 @@ MOVED = {
     "trainer": "training.loop", "resume": "training.state", "rundir": "training.rundir",
     "validation": "training.validation", "finalize": "training.finalize",
     "watch": "training.watch", "ema": "training.ema", "distributed": "training.distributed",
-    "fitting": "training.fit", "checkpoint": "training.checkpoint", "bench": "training.bench",
+    "fitting": "training.fit", "checkpoint": "models", "training.checkpoint": "models",
+    "bench": "training.bench",
     "likelihood": "evaluate.likelihood", "parzen": "evaluate.parzen",
     "metrics": "evaluate.metrics", "classifier": "evaluate.classifier",
     "inception": "evaluate.inception", "paper_figures": "evaluate.paper_figures",
@@ -30,7 +31,7 @@ MOVED = {
 RUNTIME = {"resolve_device": "device", "bf16_is_fast": "device", "mixed_precision": "device",
            "batches": "data.batches", "compute_step_statistics": "methods.statistics",
            "ensure_step_statistics": "methods.statistics",
-           "load_ready_model": "training.checkpoint", "load_model": "training.checkpoint"}
+           "load_ready_model": "models", "load_model": "models"}
 
 
 class _Alias(importlib.abc.Loader):

@@ -260,7 +260,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ..evaluate.card import check_report, model_card, run_directory
     from ..evaluate.report import read_report
     from ..io import atomic_write, check_outputs
-    from ..training.checkpoint import (
+    from ..models import (
         export_files,
         is_half_export,
         model_fingerprint,
@@ -293,7 +293,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def load_for_sampling(checkpoint: str, device: str = "auto"):
     """:func:`infusion.load_model`, telling stderr when statistics are computed."""
-    from ..training.checkpoint import load_model
+    from ..models import load_model
 
     with TERMINAL.to_stderr():
         return load_model(checkpoint, device)

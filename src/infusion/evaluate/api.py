@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import SPLITS, class_labels, load_data, load_split
+from ..data import SPLITS, class_labels, load_split
 from ..device import resolve_device
 from ..errors import InputError
 from ..io import claim_folder, clean_stale_temps
 from ..methods import build_method
-from ..methods.statistics import compute_step_statistics, ensure_step_statistics
+from ..methods.statistics import ensure_step_statistics, statistics_from_training_set
 from ..methods.walkback import reversibility
-from ..training.checkpoint import is_export, load_model, model_fingerprint, resolve
+from ..models import is_export, load_model, model_fingerprint, resolve
 from .likelihood_rows import likelihood_rows, stats_spread_refusal
 from .protocol import (
     BN_STATS,
@@ -107,7 +107,7 @@ def evaluate(source, metrics: Sequence[str] | str | None = None, out: str | Path
     metric and likelihood repetition; its ``status`` says what is done, running and missing
     (``"complete"`` at the end, ``"interrupted"`` if an error or a signal stopped it). It
     records the evaluated model's fingerprint (``model_sha256``,
-    :func:`~infusion.training.checkpoint.model_fingerprint`), which an export's card checks.
+    :func:`~infusion.models.model_fingerprint`), which an export's card checks.
     A likelihood row that is not finite is an error, not a result.
     ``overwrite=False`` refuses to replace an existing report or any of the files written
     beside it. Messages go to the ``infusion.evaluate`` logger (``log``: a callable instead).
@@ -253,8 +253,7 @@ def _spread_or_refuse(s: EvalSettings, metrics, model, cfg, notes: list[str]) ->
 def _moving_average_statistics(model, cfg, dev, progress: bool) -> None:
     """``bn_stats="ema"``: the per-step statistics as the authors' code keeps them
     (algorithms.md §6), from one pass over the training set, in place of the stored ones."""
-    compute_step_statistics(model, build_method(cfg.method), load_data(cfg, dev, progress=progress),
-                            cfg.train.batch_size, cfg.train.seed + 5, progress, average="moving")
+    statistics_from_training_set(model, cfg, dev, progress, average="moving")
     model.eval()
 
 

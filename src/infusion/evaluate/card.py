@@ -55,7 +55,7 @@ def _inline(text) -> str:
 def check_report(report: dict, fingerprint: str, where: str = "the report") -> None:
     """A card shows only its own model's evaluation: ``report`` must carry the fingerprint
     (``model_sha256``) of the exported model, ``fingerprint``
-    (:func:`~infusion.training.checkpoint.model_fingerprint`); else
+    (:func:`~infusion.models.model_fingerprint`); else
     :class:`~infusion.errors.InputError`, naming ``where`` (the report's file)."""
     from ..errors import InputError
 

@@ -115,7 +115,7 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
     (each also logged, at debug level, on the ``infusion.evaluate.paper_figures`` logger).
     """
     from ..data import load_data
-    from ..training.checkpoint import load_model
+    from ..models import load_model
 
     run = Path(run_dir)
     if not run.is_dir():

@@ -4,6 +4,8 @@ stores, per step, the average of the batch means and variances."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from tqdm.auto import tqdm
 
@@ -11,8 +13,11 @@ from .._logging import bar_disable
 from ..chain.model import ChainModel, given
 from ..chain.nets import step_norms
 from ..config import Config
+from ..data import load_data
 from ..data.batches import batches
 from . import Method, build_method
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -54,14 +59,26 @@ def compute_step_statistics(model: ChainModel, method: Method, data, batch_size:
         n.finish_collect()
 
 
+def statistics_from_training_set(model: ChainModel, cfg: Config, device: torch.device | str,
+                                 progress: bool = False, average: str = "exact") -> None:
+    """The §6 pass over the run's own training set (``cfg.data``), which this function reads
+    and says so on the ``infusion.methods.statistics`` logger: the one door through which a
+    loaded model's statistics come from the training data. (Training, validation and the
+    previews hold their data already and call :func:`compute_step_statistics`.) An export
+    carries its statistics and never comes here."""
+    data = load_data(cfg, device, progress=progress)
+    logger.info(f"reading the training set ({cfg.data.name}, {len(data.train):,} examples) for "
+                "the per-step batch-norm statistics (algorithms.md §6)")
+    compute_step_statistics(model, build_method(cfg.method), data, cfg.train.batch_size,
+                            cfg.train.seed + 5, progress, average=average)
+
+
 def ensure_step_statistics(model: ChainModel, cfg: Config, device: torch.device | str,
                            progress: bool = False) -> bool:
-    """Run the §6 pass on the run's training set if ``model`` lacks per-step statistics (e.g.
-    a mid-training checkpoint); returns whether it had to."""
+    """The §6 pass on the run's training set (:func:`statistics_from_training_set`) if
+    ``model`` lacks per-step statistics (e.g. a mid-training checkpoint); returns whether it
+    had to."""
     if model.stats_ready:
         return False
-    from ..data import load_data
-
-    compute_step_statistics(model, build_method(cfg.method), load_data(cfg, device),
-                            cfg.train.batch_size, cfg.train.seed + 5, progress)
+    statistics_from_training_set(model, cfg, device, progress)
     return True

@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .. import figures
+from .. import figures, models
 from ..chain.model import ChainModel
 from ..config import Config, to_dict
 from ..data import Data
 from ..methods import Method
 from ..methods.statistics import compute_step_statistics
-from . import checkpoint as ckpt_io
 from .ema import EMA
 
 TOY_CHAINS = 500  # chains in a 2-D run's chains.png (a cloud per panel)
@@ -28,16 +27,16 @@ def finalize(run_dir: Path, cfg: Config, model: ChainModel, method: Method, data
     if ema is not None:
         ema.copy_to(model)  # best.pt, if any, holds EMA weights too
     if best_file.exists():
-        best = ckpt_io.load(best_file, map_location=data.train.device, weights_only=True)
-        model.load_state_dict(ckpt_io.migrate_state_dict(best["model"]))  # 0.1 names too
+        best = models.load(best_file, map_location=data.train.device, weights_only=True)
+        model.load_state_dict(models.migrate_state_dict(best["model"]))  # 0.1 names too
         epoch = best["epoch"]
         logger.info(f"using the best validation epoch ({epoch})")
     compute_step_statistics(model, method, data, cfg.train.batch_size, cfg.train.seed + 5, progress)
     final = ckpt_dir / "final.pt"
-    ckpt_io.save(final, {"model": model.state_dict(), "config": to_dict(cfg),
+    models.save(final, {"model": model.state_dict(), "config": to_dict(cfg),
                          "shape": list(data.shape), "epoch": epoch})
-    ckpt_io.set_latest(ckpt_dir, final.name)
-    ckpt_io.set_sampling_defaults(model, cfg)
+    models.set_latest(ckpt_dir, final.name)
+    models.set_sampling_defaults(model, cfg)
     write_figures(run_dir, model, cfg,
                   reference=None if data.pixels else data.train[:TOY_CHAINS * 4].cpu())
     return final

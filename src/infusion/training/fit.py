@@ -119,7 +119,7 @@ def _fit(data: Any, preset: str | Config | None, run_dir: str | Path | None, val
          ) -> FitResult:
     """:func:`fit`, its messages already routed."""
     from ..device import resolve_device
-    from .checkpoint import load_model
+    from ..models import load_model
     from .loop import train
     from .state import check_init_from
 

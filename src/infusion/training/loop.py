@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import models
 from .._logging import bar_disable, messages_to, warnings_only
 from ..chain.model import ChainModel
 from ..config import Config, TrainConfig, to_dict
@@ -37,7 +38,6 @@ from ..device import bf16_is_fast, cpu_threads, mixed_precision, resolve_device
 from ..errors import InputError, UserError
 from ..io import atomic_write, folder_path
 from ..methods import Method, build_method, check_model_memory
-from . import checkpoint as ckpt_io
 from . import distributed, environment, rundir
 from .ema import EMA
 from .finalize import finalize
@@ -170,7 +170,7 @@ class _Run:
 
     @classmethod
     def start(cls, cfg, run_dir, ctx, dev, resume, overwrite, overrides, progress) -> _Run:
-        saved = ckpt_io.load(training_state_file(run_dir), map_location=dev) if resume else None
+        saved = models.load(training_state_file(run_dir), map_location=dev) if resume else None
         cfg = run_config(cfg, saved, overrides, run_dir, overwrite, ctx.main)
         tc = cfg.train
         if dev.type == "cpu":
@@ -314,7 +314,7 @@ class _Run:
                      else scores.get("valid_loss"))
             improved = valid is not None and valid < state.best
             if improved and ctx.main:
-                ckpt_io.save(self.run_dir / "checkpoints" / "best.pt",
+                models.save(self.run_dir / "checkpoints" / "best.pt",
                              {"model": model.state_dict(), "epoch": state.epoch})
         state.best, state.bad_epochs = (valid, 0) if improved else (state.best, state.bad_epochs + 1)
         scores["valid_seconds"] = time.time() - t0
@@ -344,14 +344,14 @@ class _Run:
         ckpt_dir = self.run_dir / "checkpoints"
         name = f"epoch-{self.state.epoch:04d}.pt"
         extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
-        ckpt_io.save(ckpt_dir / name, {
+        models.save(ckpt_dir / name, {
             **extra, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "config": to_dict(self.cfg), "shape": list(self.data.shape),
             "state": asdict(self.state),
             "rng": {"chain": self.g.get_state(), "shuffle": self.shuffle.get_state(),
                     "epoch_start": self.epoch_rng},
         })
-        ckpt_io.set_latest(ckpt_dir, name)  # finalize() points it at final.pt at the end
+        models.set_latest(ckpt_dir, name)  # finalize() points it at final.pt at the end
         rundir.write_metrics(self.run_dir, self.state.history)
         rundir.remove_stale_checkpoints(ckpt_dir, name)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
+from .. import models
 from ..chain.model import ChainModel
 from ..chain.nets import step_norms
 from ..config import Config, from_dict, override
 from ..io import resolved
-from . import checkpoint as ckpt_io
 from . import rundir
 from .ema import EMA
 from .rundir import RunError, training_state_file
@@ -69,14 +69,14 @@ def run_config(cfg: Config | None, saved: dict | None, overrides: Sequence[str],
             raise RunError("--resume cannot change 'train.init_from': a resumed run continues "
                            "from its own checkpoint; warm-start a new run instead")
         cfg = override(from_dict(saved["config"]), list(overrides))
-        return ckpt_io.relocated_data(cfg, run_dir)  # a run directory moved since
+        return models.relocated_data(cfg, run_dir)  # a run directory moved since
     if cfg is None:
         raise RunError("train() needs a config unless resuming")
     cfg = override(cfg, list(overrides)).validate()
     if cfg.train.init_from:  # a bad source is an error before the run directory is claimed
         check_init_from(cfg, run_dir, overwrite)
         source = resolved(cfg.train.init_from, "train.init_from")
-        ckpt_io.load_model(source, "cpu", statistics=False)
+        models.load_model(source, "cpu", statistics=False)
         cfg = replace(cfg, train=replace(cfg.train, init_from=str(source)))
     if cfg.train.tensorboard or cfg.train.tracker == "tensorboard":
         summary_writer()  # a missing package is an error before the run directory is claimed
@@ -104,7 +104,7 @@ def warm_start(model: ChainModel, source: str) -> None:
     """Start from the weights and buffers (the prior, the per-step batch-norm statistics) of an
     exported model, run directory or checkpoint: ``train.init_from``, fine-tuning with a fresh
     optimiser. The source must be the same method, data shape and network."""
-    src, src_cfg = ckpt_io.load_model(source, "cpu", statistics=False)
+    src, src_cfg = models.load_model(source, "cpu", statistics=False)
     mine, theirs = model.state_dict(), src.state_dict()
     misfit = [k for k in mine.keys() | theirs.keys()
               if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape]
@@ -145,16 +145,16 @@ def restore(saved: dict, model: ChainModel, opt, ema: EMA | None, g, shuffle, tc
     the start of the unfinished epoch. Checkpoints of version 0.1 (no ``state``) load too."""
     check_training_state(saved)
     try:
-        model.load_state_dict(ckpt_io.migrate_state_dict(saved["model"]))
+        model.load_state_dict(models.migrate_state_dict(saved["model"]))
         opt.load_state_dict(saved["optimizer"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise RunError(f"{saved['path']!r}: its weights or optimiser state do not fit the model "
-                       f"its config describes: {ckpt_io.one_line(e)}") from None
+                       f"its config describes: {models.one_line(e)}") from None
     for group in opt.param_groups:  # an override of train.lr applies to the optimiser too
         group["lr"] = tc.lr
     if ema is not None and "ema" in saved:
         ema.load_state_dict({**saved["ema"],
-                             "shadow": ckpt_io.migrate_state_dict(saved["ema"]["shadow"])})
+                             "shadow": models.migrate_state_dict(saved["ema"]["shadow"])})
     known = {f.name for f in fields(TrainState)}
     if "state" in saved:
         state = TrainState(**{k: v for k, v in saved["state"].items() if k in known})

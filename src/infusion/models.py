@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 
-from .. import hub
-from .._logging import messages_to
-from ..chain.model import ChainModel
-from ..config import Config, ConfigError, from_dict, to_dict
-from ..config.schema import CONFIG_FILE_MAX, parse_text
-from ..errors import InputError, UserError
-from ..io import all_or_nothing, atomic_write, claim_folder, path_kind
-from ..limits import VALUES_MAX, check_memory
+from . import hub
+from ._logging import messages_to
+from .chain.model import ChainModel
+from .config import Config, ConfigError, from_dict, to_dict
+from .config.schema import CONFIG_FILE_MAX, parse_text
+from .errors import InputError, UserError
+from .io import all_or_nothing, atomic_write, claim_folder, path_kind
+from .limits import VALUES_MAX, check_memory
 
 FORMAT = 1
 LATEST = "latest"
@@ -117,7 +117,7 @@ def migrate_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], where: str,
                 device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
     """The model and :class:`Config` for a stored config dict, data shape and state dict."""
-    from ..methods import build_method, check_model_memory
+    from .methods import build_method, check_model_memory
 
     try:
         cfg = from_dict(config).validate()
@@ -196,7 +196,7 @@ def one_line(e: Exception) -> str:
 def check_shape(shape: Any, cfg: Config, where: str) -> tuple[int, ...]:
     """The data shape a checkpoint or export stores, checked: 1 to 3 whole numbers >= 1 (at
     most :data:`~infusion.limits.VALUES_MAX` values), which fit the data set its config names."""
-    from ..data import shape_of
+    from .data import shape_of
 
     if (not isinstance(shape, list | tuple) or not 1 <= len(shape) <= 3
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
@@ -231,14 +231,14 @@ def load_model(source: str | Path, device: str | torch.device = "auto", *,
 
     With ``statistics`` (the default), a model without per-step batch-norm statistics (a
     mid-training checkpoint) gets them from one pass over its training set (algorithms.md
-    §6), announced on the ``infusion.training.checkpoint`` logger (``log``, a callable that
+    §6), announced on the ``infusion.models`` logger (``log``, a callable that
     receives the message instead, is kept for one version), with a progress bar if
     ``progress``; ``statistics=False`` returns the stored weights as they are. The model's
     ``sample_steps`` is the run's ``sample.steps`` (or T): the default of every sampler and
     command. ``device``: "auto" (CUDA if present), "cpu", "cuda[:N]" or a
     :class:`torch.device`."""
-    from ..device import resolve_device
-    from ..methods.statistics import ensure_step_statistics
+    from .device import resolve_device
+    from .methods.statistics import ensure_step_statistics
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if hub.is_hub(source):  # hf://owner/name: an export on the Hugging Face Hub
