@@ -281,6 +281,7 @@ def test_a_full_disk_is_one_error_line_naming_the_file(tmp_path, trained, monkey
 
     monkeypatch.setattr(io.write, "_disk_full", lambda d: True)
     monkeypatch.setattr(safetensors.torch, "save_file", writer_fails)
+    monkeypatch.setattr(models, "save_file", writer_fails)  # the name save_pretrained calls
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_an_export_loads_and_samples_without_its_training_set(exported, monkeypa
 def test_a_checkpoint_without_statistics_reads_the_training_set_and_says_so(exported, caplog,
                                                                              monkeypatch):
     root, _ = exported
-    epoch = sorted((root / "run" / "checkpoints").glob("epoch-*.pt"))[-1]
+    epoch = max((root / "run" / "checkpoints").glob("epoch-*.pt"))
     with caplog.at_level(logging.INFO, logger="infusion"):
         model, _ = infusion.load_model(epoch, "cpu")
     assert model.stats_ready

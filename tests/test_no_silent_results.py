@@ -57,6 +57,7 @@ def _model(name: str = "infusion", shape=(2,), **method):
 
 def test_the_spread_reruns_the_kind_of_statistics_the_bound_was_scored_with(tiny_run,
                                                                            monkeypatch):
+    from infusion.evaluate import likelihood_rows
     from infusion.methods import statistics
 
     calls = []
@@ -67,6 +68,7 @@ def test_the_spread_reruns_the_kind_of_statistics_the_bound_was_scored_with(tiny
         return real(*args, **kwargs)
 
     monkeypatch.setattr(statistics, "compute_step_statistics", recording)
+    monkeypatch.setattr(likelihood_rows, "compute_step_statistics", recording)  # the re-runs
     res = infusion.evaluate(tiny_run, ["lb"], settings=EvalSettings(
         lb_examples=32, bn_stats="ema", stats_spread=2), out=tiny_run.parent / "ema" / "r.json",
         progress=False)

@@ -53,7 +53,7 @@ def free_memory(device=None) -> int | None:
     available to new processes (``MemAvailable`` of /proc/meminfo, else the free pages of
     ``os.sysconf``), or the free memory of a CUDA device; None where it is unknown."""
     if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
-        import torch
+        import torch  # here: `infusion --help` loads this module, not torch
 
         try:
             return int(torch.cuda.mem_get_info(device)[0])
@@ -103,7 +103,7 @@ def check_tensor(x, what: str) -> None:
     """Refuse, naming ``what``, a tensor whose values cannot be read: one on the meta device
     (a shape without data), or a sparse, quantized or other non-strided one (pass
     ``x.to_dense()``). Anything that is not a tensor passes."""
-    import torch
+    import torch  # here: `infusion --help` loads this module, not torch
 
     if not isinstance(x, torch.Tensor):
         return
@@ -119,7 +119,7 @@ def as_tensor(x, what: str, dtype=None):
     """``x`` (a tensor, an array or nested lists of numbers) as a tensor, checked by
     :func:`check_tensor`; anything that is not a rectangular array of numbers is an
     :class:`InputError` naming ``what``."""
-    import numpy as np
+    import numpy as np  # here: `infusion --help` loads this module, not numpy or torch
     import torch
 
     check_tensor(x, what)

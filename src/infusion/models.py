@@ -9,24 +9,32 @@ goes through :func:`load_model`, which also migrates what older versions wrote.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from . import hub
 from ._logging import messages_to
 from .chain.model import ChainModel
 from .config import Config, ConfigError, from_dict, to_dict
 from .config.schema import CONFIG_FILE_MAX, parse_text
+from .data import shape_of
+from .device import resolve_device
 from .errors import InputError, UserError
 from .io import all_or_nothing, atomic_write, claim_folder, path_kind
 from .limits import VALUES_MAX, check_memory
+from .methods import build_method, check_model_memory
+from .methods.statistics import ensure_step_statistics
 
 FORMAT = 1
 LATEST = "latest"
@@ -117,8 +125,6 @@ def migrate_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def build_model(config: dict[str, Any], shape, state: dict[str, torch.Tensor], where: str,
                 device: str | torch.device = "cpu") -> tuple[ChainModel, Config]:
     """The model and :class:`Config` for a stored config dict, data shape and state dict."""
-    from .methods import build_method, check_model_memory
-
     try:
         cfg = from_dict(config).validate()
     except ConfigError as e:
@@ -177,8 +183,6 @@ def model_fingerprint(model: ChainModel) -> str:
     values, in order. A checkpoint, its export and the model loaded from either share it; any
     other weights give another. An evaluation report records it (``model_sha256``), and an
     export's model card takes only a report of its own model."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, p in model.named_parameters():
         t = p.detach().float().cpu().contiguous()
@@ -196,8 +200,6 @@ def one_line(e: Exception) -> str:
 def check_shape(shape: Any, cfg: Config, where: str) -> tuple[int, ...]:
     """The data shape a checkpoint or export stores, checked: 1 to 3 whole numbers >= 1 (at
     most :data:`~infusion.limits.VALUES_MAX` values), which fit the data set its config names."""
-    from .data import shape_of
-
     if (not isinstance(shape, list | tuple) or not 1 <= len(shape) <= 3
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
             or math.prod(shape) > VALUES_MAX):
@@ -237,9 +239,6 @@ def load_model(source: str | Path, device: str | torch.device = "auto", *,
     ``sample_steps`` is the run's ``sample.steps`` (or T): the default of every sampler and
     command. ``device``: "auto" (CUDA if present), "cpu", "cuda[:N]" or a
     :class:`torch.device`."""
-    from .device import resolve_device
-    from .methods.statistics import ensure_step_statistics
-
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if hub.is_hub(source):  # hf://owner/name: an export on the Hugging Face Hub
         source = hub.local_copy(source)
@@ -267,8 +266,6 @@ def relocated_data(cfg: Config, run_dir: Path) -> Config:
     """A run directory moved after training: the config holds the absolute path of the run's
     own ``data/arrays-*.npz`` (:func:`infusion.fit`), so when that path is gone and the file
     is in this run directory, use it (its sha256 is still checked on every load)."""
-    from dataclasses import replace
-
     dc = cfg.data
     if dc.name != "arrays" or not dc.path or Path(dc.path).exists():
         return cfg
@@ -284,10 +281,6 @@ def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path
     ``.infusion-files``, which a new folder starts; :func:`infusion.io.claim_folder`): a file
     of these names that it did not write — in a folder without a manifest, any — is refused
     (:class:`~infusion.errors.InputError`) before anything is written."""
-    from dataclasses import replace
-
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     claim_folder(out, export_files(out), hint="export to another folder")
     if cfg.train.init_from:  # provenance only: no path of the machine it was made on
@@ -315,8 +308,6 @@ def export_files(out: Path) -> list[Path]:
 def is_half_export(path: str | Path) -> bool:
     """Whether ``path`` holds what a killed :func:`save_pretrained` may leave: its
     ``model.safetensors`` (marked as infusion's) without ``config.json``, which may be replaced."""
-    from safetensors import safe_open
-
     p = Path(path)
     weights = p / "model.safetensors"
     if os.path.lexists(p / "config.json") or weights.is_symlink() or not weights.is_file():
@@ -331,9 +322,6 @@ def is_half_export(path: str | Path) -> bool:
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[ChainModel, Config]:
     """An exported folder (:func:`save_pretrained`) -> (model in eval mode, config)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     p = Path(path)
     if not is_export(p):
         raise CheckpointError(f"{str(p)!r} is not an exported model: expected "

@@ -17,9 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import config as config_mod
+from ..config.schema import CONFIG_FILE_MAX, parse_text
 from ..errors import InputError
-from ..io import all_or_nothing
+from ..io import all_or_nothing, atomic_write, check_outputs
 from ..limits import SAMPLES_MAX
+
+# Each command imports the library (torch, numpy, …) inside itself: `infusion --help` and the
+# parser load this module, and with them only the config and the standard library.
 
 
 def say(message: str) -> None:
@@ -100,6 +104,7 @@ def _free(paths: list[Path], overwrite: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    # here: `infusion --help` does not load torch
     from ..training.loop import train
 
     if args.resume:
@@ -112,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         final = train(None, args.run_dir, resume=True, device=args.device, overrides=args.set,
                       progress=not args.quiet)
     elif args.data:  # the user's own data: infusion.fit builds the config around them
+        # here: `infusion --help` does not load torch
         from ..training.fit import fit
 
         if args.preset and args.config:
@@ -149,6 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     machine whose other work slows several threads below one, the run takes one thread.
     A run directory holding a run of another preset is refused, and so is ``--set`` for a
     finished demo (there is nothing left to change)."""
+    # here: `infusion --help` does not load torch
     from ..device import resolve_device
     from ..training.bench import probe
     from ..training.loop import train
@@ -192,8 +199,6 @@ def _check_demo_dir(run_dir: Path) -> None:
     """``infusion demo`` trains, resumes or shows only a run of the ``mnist-demo`` preset: a
     run directory whose ``config.json`` names another preset (or none) is refused, before
     anything in it is read further or changed."""
-    from ..config.schema import CONFIG_FILE_MAX, parse_text
-
     file = run_dir / "config.json"
     if not file.is_file():
         return
@@ -208,6 +213,7 @@ def _check_demo_dir(run_dir: Path) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    # here: `infusion --help` does not load torch
     from ..generate.files import sample_to_file
 
     out = Path(args.out)
@@ -257,9 +263,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     its model card. The card shows only this model's evaluation: the report (``--report``, or
     the run's ``eval/report.json``) must carry this model's fingerprint, else the export is
     refused."""
+    # here: `infusion --help` does not load torch
     from ..evaluate.card import check_report, model_card, run_directory
     from ..evaluate.report import read_report
-    from ..io import atomic_write, check_outputs
     from ..models import (
         export_files,
         is_half_export,
@@ -293,6 +299,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def load_for_sampling(checkpoint: str, device: str = "auto"):
     """:func:`infusion.load_model`, telling stderr when statistics are computed."""
+    # here: `infusion --help` does not load torch
     from ..models import load_model
 
     with TERMINAL.to_stderr():
@@ -301,9 +308,11 @@ def load_for_sampling(checkpoint: str, device: str = "auto"):
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
     """Complete test images whose observed part is clamped (algorithms.md §9, paper Fig. 5)."""
+    # here: `infusion --help` does not load torch
     from ..generate.inpaint import inpaint, load_images, parse_mask, save_inpainting
 
     if args.classify:
+        # here: only --classify loads infusion.evaluate (and `infusion --help` no torch)
         from ..evaluate.metrics import extractor_names
 
         if args.classify not in extractor_names():
@@ -321,9 +330,9 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     with all_or_nothing(overwrite=args.overwrite):  # every file or none, created exclusively
         png, npz = save_inpainting(args.out, res, labels)
         if args.classify:
+            # here: only --classify loads infusion.evaluate (and `infusion --help` no torch)
             from ..evaluate.metrics import get_extractor
             from ..generate.inpaint import classifier_consistency
-            from ..io import atomic_write
 
             scores = classifier_consistency(res, labels, get_extractor(args.classify))
             scores.update(mask=args.mask, steps=steps, classifier=args.classify)
@@ -340,6 +349,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
 def cmd_figures(args: argparse.Namespace) -> None:
     """The paper's figures from a run directory."""
+    # here: `infusion --help` does not load torch
     from ..evaluate.paper_figures import make_figures
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
@@ -355,6 +365,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Likelihood bounds, Parzen window and sample-quality metrics of a checkpoint,
     under the default protocol or the paper's (``--protocol paper``, reduced by --k, --repeats,
     --examples; algorithms.md §7–8)."""
+    # here: `infusion --help` does not load torch
     from ..evaluate import EvalSettings, evaluate
 
     common = {"n_samples": args.n_samples, "steps": args.steps,
@@ -388,6 +399,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     """Fill and verify a data set's cache. Each option is for the sets that read it, and
     refused for the others: --idx-dir for mnist and fashion, --path for the image sets,
     --image-size for folder."""
+    # here: `infusion --help` does not load torch
     from ..data import ensure, ensure_fashion, ensure_mnist
 
     idx_sets = {"mnist": ("MNIST", ensure_mnist), "fashion": ("Fashion-MNIST", ensure_fashion)}
@@ -408,6 +420,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    # here: `infusion --help` does not load torch
     from ..device import resolve_device
     from ..training.bench import bench, format_report
 
@@ -418,8 +431,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
                    matmul_n=args.matmul_size or None)
     say(format_report(result))
     if args.json:
-        from ..io import atomic_write
-
         atomic_write(Path(args.json), lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))
 
 

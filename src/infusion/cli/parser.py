@@ -69,7 +69,7 @@ def _fraction(text: str) -> float:
 
 
 def parse_seeds_arg(text: str) -> list[int]:
-    from ..generate.files import parse_seeds
+    from ..generate.files import parse_seeds  # here: `infusion --help` does not load torch
 
     try:
         return parse_seeds(text)
@@ -78,7 +78,7 @@ def parse_seeds_arg(text: str) -> list[int]:
 
 
 def parse_classes_arg(text: str) -> list[int]:
-    from ..generate.files import parse_seeds
+    from ..generate.files import parse_seeds  # here: `infusion --help` does not load torch
 
     try:
         return parse_seeds(text, "--classes", CLASSES_MAX - 1)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.quiet = args.global_quiet or getattr(args, "quiet", False)  # no progress bars
     level = logging.WARNING if args.global_quiet else logging.DEBUG if args.debug else logging.INFO
-    from ..training.loop import Interrupted
+    from ..training.loop import Interrupted  # here: `infusion --help` does not load torch
 
     try:
         with c.messages(level):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os.path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,6 @@ class DataConfig:
     offset: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        import os.path
-
         if self.path:  # absolute, so that the run works from any working directory
             object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
 
@@ -343,7 +342,7 @@ def parse_text(text: bytes, toml: bool, what: str) -> Any:
     """The content of a config file (JSON, or TOML), checked before and after parsing: at
     most :data:`CONFIG_FILE_MAX` bytes, nested at most :data:`CONFIG_DEPTH_MAX` deep; else
     :class:`ConfigError` naming ``what``."""
-    import tomllib
+    import tomllib  # here: Python 3.10 has no tomllib, and only a TOML config needs it
 
     kind = "TOML" if toml else "JSON"
     if len(text) > CONFIG_FILE_MAX:

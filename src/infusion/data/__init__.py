@@ -18,11 +18,13 @@ The sources live beside this file: :mod:`.mnist` (and the format it shares with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..config import Config, DataConfig
+from ..errors import InputError
+from ..limits import check_tensor
 from .arrays import load_arrays, stored_info
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fashion import ensure_fashion, load_fashion
@@ -41,9 +43,6 @@ from .space import (
     to_unit,
 )
 from .toys import TOYS, toy, toy_split
-
-if TYPE_CHECKING:
-    from ..config import Config, DataConfig
 
 __all__ = [
     "NAMES",
@@ -162,9 +161,6 @@ def to_data_space(x: torch.Tensor | np.ndarray, cfg: DataConfig
 
 def _examples_arg(x, cfg: DataConfig):
     """``x`` of :func:`to_data_space`, checked (an array-like becomes an array)."""
-    from ..errors import InputError
-    from ..limits import check_tensor
-
     check_tensor(x, "x")
     if not isinstance(x, torch.Tensor):
         try:

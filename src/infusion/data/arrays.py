@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import InputError
 from ..io import regular_file, sha256
@@ -53,8 +54,6 @@ def as_examples(x: Any, what: str = "data") -> np.ndarray:
     (N, H, W) gain a channel axis and (N, H, W, C) become (N, C, H, W) (C = 1 or 3).
     :class:`InputError` naming ``what`` for anything else: no examples, one value per example,
     NaN or infinite values, or no numbers at all."""
-    import torch
-
     check_tensor(x, what)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
@@ -168,8 +167,6 @@ def _duration(seconds: float) -> str:
 
 def as_item(item: Any) -> np.ndarray:
     """One Dataset item as an array (tensors to the CPU, PIL images as their pixels)."""
-    import torch
-
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu()
         return item.float().numpy() if item.dtype == torch.bfloat16 else item.numpy()

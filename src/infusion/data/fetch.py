@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from tqdm.auto import tqdm
+
 from .._logging import bar_disable
 from ..io import atomic_write
 from ..io import sha256 as sha256_of
@@ -46,8 +48,6 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float,
              max_bytes: int | None = None, progress: bool = False) -> None:
     """Fetch url to dest through a temporary file; dest appears only if the sha256 matches.
     ``progress``: a byte-count bar while it downloads."""
-    from tqdm.auto import tqdm
-
     def fetch(tmp: Path) -> None:
         h, n = hashlib.sha256(), 0
         with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f, \

@@ -35,12 +35,18 @@ import io
 import logging
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy.io import loadmat
+from scipy.io.matlab import MatReadError
+from tqdm.auto import tqdm
 
 from .._logging import bar_disable
 from ..limits import IMAGE_SIDE_MAX, check_memory
@@ -216,15 +222,6 @@ def _loadmat(path: Path) -> dict:
     """The arrays of a MATLAB .mat file; a file scipy cannot parse (whatever it raises on
     it: not a .mat file, truncated, or an HDF5-based v7.3 file) is a :class:`DataError`."""
     try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise DataError("reading .mat files needs scipy (pip install scipy)") from None
-    import struct
-    import zlib
-
-    from scipy.io.matlab import MatReadError
-
-    try:
         return loadmat(path)
     except (OSError, ValueError, TypeError, LookupError, EOFError, ArithmeticError,
             NotImplementedError, struct.error, zlib.error, MatReadError) as e:
@@ -287,8 +284,6 @@ def _folder_key(path: str | Path, size: int) -> str:
 
 def centre_crop(img, crop: int | None, size: int):
     """The centre square of side ``crop`` (default: the shorter side) resized to size×size."""
-    from PIL import Image
-
     w, h = img.size
     c = min(w, h) if crop is None else min(crop, w, h)
     left, top = (w - c) // 2, (h - c) // 2
@@ -299,9 +294,6 @@ def centre_crop(img, crop: int | None, size: int):
 def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int | None,
             size: int, mode: str, desc: str, progress: bool) -> np.ndarray:
     """Decode, crop and resize images into a uint8 (n, C, size, size) array."""
-    from PIL import Image, UnidentifiedImageError
-    from tqdm.auto import tqdm
-
     c = 3 if mode == "RGB" else 1
     # the decoded images, and the splits taken from them
     check_memory(2 * n * c * size * size, f"{n:,} images of {c}×{size}×{size} pixels")
@@ -336,8 +328,6 @@ def _folder(path: str | Path, size: int, progress: bool) -> dict[str, np.ndarray
 def _mode(path: Path) -> str:
     """An image file's mode, from its header; a file that is no image (or a decompression
     bomb: more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` allows) is a DataError."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             return img.mode

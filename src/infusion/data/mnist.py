@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +146,6 @@ def _contents(path: Path) -> tuple[int, tuple[int, ...], bytes]:
     byte more, in chunks: a file that decompresses to more than its header declares (a
     gzip bomb) is refused once that byte arrives, never decompressed whole, and a header that
     declares more than fits in memory is refused before anything more is read."""
-    import zlib
-
     try:
         with open(path, "rb") as f:
             gz = f.read(2) == b"\x1f\x8b"

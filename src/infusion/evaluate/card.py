@@ -57,8 +57,6 @@ def check_report(report: dict, fingerprint: str, where: str = "the report") -> N
     (``model_sha256``) of the exported model, ``fingerprint``
     (:func:`~infusion.models.model_fingerprint`); else
     :class:`~infusion.errors.InputError`, naming ``where`` (the report's file)."""
-    from ..errors import InputError
-
     found = report.get("model_sha256") if isinstance(report, dict) else None
     if not isinstance(found, str):
         raise InputError(f"{where} carries no model fingerprint (model_sha256, which "

@@ -61,6 +61,7 @@ class FidelityInception:
                     "TorchScript Inception")
             self.info.update(path=str(path), sha256=digest)
         try:
+            # here: torch-fidelity is the optional extra [inception]
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as e:
             raise InputError(f"{_MISSING} ({e})") from None

@@ -24,6 +24,7 @@ from itertools import pairwise
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .._logging import bar_disable
 from ..chain.model import given
@@ -352,7 +353,5 @@ def model_device(model) -> torch.device:
 def progress_bar(total: int, desc: str, progress: bool, unit: str = "draw"):
     """A tqdm bar showing the estimated remaining time (a context manager; shown on a terminal
     when ``progress``, else silent)."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False,
                 dynamic_ncols=True, smoothing=0.05, disable=bar_disable(progress))

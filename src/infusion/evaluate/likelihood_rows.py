@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..chain.nets import step_norms
+from ..data import load_data
 from ..errors import InputError
+from ..methods.statistics import compute_step_statistics
 from . import likelihood as lik
 from .protocol import LIKELIHOOD_METRICS, PAPER_PROTOCOL, EvalSettings, plural, vs_paper
 from .report import ReportWriter
@@ -154,8 +157,6 @@ def stats_spread_refusal(s: EvalSettings, metrics: Sequence[str], model, method)
     over re-runs of the statistics pass the rows are scored with, so it needs that pass: per-step
     batch norm in the model, and stored statistics (``bn_stats`` "stored" or "ema"), not each
     evaluation batch's own ("batch")."""
-    from ..chain.nets import step_norms
-
     if s.bn_stats == "batch":
         return ("with bn_stats=batch every example is normalised with its evaluation batch's "
                 "statistics, so no statistics pass is used and none can be re-run")
@@ -178,10 +179,6 @@ def _stats_pass_spread(run: ReportWriter, model, method, cfg, splits, s: EvalSet
     after ``s.stats_spread`` passes of other seeds; the model's statistics are kept. The re-runs
     average the batch statistics as the evaluation's own did (``bn_stats="ema"``: the moving
     average; else the exact average), so the spread compares like with like."""
-    from ..chain.nets import step_norms
-    from ..data import load_data
-    from ..methods.statistics import compute_step_statistics
-
     norms = step_norms(model)
     if not norms:
         return

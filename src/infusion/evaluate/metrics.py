@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .._logging import bar_disable
 from ..errors import InputError
+from ..figures import save_distance_histogram, save_neighbour_figure
 from .classifier import ClassifierSettings, load_or_train_classifier
 from .features import (  # noqa: F401  (re-exported: the plug-in API)
     FeatureExtractor,
@@ -37,6 +38,7 @@ from .features import (  # noqa: F401  (re-exported: the plug-in API)
     TorchScriptExtractor,
     batched,
 )
+from .inception import inception
 
 # ----------------------------------------------------------------------------- plug-in registry
 _REGISTRY: dict[str, Callable[..., FeatureExtractor]] = {}
@@ -87,13 +89,7 @@ register_extractor("fashion-cnn", fashion_cnn)
 register_extractor("torchscript", TorchScriptExtractor)
 
 
-def _inception(path: str | Path | None = None, **kwargs) -> FeatureExtractor:
-    from .inception import inception
-
-    return inception(path, **kwargs)
-
-
-register_extractor("inception", _inception)
+register_extractor("inception", inception)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -247,8 +243,6 @@ def memorisation(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
            "test_1st_percentile": q01}
     if out_dir is not None and samples.ndim == 4:
         out_dir = Path(out_dir)
-        from ..figures import save_distance_histogram, save_neighbour_figure
-
         out["figures"] = [str(save_neighbour_figure(out_dir / "nearest_neighbours.png", samples,
                                                     train, s_idx)),
                           str(save_distance_histogram(out_dir / "distances.png", s_dist, t_dist))]

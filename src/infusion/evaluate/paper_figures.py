@@ -30,8 +30,14 @@ from .. import figures
 from ..chain.model import ChainModel, given
 from ..chain.sampler import sample_chain
 from ..config import Config
+from ..data import load_data, to_unit
 from ..errors import InputError
+from ..methods import build_method
 from ..methods.infusion import infusion_rates
+from ..methods.walkback import reversibility
+from ..models import load_model
+from .likelihood import estimate_likelihood
+from .metrics import nearest_neighbours
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +76,6 @@ def fig3_bound_curves(path: str | Path, metrics_file: str | Path) -> Path:
 
 def fig4_nearest_neighbours(path: str | Path, samples: torch.Tensor, train: torch.Tensor) -> Path:
     """Fig. 4: samples, last column the nearest training image of the next-to-last column."""
-    from .metrics import nearest_neighbours
-
     _, idx = nearest_neighbours(samples, train)
     return figures.save_neighbour_figure(path, samples, train, idx)
 
@@ -86,8 +90,6 @@ def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tenso
     Returns ``[(title, chain (T+1, n, *shape), targets (n, *shape)), …]`` for
     :func:`infusion.figures.chain_panels_figure`.
     """
-    from ..methods import build_method
-
     mc = cfg.method
     if not build_method(mc).has_infusion_chain:
         raise InputError(f"method {mc.name!r} has no infusion chains")
@@ -114,9 +116,6 @@ def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device:
     Returns ``{figure: path}`` for those written and ``{figure: "skipped: why"}`` for the rest
     (each also logged, at debug level, on the ``infusion.evaluate.paper_figures`` logger).
     """
-    from ..data import load_data
-    from ..models import load_model
-
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {str(run)!r} does not exist")
@@ -163,9 +162,6 @@ def likelihood_vs_k(path: str | Path, model, cfg: Config, raw: torch.Tensor, k_m
     the stochastic lower bound (the mean single-draw ℓ), through ``likelihood.estimate_likelihood``.
     The estimate rises with k towards log p(x); how far it rises shows how loose the bound is.
     ``labels``: the examples' classes, for a class-conditional model (log p(x | y))."""
-    from ..methods import build_method
-    from .likelihood import estimate_likelihood
-
     method = build_method(cfg.method)
     if not method.has_likelihood or method.likelihood != "bound":
         raise InputError(f"method {cfg.method.name!r} has no bound and IS estimate to draw")
@@ -185,9 +181,6 @@ def reversibility_figure(path: str | Path, model, cfg: Config, n_chains: int = 1
     """The running estimate of VW appendix H's irreversibility KL (nats per step) along
     temperature-1 chains (``methods.walkback.reversibility``), with KL / entropy in the title
     (the paper reports 3.6%; meaningful when the entropy is positive)."""
-    from ..methods import build_method
-    from ..methods.walkback import reversibility
-
     if not build_method(cfg.method).has_reversibility:
         raise InputError(f"the reversibility measure (VW appendix H) is for walkback runs, this "
                          f"is {cfg.method.name!r}")
@@ -200,16 +193,10 @@ def reversibility_figure(path: str | Path, model, cfg: Config, n_chains: int = 1
 
 
 def _fig4(out: Path, run: Path, data, cfg: Config) -> Path:
-    import importlib.util
-
-    if importlib.util.find_spec("infusion.evaluate.metrics") is None:
-        raise ImportError("infusion.evaluate.metrics (nearest neighbours) is not available")
     if not data.pixels:
         raise InputError("nearest training neighbours are drawn for image data only")
     with np.load(_require(run / "samples.npz")) as z:
         samples = torch.from_numpy(z["means"][:100])
-    from ..data import to_unit
-
     train = to_unit(data.train.cpu()).reshape(len(data.train), *data.shape)
     return fig4_nearest_neighbours(out / "fig4_nearest_neighbours.png", samples, train)
 

@@ -19,6 +19,7 @@ from ..limits import (
     STEPS_MAX,
     check_range,
 )
+from .metrics import OWN_EXTRACTORS
 
 METRICS = ("lb", "is", "is-iso", "lb-train", "is-train", "is-iso-train", "lb-train-batch",
            "is-train-batch", "parzen", "fid", "kid", "precision", "score", "coverage",
@@ -175,8 +176,6 @@ class EvalSettings:
         if self.bn_stats not in BN_STATS:
             raise InputError(f"evaluation setting bn_stats={self.bn_stats!r}: expected one of "
                              f"{', '.join(BN_STATS)}")
-        from .metrics import OWN_EXTRACTORS
-
         if self.extractor_path and self.extractor in ("", *OWN_EXTRACTORS.values()):
             which = self.extractor or "data set's own"
             raise InputError(f"--extractor-path {self.extractor_path!r}: the {which} classifier "

@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..chain.sampler import sample_chain
+from ..data import affine_log_det, parzen_space
 from ..io import save_npz
 from . import likelihood as lik
+from . import metrics as mt
 from . import parzen as pz
 from .protocol import CLASSIFIER_METRICS, PAPER_PROTOCOL, SAMPLE_METRICS, EvalSettings, vs_paper
 from .report import ReportWriter
@@ -23,9 +26,7 @@ def sample_rows(run: ReportWriter, model, cfg, splits, metrics, s: EvalSettings,
     if not wanted:
         return
     if not s.extractor:
-        from .metrics import default_extractor
-
-        s = replace(s, extractor=default_extractor(cfg.data.name))
+        s = replace(s, extractor=mt.default_extractor(cfg.data.name))
     report, out_dir, test = run.report, run.out.parent, splits["test"]
     main_steps = _steps(cfg, s)
     parzen_steps = cfg.method.T if s.parzen_at_T else main_steps
@@ -94,8 +95,6 @@ def _parzen_note(n_samples: int, steps: int, T: int, n_test: int, test_size: int
 def add_data_units(e: dict, cfg, d: int) -> None:
     """For data mapped into model space by ``data.scale``/``data.offset`` (:func:`infusion.fit`
     on floats), the row's density in the data's own units beside the model-space one."""
-    from ..data import affine_log_det
-
     log_det = affine_log_det(cfg.data.scale, d)
     if log_det:
         e["data_units"] = {"mean": e["mean"] + log_det, "log_det": log_det}
@@ -106,8 +105,6 @@ def add_data_units(e: dict, cfg, d: int) -> None:
 def _unit(x: torch.Tensor) -> torch.Tensor:
     """Raw data as classifier metrics and the memorisation check see them: pixels k/256
     without noise, as for Parzen (algorithms.md §8); toy points as they are; shape kept."""
-    from ..data import parzen_space
-
     return parzen_space(x).reshape(x.shape)
 
 
@@ -122,8 +119,6 @@ def _steps(cfg, s: EvalSettings) -> int:
 def _draw(model, s: EvalSettings, steps: int, path: Path, progress: bool) -> torch.Tensor:
     """Draw ``n_samples`` chain samples of ``steps`` steps (sample i from seed ``seed + i``);
     return their final means (N, *shape) and save them to ``path``."""
-    from ..chain.sampler import sample_chain
-
     chunk = max(1, min(s.batch_size, s.n_samples))
     parts = []
     with lik.progress_bar(s.n_samples, f"sampling ({steps} steps)", progress, unit="sample") as bar:
@@ -139,11 +134,9 @@ def _draw(model, s: EvalSettings, steps: int, path: Path, progress: bool) -> tor
 
 
 def _classifier_unsupported(s: EvalSettings, means: torch.Tensor) -> str | None:
-    from .metrics import OWN_EXTRACTORS
-
     if means.ndim != 4:
         return f"samples of shape {tuple(means.shape[1:])} are not images; classifier metrics skipped"
-    if s.extractor in OWN_EXTRACTORS.values() and tuple(means.shape[1:]) != (1, 28, 28):
+    if s.extractor in mt.OWN_EXTRACTORS.values() and tuple(means.shape[1:]) != (1, 28, 28):
         return (f"the {s.extractor} extractor takes (1, 28, 28) images, not "
                 f"{tuple(means.shape[1:])}; "
                 "pass another extractor (--extractor inception, or torchscript with --extractor-path FILE)")
@@ -151,8 +144,6 @@ def _classifier_unsupported(s: EvalSettings, means: torch.Tensor) -> str | None:
 
 
 def _classifier_metrics(s, means, test, wanted, report, progress, log) -> dict:
-    from . import metrics as mt
-
     kw = {"progress": progress} if s.extractor in mt.OWN_EXTRACTORS.values() else {}
     if s.extractor_path:
         kw["path"] = s.extractor_path
@@ -164,8 +155,6 @@ def _classifier_metrics(s, means, test, wanted, report, progress, log) -> dict:
 
 
 def _memorisation(means, splits, s: EvalSettings, out_dir: Path, progress: bool) -> dict:
-    from .metrics import memorisation
-
     n = s.memo_samples or len(means)
-    return memorisation(means[:n], _unit(splits["train"]), _unit(head(splits["test"], n)),
-                        out_dir if means.ndim == 4 else None, progress=progress)
+    return mt.memorisation(means[:n], _unit(splits["train"]), _unit(head(splits["test"], n)),
+                           out_dir if means.ndim == 4 else None, progress=progress)

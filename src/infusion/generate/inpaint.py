@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import figures
 from ..chain.model import ChainModel
 from ..chain.sampler import check_clampable, sample_chain
 from ..config import DataConfig
+from ..data import TOYS, load_split, parzen_space
 from ..errors import InputError
 from ..io import all_or_nothing, path_kind, regular_file, save_npz
 
@@ -53,8 +55,6 @@ def load_mask_file(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
         if p.suffix.lower() == ".npy":
             a = np.load(p, allow_pickle=False)
         elif p.suffix.lower() == ".png":
-            from PIL import Image
-
             with Image.open(p) as img:
                 a = np.asarray(img.convert("L"))
         else:
@@ -185,8 +185,6 @@ def classifier_consistency(result: Inpainting, labels: torch.Tensor, extractor) 
 def load_images(data: DataConfig | str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``n`` images of a split of ``data`` (a DataConfig, or a data set name) as k/256
     floats (N, C, H, W) (algorithms.md §1, no noise), and their labels (or None)."""
-    from ..data import TOYS, load_split, parzen_space
-
     dc = DataConfig(name=data) if isinstance(data, str) else data
     if n < 1:
         raise InputError(f"n={n}: expected >= 1 images")

@@ -51,6 +51,7 @@ from ..chain.nets import STEP_EMBED, build_net
 from ..config import DiffusionSettings, ModelConfig
 from ..errors import InputError
 from .base import Method
+from .diffusion_solvers import SolverChain
 
 HYBRID_WEIGHT = 1e-3  # weight of the bound in the "noise" loss (Nichol & Dhariwal 2021)
 PREDICT_TARGETS = ("eps", "x0", "v")  # what head a_μ predicts
@@ -152,8 +153,6 @@ class DiffusionModel(ChainModel):
             return self.respaced(steps)
         if sampler not in self.samplers[1:]:
             return super().solver(sampler, steps, eta)
-        from .diffusion_solvers import SolverChain
-
         return SolverChain(self, sampler, steps, eta)
 
     def respaced(self, steps: int) -> DiffusionModel:

@@ -14,20 +14,24 @@ the process's peak resident set on the CPU.
 from __future__ import annotations
 
 import contextlib
+import platform
 import resource
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..chain.model import given
 from ..chain.sampler import sample_chain
 from ..config import Config
-from ..data import TOYS, shape_of, to_model_space
+from ..data import TOYS, Data, shape_of, to_model_space
+from ..device import mixed_precision
 from ..errors import InputError
 from ..limits import MATMUL_MAX, check_memory
 from ..methods import build_method, check_model_memory
+from ..methods.statistics import compute_step_statistics
 from .ema import EMA
 
 # Training-set sizes (algorithms.md §1 and :mod:`infusion.data`) for the full-run estimate.
@@ -80,8 +84,6 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
 def _training_step(cfg: Config, device: torch.device, B: int):
     """The preset's real training step on a synthetic batch of B examples: (step function,
     model, method, raw batch, classes, whether bf16 autocast is on)."""
-    from ..device import mixed_precision
-
     shape = shape_of(cfg.data)
     method = build_method(cfg.method)
     check_model_memory(method, shape, cfg, 4 + (cfg.train.ema > 0), device, batch=B)
@@ -164,15 +166,10 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
           ) -> dict[str, Any]:
     """Measure one preset on one device; returns a plain dict of the figures. ``matmul_n``:
     side of the peak-measuring matrices (default 2048 on the CPU, 8192 on CUDA)."""
-    from ..data import Data
-    from ..methods.statistics import compute_step_statistics
-
     B = batch_size or cfg.train.batch_size
     shape = shape_of(cfg.data)
     pixels = cfg.data.name not in TOYS
     train_step, model, method, raw, classes, bf16 = _training_step(cfg, device, B)
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter:
         train_step()
@@ -217,8 +214,6 @@ def bench(cfg: Config, device: torch.device, *, steps: int = 20, batch_size: int
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from .. import figures, models
 from ..chain.model import ChainModel
+from ..chain.sampler import sample_chain
 from ..config import Config, to_dict
 from ..data import Data
+from ..generate.files import sample_to_file
 from ..methods import Method
 from ..methods.statistics import compute_step_statistics
 from .ema import EMA
@@ -47,9 +49,6 @@ def write_figures(run_dir: Path, model: ChainModel, cfg: Config, reference=None)
 
     For 2-D points, ``reference`` (training points) is drawn under the samples, and the chains
     are a few panels of the states of ``TOY_CHAINS`` chains instead of a row per chain."""
-    from ..chain.sampler import sample_chain
-    from ..generate.files import sample_to_file
-
     sc, steps = cfg.sample, cfg.sample_steps
     points = model.d <= 2
     out = sample_to_file(model, run_dir / "samples.npz", n=sc.n, steps=steps, seed=sc.seed,
@@ -73,8 +72,6 @@ def class_grid(path: Path, model: ChainModel, steps: int, seed: int = 0, per_cla
                max_classes: int = 20) -> Path:
     """A class-conditional model's samples (algorithms.md §15), one row per class (the first
     ``max_classes``), the same seeds ``seed`` … in every row: the means after ``steps``."""
-    from ..chain.sampler import sample_chain
-
     classes = range(min(model.classes, max_classes))
     res = sample_chain(model, per_class * len(classes), steps,
                        seeds=[seed + i for _ in classes for i in range(per_class)],

@@ -18,16 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.utils.data
 
 from .. import config as config_mod
 from .._logging import messages_to
 from ..chain.model import ChainModel
+from ..chain.sampler import sample_chain
 from ..config import Config, DataConfig
 from ..data import arrays as arrays_mod
-from ..data.images import IMAGE_SUFFIXES, _image_files
+from ..data import to_data_space
+from ..data.images import IMAGE_SUFFIXES, _image_files, load_images
+from ..data.space import fit_affine
+from ..device import resolve_device
 from ..errors import InputError
 from ..io import folder_path, path_kind
 from ..limits import check_tensor
+from ..models import load_model
+from .loop import train
+from .rundir import RunError, claim, run_files
+from .state import check_init_from
 
 FOLDER_IMAGE_SIZE = 32  # a folder's crops without a preset: the `folder` preset's size
 _TRAIN_KWARGS = ("device", "overwrite", "progress")
@@ -55,9 +64,6 @@ class FitResult:
         final means with ``means=True``) in the data's own scale
         (:func:`infusion.data.to_data_space`): floats mapped back by the recorded affine map,
         pixels as uint8 (N, C, H, W)."""
-        from ..chain.sampler import sample_chain
-        from ..data import to_data_space
-
         res = sample_chain(self.model, n, steps, seed)
         return to_data_space((res.means if means else res.samples).numpy(), self.config.data)
 
@@ -118,11 +124,6 @@ def _fit(data: Any, preset: str | Config | None, run_dir: str | Path | None, val
          labels: Any, valid_labels: Any, overrides: Sequence[str], train_kwargs: dict
          ) -> FitResult:
     """:func:`fit`, its messages already routed."""
-    from ..device import resolve_device
-    from ..models import load_model
-    from .loop import train
-    from .state import check_init_from
-
     if "resume" in train_kwargs:
         raise InputError("fit() starts a new run; continue one with "
                          "infusion.train(None, run_dir, resume=True)")
@@ -206,8 +207,6 @@ def _folder(data: Any) -> Path | None:
 def _folder_splits(folder: Path, size: int, train_kwargs: dict) -> dict[str, np.ndarray]:
     """A folder's train / valid / test images, uint8 (N, C, size, size): decoded once through
     the image cache (:func:`infusion.data.images.load_images`, an 80/10/10 split)."""
-    from ..data.images import load_images
-
     return {s: load_images("folder", s, path=folder, image_size=size,
                            progress=train_kwargs.get("progress", True)).images
             for s in ("train", "valid", "test")}
@@ -285,8 +284,6 @@ def _classes(y: Any, split: str) -> np.ndarray:
 
 def _examples_of(x: Any, what: str) -> Any:
     """An array-like as it is; a Dataset stacked; a path to a .npy/.npz read (train split)."""
-    import torch.utils.data
-
     if isinstance(x, torch.utils.data.Dataset):
         return arrays_mod.from_dataset(x, what)
     if isinstance(x, (str, os.PathLike)):
@@ -299,8 +296,6 @@ def _examples_of(x: Any, what: str) -> Any:
 
 def _float_map(train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """No map for pixels or floats already in [0, 1]; else min/max onto [0.05, 0.95]."""
-    from ..data.space import fit_affine
-
     if train.dtype == np.uint8 or (train.min() >= 0 and train.max() <= 1):
         return (), ()
     return fit_affine(train, per_dimension=train.ndim == 2)
@@ -322,8 +317,6 @@ def _check_run_dir(run_dir: Path, overwrite: bool, data: str) -> None:
     (:func:`infusion.training.rundir.claim`, ``data``: the new run's data file), before
     anything is written into it; the replaced run's data file goes with it only then. A
     path that cannot be a folder (a file, or a path below one) is refused first."""
-    from .rundir import RunError, claim, run_files
-
     folder_path(run_dir, "run_dir")
     used = [str(p.relative_to(run_dir)) for p in run_files(run_dir)]
     if used and not overwrite:

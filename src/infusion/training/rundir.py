@@ -25,6 +25,7 @@ from ..io import (
     manifest_name,
     open_own_file,
     own_files,
+    read_jsonl,
     start_manifest,
 )
 
@@ -188,8 +189,6 @@ def read_metrics(run_dir: Path, last_epoch: int) -> list[dict]:
     version-0.1 run, which appended rows, is resumed without duplicates. A line that is not a
     JSON object, or a row without a whole-number epoch, is left out (with a warning for the
     former, :func:`infusion.io.read_jsonl`)."""
-    from ..io import read_jsonl
-
     f = run_dir / "metrics.jsonl"
     rows = read_jsonl(f, "metrics file") if f.exists() else []
     by_epoch = {r["epoch"]: r for r in rows if isinstance(r.get("epoch"), int)

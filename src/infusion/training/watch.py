@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .. import figures
 from ..chain.model import ChainModel
@@ -79,6 +80,7 @@ def sample_preview(model: ChainModel, method: Method, data: Data, cfg: Config, r
 def summary_writer() -> type:
     """torch's ``SummaryWriter``, or a clear error when the tensorboard package is missing."""
     try:
+        # here: it needs the tensorboard package, the optional extra [tensorboard]
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise InputError("train.tensorboard=true needs the tensorboard package: pip install "
@@ -98,8 +100,6 @@ class TensorBoard:
             if key != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, event.epoch)
         if event.grid is not None:
-            from PIL import Image
-
             image = np.asarray(Image.open(event.grid).convert("RGB"))
             self.writer.add_image("samples", image, event.epoch, dataformats="HWC")
         self.writer.flush()
