@@ -60,6 +60,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -357,6 +358,17 @@ def gather(a) -> dict:
             "chosen": {m: chosen_recipe(a, m) for m in PRESETS}}
 
 
+def version() -> str:
+    """The library's version, and the checkout's commit where there is one."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=10,
+                             check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return infusion.__version__ + (f" (git {sha})" if sha else "")
+
+
 def cpu_name() -> str:
     """The processor's model name (Linux), else what ``platform`` knows."""
     try:
@@ -386,11 +398,13 @@ def report(a, result: dict, out: Path) -> None:
     lines = [f"# {a.data}: every method tuned at 1× and trained on a ladder of budgets", "",
              (f"Budget unit: {a.unit / 1e12:.1f} TFLOP (make demo's training). Samples per row: "
              f"{a.samples}; reference images: {a.ref_images}. Machine: {result['machine']}; "
-             f"torch {torch.__version__}; infusion {infusion.__version__}."), "",
+             f"torch {torch.__version__}; infusion {result['version']}."), "",
              "## Recipe search (1×, seed 0, validation FD at the best NFE)", "",
              "| method | recipe | best FD (valid) | at NFE | sampler | chosen |",
              "|---|---|---:|---:|---|---|"]
-    for (m, recipe), group in _groups(tuning, ("method", "recipe")).items():
+    order = {m: i for i, m in enumerate(PRESETS)}
+    for (m, recipe), group in sorted(_groups(tuning, ("method", "recipe")).items(),
+                                     key=lambda kv: (order[kv[0][0]], kv[0][1])):
         best = min(group, key=lambda r: r["fd"])
         mark = "✓" if result["chosen"].get(m) == recipe else ""
         lines.append(f"| {m} | {recipe} | {best['fd']:.1f} | {best['nfe']} | {best['sampler']} "
@@ -566,7 +580,7 @@ def main(argv=None) -> None:
         result = {"settings": {k: v for k, v in vars(a).items() if k not in ("work", "out")},
                   "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                              f"{a.threads or torch.get_num_threads()} torch thread(s) per run",
-                  "torch": torch.__version__, "version": infusion.__version__, **gather(a)}
+                  "torch": torch.__version__, "version": version(), **gather(a)}
         (out / "compare_budgets.json").write_text(json.dumps(result, indent=1))
         report(a, result, out)
         samples_figure(a, result, out)
