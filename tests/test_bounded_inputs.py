@@ -27,10 +27,14 @@ from infusion.data.arrays import from_dataset, store
 from infusion.errors import InputError, UserError
 from infusion.evaluate import evaluate
 from infusion.evaluate.card import model_card
+from infusion.evaluate.likelihood import estimate_likelihood
 from infusion.evaluate.report import read_report
 from infusion.figures import read_metric_rows
-from infusion.generate.inpaint import load_mask_file
+from infusion.generate.files import sample_to_file
+from infusion.generate.inpaint import inpaint, load_mask_file
 from infusion.io import read_json, read_jsonl, regular_file
+from infusion.methods import build_method
+from infusion.methods.statistics import compute_step_statistics
 from infusion.training import rundir
 from infusion.training.fit import fit
 from infusion.training.loop import train
@@ -196,6 +200,35 @@ def test_idx_corrupt_gzip_stream_is_a_data_error(tmp_path):
         mnist.ensure_mnist(idx_dir=tmp_path, sources=["idx"], cache=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "file", "loop"])
+def test_an_idx_dir_that_is_not_a_folder_is_named(tmp_path, capsys, monkeypatch, kind):
+    """``--idx-dir`` naming a FIFO (never opened: it could block), a file or a symlink loop:
+    one error saying what it is, not that it "has no" IDX file. So is an IDX file of the
+    folder that is a FIFO."""
+    target = tmp_path / "idx"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "file":
+        target.write_bytes(b"not a folder")
+    else:
+        target = symlink_loop(tmp_path)
+    what = {"fifo": "a FIFO", "file": "a regular file", "loop": "a symlink loop"}[kind]
+    with pytest.raises(DataError, match=f"{what}.*, not a folder") as e:
+        with_alarm(lambda: mnist.ensure_mnist(idx_dir=target, sources=["idx"],
+                                              cache=tmp_path / "cache"))
+    assert str(target) in str(e.value) and "has no" not in str(e.value)
+    monkeypatch.setenv("INFUSION_CACHE", str(tmp_path / "cli-cache"))
+    err = user_error(["data", "--name", "mnist", "--idx-dir", target], capsys, str(target), what)
+    assert "has no" not in err
+    if kind == "fifo":  # an IDX file of the folder that is a FIFO
+        folder = tmp_path / "folder"
+        folder.mkdir()
+        os.mkfifo(folder / "train-images-idx3-ubyte")
+        with pytest.raises(DataError, match="train-images-idx3-ubyte.* a FIFO"):
+            with_alarm(lambda: mnist.ensure_mnist(idx_dir=folder, sources=["idx"],
+                                                  cache=tmp_path / "cache"))
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_holding_more_or_less_than_its_header_declares_is_refused(tmp_path, gz):
     pack = gzip.compress if gz else bytes
@@ -292,6 +325,34 @@ def test_the_card_reads_metric_rows_past_bad_lines_and_null_bounds(tmp_path, cap
 # ---------------------------------------------------------------------- data loaders
 
 
+def _pngs(folder: Path, n: int = 3) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("where", [".", "sub"])
+def test_a_symlink_loop_in_an_image_folder_is_named(tmp_path, where):
+    """Two links naming each other, in the folder or below: an error naming the loop (an image
+    or a folder of images that would be left out), never a hang or a traceback; from the
+    loaders and from ``fit``. A data.path that is itself a loop is named so too."""
+    photos = _pngs(tmp_path / "photos")
+    (photos / "sub").mkdir()
+    loop = symlink_loop(photos / where)
+    for load in (lambda: images.load_images("folder", "train", path=photos, image_size=8,
+                                            cache=tmp_path / "cache"),
+                 lambda: fit(photos, run_dir=tmp_path / "run", progress=False)):
+        with pytest.raises(DataError, match="symlink loop") as e:
+            with_alarm(load)
+        assert str(loop.relative_to(tmp_path)) in str(e.value)
+    with pytest.raises(DataError, match="symlink loop"):
+        images.load_images("folder", "train", path=symlink_loop(tmp_path), image_size=8,
+                           cache=tmp_path / "cache")
+
+
 def test_a_tfd_file_that_is_not_a_mat_is_a_data_error(tmp_path):
     pytest.importorskip("scipy")
     path = tmp_path / "TFD_48x48.mat"
@@ -372,6 +433,28 @@ def test_sample_chain_refuses_a_bad_n(tiny_model, n):
 def test_sample_chain_refuses_what_is_not_a_model():
     with pytest.raises(InputError, match="model.*load_model"):
         sample_chain("runs/spiral", 2)
+
+
+TAKES_A_MODEL = {
+    "inpaint": lambda m, tmp: inpaint(m, torch.zeros(1, 1, 2, 2),
+                                      torch.ones(1, 2, 2, dtype=torch.bool)),
+    "compute_step_statistics": lambda m, tmp: compute_step_statistics(
+        m, build_method(config.preset("spiral").method), None, 32),
+    "estimate_likelihood": lambda m, tmp: estimate_likelihood(
+        m, build_method(config.preset("spiral").method), torch.zeros(2, 2), 2),
+    "sample_to_file": lambda m, tmp: sample_to_file(m, tmp / "s.npz", 2),
+}
+
+
+@pytest.mark.parametrize("name", list(TAKES_A_MODEL))
+@pytest.mark.parametrize("not_a_model", ["runs/spiral", Path("runs/spiral"), {"model": {}}],
+                         ids=["str", "path", "dict"])
+def test_functions_that_take_a_model_refuse_what_is_not_one(tmp_path, name, not_a_model):
+    """A path (or a checkpoint's dict) where a model belongs: an InputError naming ``model``
+    and saying how to load one, as ``sample_chain`` says; nothing written."""
+    with pytest.raises(InputError, match=r"^model=.*expected a ChainModel.*infusion\.load_model"):
+        TAKES_A_MODEL[name](not_a_model, tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("start", [torch.zeros(2, 3), torch.zeros(3, 2), torch.zeros(4),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from infusion import io
 from infusion.cli import main
 
 from .conftest import fake_mnist_cache, tiny_config
@@ -69,6 +70,7 @@ def test_inpaint_keeps_its_outputs_unless_overwrite(mnist_run, tmp_path, capsys)
 def test_figures_keep_earlier_figures_unless_overwrite(mnist_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "figs"
     out.mkdir()
+    io.start_manifest(out, ["fig1_sampling_chains.png"])  # an earlier `figures` wrote it
     earlier = out / "fig1_sampling_chains.png"
     earlier.write_bytes(b"an earlier figure")
     argv = ["figures", "--run-dir", mnist_run, "--out", out, "--n", "2", "--device", "cpu"]

@@ -17,7 +17,7 @@ import torch
 import infusion
 from infusion import config, models
 from infusion.cli import main
-from infusion.data import DataError
+from infusion.data import DataError, load_split
 from infusion.errors import ConfigError, InputError
 from infusion.evaluate import EvalSettings
 from infusion.methods import build_method
@@ -310,3 +310,70 @@ def test_images_in_a_linked_subfolder_are_not_left_out(tmp_path):
     (photos / "linked").unlink()  # images only in a real subfolder are read
     assert len(load_images("folder", "train", path=photos, image_size=8,
                            cache=tmp_path / "cache").images) == 1
+
+
+# ---------------------------------------------------------------- no machine path in an export
+
+
+def _strings(value):
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_an_export_holds_no_machine_path_and_samples_floats_in_data_space(tmp_path):
+    """A ``--data`` run of float vectors: its export's config.json names the data file only,
+    and records what mapping samples back needs, so the export samples in the data's own
+    units exactly as the run does — without the data file, wherever it goes. An export of an
+    older version, with the file's absolute path, still loads and samples the same."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "v.npz", x=(rng.normal(size=(96, 2)) * 3 + 10).astype(np.float32))
+    run, out = tmp_path / "run", tmp_path / "export"
+    tiny = ["model.hidden=8,8", "method.T=2", "train.epochs=1", "train.batch_size=32",
+            "train.valid_examples=32", "train.valid_stats_batches=2"]
+    assert main(["train", "--data", str(tmp_path / "v.npz"), "--run-dir", str(run), "--quiet",
+                 *(f"--set={s}" for s in tiny)]) == 0
+    assert main(["sample", "--checkpoint", str(run), "--n", "5", "--out",
+                 str(tmp_path / "run.npz")]) == 0
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    meta = json.loads((out / "config.json").read_text())
+    absolute = [s for s in _strings(meta) if s.startswith(("/", "\\")) or str(tmp_path) in s
+                or (len(s) > 2 and s[1] == ":" and s[2] in "/\\")]
+    assert absolute == [], absolute
+    data_file = Path(json.loads((run / "config.json").read_text())["data"]["path"])
+    assert meta["config"]["data"]["path"] == data_file.name
+    assert meta["config"]["data"]["dtype"] == "float32"
+    # a run of an older version records no dtype: its export reads it at save time
+    _, cfg = models.load_model(run, "cpu")
+    older_run = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dtype="", scale=()))
+    assert models.portable(older_run)["data"]["dtype"] == "float32"
+    # an export of an older version: the absolute path, nothing recorded beside it
+    old = _copy(out, tmp_path / "old-export")
+    old_meta = json.loads((old / "config.json").read_text())
+    old_keys = ("name", "n_train", "toy_size", "seed", "image_size", "sha256", "scale", "offset")
+    old_meta["config"]["data"] = {k: old_meta["config"]["data"][k] for k in old_keys}
+    old_meta["config"]["data"]["path"] = str(data_file)
+    (old / "config.json").write_text(json.dumps(old_meta))
+    assert main(["sample", "--checkpoint", str(old), "--n", "5", "--out",
+                 str(tmp_path / "old.npz")]) == 0
+    # the export samples without the data file: moved away with its run
+    shutil.move(run, tmp_path / "moved")
+    assert main(["sample", "--checkpoint", str(out), "--n", "5", "--out",
+                 str(tmp_path / "export.npz")]) == 0
+    ran, exported, older = (np.load(tmp_path / f) for f in ("run.npz", "export.npz", "old.npz"))
+    for f in (exported, older):
+        for k in ("samples", "means", "data_samples", "data_means"):
+            np.testing.assert_array_equal(f[k], ran[k])
+    assert np.abs(ran["data_means"]).max() > 2  # in the data's units, not model space
+    # the data file copied beside the export is found there (evaluation reads it)
+    shutil.copy(tmp_path / "moved" / "data" / data_file.name, out / data_file.name)
+    _, cfg = models.load_model(out, "cpu")
+    assert cfg.data.path == str((out / data_file.name).absolute())
+    assert len(load_split(cfg.data, "valid").images) > 0

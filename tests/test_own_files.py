@@ -270,6 +270,36 @@ def test_export_overwrite_replaces_its_own_export(tmp_path, trained):
     assert (out / "README.md").read_text() != "edited"
 
 
+def test_figures_overwrite_replaces_its_own_figures_and_keeps_a_users_file(tmp_path, trained,
+                                                                           capsys):
+    """``figures --overwrite`` in a run's real ``figures/`` folder: a file of a figure's name
+    that the library did not write is refused, nothing written; its own figures are replaced."""
+    run = copy_of(trained, tmp_path / "run")
+    figs = run / "figures"
+    figs.mkdir()
+    mine = figs / "fig3_bound_curves.png"
+    mine.write_bytes(b"my own curves")
+    argv = ["figures", "--run-dir", str(run), "--n", "2", "--device", "cpu", "--overwrite"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fig3_bound_curves.png" in err and "not written by infusion" in err, err
+    assert sorted(p.name for p in figs.iterdir()) == ["fig3_bound_curves.png"]
+    assert mine.read_bytes() == b"my own curves"
+    mine.unlink()
+    assert main(argv) == 0
+    first = snapshot(figs)
+    assert "fig3_bound_curves.png" in first
+    assert main(argv + ["--seed", "1"]) == 0  # its own figures: replaced
+    assert snapshot(figs)["fig1_sampling_chains.png"] != first["fig1_sampling_chains.png"]
+    # with --out: a folder of the user's, without a manifest, keeps its file of a figure's name
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "reversibility.png").write_bytes(b"mine")
+    assert main(argv + ["--out", str(out)]) == 2
+    assert "reversibility.png" in capsys.readouterr().err
+    assert snapshot(out) == {"reversibility.png": b"mine"}
+
+
 # ------------------------------------------------------------------------- no write through a link
 
 

@@ -28,7 +28,7 @@ from ._logging import messages_to
 from .chain.model import ChainModel
 from .config import Config, ConfigError, from_dict, to_dict
 from .config.schema import CONFIG_FILE_MAX, parse_text
-from .data import shape_of
+from .data import DataError, shape_of, stored_dtype
 from .device import resolve_device
 from .errors import InputError, UserError
 from .io import all_or_nothing, atomic_write, claim_folder, path_kind
@@ -283,9 +283,7 @@ def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path
     (:class:`~infusion.errors.InputError`) before anything is written."""
     out = Path(out_dir)
     claim_folder(out, export_files(out), hint="export to another folder")
-    if cfg.train.init_from:  # provenance only: no path of the machine it was made on
-        cfg = replace(cfg, train=replace(cfg.train, init_from=Path(cfg.train.init_from).name))
-    meta = {"format": FORMAT, "config": to_dict(cfg), "shape": list(model.shape)}
+    meta = {"format": FORMAT, "config": portable(cfg), "shape": list(model.shape)}
     tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point()
                else v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with all_or_nothing():  # both files or neither; config.json, which marks an export, last
@@ -296,6 +294,45 @@ def save_pretrained(model: ChainModel, cfg: Config, out_dir: str | Path) -> Path
 
 
 export = save_pretrained  # the name of version 0.1
+
+
+def portable(cfg: Config) -> dict[str, Any]:
+    """The config an export stores, as a dict, with no path of the machine it was made on:
+    ``data.path`` and ``train.init_from`` are cut to their names (:func:`from_pretrained` looks
+    for the data beside the export). Mapping samples back to a user's arrays' units
+    (:func:`infusion.data.to_data_space`) must then work without the data file, so what it
+    would read there, whether the data are pixels, is recorded as ``data.dtype`` (the run's
+    own record, else the data file's header; where that file cannot be read, a warning says
+    so, and sampling in the data's units will need the file beside the export)."""
+    data = cfg.data
+    if data.name == "arrays" and not data.dtype:
+        try:
+            cfg = replace(cfg, data=replace(data, dtype="float32" if data.scale
+                                            else stored_dtype(data)))
+        except DataError as e:
+            logger.warning(f"the export cannot record whether its data are pixels ({e}); "
+                           "to sample in the data's units, put the data file beside it")
+    d = to_dict(cfg)  # a dict: a Config makes every data.path absolute again
+    for section, key in (("data", "path"), ("train", "init_from")):  # init_from: provenance
+        if d[section][key]:
+            d[section][key] = Path(d[section][key]).name
+    return d
+
+
+def beside_export(config: Any, folder: Path) -> Any:
+    """An export's stored config dict with its ``data.path`` looked for in the export's
+    ``folder``: the name an export stores (:func:`portable`), so that a data file copied
+    beside the export is found wherever it goes; or an older export's absolute path, kept
+    unless it is gone and a file of its name lies beside the export. Anything that is not a
+    config is left as it is (and refused where it is built)."""
+    data = config.get("data") if isinstance(config, dict) else None
+    path = data.get("path") if isinstance(data, dict) else None
+    if not isinstance(path, str) or not path:
+        return config
+    here = folder.absolute() / Path(path).name
+    if os.path.isabs(path) and (os.path.exists(path) or not here.exists()):
+        return config
+    return {**config, "data": {**data, "path": str(here)}}
 
 
 def export_files(out: Path) -> list[Path]:
@@ -343,5 +380,5 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu"
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {str(p / 'model.safetensors')!r}: {e}") from None
-    model, cfg = build_model(config, shape, state, str(p), device)
+    model, cfg = build_model(beside_export(config, p), shape, state, str(p), device)
     return model.eval(), cfg

@@ -153,6 +153,18 @@ class GaussianChainModel(ChainModel):
         return torch.sigmoid(a_mu), self.beta * torch.sigmoid(a_sigma) + self.eps
 
 
+def check_model(model, *, stand_ins: bool = False) -> None:
+    """The rule for every function that takes a model (``model``): a model loaded in memory,
+    a :class:`ChainModel` — never a path, a checkpoint's dict or anything else, which is an
+    :class:`~infusion.errors.InputError` naming the argument and saying to load it with
+    ``infusion.load_model``. ``stand_ins``: any ``torch.nn.Module`` is taken too, for code
+    that needs only part of the chain's surface (the likelihood and statistics passes, which
+    tests drive with analytic chains)."""
+    if not isinstance(model, nn.Module if stand_ins else ChainModel):
+        raise InputError(f"model={str(model)[:80]!r}: expected a ChainModel; load one with "
+                         "infusion.load_model(path)")
+
+
 def given(model, y: torch.Tensor | None):
     """``model`` with the classes ``y`` of a batch fixed (:meth:`ChainModel.given`), or
     ``model`` itself when ``y`` is None: an unconditional model's batches, or any object with

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .._logging import bar_disable
 from ..errors import InputError
 from ..limits import SAMPLES_MAX, STEPS_MAX, as_tensor, check_memory, check_range, check_tensor
-from .model import ChainModel, given
+from .model import ChainModel, check_model, given
 
 Noise = Callable[[], torch.Tensor]  # each call: the next (B, d) block of standard normals
 Callback = Callable[[dict], None]  # called with {"t", "z", "mean"} after z(0) and every step
@@ -137,9 +137,7 @@ def sample_chain(
     ``start``, ``clamp`` or ``labels`` of another shape, or tensors without readable values
     (meta-device or sparse).
     """
-    if not isinstance(model, ChainModel):
-        raise InputError(f"model={str(model)[:80]!r}: expected a ChainModel; load one with "
-                         "infusion.load_model(path)")
+    check_model(model)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise InputError(f"n={n!r}: expected a whole number of samples")
     check_range("n", int(n), 1, SAMPLES_MAX)

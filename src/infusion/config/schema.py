@@ -62,7 +62,10 @@ class DataConfig:
     toys), where it would be ignored. For ``arrays``, ``sha256`` is the data file's checksum, verified on every load,
     and ``scale``/``offset`` the affine map of float data into model space, x = raw·scale +
     offset, one value or one per dimension (empty: the data are used as they are;
-    :func:`infusion.data.to_data_space` maps outputs back)."""
+    :func:`infusion.data.to_data_space` maps outputs back). ``dtype`` is the stored data's
+    dtype, ``uint8`` (pixels) or ``float32``, which an export records
+    (:func:`infusion.models.save_pretrained`) because it carries no data file; empty, it is read
+    from the file's header."""
 
     name: str = "mnist"
     n_train: int = 0
@@ -73,6 +76,7 @@ class DataConfig:
     sha256: str = ""  # arrays: the data file's sha256
     scale: tuple[float, ...] = ()  # arrays: model space x = raw·scale + offset
     offset: tuple[float, ...] = ()
+    dtype: str = ""  # arrays: "uint8" (pixels) or "float32"; empty = read from the file
 
     def __post_init__(self) -> None:
         if self.path:  # absolute, so that the run works from any working directory
@@ -92,8 +96,11 @@ class DataConfig:
              "Fashion-MNIST come from their caches, filled by `infusion data --name NAME "
              "--idx-dir DIR`; the 2-D toys are generated); data.path is for "
              + ", ".join(n for n in DATA_NAMES if n not in NO_PATH_DATA)),
-            (self.name == "arrays" or not (self.scale or self.offset or self.sha256),
-             f"data.scale/offset/sha256 belong to data.name='arrays', not {self.name!r}"),
+            (self.name == "arrays" or not (self.scale or self.offset or self.sha256
+                                           or self.dtype),
+             f"data.scale/offset/sha256/dtype belong to data.name='arrays', not {self.name!r}"),
+            (self.dtype in ARRAY_DTYPES,
+             f"data.dtype={self.dtype!r}: expected one of {ARRAY_DTYPES}"),
             (len(self.scale) == len(self.offset),
              f"data.scale, data.offset: {len(self.scale)} and {len(self.offset)} values"),
             (all(math.isfinite(s) and s > 0 for s in self.scale)
@@ -298,6 +305,7 @@ SAMPLERS_OF = {name: s.samplers for name, s in METHOD_SETTINGS.items()
 SAMPLERS = tuple(dict.fromkeys(x for s in METHOD_SETTINGS.values() for x in s.samplers))
 DATA_NAMES = ("mnist", "fashion", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba",
               "tfd", "folder", "arrays")
+ARRAY_DTYPES = ("", "uint8", "float32")  # data.dtype: "" = read from the data file
 NO_PATH_DATA = ("mnist", "fashion", "spiral", "circle", "gaussians")  # data.path is refused
 NET_NAMES = ("mlp", "conv", "unet")
 LR_SCHEDULES = ("constant", "cosine")

@@ -25,7 +25,7 @@ import torch
 from ..config import Config, DataConfig
 from ..errors import InputError
 from ..limits import check_tensor
-from .arrays import load_arrays, stored_info
+from .arrays import load_arrays, stored_dtype, stored_info
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fashion import ensure_fashion, load_fashion
 from .fetch import Remote, check_archive, safe_extract
@@ -75,6 +75,7 @@ __all__ = [
     "read_idx",
     "safe_extract",
     "shape_of",
+    "stored_dtype",
     "to_data_space",
     "to_model_space",
     "to_unit",
@@ -140,8 +141,8 @@ def is_pixels(cfg: DataConfig) -> bool:
     than continuous values (the toys, a user's float arrays)."""
     if cfg.name in TOYS:
         return False
-    if cfg.name == "arrays":
-        return stored_info(cfg)[1] == np.uint8
+    if cfg.name == "arrays":  # recorded in the config (data.dtype), or read from the file
+        return stored_dtype(cfg) == "uint8"
     return True
 
 

@@ -346,6 +346,8 @@ def load_arrays(cfg, split: str) -> Split:
             x, y = z[f"{key}_x"], (z[f"{key}_y"] if f"{key}_y" in z.files else None)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise DataError(f"data file {path} is unreadable ({e})") from None
+    if cfg.dtype and x.dtype != np.dtype(cfg.dtype):
+        raise DataError(f"data file {path} holds {x.dtype} data, but data.dtype={cfg.dtype!r}")
     if x.dtype == np.uint8:
         return Split(x, y)
     d = int(np.prod(x.shape[1:]))
@@ -370,6 +372,13 @@ def stored_info(cfg) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(s) for s in shape[1:]), np.dtype(dtype)
 
 
+def stored_dtype(cfg) -> str:
+    """The dtype of a user's stored arrays, ``"uint8"`` (pixels) or ``"float32"``: the one the
+    config records (``data.dtype``: :func:`infusion.fit` records it, and so does every export,
+    which carries no data file), else — a run of an older version — the file's header."""
+    return cfg.dtype or str(stored_info(cfg)[1])
+
+
 def _path(cfg) -> Path:
     if not cfg.path:
         raise DataError("data.name=arrays needs data.path, the .npz file infusion.fit stores "
@@ -377,5 +386,6 @@ def _path(cfg) -> Path:
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist (data.path of the run's config; was "
-                        "the run directory moved or its data/ folder deleted?)")
+                        "the run directory moved or its data/ folder deleted? An export looks "
+                        "for its data file beside itself)")
     return path

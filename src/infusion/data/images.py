@@ -49,6 +49,7 @@ from scipy.io.matlab import MatReadError
 from tqdm.auto import tqdm
 
 from .._logging import bar_disable
+from ..io import path_kind
 from ..limits import IMAGE_SIDE_MAX, check_memory
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import ArraysOnly, Remote, check_archive, fetch_remote, given_copy, safe_extract
@@ -255,7 +256,9 @@ def _tfd(path: str | Path) -> dict[str, np.ndarray]:
 def _image_files(folder: Path) -> list[Path]:
     """Every image file under ``folder``, its subfolders' too, sorted. Links to folders are
     not followed (they may loop), so one inside ``folder`` is refused (DataError naming it)
-    rather than its images silently left out."""
+    rather than its images silently left out; so is a symlink loop (links naming each other,
+    which lead to no file or folder at all: what it was meant to name would be left out).
+    The walk never follows a link, so it ends whatever links the tree holds."""
     found = []
     for root, dirs, names in os.walk(folder):
         for d in sorted(dirs):
@@ -263,18 +266,33 @@ def _image_files(folder: Path) -> list[Path]:
                 raise DataError(f"{os.path.join(root, d)!r} is a link to a folder, which is not "
                                 f"followed: its images would be left out of {str(folder)!r}; "
                                 "copy them in, or give the linked folder itself")
-        found += [p for n in names if (p := Path(root) / n).suffix.lower() in IMAGE_SUFFIXES
-                  and p.is_file()]
+        for n in sorted(names):
+            p = Path(root) / n
+            if p.is_symlink() and path_kind(p) == "a symlink loop":
+                raise DataError(f"{str(p)!r} is a symlink loop (links that name each other, "
+                                "leading to no file or folder): what it was meant to hold would "
+                                f"be left out of {str(folder)!r}; remove or repair the link")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                found.append(p)
     return sorted(found)
+
+
+def _directory(path: str | Path) -> Path:
+    """``data.path`` of an image folder, which must be a directory: a DataError saying what it
+    is instead (nothing, a file, a symlink loop …)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        kind = path_kind(folder)
+        raise DataError(f"data.path={str(path)!r}: " + (
+            "no such directory" if kind == "nothing" else f"{kind}, not a directory"))
+    return folder
 
 
 def _folder_key(path: str | Path, size: int) -> str:
     """A short hash of the folder's listing (names, sizes, mtimes) and the crop size."""
     if not path:
         raise DataError("data.name=folder needs data.path, the directory of images")
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"data.path={str(path)!r}: no such directory")
+    folder = _directory(path)
     h = hashlib.sha256(f"{folder.resolve()}|{size}".encode())
     for p in _image_files(folder):
         st = p.stat()
@@ -311,7 +329,7 @@ def _decode(items: Iterable[tuple[str, Callable[[], bytes]]], n: int, crop: int 
 
 def _folder(path: str | Path, size: int, progress: bool) -> dict[str, np.ndarray]:
     """Every image under a directory -> centre crops, split 80/10/10 by a fixed permutation."""
-    folder = Path(path).expanduser()
+    folder = _directory(path)
     files = _image_files(folder)
     if len(files) < 3:
         raise DataError(f"data.path={str(path)!r} holds {len(files)} images "

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io import sha256
+from ..io import path_kind, sha256
 from ..limits import check_memory
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
 from .fetch import ArraysOnly, download
@@ -197,15 +197,25 @@ def read_idx(path: str | Path, contents_sha256: str = "") -> np.ndarray:
 
 
 def _from_idx_dir(d: str | Path | None, spec: IdxSet | None = None) -> dict[str, np.ndarray]:
-    """Source "idx" (and "system"): the four official IDX files (name or name.gz) in d."""
+    """Source "idx" (and "system"): the four official IDX files (name or name.gz) in d.
+    ``d`` must be a folder and each file a regular file: anything else (a FIFO, which is
+    never opened since reading it could block, a device, a file, a symlink loop) is a
+    DataError saying what it is instead (:func:`~infusion.io.path_kind`)."""
     spec = spec or MNIST
     if not d:
         raise DataError(f"no directory given (pass idx_dir=... or set {spec.env})")
     d, found = Path(d), {}
+    if not d.is_dir():
+        kind = path_kind(d)
+        raise DataError(f"{d}: no such folder" if kind == "nothing" else
+                        f"{d} is {kind}, not a folder (of the four IDX files)")
     for name in _FILES:
-        hits = [p for p in (d / f"{name}.gz", d / name) if p.is_file()]
+        candidates = (d / f"{name}.gz", d / name)
+        hits = [p for p in candidates if p.is_file()]
         if not hits:
-            raise DataError(f"{d} has no {name}[.gz]")
+            odd = [p for p in candidates if os.path.lexists(p)]
+            raise DataError(f"{odd[0]} is {path_kind(odd[0])}, not an IDX file" if odd else
+                            f"{d} has no {name}[.gz]")
         found[name] = read_idx(hits[0], spec.raw.get(name, ""))
     return _assemble(*found.values(), where=d)
 

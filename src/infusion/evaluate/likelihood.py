@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._logging import bar_disable
-from ..chain.model import given
+from ..chain.model import check_model, given
 from ..data import to_model_space
 from ..errors import InputError
 
@@ -287,6 +287,7 @@ def estimate_likelihood(model, method, data: torch.Tensor, k: int, *, seed: int 
     the examples' classes for a class-conditional model: the estimates are of log p(x | y).
     ``bn_stats``: "stored" (a fixed model) or "batch" (transductive; see the module docstring).
     """
+    check_model(model, stand_ins=True)
     if repeats < 1:
         raise InputError(f"repeats={repeats}: expected >= 1")
     ks = sorted({int(c) for c in (ks or ()) if 1 <= int(c) < k})

@@ -32,6 +32,7 @@ from ..chain.sampler import sample_chain
 from ..config import Config
 from ..data import load_data, to_unit
 from ..errors import InputError
+from ..io import check_outputs, claim_folder
 from ..methods import build_method
 from ..methods.infusion import infusion_rates
 from ..methods.walkback import reversibility
@@ -109,18 +110,32 @@ def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tenso
     return out
 
 
+FIGURES = ("fig1_sampling_chains", "fig2_infusion_chains", "fig3_bound_curves",
+           "fig4_nearest_neighbours", "fig7_constant_vs_increasing", "likelihood_vs_k",
+           "reversibility")  # each drawn to <name>.png
+
+
 def make_figures(run_dir: str | Path, out_dir: str | Path | None = None, device: str = "auto",
                  n: int = 8, seed: int = 0) -> dict[str, Path | str]:
     """Every paper figure a run allows, into ``out_dir`` (default ``<run>/figures``).
 
     Returns ``{figure: path}`` for those written and ``{figure: "skipped: why"}`` for the rest
     (each also logged, at debug level, on the ``infusion.evaluate.paper_figures`` logger).
+
+    Only the library's own files are replaced (:func:`infusion.io.claim_folder`): a file of a
+    figure's name (:data:`FIGURES`) that it did not write — not named in the manifest that
+    covers the folder (the run's, for ``<run>/figures``), or any in a folder without one — is
+    refused (:class:`~infusion.errors.InputError`) before anything is drawn; a folder created
+    here starts a manifest.
     """
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {str(run)!r} does not exist")
     out = Path(out_dir) if out_dir is not None else run / "figures"
+    own = [out / f"{name}.png" for name in FIGURES]
+    check_outputs(out, own, hint="draw the figures into another folder (--out)")
     model, cfg = load_model(run, device)
+    claim_folder(out, own, hint="draw the figures into another folder (--out)")
     steps = cfg.sample.steps or cfg.method.T
     done: dict[str, Path | str] = {}
 

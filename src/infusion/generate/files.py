@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import figures
-from ..chain.model import ChainModel
+from ..chain.model import ChainModel, check_model
 from ..chain.sampler import sample_chain
 from ..config import DataConfig
 from ..data import to_data_space
@@ -35,6 +35,7 @@ def sample_to_file(model: ChainModel, out: str | Path, n: int, steps: int | None
     default: seed modulo the number of classes), stored as ``labels``; the per-seed PNGs are
     then ``class-C-seed-NNNNNN.png``. ``nrow``: images per grid row. ``progress``: a bar
     while sampling, on a terminal."""
+    check_model(model)
     out = Path(out)
     if out.suffix != ".npz":
         raise InputError(f"--out {str(out)!r}: expected a .npz file name")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .. import figures
-from ..chain.model import ChainModel
+from ..chain.model import ChainModel, check_model
 from ..chain.sampler import check_clampable, sample_chain
 from ..config import DataConfig
 from ..data import TOYS, load_split, parzen_space
@@ -109,6 +109,7 @@ def inpaint(model: ChainModel, images: torch.Tensor, mask: torch.Tensor, chains:
     A model that cannot be clamped (a VAE, whose steps ignore their input state) is refused
     (:class:`~infusion.errors.InputError`): its completions would ignore the observed pixels.
     """
+    check_model(model)
     check_clampable(model)
     if chains < 1:
         raise InputError(f"chains={chains}: expected >= 1")

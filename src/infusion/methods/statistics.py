@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._logging import bar_disable
-from ..chain.model import ChainModel, given
+from ..chain.model import ChainModel, check_model, given
 from ..chain.nets import step_norms
 from ..config import Config
 from ..data import load_data
@@ -32,6 +32,7 @@ def compute_step_statistics(model: ChainModel, method: Method, data, batch_size:
     from the training set, as validation during training uses. ``average="moving"``: the
     authors' moving average (rate 0.1) of the batch mean and inverse std instead of the
     exact average (:class:`~infusion.chain.nets.StepBatchNorm`)."""
+    check_model(model, stand_ins=True)
     norms = step_norms(model)
     if not norms:
         return

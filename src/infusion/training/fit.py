@@ -40,7 +40,7 @@ from .state import check_init_from
 
 FOLDER_IMAGE_SIZE = 32  # a folder's crops without a preset: the `folder` preset's size
 _TRAIN_KWARGS = ("device", "overwrite", "progress")
-_OWN_DATA_KEYS = ("data.name", "data.path", "data.sha256")  # fit() sets these itself
+_OWN_DATA_KEYS = ("data.name", "data.path", "data.sha256", "data.dtype")  # fit() sets these itself
 
 
 @dataclass
@@ -165,7 +165,7 @@ def _fit(data: Any, preset: str | Config | None, run_dir: str | Path | None, val
     run_dir = Path(run_dir or Path("runs") / (name or f"fit-{file_name[7:15]}"))
     scale, offset = _float_map(splits["train"])
     dc = DataConfig(name="arrays", path=str(run_dir / "data" / file_name), scale=scale,
-                    offset=offset)
+                    offset=offset, dtype=str(splits["train"].dtype))
     cfg = config_mod.override(replace(base, data=dc), list(overrides))
     cfg = replace(cfg, data=replace(cfg.data, image_size=0))  # a folder's size is in its pixels
     cfg = _size_network(cfg, preset, overrides, splits["train"].shape[1:])
