@@ -340,3 +340,19 @@ def test_atomic_write_refuses_a_linked_folder_of_a_kept_folder(tmp_path):
     assert not any((tmp_path / "elsewhere").iterdir())
     io.atomic_write(kept / "f.txt", lambda tmp: tmp.write_text("x"))  # its own: recorded
     assert io.read_manifest(kept) == {"f.txt"}
+
+
+def test_a_fit_refused_by_train_leaves_no_data_file(tmp_path, monkeypatch):
+    """``fit`` stores the data before ``train`` makes its last checks: a run refused there
+    (here: the tracker's package missing) takes the data file stored for it away again; an
+    earlier run's data file stays."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="wandb"):
+        fit(ring(120), run_dir=run, overrides=[*FIT_TINY, "train.tracker=wandb"], **QUIET)
+    assert not list(run.rglob("arrays-*"))
+    first = fit(ring(120), run_dir=run, overrides=FIT_TINY, **QUIET)
+    with pytest.raises(UserError, match="wandb"):  # the same data, refused over a finished run
+        fit(ring(120), run_dir=run, overrides=[*FIT_TINY, "train.tracker=wandb"],
+            overwrite=True, **QUIET)
+    assert Path(first.config.data.path).is_file()

@@ -30,8 +30,8 @@ from ..data import to_data_space
 from ..data.images import IMAGE_SUFFIXES, _image_files, load_images
 from ..data.space import fit_affine
 from ..device import resolve_device
-from ..errors import InputError
-from ..io import folder_path, path_kind
+from ..errors import InputError, UserError
+from ..io import delete_own, folder_path, path_kind
 from ..limits import check_tensor
 from ..models import load_model
 from .loop import train
@@ -172,11 +172,30 @@ def _fit(data: Any, preset: str | Config | None, run_dir: str | Path | None, val
     _check_run_dir(run_dir, bool(train_kwargs.get("overwrite")), cfg.data.path)
     check_init_from(cfg, run_dir, bool(train_kwargs.get("overwrite")))
     # the arrays live in the run directory, verified on every load
+    stored_before = Path(cfg.data.path).is_file()
     path, digest = arrays_mod.store(Path(cfg.data.path), splits, ys)
     cfg = replace(cfg, data=replace(cfg.data, path=str(path), sha256=digest)).validate()
-    final = train(cfg, run_dir, **train_kwargs)
+    try:
+        final = train(cfg, run_dir, **train_kwargs)
+    except UserError:
+        if not stored_before and not _has_checkpoint(run_dir):
+            _unstore(path)  # a refused run: the data file stored for it goes with it
+        raise
     model, cfg = load_model(final, resolve_device(train_kwargs.get("device", "auto")))
     return FitResult(model.eval(), cfg, run_dir, Path(final))
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run got as far as a resumable checkpoint (one its data must stay for)."""
+    return any((Path(run_dir) / "checkpoints").glob("epoch-*.pt"))
+
+
+def _unstore(path: Path) -> None:
+    """Delete a data file :func:`fit` stored for a run that was refused before it began, and
+    its sha256 record: a refused command leaves nothing behind."""
+    for p in (path, path.with_name(path.name + ".sha256")):
+        if p.exists():
+            delete_own(p)
 
 
 def _base_config(preset: str | Config | None) -> Config:
