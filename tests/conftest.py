@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import infusion
 from infusion import config, data
 from infusion.data import mnist
 
@@ -129,3 +130,14 @@ def with_alarm(fn, seconds: int = 20):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A tiny spiral run (``ROOT/run``) and its export (``ROOT/export``), trained once for the
+    session: (ROOT, model, config). Copy them before changing them."""
+    root = tmp_path_factory.mktemp("tiny-export")
+    infusion.train(tiny_config(), root / "run", progress=False)
+    model, cfg = infusion.load_model(root / "run", "cpu")
+    infusion.save_pretrained(model, cfg, root / "export")
+    return root, model, cfg

@@ -15,19 +15,14 @@ import infusion
 from infusion.chain.sampler import sample_chain
 from infusion.methods import statistics
 
-from .conftest import tiny_config
-
 
 class ReadTheTrainingSet(AssertionError):
     pass
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    infusion.train(tiny_config(), root / "run", progress=False)
-    model, cfg = infusion.load_model(root / "run", "cpu")
-    infusion.save_pretrained(model, cfg, root / "export")
+@pytest.fixture
+def exported(tiny_export):
+    root, model, _ = tiny_export
     return root, model
 
 

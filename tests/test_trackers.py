@@ -20,13 +20,9 @@ from infusion.evaluate.card import model_card
 from .conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hub")
-    infusion.train(tiny_config(), root / "run", progress=False)
-    model, cfg = infusion.load_model(root / "run", "cpu")
-    infusion.save_pretrained(model, cfg, root / "export")
-    return root, model, cfg
+@pytest.fixture
+def trained(tiny_export):
+    return tiny_export
 
 
 def _wandb_files(run):
