@@ -42,6 +42,9 @@ gathers everything finished into ``--out``::
     python experiments/compare_budgets.py --stage report --work $W \\
         --out experiments/results/compare_budgets_mnist
 
+On a GPU, the ladder to 64× (``--budgets 1,4,16,64``) and the U-Net body (``--body unet``,
+its runs in their own folder; the VAE, an MLP, sits it out) take ``--device cuda``.
+
 Fashion-MNIST trains the recipes chosen on MNIST (``--recipes-from mnist``), at 1×::
 
     python experiments/compare_budgets.py --data fashion --recipes-from mnist --budgets 1 \\
@@ -97,10 +100,14 @@ from infusion.training.rundir import training_state_file
 PRESETS = {"infusion": "mnist-demo", "diffusion": "mnist-diffusion", "flow": "mnist-flow",
            "walkback": "mnist-walkback", "gsn": "mnist-gsn", "vae": "mnist-vae50"}
 # The recipe every method starts from: the demo's training on the 2×1024 MLP.
-COMMON = ["model.net=mlp", "model.hidden=1024,1024", "train.batch_size=256", "train.lr=1e-3",
+COMMON = ["train.batch_size=256", "train.lr=1e-3",
           "train.lr_schedule=constant", "train.ema=0.999", "train.epochs=100000",
           "train.patience=0", "train.valid_examples=0", "train.train_bound_examples=0",
           "train.record_chains_at=", "sample.n=100", "data.n_train=0"]
+# The shared body: the 2×1024 MLP, or (``--body unet``, for a GPU) the U-Net of
+# algorithms.md §14 at 16, 32, 32 channels; the VAE builds MLPs only and sits the U-Net out.
+BODIES = {"mlp": ["model.net=mlp", "model.hidden=1024,1024"],
+          "unet": ["model.net=unet", "model.hidden=16,32,32"]}
 SHARED_TRIALS = {"base": [], "lr2e-3": ["train.lr=2e-3"], "no-ema": ["train.ema=0"]}
 KEY_TRIALS = {
     "infusion": ("paper-chain", ["method.T=15", "method.infusion.omega=0.01"]),
@@ -129,9 +136,20 @@ class Scoring:
     reader_real: float
 
 
+def body_methods(a) -> list[str]:
+    """The methods that can train on ``--body`` (the VAE only on the MLP)."""
+    return [m for m in PRESETS if a.body == "mlp" or m != "vae"]
+
+
+def runs_dir(a, data: str = "") -> Path:
+    """Where the runs of ``--data`` (or ``data``) on ``--body`` live under ``--work``."""
+    body = () if a.body == "mlp" else (a.body,)
+    return Path(a.work, data or a.data, *body, "runs")
+
+
 def run_config(m: str, recipe: str, budget: float, seed: int, a) -> tuple[config.Config, dict]:
     """The config of one run and its training cost (FLOPs and passes per example, steps)."""
-    sets = COMMON + [f"data.name={a.data}", f"train.seed={seed}",
+    sets = BODIES[a.body] + COMMON + [f"data.name={a.data}", f"train.seed={seed}",
                      f"train.cpu_threads={a.threads}"] + TRIALS[m][recipe] + a.set
     cfg = config.override(config.preset(PRESETS[m]), sets)
     passes, flops = training_cost(cfg)
@@ -162,7 +180,7 @@ class OutOfTime(Exception):
 
 def train_run(m: str, recipe: str, budget: float, seed: int, a, deadline: float) -> Path:
     """Train (or reuse, or resume) one run; its directory, with ``done.json`` once finished."""
-    run_dir = Path(a.work) / a.data / "runs" / f"{m}-{recipe}-x{budget:g}-s{seed}"
+    run_dir = runs_dir(a) / f"{m}-{recipe}-x{budget:g}-s{seed}"
     done = run_dir / "done.json"
     if done.exists():
         return run_dir
@@ -306,7 +324,7 @@ def tune(a, methods, deadline: float) -> None:
 def chosen_recipe(a, m: str) -> str | None:
     """The trial with the lowest validation FD at its best NFE, once all trials are scored
     (the trials on ``--recipes-from``'s data set where given)."""
-    runs = Path(a.work) / (a.recipes_from or a.data) / "runs"
+    runs = runs_dir(a, a.recipes_from or a.data)
     best = {}
     for recipe in TRIALS[m]:
         path = runs / f"{m}-{recipe}-x1-s0" / "valid_rows.json"
@@ -341,7 +359,7 @@ def ladder(a, methods, deadline: float) -> None:
 
 def gather(a) -> dict:
     """Every finished run's rows, the tuning rows and the models, as written to the JSON."""
-    runs = Path(a.work) / a.data / "runs"
+    runs = runs_dir(a)
     rows, tuning, models = [], [], []
     for done in sorted(runs.glob("*/done.json")):
         info = json.loads(done.read_text())
@@ -355,7 +373,7 @@ def gather(a) -> dict:
             rows += [{**key, **r, **{k: v for k, v in lik.items() if k.startswith("likelihood")}}
                      for r in test_rows]
     return {"rows": rows, "tuning": tuning, "models": models,
-            "chosen": {m: chosen_recipe(a, m) for m in PRESETS}}
+            "chosen": {m: chosen_recipe(a, m) for m in body_methods(a)}}
 
 
 def version() -> str:
@@ -410,7 +428,7 @@ def report(a, result: dict, out: Path) -> None:
         lines.append(f"| {m} | {recipe} | {best['fd']:.1f} | {best['nfe']} | {best['sampler']} "
                      f"| {mark} |")
     done = {(r["method"], r["recipe"]) for r in tuning}
-    missing = [f"{m} {recipe}" for m in PRESETS for recipe in TRIALS[m]
+    missing = [f"{m} {recipe}" for m in body_methods(a) for recipe in TRIALS[m]
                if (m, recipe) not in done]
     if missing:
         total = sum(len(t) for t in TRIALS.values())
@@ -495,7 +513,7 @@ def budget_figure(rows: list[dict]) -> Figure:
 def samples_figure(a, result: dict, out: Path) -> None:
     """Ten samples of each method's chosen recipe at its highest finished budget, seed 0, at
     1, 5 and 15 NFE (the nearest NFE it can run; its best sampler there)."""
-    runs, shown = Path(a.work) / a.data / "runs", []
+    runs, shown = runs_dir(a), []
     for m in PRESETS:
         mine = [x for x in result["models"] if x["method"] == m and x["seed"] == 0]
         if not mine:
@@ -528,6 +546,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="", help="where --stage report/all writes (default: --work)")
     p.add_argument("--data", default="mnist", choices=("mnist", "fashion"))
     p.add_argument("--methods", default=",".join(PRESETS))
+    p.add_argument("--body", default="mlp", choices=tuple(BODIES),
+                   help="the shared network body (unet: a GPU's work; the VAE sits it out)")
     p.add_argument("--recipes-from", default="", choices=("", "mnist", "fashion"),
                    help="train each method's recipe chosen on this data set's trials (same "
                         "--work) instead of tuning on --data")
@@ -548,6 +568,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     methods = a.methods.split(",")
+    if a.body != "mlp" and "vae" in methods:
+        methods.remove("vae")  # its encoder and decoder are MLPs (method.vae)
     bad = [m for m in methods if m not in PRESETS]
     if bad:
         p.error(f"unknown method {bad[0]!r}; available: {', '.join(PRESETS)}")

@@ -57,7 +57,7 @@ def test_the_recipe_is_the_lowest_validation_fd(ladder):
 
 def test_another_data_set_can_train_the_recipes_chosen_here(ladder):
     work, result, _ = ladder
-    a = argparse.Namespace(work=str(work), data="fashion", recipes_from="mnist")
+    a = argparse.Namespace(work=str(work), data="fashion", recipes_from="mnist", body="mlp")
     assert {m: cb.chosen_recipe(a, m) for m in ("infusion", "flow")} == {
         m: result["chosen"][m] for m in ("infusion", "flow")}
     a.recipes_from = ""  # nothing tuned on fashion
@@ -104,3 +104,19 @@ def test_the_driver_stops_cleanly_when_its_minutes_run_out(tmp_path, tiny_mnist,
     cb.main(["--work", str(tmp_path / "w"), "--minutes", "0.001"] + TINY)
     assert "ran out" in capsys.readouterr().out
     assert not list((tmp_path / "w").rglob("done.json"))
+
+
+def test_the_unet_body_has_its_own_runs_and_leaves_the_vae_out():
+    a = argparse.Namespace(work="W", data="mnist", body="unet", threads=1,
+                           set=[], unit=1e12)
+    cfg, cost = cb.run_config("flow", "base", 1, 0, a)
+    assert (cfg.model.net, cfg.model.hidden) == ("unet", (16, 32, 32))
+    # the U-Net's pass costs more than the MLP's: fewer Adam steps for the same FLOPs
+    _, mlp_cost = cb.run_config("flow", "base", 1, 0, argparse.Namespace(**{**vars(a), "body": "mlp"}))
+    assert cost["optimiser_steps"] < mlp_cost["optimiser_steps"]
+    assert cb.runs_dir(a) == cb.Path("W", "mnist", "unet", "runs")
+    assert "vae" not in cb.body_methods(a)
+    a.body = "mlp"
+    assert cb.runs_dir(a) == cb.Path("W", "mnist", "runs") and "vae" in cb.body_methods(a)
+    cfg, _ = cb.run_config("flow", "base", 1, 0, a)
+    assert (cfg.model.net, cfg.model.hidden) == ("mlp", (1024, 1024))
