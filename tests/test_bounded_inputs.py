@@ -28,6 +28,7 @@ from infusion.errors import InputError, UserError
 from infusion.evaluate import evaluate
 from infusion.evaluate.card import model_card
 from infusion.evaluate.likelihood import estimate_likelihood
+from infusion.evaluate.metrics import get_extractor
 from infusion.evaluate.report import read_report
 from infusion.figures import read_metric_rows
 from infusion.generate.files import sample_to_file
@@ -552,3 +553,11 @@ def test_fit_names_data_that_is_a_symlink_loop_a_fifo_or_a_device(tmp_path):
                        ("/dev/zero", "device")):
         with pytest.raises(InputError, match=kind):
             with_alarm(lambda data=data: fit(data, run_dir=tmp_path / "run", progress=False))
+
+
+@pytest.mark.parametrize("extractor", ["inception", "torchscript"])
+def test_a_feature_extractor_file_that_is_a_fifo_is_refused(tmp_path, extractor):
+    fifo = tmp_path / "features.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is a FIFO"):
+        with_alarm(lambda: get_extractor(extractor, path=str(fifo)), 20)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..io import sha256
+from ..io import path_kind, regular_file, sha256
 
 
 @runtime_checkable
@@ -53,6 +53,8 @@ class TorchScriptExtractor:
     def __init__(self, path: str | Path | None = None, name: str = "torchscript",
                  size: tuple[int, int] | None = None, channels: int | None = None,
                  batch_size: int = 100) -> None:
+        if path is not None and path_kind(path) != "nothing":
+            regular_file(path, f"feature extractor {name!r}")  # no FIFO or device opened
         if path is None or not Path(path).is_file():
             raise FileNotFoundError(
                 f"feature extractor {name!r} needs a TorchScript model file (path=...), got "

@@ -27,7 +27,7 @@ import torch
 
 from ..data.space import from_unit
 from ..errors import InputError
-from ..io import sha256
+from ..io import path_kind, regular_file, sha256
 from .features import TorchScriptExtractor, batched
 
 WEIGHTS_SHA256_PREFIX = "6726825d"  # weights-inception-2015-12-05-6726825d.pth (torch hub name)
@@ -91,6 +91,8 @@ class FidelityInception:
 def inception(path: str | Path | None = None, **kwargs):
     """The ``inception`` plug-in: torch-fidelity's network (no path, or its weights file) or a
     TorchScript Inception (``path`` to an archive)."""
+    if path is not None and path_kind(path) != "nothing":
+        regular_file(path, "inception weights")  # a FIFO or a device is never opened
     if path is not None and not Path(path).is_file():
         raise FileNotFoundError(f"inception weights {str(path)!r}: no such file")
     if path is not None and is_torchscript(path):
