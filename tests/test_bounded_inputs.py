@@ -22,7 +22,7 @@ import torch
 from infusion import cli, config, limits, models
 from infusion.chain.sampler import sample_chain, sample_labels
 from infusion.config import Config, DataConfig
-from infusion.data import DataError, images, mnist, to_data_space
+from infusion.data import DataError, images, load_split, mnist, to_data_space
 from infusion.data.arrays import from_dataset, store
 from infusion.errors import InputError, UserError
 from infusion.evaluate import evaluate
@@ -561,3 +561,11 @@ def test_a_feature_extractor_file_that_is_a_fifo_is_refused(tmp_path, extractor)
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="is a FIFO"):
         with_alarm(lambda: get_extractor(extractor, path=str(fifo)), 20)
+
+
+def test_a_tfd_path_that_is_a_fifo_is_named_not_missing(tmp_path):
+    fifo = tmp_path / "TFD_48x48.mat"
+    os.mkfifo(fifo)
+    assert cli.main(["data", "--name", "tfd", "--path", str(fifo)]) == 2
+    with pytest.raises(DataError, match="a FIFO .*, not a regular file"):
+        with_alarm(lambda: load_split(DataConfig(name="tfd", path=str(fifo)), "train"), 20)

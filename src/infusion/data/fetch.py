@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from .._logging import bar_disable
-from ..io import atomic_write
+from ..io import atomic_write, path_kind
 from ..io import sha256 as sha256_of
 from .cache import DataError
 
@@ -87,11 +87,17 @@ def fetch_remote(remote: Remote, dest: Path, timeout: float, progress: bool = Fa
     return dest
 
 
+def not_a_file(p: Path) -> str:
+    """What ``p`` is instead of a regular file, for a message ("no such file" or its kind)."""
+    kind = path_kind(p)
+    return "no such file" if kind == "nothing" else f"{kind}, not a regular file"
+
+
 def given_copy(path: str | Path, remote: Remote) -> Path:
     """A user-supplied copy of a remote file, checked against its sha256."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"data.path={str(path)!r}: no such file")
+        raise DataError(f"data.path={str(path)!r}: {not_a_file(p)}")
     if sha256_of(p) != remote.sha256:
         raise DataError(f"data.path={str(path)!r} is not {remote.url} (sha256 differs from "
                         f"{remote.sha256})")

@@ -52,7 +52,15 @@ from .._logging import bar_disable
 from ..io import path_kind
 from ..limits import IMAGE_SIDE_MAX, check_memory
 from .cache import SPLITS, DataError, Split, cache_dir, verify_record, write_cache
-from .fetch import ArraysOnly, Remote, check_archive, fetch_remote, given_copy, safe_extract
+from .fetch import (
+    ArraysOnly,
+    Remote,
+    check_archive,
+    fetch_remote,
+    given_copy,
+    not_a_file,
+    safe_extract,
+)
 
 NAMES = ("cifar10", "svhn", "celeba", "tfd", "folder")
 SHAPES = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "celeba": (3, 64, 64), "tfd": (1, 48, 48)}
@@ -237,7 +245,7 @@ def _tfd(path: str | Path) -> dict[str, np.ndarray]:
                         "TFD_48x48.mat as data.path (e.g. --set data.path=/data/TFD_48x48.mat)")
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"data.path={str(path)!r}: no such file")
+        raise DataError(f"data.path={str(path)!r}: {not_a_file(p)}")
     mat = _loadmat(p)
     if "images" not in mat or "folds" not in mat:
         raise DataError(f"{p}: expected arrays 'images' (N, H, W) and 'folds' (N, 5), found "
