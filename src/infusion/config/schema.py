@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, InputError, require
-from ..io import regular_file
+from ..io import nesting, regular_file
 from ..limits import (
     BATCH_MAX,
     CHAINS_MAX,
@@ -366,18 +366,6 @@ def parse_text(text: bytes, toml: bool, what: str) -> Any:
     if nesting(d) > CONFIG_DEPTH_MAX:
         raise too_deep
     return d
-
-
-def nesting(value: Any) -> int:
-    """How deep mappings and lists nest in ``value`` (0 for a plain value); iterative, so any
-    depth is measured."""
-    deepest, todo = 0, [(value, 0)]
-    while todo:
-        v, depth = todo.pop()
-        if isinstance(v, dict | list | tuple):
-            deepest = max(deepest, depth + 1)
-            todo.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return deepest
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

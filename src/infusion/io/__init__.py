@@ -32,6 +32,7 @@ from .read import (
     JSON_DEPTH_MAX,
     JSON_READ_MAX,
     folder_path,
+    nesting,
     path_kind,
     read_json,
     read_jsonl,
@@ -52,7 +53,7 @@ __all__ = [
     "JSON_DEPTH_MAX", "JSON_READ_MAX", "MANIFEST", "UntrustedFileError", "all_or_nothing",
     "atomic_write", "check_folder", "check_outputs", "check_own_file", "check_replace",
     "claim_folder", "clean_stale_temps", "delete_own", "folder_path", "manifest_name",
-    "not_written_here", "open_own_file", "own_files", "path_kind", "read_json", "read_jsonl",
-    "read_manifest", "record_write", "regular_file", "resolved", "save_npz", "sha256",
-    "stage_directory", "start_manifest", "temp_path", "written_here",
+    "nesting", "not_written_here", "open_own_file", "own_files", "path_kind", "read_json",
+    "read_jsonl", "read_manifest", "record_write", "regular_file", "resolved", "save_npz",
+    "sha256", "stage_directory", "start_manifest", "temp_path", "written_here",
 ]

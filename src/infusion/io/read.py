@@ -118,7 +118,7 @@ def read_json(path: str | Path, what: str, max_bytes: int = JSON_READ_MAX):
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError too
         raise InputError(f"{what} {str(path)!r}: not valid JSON ({e})") from None
     else:
-        too_deep = _depth(value) > JSON_DEPTH_MAX
+        too_deep = nesting(value) > JSON_DEPTH_MAX
     if too_deep:
         raise InputError(f"{what} {str(path)!r}: JSON nested more than {JSON_DEPTH_MAX} "
                          "levels deep; not a file infusion wrote")
@@ -139,7 +139,7 @@ def read_jsonl(path: str | Path, what: str, max_bytes: int = JSON_READ_MAX) -> l
             row = json.loads(line)
         except (ValueError, RecursionError):
             row = None
-        if isinstance(row, dict) and _depth(row) <= JSON_DEPTH_MAX:
+        if isinstance(row, dict) and nesting(row) <= JSON_DEPTH_MAX:
             rows.append(row)
         else:
             bad.append(i)
@@ -151,12 +151,13 @@ def read_jsonl(path: str | Path, what: str, max_bytes: int = JSON_READ_MAX) -> l
     return rows
 
 
-def _depth(value) -> int:
-    """How deep mappings and lists nest in ``value`` (iterative: any depth is measured)."""
+def nesting(value) -> int:
+    """How deep mappings and lists nest in ``value`` (0 for a plain value); iterative, so any
+    depth is measured."""
     deepest, todo = 0, [(value, 0)]
     while todo:
         v, d = todo.pop()
-        if isinstance(v, (dict, list)):
+        if isinstance(v, dict | list | tuple):
             deepest = max(deepest, d + 1)
             todo.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
     return deepest
