@@ -14,7 +14,8 @@ from .conftest import fake_mnist_cache, load_experiment
 
 cb = load_experiment("compare_budgets")
 
-TINY = ["--set", "model.hidden=16,16", "--set", "train.batch_size=32", "--unit", "1e9",
+TINY = ["--set", "model.hidden=16,16", "--set", "train.batch_size=32",
+        "--set", "train.checkpoint_every=1000", "--unit", "1e9",
         "--samples", "16", "--ref-images", "32", "--nfe", "1,2,5", "--lik-examples", "4",
         "--lik-k", "2", "--budgets", "1,2", "--threads", "1", "--methods", "infusion,flow"]
 
