@@ -80,7 +80,8 @@ def metadata(name: str, cfg: Config, report: dict | None) -> list[str]:
     """The card's YAML header: library, tags, data set and, from ``report``, each metric with
     its value (``model-index``), between ``---`` lines."""
     data = HUB_DATASETS.get(cfg.data.name)
-    tags = ["infusion", "markov-chain", "generative-model", cfg.method.name, cfg.data.name]
+    tags = list(dict.fromkeys(["infusion", "markov-chain", "generative-model", cfg.method.name,
+                               cfg.data.name]))  # the method may be "infusion" too
     lines = ["---", "library_name: infusion", "tags:"] + [f"- {_q(t)}" for t in tags]
     if data:
         lines += ["datasets:", f"- {_q(data[0])}", "pipeline_tag: unconditional-image-generation"]
