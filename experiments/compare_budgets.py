@@ -184,7 +184,7 @@ def steps_done(run_dir: Path) -> int:
         path = training_state_file(run_dir)
     except UserError:
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["state"]["step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["state"]["step"])
 
 
 class OutOfTime(Exception):
