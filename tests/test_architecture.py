@@ -80,9 +80,11 @@ def test_nested_settings_validate_themselves_and_name_the_setting():
 def test_flat_configs_of_version_0_1_migrate():
     flat = {"method": {"name": "walkback", "T": 8, "vw_alpha": 0.4, "vw_sigma_max": 0.2,
                        "alpha0": 0.1, "gsn_noise": "salt_pepper", "diff_predict": "v"}}
-    m = config.from_dict(flat).method
-    assert (m.walkback.alpha, m.walkback.sigma_max, m.infusion.alpha0) == (0.4, 0.2, 0.1)
-    assert (m.gsn.noise, m.diffusion.predict) == ("salt_pepper", "v")
+    sections = config.migrate(flat)["method"]  # each flat key into its method's section
+    assert (sections["infusion"], sections["gsn"], sections["diffusion"]) == (
+        {"alpha0": 0.1}, {"noise": "salt_pepper"}, {"predict": "v"})
+    m = config.from_dict(flat).method  # the config keeps the chosen method's settings
+    assert (m.walkback.alpha, m.walkback.sigma_max) == (0.4, 0.2)
     assert m.walkback.temperature_scales == "std"  # as 0.1 trained it
     assert config.preset("spiral-walkback").method.walkback.temperature_scales == "variance"
     # today's dicts round-trip unchanged
@@ -177,15 +179,17 @@ def test_config_knows_each_models_samplers():
 
 
 def test_a_method_is_declared_once():
-    """The registry, the settings classes and the config's method section name the same
-    methods; what the config knows of a method (samplers, step input, conditioning) is read
-    from its settings class, and its model runs exactly those samplers; a saved config
-    carries only the chosen method's settings."""
+    """The method registry and the config's registry name the same methods, each with the
+    settings class its own module declares; what the config knows of a method (samplers, step
+    input, conditioning) is read from that class, and its model runs exactly those samplers;
+    a saved config carries only the chosen method's settings."""
     import dataclasses
 
-    fields = {f.name for f in dataclasses.fields(config.MethodConfig)} - {"name", "T"}
-    assert set(METHODS) == set(config.METHOD_SETTINGS) == fields
+    assert {f.name for f in dataclasses.fields(config.MethodConfig)} == {"name", "T", "settings"}
+    assert set(METHODS) == set(config.METHOD_SETTINGS)
     for name, settings in config.METHOD_SETTINGS.items():
+        assert METHODS[name].Settings is settings
+        assert settings.__module__ == METHODS[name].__module__  # declared in the method's file
         assert config.SAMPLERS_OF.get(name, ("ancestral",)) == settings.samplers
         assert (name in config.STEP_EMBEDDING_METHODS) == settings.step_embedding
         assert (name in config.CONDITIONAL_METHODS) == settings.conditional

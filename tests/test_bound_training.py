@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from infusion.chain.nets import step_norms
-from infusion.config import ConfigError, InfusionSettings, MethodConfig, ModelConfig, override
+from infusion.config import ConfigError, MethodConfig, ModelConfig, override
 from infusion.methods import build_method
+from infusion.methods.infusion import InfusionSettings
 
 from .conftest import tiny_config
 
 
 def _model_and_method(**method):
     settings = InfusionSettings(**{"alpha0": 0.1, "omega": 0.2, "loss": "bound", **method})
-    cfg = MethodConfig(T=4, infusion=settings)
+    cfg = MethodConfig(T=4, settings=settings)
     m = build_method(cfg)
     torch.manual_seed(0)
     model = m.build_model((6,), ModelConfig(hidden=(16,)))
@@ -34,7 +35,7 @@ def test_bound_loss_is_minus_log_weight_for_the_same_draws():
     # A different draw gives a different value, so the equality above is not vacuous.
     assert not torch.allclose(loss, m.loss(model, x, torch.Generator().manual_seed(6)))
     # And it is not the denoising loss.
-    den = build_method(MethodConfig(T=4, infusion=InfusionSettings(alpha0=0.1, omega=0.2))).loss(
+    den = build_method(MethodConfig(T=4, settings=InfusionSettings(alpha0=0.1, omega=0.2))).loss(
         model, x, torch.Generator().manual_seed(5))
     assert not torch.allclose(loss, den)
 

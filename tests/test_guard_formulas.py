@@ -15,10 +15,10 @@ from torch import nn
 from infusion.chain.model import ChainModel, FactorialGaussianPrior
 from infusion.chain.nets import step_norms
 from infusion.chain.sampler import run_chain, sample_chain
-from infusion.config import InfusionSettings, MethodConfig
+from infusion.config import MethodConfig
 from infusion.generate.files import sample_to_file
 from infusion.methods.diffusion import DiffusionModel, Schedule, make_betas
-from infusion.methods.infusion import Infusion
+from infusion.methods.infusion import Infusion, InfusionSettings
 
 from .conftest import tiny_config
 
@@ -60,7 +60,7 @@ def test_infusion_loss_is_the_weighted_chain_of_algorithms_md_4():
     model's N(μ_t, σ²_t). Recomputed here from the recorded states: the step weights, the
     Gaussian and the rates (α(t), not α(t−1)) are the documented ones."""
     T, alpha0, omega, B, d = 4, 0.1, 0.2, 4000, 2
-    method = Infusion(MethodConfig(T=T, infusion=InfusionSettings(alpha0=alpha0, omega=omega)))
+    method = Infusion(MethodConfig(T=T, settings=InfusionSettings(alpha0=alpha0, omega=omega)))
     model = RecordingChain(d, T)
     g = torch.Generator().manual_seed(1)
     x = 0.6 + 0.3 * torch.rand(B, d, generator=g, dtype=torch.float64)
@@ -89,7 +89,7 @@ def test_infusion_loss_is_the_weighted_chain_of_algorithms_md_4():
         assert float((z - x)[infused].std()) == pytest.approx(0.01, rel=0.1), t  # √1e-4
 
     # uniform weights: the same chain, each step's Gaussian term with weight 1
-    uniform = Infusion(MethodConfig(T=T, infusion=InfusionSettings(
+    uniform = Infusion(MethodConfig(T=T, settings=InfusionSettings(
         alpha0=alpha0, omega=omega, step_weight="uniform")))
     model.seen.clear()
     got = uniform.loss(model, x, torch.Generator().manual_seed(2))

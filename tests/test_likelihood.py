@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from infusion.chain.model import FactorialGaussianPrior
-from infusion.config import InfusionSettings, MethodConfig
+from infusion.config import MethodConfig
 from infusion.data import parzen_space
 from infusion.evaluate import likelihood as lik
 from infusion.evaluate import parzen as pz
-from infusion.methods.infusion import Infusion
+from infusion.methods.infusion import Infusion, InfusionSettings
 
 
 class LinearGaussianChain(nn.Module):
@@ -55,7 +55,7 @@ class LinearGaussianChain(nn.Module):
 
 def _setup(T=3):
     model = LinearGaussianChain(T=T).double()
-    method = Infusion(MethodConfig(T=T, infusion=InfusionSettings(alpha0=0.1, omega=0.2, target_var=1e-2)))
+    method = Infusion(MethodConfig(T=T, settings=InfusionSettings(alpha0=0.1, omega=0.2, target_var=1e-2)))
     x = model.draw(40, seed=1).double()
     return model, method, x, model.exact_log_prob(x)
 

@@ -16,16 +16,16 @@ from infusion import config
 from infusion.chain.distributions import cb_icdf, cb_log_norm, cb_log_prob, cb_mean, cb_var
 from infusion.chain.sampler import sample_chain
 from infusion.cli import main
-from infusion.config import MethodConfig, ModelConfig, VaeSettings
+from infusion.config import MethodConfig, ModelConfig
 from infusion.evaluate.likelihood import estimate_likelihood, log_weights, stream_estimate
 from infusion.methods import build_method
-from infusion.methods.vae import GaussianDecoder, Vae, VaeModel
+from infusion.methods.vae import GaussianDecoder, Vae, VaeModel, VaeSettings
 
 D, K, NOISE_VAR = 4, 2, 0.25  # data and latent dimensions, the decoder's variance σ²
 
 
 def vae_method(latent: int = K, decoder: str = "gaussian") -> Vae:
-    return build_method(MethodConfig(name="vae", T=1, vae=VaeSettings(latent, decoder)))
+    return build_method(MethodConfig(name="vae", T=1, settings=VaeSettings(latent, decoder)))
 
 
 class LinearGaussianVae(VaeModel):

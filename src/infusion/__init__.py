@@ -12,6 +12,7 @@ import importlib
 import logging
 
 from . import _compat
+from .config import registry as _registry
 
 __version__ = "0.2.0"
 
@@ -21,6 +22,7 @@ _EXPORTS = {
     "ChainModel": "chain.model", "GaussianChainModel": "chain.model",
     "FactorialGaussianPrior": "chain.model",
     "Method": "methods", "METHODS": "methods", "build_method": "methods",
+    "register_method": "methods", "register_preset": "config",
     "sample_chain": "chain.sampler", "run_chain": "chain.sampler", "Samples": "chain.sampler",
     "train": "training.loop", "fit": "training.fit", "FitResult": "training.fit",
     "compute_step_statistics": "methods.statistics",
@@ -39,6 +41,9 @@ _EXPORTS = {
 # messages go to the "infusion" loggers; the application chooses where they are shown
 logging.getLogger("infusion").addHandler(logging.NullHandler())
 _compat.install()  # module paths of version 0.2 (infusion.training.loop, …) for one version
+# the built-in methods register their settings when the config first asks (they import torch;
+# the config and the command line's start-up do not)
+_registry.add_loader(lambda: importlib.import_module(".methods", __name__))
 
 
 # Packages that are also called: ``infusion.evaluate(...)`` (evaluate/__init__.py)

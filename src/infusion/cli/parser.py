@@ -20,7 +20,6 @@ import traceback
 from collections.abc import Callable
 
 from .. import __version__
-from ..config import SAMPLERS
 from ..config.presets import PRESETS
 from ..errors import InputError, UserError
 from ..limits import (
@@ -148,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--classes", type=parse_classes_arg,
                      help="class-conditional model: the same seeds for each of these classes, "
                           "e.g. 0-9 (one grid row per class)")
-    s.add_argument("--sampler", choices=SAMPLERS, help="default: the run's sample.sampler; "
-                   "ddim and dpm++2m for diffusion models, euler and heun for flow models")
+    s.add_argument("--sampler", help="default: the run's sample.sampler; ancestral (every "
+                   "method), ddim and dpm++2m for diffusion models, euler and heun for flow models")
     s.add_argument("--eta", type=_fraction, help="DDIM's stochasticity (0 deterministic, 1 ancestral)")
     s.add_argument("--batch-size", type=_whole(1, BATCH_MAX), default=500, help="samples per batch")
     s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, …")
@@ -243,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=_whole(0, STEPS_MAX), default=None,
                    help="sampling steps T' of the sample metrics (0 = config's); Parzen uses "
                    "the training T in the paper protocol")
-    e.add_argument("--sampler", choices=SAMPLERS, help="the sample metrics' sampler (default: "
-                   "the run's sample.sampler)")
+    e.add_argument("--sampler", help="the sample metrics' sampler (default: the run's "
+                   "sample.sampler; the model's method names those it runs)")
     e.add_argument("--eta", type=_fraction, help="DDIM's stochasticity (default: the run's)")
     e.add_argument("--parzen-valid", type=_whole(0, EXAMPLES_MAX), default=None,
                    help="validation examples for σ (0 = all)")

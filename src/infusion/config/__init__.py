@@ -1,18 +1,43 @@
 """The one typed configuration (:mod:`.schema`), its typed ``--set`` overrides (:mod:`.typed`),
-each method's settings (:mod:`.method_settings`) and the named presets (:mod:`.presets`)."""
+the ``method`` section (:mod:`.method_settings`) with the registry of the methods' own settings
+(:mod:`.registry`) and the named presets (:mod:`.presets`)."""
 
-from .method_settings import *
-from .method_settings import METHOD_NAMES, METHOD_SETTINGS, MethodConfig  # noqa: F401
-from .presets import PRESETS, describe, preset  # noqa: F401
+from typing import Any
+
+from . import registry
+from .method_settings import MethodConfig  # noqa: F401
+from .presets import PRESETS, describe, preset, register_preset  # noqa: F401
 from .schema import *
 from .schema import (  # noqa: F401
     _FLAT_METHOD_KEYS,
     _SECTIONS,
-    CONDITIONAL_METHODS,
     DATA_NAMES,
     LR_SCHEDULES,
     NET_NAMES,
-    SAMPLERS,
-    SAMPLERS_OF,
-    STEP_EMBEDDING_METHODS,
 )
+
+# Names that describe the registered methods, computed when asked (the methods register on
+# first use): the method names, their settings classes, the samplers, the capabilities.
+_SETTINGS_CLASSES = {"InfusionSettings": "infusion", "WalkbackSettings": "walkback",
+                     "GSNSettings": "gsn", "DiffusionSettings": "diffusion",
+                     "FlowSettings": "flow", "VaeSettings": "vae"}
+
+
+def __getattr__(name: str) -> Any:
+    methods = registry.names() if name.isupper() or name in _SETTINGS_CLASSES else ()
+    if name == "METHOD_NAMES":
+        return methods
+    if name == "METHOD_SETTINGS":
+        return {m: registry.settings_class(m) for m in methods}
+    if name == "SAMPLERS":
+        return registry.all_samplers()
+    if name == "SAMPLERS_OF":  # the methods with samplers beyond their own chain
+        return {m: registry.samplers_of(m) for m in methods
+                if registry.samplers_of(m) != ("ancestral",)}
+    if name == "STEP_EMBEDDING_METHODS":
+        return tuple(m for m in methods if registry.capability(m, "step_embedding"))
+    if name == "CONDITIONAL_METHODS":
+        return tuple(m for m in methods if registry.capability(m, "conditional"))
+    if name in _SETTINGS_CLASSES:
+        return registry.settings_class(_SETTINGS_CLASSES[name])
+    raise AttributeError(f"module 'infusion.config' has no attribute {name!r}")

@@ -219,6 +219,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def register_preset(name: str, about: str, sections: dict[str, Any],
+                    replace: bool = False) -> Config:
+    """Add the preset ``name`` (a method's presets, or a user's): ``sections`` names only what
+    differs from the defaults, as the presets above; ``about`` is its one-line description.
+    It is built and validated now (its method must be registered) and returned; a name already
+    taken is refused unless ``replace``."""
+    if not (isinstance(name, str) and name and name.strip() == name):
+        raise ConfigError(f"preset name {name!r}: expected a non-empty name")
+    if name in PRESETS and not replace:
+        raise ConfigError(f"preset {name!r} exists; pass replace=True to replace it")
+    if not isinstance(sections, dict) or "about" in sections:
+        raise ConfigError(f"preset {name!r}: expected a mapping of config sections")
+    cfg = from_dict({**sections, "preset": name}).validate()
+    PRESETS[name] = {"about": str(about), **sections}
+    return cfg
+
+
 def preset(name: str) -> Config:
     """The named preset as a validated :class:`~infusion.config.Config`."""
 

@@ -1,7 +1,8 @@
 """One typed configuration: frozen dataclasses, typed ``--set`` overrides, key migration.
 
-The sections are here; the methods' own settings are in :mod:`infusion.config.method_settings`
-and the named presets (plain data naming what differs from the defaults) in
+The sections are here; the ``method`` section is :mod:`infusion.config.method_settings`, each
+method's own settings come from the registry its module registers in
+(:mod:`infusion.config.registry`), and the named presets (plain data naming what differs from the defaults) in
 :mod:`infusion.config.presets`; :mod:`infusion.config` re-exports all three. Every run directory and checkpoint
 stores the full config as a dict (:func:`to_dict`), and :func:`from_dict` rebuilds it, so a
 checkpoint alone says how it was made. The dict and ``--set`` machinery is :mod:`infusion.config.typed`.
@@ -35,17 +36,9 @@ from ..limits import (
     WIDTH_MAX,
     in_range,
 )
-from .method_settings import (  # noqa: F401  (re-exported by infusion.config)
-    METHOD_NAMES,
-    METHOD_SETTINGS,
-    DiffusionSettings,
-    GSNSettings,
-    InfusionSettings,
-    MethodConfig,
-    VaeSettings,
-    WalkbackSettings,
-)
-from .typed import assign, build
+from . import registry
+from .method_settings import MethodConfig
+from .typed import assign, build, coerce
 
 
 @dataclass(frozen=True)
@@ -249,8 +242,8 @@ class SampleConfig:
 
     def validate(self) -> None:
         require([
-            (self.sampler in SAMPLERS, (f"sample.sampler={self.sampler!r}: expected one of "
-             f"{SAMPLERS}")),
+            (self.sampler in registry.all_samplers(),
+             f"sample.sampler={self.sampler!r}: expected one of {registry.all_samplers()}"),
             (math.isfinite(self.eta) and 0 <= self.eta <= 1,
              f"sample.eta={self.eta}: expected 0 <= eta <= 1 (0 deterministic, 1 ancestral)"),
             (self.eta == 0 or self.sampler == "ddim",
@@ -275,21 +268,24 @@ class Config:
         """Raise :class:`ConfigError` naming the first nonsensical setting."""
         for section in (self.data, self.model, self.method, self.train, self.sample):
             section.validate()
-        s = self.sample.steps
-        require([(s == 0 or s >= self.method.T or self.method.name in STEP_EMBEDDING_METHODS,
+        s, name = self.sample.steps, self.method.name
+        step_embedding = registry.capability(name, "step_embedding")
+        samplers, nets = registry.samplers_of(name), registry.capability(name, "nets") or NET_NAMES
+        conditional = tuple(n for n in registry.names() if registry.capability(n, "conditional"))
+        require([(s == 0 or s >= self.method.T or step_embedding,
                    f"sample.steps={s}: sampling needs T' >= T={self.method.T} (algorithms.md §2)"),
-                 (self.model.net != "conv" or self.method.name not in STEP_EMBEDDING_METHODS,
+                 (self.model.net != "conv" or not step_embedding,
                   (f"model.net='conv': method.name={self.method.name} needs a body with a step "
                    "embedding, model.net=mlp or unet (the paper's conv generator has none)")),
-                 (self.model.net in getattr(self.method.settings, "nets", NET_NAMES),
-                  (f"model.net={self.model.net!r}: method.name={self.method.name} builds only "
-                   f"{' or '.join(getattr(self.method.settings, 'nets', NET_NAMES))} bodies")),
-                 (self.sample.sampler in SAMPLERS_OF.get(self.method.name, ("ancestral",)),
-                  (f"sample.sampler={self.sample.sampler!r}: method.name={self.method.name} "
-                   f"samples with {SAMPLERS_OF.get(self.method.name, ('ancestral',))}")),
-                 (self.model.classes == 0 or self.method.name in CONDITIONAL_METHODS,
+                 (self.model.net in nets,
+                  (f"model.net={self.model.net!r}: method.name={name} builds only "
+                   f"{' or '.join(nets)} bodies")),
+                 (self.sample.sampler in samplers,
+                  (f"sample.sampler={self.sample.sampler!r}: method.name={name} "
+                   f"samples with {samplers}")),
+                 (self.model.classes == 0 or name in conditional,
                   (f"model.classes={self.model.classes}: class-conditional models are built for "
-                  f"method.name in {CONDITIONAL_METHODS}, not {self.method.name!r}"))])
+                   f"method.name in {conditional}, not {name!r}"))])
         return self
 
     @property
@@ -298,11 +294,6 @@ class Config:
         return self.sample.steps or self.method.T
 
 
-# What the config knows of each method, read from its settings class (config.method_settings).
-# SAMPLERS_OF: the methods with samplers beyond their own chain ("ancestral").
-SAMPLERS_OF = {name: s.samplers for name, s in METHOD_SETTINGS.items()
-               if s.samplers != ("ancestral",)}
-SAMPLERS = tuple(dict.fromkeys(x for s in METHOD_SETTINGS.values() for x in s.samplers))
 DATA_NAMES = ("mnist", "fashion", "spiral", "circle", "gaussians", "cifar10", "svhn", "celeba",
               "tfd", "folder", "arrays")
 ARRAY_DTYPES = ("", "uint8", "float32")  # data.dtype: "" = read from the data file
@@ -310,10 +301,6 @@ NO_PATH_DATA = ("mnist", "fashion", "spiral", "circle", "gaussians")  # data.pat
 NET_NAMES = ("mlp", "conv", "unet")
 LR_SCHEDULES = ("constant", "cosine")
 TRACKERS = ("", "tensorboard", "wandb")  # train.tracker
-# methods whose network takes the (continuous) step as an input, so any number of sampling
-# steps works; their body is an MLP or a U-Net with a step embedding (model.net mlp or unet)
-STEP_EMBEDDING_METHODS = tuple(n for n, s in METHOD_SETTINGS.items() if s.step_embedding)
-CONDITIONAL_METHODS = tuple(n for n, s in METHOD_SETTINGS.items() if s.conditional)  # §15
 
 CONFIG_FILE_MAX = 1 << 20  # bytes of a config file (a full config is about 3 KiB)
 CONFIG_DEPTH_MAX = 16  # nesting of its mappings and lists (a full config has 4 levels)
@@ -336,12 +323,12 @@ def load_file(path: str) -> Config:
         raise ConfigError(f"--config {path!r}: cannot read it: {e.strerror}") from None
     raw = parse_text(text, str(path).endswith(".toml"), f"--config {path!r}")
     cfg = from_dict(raw).validate()
-    method, default = raw.get("method") if isinstance(raw, dict) else None, MethodConfig()
     given = {}
-    for m, section in (method.items() if isinstance(method, dict) else ()):
-        for key in (section if m in METHOD_SETTINGS and isinstance(section, dict) else ()):
-            if getattr(getattr(cfg.method, m), key) != getattr(getattr(default, m), key):
+    for m, settings in _method_sections(migrate(raw).get("method", {})).items():
+        for key, value in vars(settings).items():
+            if value != getattr(type(settings)(), key):
                 given.setdefault(m, f"--config {path!r} sets method.{m}.{key}")
+                break
     _refuse_other_methods(given, cfg.method.name)
     return cfg
 
@@ -373,9 +360,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     (``method.<method.name>``: the others are not used, and :func:`from_dict` gives them
     their defaults)."""
     d = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    for name in METHOD_SETTINGS:
-        if name != cfg.method.name:
-            del d["method"][name]
+    d["method"][cfg.method.name] = d["method"].pop("settings")
     return d
 
 
@@ -388,8 +373,42 @@ def from_dict(d: dict[str, Any]) -> Config:
     unknown = set(d) - set(_SECTIONS) - {"preset"}
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {', '.join(_SECTIONS)}")
-    sections = {name: build(cls, d.get(name, {}), name) for name, cls in _SECTIONS.items()}
-    return Config(**sections, preset=str(d.get("preset", "")))
+    sections = {name: build(cls, d.get(name, {}), name) for name, cls in _SECTIONS.items()
+                if name != "method"}
+    return Config(**sections, method=_method_from_dict(d.get("method", {})),
+                  preset=str(d.get("preset", "")))
+
+
+def _method_from_dict(raw: Any) -> MethodConfig:
+    """The ``method`` section: its name and T, and the settings of the method it names, built
+    by that method's registered settings class (algorithms.md §2)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section 'method' must be a mapping, got {raw!r}")
+    name = coerce(raw.get("name", MethodConfig.name), str, "method.name")
+    if registry.settings_class(name) is None:
+        raise ConfigError(f"method.name={name!r}: expected one of {registry.names()} (a method "
+                          "of your own: infusion.register_method(YourMethod) first)")
+    sections = _method_sections(raw)
+    t = coerce(raw.get("T", MethodConfig.T), int, "method.T")
+    return MethodConfig(name=name, T=t, settings=sections.get(name))
+
+
+def _method_sections(raw: Any) -> dict[str, Any]:
+    """Every method section ``method.<name>`` of a raw ``method`` mapping, each built by its
+    method's settings class (typed and checked by name, even those another ``method.name``
+    ignores)."""
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for key, value in raw.items():
+        if key in ("name", "T"):
+            continue
+        cls = registry.settings_class(key)
+        if cls is None:
+            raise ConfigError(f"unknown setting method.{key}; known: name, T, "
+                              f"{', '.join(registry.names())}")
+        out[key] = build(cls, value, f"method.{key}")
+    return out
 
 
 # Version 0.1 kept every method's settings flat in ``method``: old key -> (section, new key).
@@ -433,7 +452,7 @@ def override(cfg: Config, assignments: list[str]) -> Config:
     dataclass field, then validate. Old flat method keys (``method.alpha0``) are accepted.
     A setting of another method than the resulting ``method.name`` (``method.infusion.omega``
     for a VAE) is refused: it would be ignored."""
-    methods = {}  # the method settings set: method section -> the first assignment
+    own = []  # (method, setting path, value, item): a method's own settings, set last
     for item in assignments:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=3")
@@ -444,10 +463,28 @@ def override(cfg: Config, assignments: list[str]) -> Config:
         if parts[0] not in _SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}; "
                               f"known: {', '.join(_SECTIONS)}")
+        if parts[0] == "method" and len(parts) > 1 and parts[1] not in ("name", "T"):
+            if registry.settings_class(parts[1]) is None:
+                raise ConfigError(f"--set {item!r}: unknown setting method.{parts[1]}; known: "
+                                  f"T, name, {', '.join(registry.names())}")
+            if len(parts) == 2:
+                raise ConfigError(f"--set {item!r}: method.{parts[1]} is a section; name one "
+                                  "of its settings")
+            assign(registry.settings_class(parts[1])(), parts[2:], text, item,  # known, typed
+                   f"method.{parts[1]}.")
+            own.append((parts[1], parts[2:], text, item))
+            continue
         cfg = assign(cfg, parts, text, item)
-        if parts[0] == "method" and len(parts) > 2 and parts[1] in METHOD_SETTINGS:
-            methods.setdefault(parts[1], item)
-    _refuse_other_methods({m: f"--set {item!r}" for m, item in methods.items()}, cfg.method.name)
+        cls = registry.settings_class(cfg.method.name)
+        if cls is not None and not isinstance(cfg.method.settings, cls):  # method.name changed
+            cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, settings=None))
+    given: dict[str, str] = {}
+    for m, *_, item in own:
+        given.setdefault(m, f"--set {item!r}")
+    _refuse_other_methods(given, cfg.method.name)
+    for m, parts, text, item in own:
+        settings = assign(cfg.method.settings, parts, text, item, f"method.{m}.")
+        cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, settings=settings))
     return cfg.validate()
 
 

@@ -94,14 +94,14 @@ def constant_vs_increasing_chains(model: ChainModel, cfg: Config, x: torch.Tenso
     mc = cfg.method
     if not build_method(mc).has_infusion_chain:
         raise InputError(f"method {mc.name!r} has no infusion chains")
-    s = mc.infusion
+    s = mc.settings  # infusion's: the one method with infusion chains
     rates = infusion_rates(mc.T, s.alpha0, s.omega)
     constant = float(np.mean(rates)) if constant is None else constant
     out = []
     for title, method_cfg in (
             (f"increasing: α(0)={s.alpha0:g}, ω={s.omega:g}", mc),
             (f"constant: α={constant:.3g}",
-             replace(mc, infusion=replace(s, alpha0=constant, omega=0.0)))):
+             replace(mc, settings=replace(s, alpha0=constant, omega=0.0)))):
         method = build_method(method_cfg)
         g = torch.Generator(device=x.device).manual_seed(seed)
         states = method.infusion_chain(model, x, g)

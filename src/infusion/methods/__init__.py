@@ -1,7 +1,9 @@
 """Training methods and their registry (docs/algorithms.md §3–5, §11–14, §16).
 
-Adding a method: one file here with a :class:`Method` subclass, one line in :data:`METHODS`,
-one settings class in :mod:`infusion.config.method_settings` (``METHOD_SETTINGS``) and a preset.
+Adding a method: one module with its :class:`Method` subclass and, as its ``Settings``, the
+frozen dataclass of its ``method.<name>.*`` settings and capabilities; one call of
+:func:`register_method` (the built-in methods' are below); and its presets
+(:func:`infusion.config.register_preset`). The method may live in the user's own module.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import math
 import torch
 
 from .. import limits
-from ..config import Config, MethodConfig
-from ..errors import InputError
+from ..config import Config, MethodConfig, registry
+from ..errors import ConfigError, InputError
 from .base import Method
 from .diffusion import Diffusion
 from .flow import Flow
@@ -21,8 +23,34 @@ from .infusion import Infusion
 from .vae import Vae
 from .walkback import Walkback
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Infusion, Walkback, GSN, Diffusion,
-                                                         Flow, Vae)}
+METHODS: dict[str, type[Method]] = {}  # name -> method class, filled by register_method
+
+
+def register_method(cls: type[Method], replace: bool = False) -> type[Method]:
+    """Make ``cls`` a method of the library: ``method.name=<cls.name>`` trains it, its
+    ``Settings`` become ``method.<cls.name>.*`` of the config (typed ``--set``, saved in every
+    run and export, validated), and runs of it load back. A name already taken by another
+    class is refused unless ``replace``. Returns ``cls`` (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"register_method({cls!r}): expected a subclass of infusion.Method")
+    name = getattr(cls, "name", None)
+    held = METHODS.get(name)
+    if held is not None and held is not cls and not replace:
+        raise ConfigError(f"method {name!r} is already registered ({held.__module__}."
+                          f"{held.__qualname__}); pass replace=True to replace it")
+    registry.register_settings(name, getattr(cls, "Settings", None), replace=replace)
+    METHODS[name] = cls
+    return cls
+
+
+def unregister_method(name: str) -> None:
+    """Remove the method ``name`` (one a test or a notebook registered)."""
+    METHODS.pop(name, None)
+    registry.unregister(name)
+
+
+for _builtin in (Infusion, Walkback, GSN, Diffusion, Flow, Vae):
+    register_method(_builtin)
 
 
 def build_method(cfg: MethodConfig) -> Method:
@@ -84,4 +112,5 @@ def check_model_memory(method: Method, shape: tuple[int, ...], config: Config, c
 
 
 __all__ = ["GSN", "METHODS", "Diffusion", "Flow", "Infusion", "Method", "Vae", "Walkback",
-           "activation_bytes", "build_method", "check_model_memory"]
+           "activation_bytes", "build_method", "check_model_memory", "register_method",
+           "unregister_method"]

@@ -33,6 +33,9 @@ class Method(abc.ABC):
     """
 
     name: ClassVar[str]
+    # its settings ``method.<name>.*``: a frozen dataclass with validate(), declared in the
+    # method's own module with its capabilities (infusion.config.registry)
+    Settings: ClassVar[type]
     has_likelihood: ClassVar[bool] = False
     likelihood: ClassVar[str] = "bound"  # or "estimate": see above
     has_infusion_chain: ClassVar[bool] = False
@@ -41,7 +44,7 @@ class Method(abc.ABC):
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
         self.T = cfg.T
-        self.settings: Any = getattr(cfg, self.name)  # this method's ``method.<name>.*``
+        self.settings: Any = cfg.settings  # this method's ``method.<name>.*``
         # A random choice made once per minibatch (e.g. walkback's n) on which the steps'
         # collectives depend: the identity, or, inside a data-parallel training step, rank 0's
         # value on every process (set by infusion.training.distributed for that step).

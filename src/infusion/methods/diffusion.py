@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,10 +49,38 @@ from torch import nn
 from ..chain.distributions import normal_log_prob
 from ..chain.model import ChainModel, FactorialGaussianPrior
 from ..chain.nets import STEP_EMBED, build_net
-from ..config import DiffusionSettings, ModelConfig
-from ..errors import InputError
+from ..config import ModelConfig
+from ..errors import InputError, require
 from .base import Method
 from .diffusion_solvers import SolverChain
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """Gaussian diffusion (algorithms.md §13): ``method.diffusion.*``; ``method.T`` = the
+    diffusion steps."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral", "ddim", "dpm++2m")
+    step_embedding: ClassVar[bool] = True
+    conditional: ClassVar[bool] = False
+
+    schedule: str = "linear"  # betas: "linear" (Ho et al., scaled by 1000/T) or "cosine"
+    loss: str = "noise"  # "noise": the simple loss (+ 1e-3 × bound for σ); "bound": the bound
+    data_scale: float = 2.0  # diffusion space y = (x - 0.5)·scale; 2 maps [0, 1] to [-1, 1]
+    predict: str = "eps"  # the mean head predicts the noise "eps", the clean "x0", or "v"
+
+    def validate(self) -> None:
+        p = "method.diffusion"
+        require([
+            (self.schedule in ("linear", "cosine"),
+             f"{p}.schedule={self.schedule!r}: expected 'linear' or 'cosine'"),
+            (self.loss in ("noise", "bound"), f"{p}.loss={self.loss!r}: expected 'noise' or 'bound'"),
+            (self.predict in ("eps", "x0", "v"),
+             f"{p}.predict={self.predict!r}: expected 'eps', 'x0' or 'v'"),
+            (math.isfinite(self.data_scale) and self.data_scale > 0,
+             f"{p}.data_scale={self.data_scale}: expected > 0"),
+        ])
+
 
 HYBRID_WEIGHT = 1e-3  # weight of the bound in the "noise" loss (Nichol & Dhariwal 2021)
 PREDICT_TARGETS = ("eps", "x0", "v")  # what head a_μ predicts
@@ -231,6 +260,7 @@ class Diffusion(Method):
     """Gaussian diffusion with a learned reverse chain, algorithms.md §13."""
 
     name = "diffusion"
+    Settings = DiffusionSettings
     has_likelihood = True
 
     def loss_steps(self) -> int:

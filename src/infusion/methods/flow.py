@@ -24,6 +24,8 @@ of the draws and no importance-sampling estimate (``Flow.likelihood = "estimate"
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -31,10 +33,38 @@ from torch import nn
 from ..chain.distributions import normal_log_prob
 from ..chain.model import ChainModel, FactorialGaussianPrior
 from ..chain.nets import STEP_EMBED, build_net
-from ..config import FlowSettings, ModelConfig
-from ..errors import InputError
+from ..config import ModelConfig
+from ..errors import InputError, require
+from ..limits import STEPS_MAX, in_range
 from .base import Method
 from .diffusion import DiffusionPrior
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Flow matching / rectified flow (algorithms.md §14): ``method.flow.*``; ``method.T`` = the
+    default number of sampling (ODE) steps."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral", "euler", "heun")
+    step_embedding: ClassVar[bool] = True
+    conditional: ClassVar[bool] = False
+
+    data_scale: float = 2.0  # flow space y = (x - 0.5)·scale, as diffusion's
+    likelihood_steps: int = 50  # Heun steps of the probability-flow ODE for log p(x)
+    # training times s: "uniform", U(0, 1); "logit_normal", sigmoid of N(0, 1) (Esser et al.
+    # 2024), more of them near s = ½ where the velocity is hardest to predict
+    time_sampling: str = "uniform"
+
+    def validate(self) -> None:
+        p = "method.flow"
+        require([
+            (self.time_sampling in ("uniform", "logit_normal"),
+             f"{p}.time_sampling={self.time_sampling!r}: expected 'uniform' or 'logit_normal'"),
+            (math.isfinite(self.data_scale) and self.data_scale > 0,
+             f"{p}.data_scale={self.data_scale}: expected > 0"),
+            in_range(f"{p}.likelihood_steps", self.likelihood_steps, 1, STEPS_MAX),
+        ])
+
 
 TIME_SCALE = 1000.0  # τ ∈ [0, 1] is embedded as the step 1000·τ
 
@@ -112,6 +142,7 @@ class Flow(Method):
     """Flow matching with the linear (rectified) path, algorithms.md §14."""
 
     name = "flow"
+    Settings = FlowSettings
     has_likelihood = True
     likelihood = "estimate"
 

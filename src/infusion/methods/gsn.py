@@ -21,14 +21,39 @@ and the sample-quality metrics for it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..chain.distributions import normal_log_prob
 from ..chain.model import GaussianChainModel
 from ..config import ModelConfig
-from ..errors import InputError
+from ..errors import InputError, require
 from .base import Method
+
+
+@dataclass(frozen=True)
+class GSNSettings:
+    """GSN / denoising-autoencoder walkback (algorithms.md §12): ``method.gsn.*``;
+    ``method.T`` = the walkback steps k."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)
+    step_embedding: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False
+
+    noise: str = "gaussian"  # corruption: "gaussian" or "salt_pepper"
+    noise_level: float = 0.2  # Gaussian std, or salt-and-pepper probability per dimension
+
+    def validate(self) -> None:
+        p = "method.gsn"
+        require([
+            (self.noise in ("gaussian", "salt_pepper"),
+             f"{p}.noise={self.noise!r}: expected 'gaussian' or 'salt_pepper'"),
+            (math.isfinite(self.noise_level) and self.noise_level > 0
+             and (self.noise != "salt_pepper" or self.noise_level <= 1),
+             f"{p}.noise_level={self.noise_level}: expected > 0 (<= 1 for salt_pepper)"),
+        ])
 
 
 def corrupt(x: torch.Tensor, xi: torch.Tensor, kind: str, level: float) -> torch.Tensor:
@@ -69,6 +94,7 @@ class GSN(Method):
     """Walkback training of a GSN / denoising autoencoder, algorithms.md §12."""
 
     name = "gsn"
+    Settings = GSNSettings
 
     def build_model(self, shape: tuple[int, ...], cfg: ModelConfig) -> GSNModel:
         return GSNModel(shape, self.T, cfg, self.settings.noise, self.settings.noise_level)

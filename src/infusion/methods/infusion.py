@@ -11,14 +11,48 @@ gradients through the chain's Gaussian draws; ``"mixed"`` weighs the two.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..chain.distributions import log_q_mixture, normal_log_prob
 from ..chain.model import ChainModel, GaussianChainModel
 from ..config import MethodConfig, ModelConfig
-from ..errors import InputError
+from ..errors import InputError, require
 from .base import Method
+
+
+@dataclass(frozen=True)
+class InfusionSettings:
+    """Infusion training (algorithms.md §3–5): ``method.infusion.*``."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)  # sample.sampler values it runs
+    step_embedding: ClassVar[bool] = False  # the network takes the (continuous) step as input
+    conditional: ClassVar[bool] = True  # model.classes > 0 (algorithms.md §15)
+
+    alpha0: float = 0.0  # infusion rate of q(0)
+    omega: float = 0.01  # α(t) = α(t-1) + ω, clipped to [0, 1]
+    target_var: float = 1e-4  # variance of the narrow Gaussian at the target (footnote 1)
+    loss: str = "denoising"  # "denoising" (§4), "bound" (lower-bound-based, §5) or "mixed"
+    bound_weight: float = 0.5  # "mixed": (1 - w)·denoising + w·(−bound) (§5)
+    step_weight: str = "linear"  # "linear": t/T (footnote 3); "uniform": 1
+
+    def validate(self) -> None:
+        p = "method.infusion"
+        require([
+            (0.0 <= self.alpha0 <= 1.0,
+             f"{p}.alpha0={self.alpha0}: an infusion rate must lie in [0, 1]"),
+            (-1.0 <= self.omega <= 1.0, f"{p}.omega={self.omega}: expected in [-1, 1]"),
+            (math.isfinite(self.target_var) and self.target_var > 0,
+             f"{p}.target_var={self.target_var}: expected > 0"),
+            (self.loss in ("denoising", "bound", "mixed"),
+             f"{p}.loss={self.loss!r}: expected 'denoising', 'bound' or 'mixed'"),
+            (0.0 <= self.bound_weight <= 1.0,
+             f"{p}.bound_weight={self.bound_weight}: expected a weight in [0, 1]"),
+            (self.step_weight in ("linear", "uniform"),
+             f"{p}.step_weight={self.step_weight!r}: expected 'linear' or 'uniform'"),
+        ])
 
 
 def infusion_rates(T: int, alpha0: float, omega: float) -> list[float]:
@@ -48,6 +82,7 @@ class Infusion(Method):
     """Infusion training: denoising-based (algorithms.md §4) or lower-bound-based (§5)."""
 
     name = "infusion"
+    Settings = InfusionSettings
     has_likelihood = True
     has_infusion_chain = True
 

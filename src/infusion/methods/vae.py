@@ -32,6 +32,8 @@ it every example is scored alone, ``stats_ready`` holds from the start and the �
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -47,9 +49,42 @@ from ..chain.distributions import (
 )
 from ..chain.model import ChainModel, FactorialGaussianPrior
 from ..chain.nets import MLP
-from ..config import VAE_DECODERS, ModelConfig, VaeSettings
-from ..errors import InputError
+from ..config import ModelConfig
+from ..errors import InputError, require
+from ..limits import WIDTH_MAX, in_range
 from .base import Method
+
+VAE_DECODERS = ("gaussian", "bernoulli")  # p(x | z): factorial Gaussian, continuous Bernoulli
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    """The variational autoencoder (algorithms.md §16): ``method.vae.*``. ``method.T`` must be
+    1: a VAE draws x in one step (z ~ N(0, I), then x ~ p(x | z)); other values are refused
+    rather than ignored, so that every count derived from T (sampling steps, Parzen's steps,
+    the report's training T) means what it says. Its bodies are MLPs (``model.net=mlp``)
+    without batch norm (``model.batch_norm`` is not used)."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)
+    step_embedding: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False
+    T_max: ClassVar[int] = 1  # method.T
+    T_note: ClassVar[str] = (" (a VAE draws x in one step, z ~ N(0, I) then x ~ p(x | z): "
+                             "set method.T=1)")
+    nets: ClassVar[tuple[str, ...]] = ("mlp",)  # the model.net values it builds
+
+    latent: int = 50  # dimensions of z
+    # p(x | z): "gaussian", the factorial Gaussian of infusion's last step (μ = sigmoid(a_μ),
+    # σ² = β·sigmoid(a_σ) + ε); "bernoulli", the continuous Bernoulli, a density on [0, 1]^d
+    decoder: str = "gaussian"
+
+    def validate(self) -> None:
+        p = "method.vae"
+        require([
+            in_range(f"{p}.latent", self.latent, 1, WIDTH_MAX, " (dimensions of z)"),
+            (self.decoder in VAE_DECODERS,
+             f"{p}.decoder={self.decoder!r}: expected 'gaussian' or 'bernoulli'"),
+        ])
 
 
 class VaeNet(nn.Module):
@@ -164,6 +199,7 @@ class Vae(Method):
     """The variational autoencoder, algorithms.md §16: ELBO training, ELBO / IWAE estimates."""
 
     name = "vae"
+    Settings = VaeSettings
     has_likelihood = True
 
     def __init__(self, cfg) -> None:

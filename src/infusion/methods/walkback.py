@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +48,49 @@ from ..chain.distributions import normal_log_prob
 from ..chain.model import ChainModel, FactorialGaussianPrior
 from ..chain.nets import build_net, step_norms, with_bn_eps
 from ..config import ModelConfig
-from ..errors import InputError
+from ..errors import InputError, require
+from ..limits import STEPS_MAX, in_range
 from .base import Method
+
+
+@dataclass(frozen=True)
+class WalkbackSettings:
+    """Variational walkback (algorithms.md §11): ``method.walkback.*``; ``method.T`` = the
+    heated levels L, temperatures base^0 … base^(L-1)."""
+
+    samplers: ClassVar[tuple[str, ...]] = ("ancestral",)
+    step_embedding: ClassVar[bool] = False
+    conditional: ClassVar[bool] = False
+    # method.T: the hottest temperature base^(T-1) must stay a finite float32 noise scale
+    T_max: ClassVar[int] = 100
+
+    alpha: float = 0.5  # a in μ = (1-a)·s + a·F_μ(s)
+    schedule: str = "double"  # temperature ×2 per heated step; "sqrt2": ×√2 (appendix F)
+    # "variance": temperature T multiplies the variance (std √T·σ), as Algorithm 1, appendix F
+    # and the authors' code; "std": it multiplies the std (checkpoints made before 0.2)
+    temperature_scales: str = "variance"
+    n1: int = 5  # N1: n ~ U{0..N1} initial temperature-1 steps of a heating trajectory
+    extra: int = 5  # extra temperature-1 sampling steps (= the n of the eq. 10 estimate)
+    sigma_offset: float = 0.0  # σ = softplus(F_σ(s) + offset)
+    sigma_max: float = 0.5  # σ_max: noise std of the hottest step (caps σ at σ_max/√T_max)
+    prior_momentum: float = 0.99  # p* moments: moving average over the hottest states s_K
+
+    def validate(self) -> None:
+        p = "method.walkback"
+        require([
+            (0.0 < self.alpha <= 1.0, f"{p}.alpha={self.alpha}: expected in (0, 1]"),
+            (self.schedule in ("double", "sqrt2"),
+             f"{p}.schedule={self.schedule!r}: expected 'double' or 'sqrt2'"),
+            (self.temperature_scales in ("variance", "std"),
+             f"{p}.temperature_scales={self.temperature_scales!r}: expected 'variance' or 'std'"),
+            in_range(f"{p}.n1", self.n1, 0, STEPS_MAX),
+            in_range(f"{p}.extra", self.extra, 0, STEPS_MAX),
+            (math.isfinite(self.sigma_offset), f"{p}.sigma_offset={self.sigma_offset}: expected finite"),
+            (math.isfinite(self.sigma_max) and self.sigma_max > 0,
+             f"{p}.sigma_max={self.sigma_max}: expected > 0"),
+            (0.0 <= self.prior_momentum < 1.0,
+             f"{p}.prior_momentum={self.prior_momentum}: expected in [0, 1)"),
+        ])
 
 
 class WalkbackModel(ChainModel):
@@ -100,6 +143,7 @@ class Walkback(Method):
     """Variational walkback training (Algorithm 1), the eq. 10 estimate, algorithms.md §11."""
 
     name = "walkback"
+    Settings = WalkbackSettings
     has_likelihood = True
     has_reversibility = True
 
