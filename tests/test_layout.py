@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -128,3 +130,15 @@ def test_old_runtime_names_still_import():
 
     assert (batches, compute_step_statistics, load_model) == (b, c, m)
     assert infusion.load_model is m  # one load_model
+
+
+def test_the_command_line_starts_without_torch():
+    """The parser, the config and the presets import no method (the config's registry loads
+    them when first asked), so ``infusion --help`` does not import torch."""
+    code = ("import sys, infusion.cli, infusion.config; infusion.cli.build_parser(); "
+            "infusion.config.PRESETS['spiral']; print(sorted(m for m in sys.modules "
+            "if m == 'torch' or m.startswith('infusion.methods')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
