@@ -2,10 +2,11 @@
 
 The sections are here; the ``method`` section is :mod:`infusion.config.method_settings`, each
 method's own settings come from the registry its module registers in
-(:mod:`infusion.config.registry`), and the named presets (plain data naming what differs from the defaults) in
-:mod:`infusion.config.presets`; :mod:`infusion.config` re-exports all three. Every run directory and checkpoint
-stores the full config as a dict (:func:`to_dict`), and :func:`from_dict` rebuilds it, so a
-checkpoint alone says how it was made. The dict and ``--set`` machinery is :mod:`infusion.config.typed`.
+(:mod:`infusion.config.registry`), and the named presets (plain data naming what differs from
+the defaults) are in :mod:`infusion.config.presets`; :mod:`infusion.config` re-exports them.
+Every run directory and checkpoint stores the full config as a dict (:func:`to_dict`), and
+:func:`from_dict` rebuilds it, so a checkpoint alone says how it was made. The dict and
+``--set`` machinery is :mod:`infusion.config.typed`.
 """
 
 from __future__ import annotations
