@@ -10,6 +10,7 @@ import pytest
 from infusion import evaluate as ev
 from infusion import train
 from infusion.cli import main
+from infusion.errors import InputError
 from infusion.evaluate import api
 from infusion.evaluate.parzen import LOW_DIM_SIGMA_GRID
 
@@ -163,6 +164,10 @@ def test_cli_evaluate_and_errors(toy_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(toy_run), "--metrics", "lb,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"metrics 'lb,bound': unknown \['bound'\]"):
+        ev.parse_metrics(["lb", "bound"])  # from Python, a list
+    with pytest.raises(InputError, match="metrics '': none given"):
+        ev.parse_metrics("")
     assert main(["evaluate", "--checkpoint", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="is_k"):

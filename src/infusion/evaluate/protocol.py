@@ -249,6 +249,7 @@ def parse_metrics(text: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     bad = [m for m in names if m not in METRICS]
     if bad or not names:
-        raise InputError(f"--metrics {text!r}: unknown {bad}; available: {', '.join(METRICS)} "
-                         "(or all, default, paper)")
+        given = text if isinstance(text, str) else ",".join(map(str, text))
+        raise InputError(f"metrics {given!r}: {f'unknown {bad}' if bad else 'none given'}; available: "
+                         f"{', '.join(METRICS)} (or all, default, paper)")
     return tuple(dict.fromkeys(names))
