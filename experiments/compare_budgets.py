@@ -525,7 +525,7 @@ def budget_figure(rows: list[dict]) -> Figure:
 
 def samples_figure(a, result: dict, out: Path) -> None:
     """Ten samples of each method's chosen recipe at its highest finished budget, seed 0, at
-    1, 5 and 15 NFE (the nearest NFE it can run; its best sampler there)."""
+    1, 5 and 15 NFE (the nearest NFE it can run, each once; its best sampler there)."""
     runs, shown = runs_dir(a), []
     for m in PRESETS:
         mine = [x for x in result["models"] if x["method"] == m and x["seed"] == 0]
@@ -536,8 +536,8 @@ def samples_figure(a, result: dict, out: Path) -> None:
         model, _cfg = load_model(run_dir, a.device, log=lambda s: None)
         mrows = [r for r in result["rows"] if r["method"] == m and r["budget"] == top["budget"]
                  and r["seed"] == 0]
-        for want in (1, 5, 15):
-            near = min(mrows, key=lambda r: (abs(r["nfe"] - want), r["fd"]))
+        nearest = [min(mrows, key=lambda r, w=w: (abs(r["nfe"] - w), r["fd"])) for w in (1, 5, 15)]
+        for near in {(r["sampler"], r["nfe"]): r for r in nearest}.values():  # each row once
             x = sample_chain(model, 10, near["steps"], seed=0, sampler=near["sampler"])
             shown.append((f"{m} {top['budget']:g}×\n{near['sampler']} {near['nfe']} NFE",
                           x.means.clamp(0, 1).reshape(10, 28, 28).cpu()))
