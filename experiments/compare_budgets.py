@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts
 
@@ -486,6 +487,12 @@ def _groups(rows: list[dict], keys: tuple[str, ...]) -> dict:
     return out
 
 
+def method_color(method: str) -> str:
+    """One colour per method in every figure and panel (matplotlib's default cycle, in the
+    order of :data:`PRESETS`)."""
+    return f"C{list(PRESETS).index(method) % 10}" if method in PRESETS else "k"
+
+
 def fd_figure(rows: list[dict]) -> Figure:
     """FD against NFE, a panel per budget, a line per method (its best sampler at each NFE;
     the mean over seeds)."""
@@ -498,11 +505,13 @@ def fd_figure(rows: list[dict]) -> Figure:
             for (_, n), h in _groups(g, ("sampler", "nfe")).items():
                 best[n] = min(best.get(n, math.inf), float(np.mean([r["fd"] for r in h])))
             xs = sorted(best)
-            ax.plot(xs, [best[x] for x in xs], marker="o", ms=3, label=m[0])
+            ax.plot(xs, [best[x] for x in xs], marker="o", ms=3, label=m[0],
+                    color=method_color(m[0]))
         ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample",
                ylabel="classifier FD ↓ (test)", title=f"{b:g}× the demo's compute")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}  # every method once
+    axes[0].legend([handles[k] for k in sorted(handles)], sorted(handles), fontsize=7)
     return fig
 
 
@@ -515,9 +524,12 @@ def budget_figure(rows: list[dict]) -> Figure:
         for (b,), h in sorted(_groups(g, ("budget",)).items()):
             pts.append((b, min(float(np.mean([r["fd"] for r in k]))
                                for k in _groups(h, ("sampler", "nfe")).values())))
-        ax.plot(*zip(*pts), marker="o", label=m[0])
+        ax.plot(*zip(*pts), marker="o", label=m[0], color=method_color(m[0]))
     ax.set(xscale="log", yscale="log", xlabel="training compute (× make demo)",
            ylabel="best classifier FD ↓ (test)")
+    budgets = sorted({r["budget"] for r in rows})
+    ax.set_xticks(budgets, [f"{b:g}×" for b in budgets])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
