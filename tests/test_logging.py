@@ -59,6 +59,13 @@ def test_training_messages_reach_a_logging_handler_and_nothing_is_printed(tmp_pa
     assert capsys.readouterr() == ("", "")
 
 
+def test_an_epoch_line_without_validation_lists_no_empty_field(tmp_path, collected):
+    infusion.train(tiny_config(train={"epochs": 1, "valid_examples": 0}), tmp_path / "run",
+                   progress=False)
+    line = next(r.getMessage() for r in collected if r.getMessage().startswith("epoch 1:"))
+    assert re.fullmatch(r"epoch 1: train_loss -?[\d.]+, [\d,]+ example-steps/s", line), line
+
+
 def test_the_log_parameter_still_receives_the_messages(tmp_path, collected):
     lines: list[str] = []
     logger = logging.getLogger("infusion")

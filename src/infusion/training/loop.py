@@ -103,8 +103,8 @@ def _train(cfg: Config | None, run_dir: Path, resume: bool, overwrite: bool, dev
             # ---- validate, record Fig. 2's chains, keep the best weights (the EMA's, if any)
             scores = run.validate_epoch()
             row = run.add_row(train_loss, seconds, seen, scores)
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
-            logger.info(f"epoch {state.epoch}: train_loss {train_loss:.2f}, {shown}, "
+            shown = "".join(f", {k} {v:.2f}" for k, v in scores.items())
+            logger.info(f"epoch {state.epoch}: train_loss {train_loss:.2f}{shown}, "
                         f"{row['example_steps_per_s']:,.0f} example-steps/s")
             if ctx.main:  # ---- watchers: preview grid, TensorBoard, the caller's callbacks
                 run.notify(row, callbacks)
