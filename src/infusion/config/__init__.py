@@ -16,15 +16,11 @@ from .schema import (  # noqa: F401
     NET_NAMES,
 )
 
+
 # Names that describe the registered methods, computed when asked (the methods register on
 # first use): the method names, their settings classes, the samplers, the capabilities.
-_SETTINGS_CLASSES = {"InfusionSettings": "infusion", "WalkbackSettings": "walkback",
-                     "GSNSettings": "gsn", "DiffusionSettings": "diffusion",
-                     "FlowSettings": "flow", "VaeSettings": "vae"}
-
-
 def __getattr__(name: str) -> Any:
-    methods = registry.names() if name.isupper() or name in _SETTINGS_CLASSES else ()
+    methods = registry.names() if name.isupper() or name.endswith("Settings") else ()
     if name == "METHOD_NAMES":
         return methods
     if name == "METHOD_SETTINGS":
@@ -38,6 +34,7 @@ def __getattr__(name: str) -> Any:
         return tuple(m for m in methods if registry.capability(m, "step_embedding"))
     if name == "CONDITIONAL_METHODS":
         return tuple(m for m in methods if registry.capability(m, "conditional"))
-    if name in _SETTINGS_CLASSES:
-        return registry.settings_class(_SETTINGS_CLASSES[name])
+    for m in methods:  # a settings class by its name (InfusionSettings, …)
+        if registry.settings_class(m).__name__ == name:
+            return registry.settings_class(m)
     raise AttributeError(f"module 'infusion.config' has no attribute {name!r}")

@@ -326,8 +326,9 @@ def load_file(path: str) -> Config:
     cfg = from_dict(raw).validate()
     given = {}
     for m, settings in _method_sections(migrate(raw).get("method", {})).items():
+        default = type(settings)()
         for key, value in vars(settings).items():
-            if value != getattr(type(settings)(), key):
+            if value != getattr(default, key):
                 given.setdefault(m, f"--config {path!r} sets method.{m}.{key}")
                 break
     _refuse_other_methods(given, cfg.method.name)
@@ -465,14 +466,14 @@ def override(cfg: Config, assignments: list[str]) -> Config:
             raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}; "
                               f"known: {', '.join(_SECTIONS)}")
         if parts[0] == "method" and len(parts) > 1 and parts[1] not in ("name", "T"):
-            if registry.settings_class(parts[1]) is None:
+            cls = registry.settings_class(parts[1])
+            if cls is None:
                 raise ConfigError(f"--set {item!r}: unknown setting method.{parts[1]}; known: "
                                   f"T, name, {', '.join(registry.names())}")
             if len(parts) == 2:
                 raise ConfigError(f"--set {item!r}: method.{parts[1]} is a section; name one "
                                   "of its settings")
-            assign(registry.settings_class(parts[1])(), parts[2:], text, item,  # known, typed
-                   f"method.{parts[1]}.")
+            assign(cls(), parts[2:], text, item, f"method.{parts[1]}.")  # known, typed
             own.append((parts[1], parts[2:], text, item))
             continue
         cfg = assign(cfg, parts, text, item)
