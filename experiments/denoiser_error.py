@@ -1,0 +1,121 @@
+"""How well a trained diffusion or flow model denoises, noise level by noise level, against the
+best *linear* denoiser of the same data (algorithms.md §13–§14).
+
+Both methods learn, at every noise level, the posterior mean E[y | y_s] of clean data y given
+y_s = a·y + b·ε (diffusion: a = √ᾱ_k, b = √(1 − ᾱ_k), read from v̂; the flow: a = 1 − τ,
+b = τ, read from the velocity). Among *linear* maps of y_s, the best is the Wiener filter
+μ + aΣ(a²Σ + b²I)⁻¹(y_s − aμ), with μ, Σ the training images' mean and covariance; its
+expected squared error is Σ_i λ_i b² / (a²λ_i + b²) over the eigenvalues λ_i of Σ. A network
+that has learned its denoiser does at least as well as this filter at every level (the
+posterior mean is the best of all maps); where it does worse, the samples carry the
+difference. For each signal-to-noise ratio a²/b² this prints the model's squared error per
+test image (model space, pixels in [0, 1]), the Wiener filter's (measured on the same noisy
+images, and expected), the share of the model's error on the background pixels (raw 0), and
+the error of returning the noisy image itself rescaled (y_s / a).
+
+    python experiments/denoiser_error.py --run RUN_DIR [--run RUN_DIR ...] [--examples 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from infusion import load_model
+from infusion.data import load_split, to_model_space
+from infusion.methods.diffusion import DiffusionModel
+from infusion.methods.flow import TIME_SCALE, FlowModel
+
+LOG10_SNR = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def denoiser(model):
+    """(a, b, predict) at a given SNR for a diffusion or flow model: predict(y_s) -> ŷ."""
+    if isinstance(model, DiffusionModel):
+        ab = model.alpha_bar.double().numpy()
+
+        def at(snr: float):
+            k = int(np.argmin(np.abs(np.log(ab / (1 - ab)) - np.log(snr)))) + 1
+            a, b = float(np.sqrt(ab[k - 1])), float(np.sqrt(1 - ab[k - 1]))
+
+            def predict(ys):
+                kk = torch.full((ys.shape[0],), k, dtype=torch.long)
+                pred, _ = model.predict(ys, kk)
+                return model.data_and_noise(ys, kk, pred)[0]
+            return a, b, predict
+        return at
+    if isinstance(model, FlowModel):
+        def at(snr: float):
+            tau = 1.0 / (1.0 + np.sqrt(snr))  # (1 − τ)/τ = √snr
+
+            def predict(ys):
+                t = torch.full((ys.shape[0],), tau, dtype=ys.dtype)
+                return ys - tau * model.net(ys, TIME_SCALE * t)[0]
+            return 1 - tau, tau, predict
+        return at
+    raise SystemExit(f"{type(model).__name__}: expected a diffusion or flow model")
+
+
+def data(cfg, examples: int, g: torch.Generator, scale: float):
+    """Training and first ``examples`` test images, flat, in the y = (x − ½)·scale space
+    (float64), dequantised with ``g``, and the test images' background mask (raw 0)."""
+    train = to_model_space(torch.from_numpy(load_split(cfg, "train", progress=False).images), g)
+    raw = torch.from_numpy(load_split(cfg, "test", progress=False).images[:examples])
+    y_train, y = ((v.double() - 0.5) * scale for v in (train, to_model_space(raw, g)))
+    return y_train, y, (raw.reshape(len(raw), -1) == 0).double()
+
+
+class Wiener:
+    """The best linear denoiser of data with the mean and covariance of ``y_train``."""
+
+    def __init__(self, y_train: torch.Tensor) -> None:
+        self.mu = y_train.mean(0)
+        lam, self.U = torch.linalg.eigh(torch.cov(y_train.T))
+        self.lam = lam.clamp_min(0)
+
+    def __call__(self, ys: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        gain = self.U @ torch.diag(a * self.lam / (a**2 * self.lam + b**2)) @ self.U.T
+        return self.mu + (ys - a * self.mu) @ gain.T
+
+    def expected(self, a: float, b: float) -> float:
+        """Expected squared error per example (of the Gaussian with these moments)."""
+        return float((self.lam * b**2 / (a**2 * self.lam + b**2)).sum())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", action="append", required=True, help="a run directory or export")
+    p.add_argument("--examples", type=int, default=2000, help="first test images")
+    p.add_argument("--seed", type=int, default=0, help="the noise's and dequantisation's seed")
+    a = p.parse_args(argv)
+    for run in a.run:
+        model, cfg = load_model(run, "cpu")
+        at = denoiser(model)
+        g = torch.Generator().manual_seed(a.seed)
+        s = model.scale
+        y_train, y, background = data(cfg.data, a.examples, g, s)
+        wiener = Wiener(y_train)
+        print(f"{run}: {len(y):,} test images ({cfg.data.name}); squared error per image, "
+              "pixels in [0, 1]")
+        print(f"{'log10 SNR':>9} {'model':>8} {'Wiener':>8} {'expected':>8} {'model/Wiener':>12} "
+              f"{'on background':>13} {'noisy/a':>8}")
+        for log_snr in LOG10_SNR:
+            aa, bb, predict = at(10.0**log_snr)
+            eps = torch.randn(y.shape, generator=g, dtype=torch.float64)
+            ys = aa * y + bb * eps
+            with torch.no_grad():
+                y_hat = predict(ys.float()).double()
+            err = ((y_hat - y) ** 2) / s**2
+            lin = ((wiener(ys, aa, bb) - y) ** 2).sum(1).mean() / s**2
+            expected = wiener.expected(aa, bb) / s**2
+            noisy = ((ys / aa - y) ** 2).sum(1).mean() / s**2
+            total = err.sum(1).mean()
+            share = (err * background).sum() / err.sum()
+            print(f"{np.log10(aa**2 / bb**2):9.2f} {total:8.2f} {lin:8.2f} {expected:8.2f} "
+                  f"{total / lin:12.2f} {share:13.1%} {noisy:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
