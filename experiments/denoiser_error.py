@@ -84,6 +84,31 @@ class Wiener:
         return float((self.lam * b**2 / (a**2 * self.lam + b**2)).sum())
 
 
+def error_rows(model, cfg, examples: int = 2000, seed: int = 0) -> list[dict]:
+    """One row per level of :data:`LOG10_SNR`: the model's squared error per test image and
+    the Wiener filter's (measured on the same noisy images, and expected), in model space
+    (pixels in [0, 1]), the share of the model's error on the background pixels and the error
+    of the rescaled noisy image y_s / a."""
+    at = denoiser(model)
+    g = torch.Generator().manual_seed(seed)
+    s = model.scale
+    y_train, y, background = data(cfg.data, examples, g, s)
+    wiener = Wiener(y_train)
+    rows = []
+    for log_snr in LOG10_SNR:
+        a, b, predict = at(10.0**log_snr)
+        ys = a * y + b * torch.randn(y.shape, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            y_hat = predict(ys.float()).double()
+        err = ((y_hat - y) ** 2) / s**2
+        rows.append({"log10_snr": float(np.log10(a**2 / b**2)), "model": float(err.sum(1).mean()),
+                     "wiener": float(((wiener(ys, a, b) - y) ** 2).sum(1).mean()) / s**2,
+                     "wiener_expected": wiener.expected(a, b) / s**2,
+                     "background_share": float((err * background).sum() / err.sum()),
+                     "noisy": float(((ys / a - y) ** 2).sum(1).mean()) / s**2})
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", action="append", required=True, help="a run directory or export")
@@ -92,29 +117,14 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     for run in a.run:
         model, cfg = load_model(run, "cpu")
-        at = denoiser(model)
-        g = torch.Generator().manual_seed(a.seed)
-        s = model.scale
-        y_train, y, background = data(cfg.data, a.examples, g, s)
-        wiener = Wiener(y_train)
-        print(f"{run}: {len(y):,} test images ({cfg.data.name}); squared error per image, "
-              "pixels in [0, 1]")
+        print(f"{run}: the first {a.examples:,} test images ({cfg.data.name}); squared error "
+              "per image, pixels in [0, 1]")
         print(f"{'log10 SNR':>9} {'model':>8} {'Wiener':>8} {'expected':>8} {'model/Wiener':>12} "
               f"{'on background':>13} {'noisy/a':>8}")
-        for log_snr in LOG10_SNR:
-            aa, bb, predict = at(10.0**log_snr)
-            eps = torch.randn(y.shape, generator=g, dtype=torch.float64)
-            ys = aa * y + bb * eps
-            with torch.no_grad():
-                y_hat = predict(ys.float()).double()
-            err = ((y_hat - y) ** 2) / s**2
-            lin = ((wiener(ys, aa, bb) - y) ** 2).sum(1).mean() / s**2
-            expected = wiener.expected(aa, bb) / s**2
-            noisy = ((ys / aa - y) ** 2).sum(1).mean() / s**2
-            total = err.sum(1).mean()
-            share = (err * background).sum() / err.sum()
-            print(f"{np.log10(aa**2 / bb**2):9.2f} {total:8.2f} {lin:8.2f} {expected:8.2f} "
-                  f"{total / lin:12.2f} {share:13.1%} {noisy:8.1f}")
+        for r in error_rows(model, cfg, a.examples, a.seed):
+            print(f"{r['log10_snr']:9.2f} {r['model']:8.2f} {r['wiener']:8.2f} "
+                  f"{r['wiener_expected']:8.2f} {r['model'] / r['wiener']:12.2f} "
+                  f"{r['background_share']:13.1%} {r['noisy']:8.1f}")
 
 
 if __name__ == "__main__":
