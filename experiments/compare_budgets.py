@@ -424,16 +424,12 @@ def spread(values: list[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
 
 
-def report(a, result: dict, out: Path) -> None:
-    """The markdown table and the figures of ``result``."""
-    rows, tuning = result["rows"], result["tuning"]
-    lines = [f"# {a.data}: every method tuned at 1× and trained on a ladder of budgets", "",
-             (f"Budget unit: {a.unit / 1e12:.1f} TFLOP (make demo's training). Samples per row: "
-             f"{a.samples}; reference images: {a.ref_images}. Machine: {result['machine']}; "
-             f"torch {torch.__version__}; infusion {result['version']}."), "",
-             "## Recipe search (1×, seed 0, validation FD at the best NFE)", "",
+def recipe_lines(a, result: dict) -> list[str]:
+    """The recipe search's table: each trial's best validation FD, the chosen one marked."""
+    lines = ["## Recipe search (1×, seed 0, validation FD at the best NFE)", "",
              "| method | recipe | best FD (valid) | at NFE | sampler | chosen |",
              "|---|---|---:|---:|---|---|"]
+    tuning = result["tuning"]
     order = {m: i for i, m in enumerate(PRESETS)}
     for (m, recipe), group in sorted(_groups(tuning, ("method", "recipe")).items(),
                                      key=lambda kv: (order[kv[0][0]], kv[0][1])):
@@ -447,7 +443,24 @@ def report(a, result: dict, out: Path) -> None:
     if missing:
         total = sum(len(t) for t in TRIALS.values())
         lines += ["", f"Trials not scored yet ({len(missing)} of {total}): {', '.join(missing)}."]
-    lines += ["", "## Test rows (seed spread: ± half the range over seeds)", "",
+    return lines + [""]
+
+
+def report(a, result: dict, out: Path) -> None:
+    """The markdown table and the figures of ``result``."""
+    rows = result["rows"]
+    how = f"on the recipes chosen on {a.recipes_from}" if a.recipes_from else "tuned at 1×"
+    lines = [f"# {a.data}: every method {how}, trained on a ladder of budgets", "",
+             (f"Budget unit: {a.unit / 1e12:.1f} TFLOP (make demo's training). Samples per row: "
+             f"{a.samples}; reference images: {a.ref_images}. Machine: {result['machine']}; "
+             f"torch {torch.__version__}; infusion {result['version']}."), ""]
+    if a.recipes_from:
+        chosen = ", ".join(f"{m} {r}" for m, r in result["chosen"].items() if r)
+        lines += [(f"Recipes: those chosen on {a.recipes_from}'s trials ({chosen}); no search "
+                  f"on {a.data}."), ""]
+    else:
+        lines += recipe_lines(a, result)
+    lines += ["## Test rows (seed spread: ± half the range over seeds)", "",
               ("| method | recipe | budget | sampler | NFE | seeds | FD ↓ | precision | recall | "
               "reader sure (samples / real) | mean pixel (samples / real) | Parzen | s / 1,000 |"),
               "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

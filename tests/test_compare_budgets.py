@@ -65,6 +65,20 @@ def test_another_data_set_can_train_the_recipes_chosen_here(ladder):
     assert cb.chosen_recipe(a, "infusion") is None
 
 
+def test_a_report_on_borrowed_recipes_names_them_instead_of_a_search(ladder, tmp_path):
+    _work, result, _ = ladder
+    a = argparse.Namespace(data="fashion", recipes_from="mnist", unit=1e9, samples=16,
+                           ref_images=32, body="mlp")
+    cb.report(a, {**result, "rows": []}, tmp_path)
+    text = (tmp_path / "compare_budgets.md").read_text()
+    chosen = ", ".join(f"{m} {r}" for m, r in result["chosen"].items() if r)
+    assert f"Recipes: those chosen on mnist's trials ({chosen}); no search on fashion." in text
+    assert "Recipe search" not in text and "not scored yet" not in text
+    a.recipes_from, a.data = "", "mnist"
+    cb.report(a, {**result, "rows": []}, tmp_path)
+    assert "Recipe search" in (tmp_path / "compare_budgets.md").read_text()
+
+
 def test_rows_hold_every_sampler_nfe_budget_and_seed(ladder):
     work, result, _ = ladder
     keys = {"method", "recipe", "budget", "seed", "sampler", "nfe", "fd", "precision", "recall",
