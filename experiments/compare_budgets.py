@@ -508,10 +508,10 @@ def method_color(method: str) -> str:
 
 def fd_figure(rows: list[dict]) -> Figure:
     """FD against NFE, a panel per budget, a line per method (its best sampler at each NFE;
-    the mean over seeds)."""
+    the mean over seeds), on shared axes."""
     budgets = sorted({r["budget"] for r in rows})
     fig = Figure(figsize=(4.2 * len(budgets), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(budgets), squeeze=False)[0]
+    axes = fig.subplots(1, len(budgets), squeeze=False, sharex=True, sharey=True)[0]
     for ax, b in zip(axes, budgets):
         for m, g in _groups([r for r in rows if r["budget"] == b], ("method",)).items():
             best: dict[int, float] = {}
