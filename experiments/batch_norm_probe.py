@@ -113,7 +113,7 @@ def train_variant(cfg: config.Config, run_dir: Path, steps: int, deadline: float
     return cb.steps_done(run_dir) >= steps
 
 
-def test_scoring(images: int) -> cb.Scoring:
+def scoring_on_test(images: int) -> cb.Scoring:
     """The ladder's test images and classifier (FD only: no reader, no Parzen)."""
     ref = load_split(DataConfig(name="mnist"), "test").images[:images]
     return cb.Scoring(ref, to_unit(torch.from_numpy(ref)), None,
@@ -134,6 +134,7 @@ def fd_rows(model, m: str, scoring: cb.Scoring, nfes, samples: int) -> list[dict
 
 
 def report(results: list[dict]) -> str:
+    """A markdown row per method and body: best FD, FD at each NFE, denoising error."""
     lines = [("| method | body | best FD (NFE) | FD at each NFE | mean pixel | denoising error "
              "at log₁₀ SNR −2 / 0 / 2 (Wiener filter) |"), "|---|---|---|---|---:|---|"]
     for r in results:
@@ -184,7 +185,7 @@ def main(argv=None) -> None:
         if not train_variant(variant_config(cfg, m), run_dir, cost["optimiser_steps"], deadline):
             print("--minutes ran out; run the same command again to go on", flush=True)
             return
-        scoring = scoring or test_scoring(ns.ref_images)
+        scoring = scoring or scoring_on_test(ns.ref_images)
         entry = {"method": m, "recipe": recipe, "budget": a.budget, "seed": a.seed,
                  "optimiser_steps": cost["optimiser_steps"]}
         for body, where in (("without", base), ("with", run_dir)):
