@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts
 import compare_budgets as cb
 from denoiser_error import error_rows
 
-from infusion import config, train
+from infusion import config
 from infusion.chain.nets import STEP_EMBED, build_net
 from infusion.chain.sampler import sample_chain
 from infusion.config import DataConfig
@@ -99,17 +99,11 @@ def variant_config(cfg: config.Config, m: str) -> config.Config:
 
 def train_variant(cfg: config.Config, run_dir: Path, steps: int, deadline: float) -> bool:
     """Train, resume or reuse the run; whether it has all its ``steps``."""
-    if cb.steps_done(run_dir) >= steps:
-        return True
-    minutes = (deadline - time.time()) / 60
-    if minutes < 1:
-        return False
-    limit = [f"train.max_minutes={minutes:.2f}" if math.isfinite(minutes) else "train.max_minutes=0"]
-    quiet = {"progress": False, "log": lambda s: None}
-    if cb.steps_done(run_dir) > 0:
-        train(None, run_dir, resume=True, overrides=limit, **quiet)
-    else:
-        train(config.override(cfg, limit), run_dir, overwrite=run_dir.exists(), **quiet)
+    if cb.steps_done(run_dir) < steps:
+        try:
+            cb.train_or_resume(cfg, run_dir, deadline, "cpu")
+        except cb.OutOfTime:
+            return False
     return cb.steps_done(run_dir) >= steps
 
 

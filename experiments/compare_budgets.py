@@ -192,25 +192,36 @@ class OutOfTime(Exception):
     """The driver's ``--minutes`` ran out; its runs are resumable."""
 
 
+def train_or_resume(cfg: config.Config, run_dir: Path, deadline: float, device) -> None:
+    """Train ``cfg`` into ``run_dir``, or resume the run there, stopping by ``deadline``
+    (:class:`OutOfTime` if less than a minute is left)."""
+    minutes = (deadline - time.time()) / 60
+    if minutes < 1:
+        raise OutOfTime
+    limit = [f"train.max_minutes={minutes:.2f}" if math.isfinite(minutes) else "train.max_minutes=0"]
+    quiet = {"progress": False, "log": lambda s: None}
+    if steps_done(run_dir) > 0:
+        train(None, run_dir, resume=True, overrides=limit, device=device, **quiet)
+    else:
+        train(config.override(cfg, limit), run_dir, overwrite=run_dir.exists(), device=device,
+              **quiet)
+
+
 def train_run(m: str, recipe: str, budget: float, seed: int, a, deadline: float) -> Path:
     """Train (or reuse, or resume) one run; its directory, with ``done.json`` once finished."""
     run_dir = runs_dir(a) / f"{m}-{recipe}-x{budget:g}-s{seed}"
     done = run_dir / "done.json"
     if done.exists():
         return run_dir
-    minutes = (deadline - time.time()) / 60
-    if minutes < 1:
+    if deadline - time.time() < 60:
         raise OutOfTime
     cfg, cost = run_config(m, recipe, budget, seed, a)
-    limit = [f"train.max_minutes={minutes:.2f}" if math.isfinite(minutes) else "train.max_minutes=0"]
-    t0, quiet = time.time(), {"progress": False, "log": lambda s: None}
+    t0 = time.time()
     if steps_done(run_dir) > 0:
         print(f"resuming {run_dir.name} at step {steps_done(run_dir)}", flush=True)
-        train(None, run_dir, resume=True, overrides=limit, device=a.device, **quiet)
     else:
         print(f"training {run_dir.name}: {cost['optimiser_steps']:,} steps", flush=True)
-        train(config.override(cfg, limit), run_dir, overwrite=run_dir.exists(),
-              device=a.device, **quiet)
+    train_or_resume(cfg, run_dir, deadline, a.device)
     seconds = time.time() - t0
     clock = run_dir / "wall_seconds.txt"  # summed over resumed pieces
     total = seconds + (float(clock.read_text()) if clock.exists() else 0.0)
