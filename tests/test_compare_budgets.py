@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 
 import pytest
 
@@ -113,6 +114,22 @@ def test_a_second_call_reuses_every_finished_run(ladder, monkeypatch):
     cb.main(["--work", str(work)] + TINY)
     again = json.loads((work / "compare_budgets.json").read_text())
     assert again["rows"] == result["rows"] and again["tuning"] == result["tuning"]
+
+
+def test_runs_of_a_trial_no_longer_in_the_search_are_kept_but_not_reported(ladder, tmp_path):
+    """A trial replaced in :data:`TRIALS` leaves its runs on disk; the report leaves them out."""
+    work, result, _ = ladder
+    shutil.copytree(work, tmp_path / "w")
+    runs = tmp_path / "w" / "mnist" / "runs"
+    src = next(runs.glob(f"flow-{result['chosen']['flow']}-x1-s0"))
+    old = runs / "flow-retired-x1-s0"
+    shutil.copytree(src, old)
+    done = json.loads((old / "done.json").read_text())
+    (old / "done.json").write_text(json.dumps({**done, "recipe": "retired"}))
+    a = argparse.Namespace(work=str(tmp_path / "w"), data="mnist", recipes_from="", body="mlp")
+    again = cb.gather(a)
+    assert old.exists() and again["rows"] == result["rows"]
+    assert again["tuning"] == result["tuning"] and again["models"] == result["models"]
 
 
 def test_the_driver_stops_cleanly_when_its_minutes_run_out(tmp_path, tiny_mnist, capsys):
