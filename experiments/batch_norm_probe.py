@@ -162,8 +162,8 @@ def main(argv=None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     deadline = time.time() + 60 * a.minutes if a.minutes else math.inf
-    ns = argparse.Namespace(work=a.work, data="mnist", body="mlp", recipes_from="", set=[],
-                            threads=a.threads, unit=cb.demo_unit(), device="cpu",
+    ns = argparse.Namespace(work=a.work, data="mnist", body="mlp", recipes_from="", recipe={},
+                            set=[], threads=a.threads, unit=cb.demo_unit(), device="cpu",
                             ref_images=10_000)
     nfes = tuple(int(n) for n in a.nfe.split(","))
     scoring, results = None, []

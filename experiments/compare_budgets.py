@@ -43,6 +43,12 @@ gathers everything finished into ``--out``::
     python experiments/compare_budgets.py --stage report --work $W \\
         --out experiments/results/compare_budgets_mnist
 
+One cell of the ladder trains from scratch without its search where ``--recipe`` names the
+trial (the committed numbers come back: training is deterministic on one thread)::
+
+    python experiments/compare_budgets.py --stage all --work /tmp/cell --methods infusion,gsn \
+        --recipe infusion=base --recipe gsn=no-ema --budgets 1 --seeds 0 --threads 1
+
 On a GPU, the ladder to 64× (``--budgets 1,4,16,64``) and the U-Net body (``--body unet``,
 its runs in their own folder; the VAE, an MLP, sits it out) take ``--device cuda``.
 
@@ -348,8 +354,11 @@ def tune(a, methods, deadline: float) -> None:
 
 
 def chosen_recipe(a, m: str) -> str | None:
-    """The trial with the lowest validation FD at its best NFE, once all trials are scored
-    (the trials on ``--recipes-from``'s data set where given)."""
+    """The recipe given by ``--recipe``, or else the trial with the lowest validation FD at its
+    best NFE, once all trials are scored (the trials on ``--recipes-from``'s data set where
+    given)."""
+    if m in a.recipe:
+        return a.recipe[m]
     runs = runs_dir(a, a.recipes_from or a.data)
     best = {}
     for recipe in TRIALS[m]:
@@ -452,8 +461,8 @@ def recipe_lines(a, result: dict) -> list[str]:
         lines.append(f"| {m} | {recipe} | {best['fd']:.1f} | {best['nfe']} | {best['sampler']} "
                      f"| {mark} |")
     done = {(r["method"], r["recipe"]) for r in tuning}
-    missing = [f"{m} {recipe}" for m in body_methods(a) for recipe in TRIALS[m]
-               if (m, recipe) not in done]
+    missing = [f"{m} {recipe}" for m in body_methods(a) if m not in a.recipe
+               for recipe in TRIALS[m] if (m, recipe) not in done]
     if missing:
         total = sum(len(t) for t in TRIALS.values())
         lines += ["", f"Trials not scored yet ({len(missing)} of {total}): {', '.join(missing)}."]
@@ -474,6 +483,9 @@ def report(a, result: dict, out: Path) -> None:
                   f"on {a.data}."), ""]
     else:
         lines += recipe_lines(a, result)
+    if a.recipe:
+        given = ", ".join(f"{m} {r}" for m, r in a.recipe.items())
+        lines += [f"Recipes given with --recipe, not searched: {given}.", ""]
     lines += ["## Test rows (seed spread: ± half the range over seeds)", "",
               ("| method | recipe | budget | sampler | NFE | seeds | FD ↓ | precision | recall | "
               "reader sure (samples / real) | mean pixel (samples / real) | Parzen | s / 1,000 |"),
@@ -603,6 +615,9 @@ def main(argv=None) -> None:
     p.add_argument("--recipes-from", default="", choices=("", "mnist", "fashion"),
                    help="train each method's recipe chosen on this data set's trials (same "
                         "--work) instead of tuning on --data")
+    p.add_argument("--recipe", action="append", default=[], metavar="METHOD=TRIAL",
+                   help="train this trial of METHOD without its search (e.g. infusion=base: "
+                        "one cell of the ladder from scratch); repeatable")
     p.add_argument("--budgets", default="1,4", help="multiples of make demo's training FLOPs")
     p.add_argument("--seeds", default="0,1", help="seeds at the lowest budget (seed 0 above)")
     p.add_argument("--nfe", default=",".join(map(str, NFES)))
@@ -625,6 +640,11 @@ def main(argv=None) -> None:
     bad = [m for m in methods if m not in PRESETS]
     if bad:
         p.error(f"unknown method {bad[0]!r}; available: {', '.join(PRESETS)}")
+    a.recipe = dict(r.partition("=")[::2] for r in a.recipe)
+    for m, r in a.recipe.items():
+        if r not in TRIALS.get(m, {}):
+            p.error(f"--recipe {m}={r}: no such trial; {m if m in TRIALS else 'methods'}: "
+                    f"{', '.join(TRIALS.get(m, PRESETS))}")
     try:
         a.budgets = sorted(float(b) for b in a.budgets.split(","))
         a.seeds = [int(s) for s in a.seeds.split(",")]
@@ -642,7 +662,7 @@ def main(argv=None) -> None:
     Path(a.work).mkdir(parents=True, exist_ok=True)
     try:
         if a.stage in ("tune", "all") and not a.recipes_from:
-            tune(a, methods, deadline)
+            tune(a, [m for m in methods if m not in a.recipe], deadline)
         if a.stage in ("ladder", "all"):
             ladder(a, methods, deadline)
     except OutOfTime:

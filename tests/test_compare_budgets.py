@@ -59,7 +59,8 @@ def test_the_recipe_is_the_lowest_validation_fd(ladder):
 
 def test_another_data_set_can_train_the_recipes_chosen_here(ladder):
     work, result, _ = ladder
-    a = argparse.Namespace(work=str(work), data="fashion", recipes_from="mnist", body="mlp")
+    a = argparse.Namespace(work=str(work), data="fashion", recipes_from="mnist", body="mlp",
+                           recipe={})
     assert {m: cb.chosen_recipe(a, m) for m in ("infusion", "flow")} == {
         m: result["chosen"][m] for m in ("infusion", "flow")}
     a.recipes_from = ""  # nothing tuned on fashion
@@ -68,7 +69,7 @@ def test_another_data_set_can_train_the_recipes_chosen_here(ladder):
 
 def test_a_report_on_borrowed_recipes_names_them_instead_of_a_search(ladder, tmp_path):
     _work, result, _ = ladder
-    a = argparse.Namespace(data="fashion", recipes_from="mnist", unit=1e9, samples=16,
+    a = argparse.Namespace(data="fashion", recipes_from="mnist", unit=1e9, samples=16, recipe={},
                            ref_images=32, body="mlp")
     cb.report(a, {**result, "rows": []}, tmp_path)
     text = (tmp_path / "compare_budgets.md").read_text()
@@ -126,10 +127,37 @@ def test_runs_of_a_trial_no_longer_in_the_search_are_kept_but_not_reported(ladde
     shutil.copytree(src, old)
     done = json.loads((old / "done.json").read_text())
     (old / "done.json").write_text(json.dumps({**done, "recipe": "retired"}))
-    a = argparse.Namespace(work=str(tmp_path / "w"), data="mnist", recipes_from="", body="mlp")
+    a = argparse.Namespace(work=str(tmp_path / "w"), data="mnist", recipes_from="", body="mlp",
+                           recipe={})
     again = cb.gather(a)
     assert old.exists() and again["rows"] == result["rows"]
     assert again["tuning"] == result["tuning"] and again["models"] == result["models"]
+
+
+def test_one_cell_trained_again_from_scratch_gives_the_same_numbers(ladder, tmp_path):
+    """``--recipe`` skips the search: one cell of the ladder, trained again in a new work
+    folder, gives the ladder's rows to the last digit (training and scoring are seeded)."""
+    _work, result, _ = ladder
+    recipe = result["chosen"]["infusion"]
+    cb.main(["--work", str(tmp_path / "w")] + TINY[:-2] + [
+        "--methods", "infusion", "--recipe", f"infusion={recipe}", "--budgets", "1",
+        "--seeds", "0"])
+    again = json.loads((tmp_path / "w" / "compare_budgets.json").read_text())
+    assert not again["tuning"] and again["chosen"]["infusion"] == recipe
+
+    def cell(rows):
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows
+                if r["method"] == "infusion" and r["budget"] == 1 and r["seed"] == 0]
+    assert cell(again["rows"]) and cell(again["rows"]) == cell(result["rows"])
+    md = (tmp_path / "w" / "compare_budgets.md").read_text()
+    assert f"Recipes given with --recipe, not searched: infusion {recipe}." in md
+
+
+@pytest.mark.parametrize("bad", ["infusion=cosine", "nosuch=base", "infusion"])
+def test_a_recipe_that_is_not_a_trial_is_refused(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cb.main(["--work", str(tmp_path), "--recipe", bad, "--unit", "1e9"])
+    assert f"--recipe {bad}" in capsys.readouterr().err
 
 
 def test_the_driver_stops_cleanly_when_its_minutes_run_out(tmp_path, tiny_mnist, capsys):
