@@ -13,7 +13,12 @@ test image (model space, pixels in [0, 1]), the Wiener filter's (measured on the
 images, and expected), the share of the model's error on the background pixels (raw 0), and
 the error of returning the noisy image itself rescaled (y_s / a).
 
+With ``--bound``, for a diffusion model: where its variational bound (algorithms.md §13) gains
+or loses its nats — the terms log p(x_{k-1} | x_k) − log q(x_k | x_{k-1}) of one forward path
+per test image, summed over bands of steps k (low noise to high) and averaged over the images.
+
     python experiments/denoiser_error.py --run RUN_DIR [--run RUN_DIR ...] [--examples 2000]
+    python experiments/denoiser_error.py --run RUN_DIR --bound --examples 200
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 
 from infusion import load_model
 from infusion.data import load_split, to_model_space
+from infusion.methods import build_method
 from infusion.methods.diffusion import DiffusionModel
 from infusion.methods.flow import TIME_SCALE, FlowModel
 
@@ -109,14 +115,50 @@ def error_rows(model, cfg, examples: int = 2000, seed: int = 0) -> list[dict]:
     return rows
 
 
+def bound_rows(model, method, x: torch.Tensor, g: torch.Generator,
+               edges: tuple[int, ...] = (1, 2, 11, 51, 201)) -> list[dict]:
+    """A diffusion model's bound on images ``x`` (model space, flat), band by band of steps
+    (k from each of ``edges`` to the next, the last band to T; then the prior): the mean over
+    the images of Σ_k log p(x_{k-1} | x_k) − log q(x_k | x_{k-1}) in nats along one forward
+    path each (drawn with ``g``, as ``method.log_weight`` draws it), and each band's log₁₀ SNR
+    at its ends. The bands and the prior sum to the bound less d·log scale."""
+    if not isinstance(model, DiffusionModel):
+        raise SystemExit(f"{type(model).__name__}: --bound takes a diffusion model")
+    ab = model.alpha_bar.double().numpy()
+    snr = np.log10(ab / (1 - ab))
+    bands = [(lo, min(hi, model.T + 1)) for lo, hi in zip(edges, [*edges[1:], model.T + 1])
+             if lo <= model.T]
+    sums = [0.0] * (len(bands) + 1)
+    for k, log_p, log_q in method.path_terms(model, x, g):
+        i = next((i for i, (lo, hi) in enumerate(bands) if lo <= k < hi), len(bands))
+        sums[i] += float((log_p - log_q).mean())
+    rows = [{"steps": f"{lo}–{hi - 1}", "log10_snr": (float(snr[lo - 1]), float(snr[hi - 2])),
+             "nats": v} for (lo, hi), v in zip(bands, sums)]
+    return rows + [{"steps": "prior", "log10_snr": None, "nats": sums[-1]}]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", action="append", required=True, help="a run directory or export")
     p.add_argument("--examples", type=int, default=2000, help="first test images")
     p.add_argument("--seed", type=int, default=0, help="the noise's and dequantisation's seed")
+    p.add_argument("--bound", action="store_true",
+                   help="a diffusion model's bound by bands of steps instead")
     a = p.parse_args(argv)
     for run in a.run:
         model, cfg = load_model(run, "cpu")
+        if a.bound:
+            g = torch.Generator().manual_seed(a.seed)
+            raw = torch.from_numpy(load_split(cfg.data, "test", progress=False).images[:a.examples])
+            x = to_model_space(raw, g).reshape(len(raw), -1)
+            rows = bound_rows(model.eval(), build_method(cfg.method), x, g)
+            print(f"{run}: bound on the first {a.examples:,} test images, nats by band of steps")
+            for r in rows:
+                snr = "" if r["log10_snr"] is None else "{:.2f} to {:.2f}".format(*r["log10_snr"])
+                print(f"{r['steps']:>9} {snr:>15} {r['nats']:12.1f}")
+            bound = sum(r["nats"] for r in rows) + model.d * np.log(model.scale)
+            print(f"{'bound':>9} {'':>15} {bound:12.1f}")
+            continue
         print(f"{run}: the first {a.examples:,} test images ({cfg.data.name}); squared error "
               "per image, pixels in [0, 1]")
         print(f"{'log10 SNR':>9} {'model':>8} {'Wiener':>8} {'expected':>8} {'model/Wiener':>12} "

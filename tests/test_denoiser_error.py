@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from infusion import config
+from infusion.methods import build_method
 from infusion.methods.diffusion import DiffusionModel, Schedule, make_betas
 from infusion.methods.flow import FlowModel
 
@@ -69,3 +71,30 @@ def test_denoiser_reads_the_clean_image_from_each_methods_exact_target(snr):
             nearest = (torch.log10(ab / (1 - ab)) - math.log10(snr)).abs().min()
             assert abs(math.log10(a**2 / b**2 / snr)) == pytest.approx(float(nearest), abs=1e-6)
         torch.testing.assert_close(predict(a * y + b * eps), y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("edges", [(1, 2, 11), (1, 5, 6, 40)])
+def test_the_bound_by_bands_of_steps_sums_to_the_bound(edges):
+    """Every step k in exactly one band (bands past T dropped), the prior apart: bands, prior
+    and d·log scale add up to the method's own draw of ℓ on the same path."""
+    cfg = config.override(config.preset("mnist-diffusion"),
+                          ["method.T=20", "model.hidden=16", "method.diffusion.predict=x0"])
+    method = build_method(cfg.method)
+    torch.manual_seed(0)
+    model = method.build_model((12,), cfg.model).eval()
+    x = torch.rand(5, 12, generator=torch.Generator().manual_seed(1))
+    rows = denoiser_error.bound_rows(model, method, x, torch.Generator().manual_seed(2), edges)
+    want = method.log_weight(model, x, torch.Generator().manual_seed(2)).mean()
+    got = sum(r["nats"] for r in rows) + model.d * math.log(model.scale)
+    assert got == pytest.approx(float(want), rel=1e-5, abs=1e-3)
+    bands = [r["steps"] for r in rows]
+    assert bands == {(1, 2, 11): ["1–1", "2–10", "11–20", "prior"],
+                     (1, 5, 6, 40): ["1–4", "5–5", "6–20", "prior"]}[edges]
+    assert rows[0]["log10_snr"][0] > rows[-2]["log10_snr"][1]  # from low noise to high
+    # each band holds its own steps' terms: step k's from the path drawn alone
+    per_step = {k: float((p - q).mean()) for k, p, q in
+                method.path_terms(model, x, torch.Generator().manual_seed(2))}
+    for r in rows[:-1]:
+        lo, hi = map(int, r["steps"].split("–"))
+        assert r["nats"] == pytest.approx(sum(per_step[k] for k in range(lo, hi + 1)), rel=1e-6)
+    assert rows[-1]["nats"] == pytest.approx(per_step[21], rel=1e-6)

@@ -319,18 +319,29 @@ class Diffusion(Method):
         variance replaced by this one constant, given in model space (so final_var·scale² in
         diffusion space), for every dimension and example; the forward draws are unchanged.
         """
-        x = model.to_diffusion(x)
         ell = x.new_full((x.shape[0],), model.d * math.log(model.scale))  # dy/dx = scale
+        for _k, log_p, log_q in self.path_terms(model, x, generator, final_var):
+            ell = ell - log_q + log_p
+        return ell
+
+    @torch.no_grad()
+    def path_terms(self, model: DiffusionModel, x: torch.Tensor,
+                   generator: torch.Generator | None, final_var: float | None = None):
+        """The terms of :meth:`log_weight`, step by step along one forward path: for k = 1..T,
+        (k, log p(x_{k-1} | x_k), log q(x_k | x_{k-1})), each (B,); then (T + 1, log p(x_T), 0),
+        the prior. Their sum, log p − log q over all k, is ℓ less d·log scale: which noise
+        levels the bound gains or loses its nats at."""
+        x = model.to_diffusion(x)
         prev = x
         for k in range(1, model.T + 1):
             beta = model.betas[k - 1]
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             xk = (1 - beta).sqrt() * prev + beta.sqrt() * noise
-            ell = ell - normal_log_prob(xk, (1 - beta).sqrt() * prev, beta.expand_as(x))
+            log_q = normal_log_prob(xk, (1 - beta).sqrt() * prev, beta.expand_as(x))
             mean, var = model.transition(xk, k)
             if final_var is not None and k == 1:
                 var = torch.full_like(var, final_var * model.scale**2)
-            ell = ell + normal_log_prob(prev, mean, var)
+            yield k, normal_log_prob(prev, mean, var), log_q
             prev = xk
         mean, var = model.prior_moments()
-        return ell + normal_log_prob(prev, mean.expand_as(prev), var.expand_as(prev))
+        yield model.T + 1, normal_log_prob(prev, mean.expand_as(prev), var.expand_as(prev)), 0.0
