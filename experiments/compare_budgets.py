@@ -640,6 +640,8 @@ def main(argv=None) -> None:
     bad = [m for m in methods if m not in PRESETS]
     if bad:
         p.error(f"unknown method {bad[0]!r}; available: {', '.join(PRESETS)}")
+    if any("=" not in r for r in a.recipe):
+        p.error(f"--recipe {next(r for r in a.recipe if '=' not in r)}: expected METHOD=TRIAL")
     a.recipe = dict(r.partition("=")[::2] for r in a.recipe)
     for m, r in a.recipe.items():
         if r not in TRIALS.get(m, {}):
