@@ -44,7 +44,7 @@ gathers everything finished into ``--out``::
         --out experiments/results/compare_budgets_mnist
 
 One cell of the ladder trains from scratch without its search where ``--recipe`` names the
-trial (the committed numbers come back: training is deterministic on one thread)::
+trial (training is deterministic on one thread, so its numbers are the ladder's)::
 
     python experiments/compare_budgets.py --stage all --work /tmp/cell --methods infusion,gsn \
         --recipe infusion=base --recipe gsn=no-ema --budgets 1 --seeds 0 --threads 1
