@@ -199,15 +199,19 @@ class OutOfTime(Exception):
     """The driver's ``--minutes`` ran out; its runs are resumable."""
 
 
-def train_or_resume(cfg: config.Config, run_dir: Path, deadline: float, device) -> None:
-    """Train ``cfg`` into ``run_dir``, or resume the run there, stopping by ``deadline``
-    (:class:`OutOfTime` if less than a minute is left)."""
+def train_or_resume(cfg: config.Config, run_dir: Path, deadline: float, device,
+                    resume: bool | None = None) -> None:
+    """Train ``cfg`` into ``run_dir``, or resume the run there (``resume``: whether it has a
+    checkpoint, looked up where not given), stopping by ``deadline`` (:class:`OutOfTime` if
+    less than a minute is left)."""
     minutes = (deadline - time.time()) / 60
     if minutes < 1:
         raise OutOfTime
     limit = [f"train.max_minutes={minutes:.2f}" if math.isfinite(minutes) else "train.max_minutes=0"]
     quiet = {"progress": False, "log": lambda s: None}
-    if steps_done(run_dir) > 0:
+    if resume is None:
+        resume = steps_done(run_dir) > 0
+    if resume:
         train(None, run_dir, resume=True, overrides=limit, device=device, **quiet)
     else:
         train(config.override(cfg, limit), run_dir, overwrite=run_dir.exists(), device=device,
@@ -223,12 +227,12 @@ def train_run(m: str, recipe: str, budget: float, seed: int, a, deadline: float)
     if deadline - time.time() < 60:
         raise OutOfTime
     cfg, cost = run_config(m, recipe, budget, seed, a)
-    t0 = time.time()
-    if steps_done(run_dir) > 0:
-        print(f"resuming {run_dir.name} at step {steps_done(run_dir)}", flush=True)
+    t0, start = time.time(), steps_done(run_dir)
+    if start > 0:
+        print(f"resuming {run_dir.name} at step {start}", flush=True)
     else:
         print(f"training {run_dir.name}: {cost['optimiser_steps']:,} steps", flush=True)
-    train_or_resume(cfg, run_dir, deadline, a.device)
+    train_or_resume(cfg, run_dir, deadline, a.device, resume=start > 0)
     seconds = time.time() - t0
     clock = run_dir / "wall_seconds.txt"  # summed over resumed pieces
     total = seconds + (float(clock.read_text()) if clock.exists() else 0.0)
