@@ -92,7 +92,9 @@ from infusion import config, train
 from infusion.chain.sampler import sample_chain
 from infusion.config import DataConfig
 from infusion.data import load_split, to_unit
+from infusion.device import resolve_device
 from infusion.errors import UserError
+from infusion.evaluate.card import environment_entries
 from infusion.evaluate.likelihood import estimate_likelihood
 from infusion.evaluate.metrics import (
     class_coverage,
@@ -410,11 +412,27 @@ def gather(a) -> dict:
         test_rows = json.loads(_read(done.parent / "test_rows.json", "[]"))
         lik = json.loads(_read(done.parent / "likelihood.json", "{}"))
         if test_rows:
-            models.append({**info, **lik})
+            models.append({**info, **lik, "trained_on": trained_on(done.parent)})
             rows += [{**key, **r, **{k: v for k, v in lik.items() if k.startswith("likelihood")}}
                      for r in test_rows]
     return {"rows": rows, "tuning": tuning, "models": models,
             "chosen": {m: chosen_recipe(a, m) for m in body_methods(a)}}
+
+
+def trained_on(run_dir: Path) -> str:
+    """Where a run trained, from its ``environment.json`` (an entry per start or resume): the
+    GPU's name, or the CPU and its torch threads; pieces that differ are joined by " + "."""
+    places = [e.get("cuda_device") or f"CPU, {e.get('threads', '?')} thread(s)"
+              for e in environment_entries(run_dir / "environment.json")]
+    return " + ".join(dict.fromkeys(places)) or "not recorded"
+
+
+def machine(a) -> str:
+    """The machine that scores the runs: the processor, and the GPU where ``--device`` is one."""
+    device = resolve_device(a.device)
+    gpu = f"; {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return (f"{cpu_name()}, {os.cpu_count()} cores, {a.threads or torch.get_num_threads()} "
+            f"torch thread(s) per run{gpu}")
 
 
 def version() -> str:
@@ -478,9 +496,11 @@ def report(a, result: dict, out: Path) -> None:
     rows = result["rows"]
     how = f"on the recipes chosen on {a.recipes_from}" if a.recipes_from else "tuned at 1×"
     lines = [f"# {a.data}: every method {how}, trained on a ladder of budgets", "",
-             (f"Budget unit: {a.unit / 1e12:.1f} TFLOP (make demo's training). Samples per row: "
+             (f"Body: {', '.join(BODIES[a.body])}. "
+              f"Budget unit: {a.unit / 1e12:.1f} TFLOP (make demo's training). Samples per row: "
              f"{a.samples}; reference images: {a.ref_images}. Machine: {result['machine']}; "
-             f"torch {torch.__version__}; infusion {result['version']}."), ""]
+             f"torch {torch.__version__}; infusion {result['version']}."
+              + (f" Settings for every run: {', '.join(a.set)}." if a.set else "")), ""]
     if a.recipes_from:
         chosen = ", ".join(f"{m} {r}" for m, r in result["chosen"].items() if r)
         lines += [(f"Recipes: those chosen on {a.recipes_from}'s trials ({chosen}); no search "
@@ -506,8 +526,8 @@ def report(a, result: dict, out: Path) -> None:
             f"{spread([r['sample_seconds_per_1000'] for r in g])} |")
     lines += ["", "## Models: training cost and likelihood (nats, test images)", "",
               ("| method | recipe | budget | seed | Adam steps × batch | passes / example | "
-              "training TFLOP | wall s | likelihood | second estimate |"),
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "training TFLOP | wall s | trained on | likelihood | second estimate |"),
+              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for x in result["models"]:
         lik = (f"{x['likelihood']:.1f} ± {x['likelihood_se']:.1f} ({x['likelihood_kind']}, "
                f"k = {x['likelihood_k']})" if "likelihood" in x else "—")
@@ -515,7 +535,8 @@ def report(a, result: dict, out: Path) -> None:
                   f"({x['likelihood_is_kind']})" if "likelihood_is" in x else "—")
         lines.append(f"| {x['method']} | {x['recipe']} | {x['budget']:g}× | {x['seed']} | "
                      f"{x['optimiser_steps']:,} × {x['batch']} | {x['passes_per_example']:.2f} | "
-                     f"{x['train_flops'] / 1e12:.1f} | {x['wall_seconds']:.0f} | {lik} | "
+                     f"{x['train_flops'] / 1e12:.1f} | {x['wall_seconds']:.0f} | "
+                     f"{x['trained_on']} | {lik} | "
                      f"{second} |")
     (out / "compare_budgets.md").write_text("\n".join(lines) + "\n")
     if rows:
@@ -678,8 +699,7 @@ def main(argv=None) -> None:
         out = Path(a.out or a.work)
         out.mkdir(parents=True, exist_ok=True)
         result = {"settings": {k: v for k, v in vars(a).items() if k not in ("work", "out")},
-                  "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
-                             f"{a.threads or torch.get_num_threads()} torch thread(s) per run",
+                  "machine": machine(a),
                   "torch": torch.__version__, "version": version(), **gather(a)}
         (out / "compare_budgets.json").write_text(json.dumps(result, indent=1))
         report(a, result, out)

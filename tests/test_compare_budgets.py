@@ -70,7 +70,7 @@ def test_another_data_set_can_train_the_recipes_chosen_here(ladder):
 def test_a_report_on_borrowed_recipes_names_them_instead_of_a_search(ladder, tmp_path):
     _work, result, _ = ladder
     a = argparse.Namespace(data="fashion", recipes_from="mnist", unit=1e9, samples=16, recipe={},
-                           ref_images=32, body="mlp")
+                           ref_images=32, body="mlp", set=[])
     cb.report(a, {**result, "rows": []}, tmp_path)
     text = (tmp_path / "compare_budgets.md").read_text()
     chosen = ", ".join(f"{m} {r}" for m, r in result["chosen"].items() if r)
@@ -106,6 +106,24 @@ def test_rows_hold_every_sampler_nfe_budget_and_seed(ladder):
     assert "| infusion |" in md and "| flow |" in md
     for name in ("fd_vs_nfe.png", "fd_vs_budget.png", "samples.png"):
         assert (work / name).stat().st_size > 1000
+
+
+def test_the_report_names_the_body_and_where_each_run_trained(ladder, tmp_path):
+    work, result, _ = ladder
+    assert {x["trained_on"] for x in result["models"]} == {"CPU, 1 thread(s)"}
+    md = (work / "compare_budgets.md").read_text()
+    assert "Body: model.net=mlp, model.hidden=1024,1024." in md
+    assert "Settings for every run: model.hidden=16,16, train.batch_size=32" in md
+    assert " | CPU, 1 thread(s) | " in md
+    # a run resumed elsewhere names each place once, in order
+    entries = [{"device": "cpu", "threads": 1}, {"device": "cpu", "threads": 2},
+               {"device": "cuda:0", "threads": 16, "cuda_device": "NVIDIA H100 80GB HBM3"},
+               {"device": "cpu", "threads": 1}]
+    (tmp_path / "environment.json").write_text(json.dumps(entries))
+    assert cb.trained_on(tmp_path) == ("CPU, 1 thread(s) + CPU, 2 thread(s) + "
+                                       "NVIDIA H100 80GB HBM3")
+    (tmp_path / "environment.json").unlink()
+    assert cb.trained_on(tmp_path) == "not recorded"
 
 
 def test_a_second_call_reuses_every_finished_run(ladder, monkeypatch):
