@@ -242,7 +242,7 @@ def train_run(m: str, recipe: str, budget: float, seed: int, a, deadline: float)
     if steps_done(run_dir) < cost["optimiser_steps"]:
         raise OutOfTime
     done.write_text(json.dumps({"method": m, "recipe": recipe, "budget": budget, "seed": seed,
-                                **cost, "wall_seconds": total, "threads": a.threads}, indent=1))
+                                **cost, "wall_seconds": total}, indent=1))
     return run_dir
 
 
@@ -412,6 +412,7 @@ def gather(a) -> dict:
         test_rows = json.loads(_read(done.parent / "test_rows.json", "[]"))
         lik = json.loads(_read(done.parent / "likelihood.json", "{}"))
         if test_rows:
+            info.pop("threads", None)  # older runs: the flag of the call that ended them
             models.append({**info, **lik, "trained_on": trained_on(done.parent)})
             rows += [{**key, **r, **{k: v for k, v in lik.items() if k.startswith("likelihood")}}
                      for r in test_rows]
